@@ -1,0 +1,17 @@
+//! softprompt-core: prompt tuning on a frozen language model.
+//!
+//! A model source (GGUF file, Hugging Face folder, hub id, or the default alias) becomes
+//! [`model::LoadedWeights`], then a [`model::llama::Llama`] with an explicit forward and an
+//! input-gradient-only backward. A [`prompt::SoftPrompt`] (PEFT adapter layout) is prepended to
+//! the token embeddings; [`infer`] scores and generates with it.
+
+pub mod error;
+pub mod fetch;
+pub mod infer;
+pub mod kernels;
+pub mod model;
+pub mod prompt;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::Tensor;

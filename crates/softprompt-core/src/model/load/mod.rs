@@ -1,0 +1,84 @@
+//! Model sources: a GGUF file, a Hugging Face folder, a hub id, or the default alias.
+//! Every loader returns weights under Hugging Face names in f32, `[out, in]` row-major.
+
+pub mod gguf;
+pub mod hf;
+pub mod hub;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::model::LlamaConfig;
+use crate::{Error, Result, Tensor};
+
+/// Everything a loader produces: config, f32 weights under HF names, tokenizer.
+pub struct LoadedWeights {
+    pub config: LlamaConfig,
+    /// HF tensor names (`model.layers.0.self_attn.q_proj.weight`, ...), f32.
+    pub weights: HashMap<String, Tensor>,
+    pub tokenizer: tokenizers::Tokenizer,
+    /// Human-readable origin, e.g. the file path.
+    pub source: String,
+    /// How the weights were stored, e.g. "GGUF (Q4_1, Q8_0) dequantized to f32".
+    pub stored_dtype: String,
+}
+
+/// The alias of the default model.
+pub const DEFAULT_ALIAS: &str = "smollm2-135m";
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelSource {
+    /// A built-in alias (fetched on first use into the cache).
+    Alias(String),
+    Gguf(PathBuf),
+    HfFolder(PathBuf),
+    /// `hf:org/name[@revision]` or a bare `org/name` that is not a local path.
+    Hub { repo: String, revision: Option<String> },
+}
+
+impl ModelSource {
+    /// Local paths win over hub ids; `hf:` forces the hub.
+    pub fn parse(spec: &str) -> Result<Self> {
+        if spec.is_empty() {
+            return Err(Error::Input("empty --model".into()));
+        }
+        if let Some(rest) = spec.strip_prefix("hf:") {
+            return Ok(Self::hub(rest));
+        }
+        if crate::fetch::is_alias(spec) {
+            return Ok(ModelSource::Alias(spec.to_string()));
+        }
+        let p = PathBuf::from(spec);
+        if p.is_dir() {
+            return Ok(ModelSource::HfFolder(p));
+        }
+        if p.is_file() {
+            return Ok(ModelSource::Gguf(p));
+        }
+        let looks_like_repo = spec.matches('/').count() == 1
+            && !spec.starts_with('.')
+            && !spec.starts_with('/')
+            && !spec.ends_with(".gguf");
+        if looks_like_repo {
+            return Ok(Self::hub(spec));
+        }
+        Err(Error::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file or folder")))
+    }
+
+    fn hub(rest: &str) -> Self {
+        match rest.split_once('@') {
+            Some((repo, rev)) => ModelSource::Hub { repo: repo.into(), revision: Some(rev.into()) },
+            None => ModelSource::Hub { repo: rest.into(), revision: None },
+        }
+    }
+}
+
+/// Resolve and load a model spec (alias, `.gguf` path, HF folder, hub id).
+pub fn load(spec: &str) -> Result<LoadedWeights> {
+    match ModelSource::parse(spec)? {
+        ModelSource::Alias(a) => gguf::load_gguf(&crate::fetch::fetch_alias(&a)?),
+        ModelSource::Gguf(p) => gguf::load_gguf(&p),
+        ModelSource::HfFolder(p) => hf::load_hf_folder(&p),
+        ModelSource::Hub { repo, revision } => hub::load_hub(&repo, revision.as_deref()),
+    }
+}
