@@ -1,0 +1,267 @@
+//! CPU kernels on f32 slices: matrix products (the `gemm` crate, AVX-512 when present),
+//! RMSNorm, rotary embeddings, SwiGLU and softmax, each with its backward.
+//! Nothing here knows about prompts or models. Shapes are given in comments as
+//! `[rows, cols]`, row-major.
+
+use rayon::prelude::*;
+
+/// Below this many multiply-adds a product runs on the calling thread.
+const PAR_THRESHOLD: usize = 1 << 18;
+
+/// A strided matrix view for [`gemm`]: element (r, c) is at `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major `[rows, cols]` matrix.
+    pub fn rm(data: &'a [f32], cols: usize) -> Self {
+        View { data, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major `[rows, cols]` matrix, seen as `[cols, rows]`.
+    pub fn t(data: &'a [f32], cols: usize) -> Self {
+        View { data, rs: 1, cs: cols }
+    }
+}
+
+/// `out[m, n] (+)= a[m, k] @ b[k, n]`; `out` is row-major with row stride `ld_out`.
+/// `parallel` lets gemm use the rayon pool (callers already inside a parallel loop pass false).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(m: usize, n: usize, k: usize, a: View, b: View, out: &mut [f32], ld_out: usize, accumulate: bool, parallel: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Bounds: the last element each view touches must be inside its slice.
+    assert!(k == 0 || (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(), "gemm: lhs out of bounds");
+    assert!(k == 0 || (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "gemm: rhs out of bounds");
+    assert!((m - 1) * ld_out + n <= out.len(), "gemm: dst out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                out[r * ld_out..r * ld_out + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let par = if parallel && m * n * k >= PAR_THRESHOLD {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every access in bounds; `out` does not alias `a`/`b`
+    // (it is a unique borrow).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            ld_out as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Linear layer forward: `y[m, n] (+)= x[m, k] @ w[n, k]^T` (w in HF `[out, in]` layout).
+pub fn linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32], accumulate: bool) {
+    gemm(m, n, k, View::rm(x, k), View::t(w, k), y, n, accumulate, true);
+}
+
+/// Linear layer input gradient: `dx[m, k] (+)= dy[m, n] @ w[n, k]`.
+pub fn linear_dx(dy: &[f32], w: &[f32], m: usize, n: usize, k: usize, dx: &mut [f32], accumulate: bool) {
+    gemm(m, k, n, View::rm(dy, n), View::rm(w, k), dx, k, accumulate, true);
+}
+
+/// RMSNorm over rows of `x[rows, d]`: `y = x / sqrt(mean(x^2) + eps) * w`.
+/// Writes `rstd[rows]` (1/sqrt(mean+eps)) for the backward.
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]) {
+    let d = w.len();
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(rstd.par_iter_mut()).for_each(|((yr, xr), r)| {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let s = 1.0 / (ss + eps).sqrt();
+        *r = s;
+        for ((yo, xi), wi) in yr.iter_mut().zip(xr).zip(w) {
+            *yo = wi * (xi * s);
+        }
+    });
+}
+
+/// RMSNorm backward, accumulating into `dx[rows, d]`:
+/// `dx += s * (w*dy) - x * s^3 / d * sum(x * w * dy)`.
+pub fn rmsnorm_backward(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let d = w.len();
+    dx.par_chunks_mut(d).zip(x.par_chunks(d)).zip(dy.par_chunks(d)).zip(rstd.par_iter()).for_each(
+        |(((dxr, xr), dyr), &s)| {
+            let dot: f32 = xr.iter().zip(dyr).zip(w).map(|((xi, gi), wi)| xi * wi * gi).sum();
+            let c = dot * s * s * s / d as f32;
+            for (((o, xi), gi), wi) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
+                *o += s * wi * gi - xi * c;
+            }
+        },
+    );
+}
+
+/// Rotary embedding tables: `cos[pos, hd/2]`, `sin[pos, hd/2]` (HF "rotate_half" layout).
+pub struct Rope {
+    pub half: usize,
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub max_pos: usize,
+}
+
+impl Rope {
+    /// `inv_freq[half]` as transformers computes it (in f32), possibly rescaled.
+    pub fn new(inv_freq: Vec<f32>, max_pos: usize) -> Self {
+        let half = inv_freq.len();
+        let mut cos = vec![0.0; max_pos * half];
+        let mut sin = vec![0.0; max_pos * half];
+        for p in 0..max_pos {
+            for (i, f) in inv_freq.iter().enumerate() {
+                let a = p as f32 * f;
+                cos[p * half + i] = a.cos();
+                sin[p * half + i] = a.sin();
+            }
+        }
+        Rope { half, cos, sin, max_pos }
+    }
+
+    /// Rotate each head of `x[rows, n_heads * 2*half]` in place; row r has position `pos[r]`.
+    /// `inverse` applies the transpose rotation (the backward of the forward rotation).
+    pub fn apply(&self, x: &mut [f32], n_heads: usize, pos: &[usize], inverse: bool) {
+        let hd = 2 * self.half;
+        let h = self.half;
+        x.par_chunks_mut(n_heads * hd).zip(pos.par_iter()).for_each(|(row, &p)| {
+            let c = &self.cos[p * h..(p + 1) * h];
+            let s = &self.sin[p * h..(p + 1) * h];
+            for head in row.chunks_mut(hd) {
+                let (x1, x2) = head.split_at_mut(h);
+                for i in 0..h {
+                    let (a, b) = (x1[i], x2[i]);
+                    let si = if inverse { -s[i] } else { s[i] };
+                    x1[i] = a * c[i] - b * si;
+                    x2[i] = b * c[i] + a * si;
+                }
+            }
+        });
+    }
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// SwiGLU: `a = silu(g) * u`, elementwise over `[rows, f]`.
+pub fn swiglu(g: &[f32], u: &[f32], a: &mut [f32]) {
+    a.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((a, g), u)| {
+        for ((ai, gi), ui) in a.iter_mut().zip(g).zip(u) {
+            *ai = gi * sigmoid(*gi) * ui;
+        }
+    });
+}
+
+/// SwiGLU backward: from `da`, write `dg` and `du` (overwrite).
+pub fn swiglu_backward(g: &[f32], u: &[f32], da: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    dg.par_chunks_mut(4096)
+        .zip(du.par_chunks_mut(4096))
+        .zip(g.par_chunks(4096).zip(u.par_chunks(4096)).zip(da.par_chunks(4096)))
+        .for_each(|((dg, du), ((g, u), da))| {
+            for i in 0..dg.len() {
+                let s = sigmoid(g[i]);
+                let silu = g[i] * s;
+                du[i] = da[i] * silu;
+                dg[i] = da[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+            }
+        });
+}
+
+/// In-place softmax of one row. Entries set to -inf become 0.
+pub fn softmax_inplace(row: &mut [f32]) {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - m).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// log-sum-exp of a row, accumulated in f64 (as the reference computes log_softmax).
+pub fn logsumexp(row: &[f32]) -> f64 {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+    m + s.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut o = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                o[i * n + j] = (0..k).map(|t| a[i * k + t] * b[t * n + j]).sum();
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn gemm_layouts_match_naive() {
+        let (m, n, k) = (37, 29, 53);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+        let want = naive(&a, &b, m, n, k);
+        let mut out = vec![0.0; m * n];
+        gemm(m, n, k, View::rm(&a, k), View::rm(&b, n), &mut out, n, false, true);
+        for (x, y) in out.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-4);
+        }
+        // b^T stored as [n, k]: linear() must give the same.
+        let mut bt = vec![0.0; n * k];
+        for t in 0..k {
+            for j in 0..n {
+                bt[j * k + t] = b[t * n + j];
+            }
+        }
+        let mut out2 = vec![1.0; m * n];
+        linear(&a, &bt, m, n, k, &mut out2, true);
+        for (x, y) in out2.iter().zip(&want) {
+            assert!((x - (y + 1.0)).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn rope_inverse_undoes_forward() {
+        let rope = Rope::new(vec![1.0, 0.1, 0.01, 0.001], 16);
+        let orig: Vec<f32> = (0..3 * 2 * 8).map(|i| (i as f32).sin()).collect();
+        let mut x = orig.clone();
+        let pos = [0, 5, 15];
+        rope.apply(&mut x, 2, &pos, false);
+        assert!(x.iter().zip(&orig).any(|(a, b)| (a - b).abs() > 1e-3));
+        rope.apply(&mut x, 2, &pos, true);
+        for (a, b) in x.iter().zip(&orig) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
+}

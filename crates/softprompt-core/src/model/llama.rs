@@ -1,0 +1,739 @@
+//! The Llama family (Llama, SmolLM2, Mistral, Qwen2): GQA, RoPE, RMSNorm, SwiGLU, tied or
+//! untied embeddings, optional q/k/v bias.
+//!
+//! The forward pass runs on a *packed* batch: the rows of all sequences are stacked into one
+//! `[N, D]` matrix (no padding anywhere) and attention runs per sequence. Every sequence has
+//! its own [`KvCache`]; a sequence's new rows sit at positions `cache.len ..`. The same forward
+//! serves scoring, generation (cache kept between calls) and training (a [`Tape`] records what
+//! the backward needs).
+//!
+//! The backward computes only the gradient with respect to the input embeddings (what prompt
+//! tuning needs): no weight gradient, so a linear layer's backward is one product `dy @ W`
+//! and its input need not be kept. It is the forward read in reverse, layer by layer.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+use crate::kernels::{self, gemm, linear, linear_dx, rmsnorm, rmsnorm_backward, Rope, View};
+use crate::model::LlamaConfig;
+use crate::{Error, Result, Tensor};
+
+/// One decoder block's weights, HF layout (`[out, in]` for linear layers).
+struct Block {
+    attn_norm: Vec<f32>, // [D]
+    wq: Vec<f32>,        // [Hq*hd, D]
+    wk: Vec<f32>,        // [Hkv*hd, D]
+    wv: Vec<f32>,        // [Hkv*hd, D]
+    bq: Option<Vec<f32>>, // [Hq*hd]
+    bk: Option<Vec<f32>>, // [Hkv*hd]
+    bv: Option<Vec<f32>>, // [Hkv*hd]
+    wo: Vec<f32>,        // [D, Hq*hd]
+    mlp_norm: Vec<f32>,  // [D]
+    wg: Vec<f32>,        // [F, D]
+    wu: Vec<f32>,        // [F, D]
+    wd: Vec<f32>,        // [D, F]
+}
+
+/// Sizes used everywhere below.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub d: usize,     // hidden size
+    pub hd: usize,    // head dim
+    pub nq: usize,    // query heads
+    pub nkv: usize,   // key/value heads
+    pub f: usize,     // MLP intermediate size
+    pub vocab: usize, // vocabulary rows of the embedding table
+}
+
+impl Dims {
+    pub fn qdim(&self) -> usize {
+        self.nq * self.hd
+    }
+    pub fn kvdim(&self) -> usize {
+        self.nkv * self.hd
+    }
+}
+
+/// Keys and values of one sequence, per layer: `k[l]`, `v[l]` are `[len, Hkv*hd]`.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers], len: 0 }
+    }
+}
+
+/// What the backward of one block needs (training only).
+struct BlockTape {
+    x_in: Vec<f32>,        // [N, D] block input (residual stream)
+    rstd1: Vec<f32>,       // [N]
+    q: Vec<f32>,           // [N, Hq*hd] after RoPE
+    probs: Vec<Vec<f32>>,  // per (seq, q head): [n_i, n_i] attention probabilities
+    x_mid: Vec<f32>,       // [N, D] after the attention residual
+    rstd2: Vec<f32>,       // [N]
+    g: Vec<f32>,           // [N, F] gate pre-activation
+    u: Vec<f32>,           // [N, F] up projection
+}
+
+/// Activations recorded by a training forward.
+pub struct Tape {
+    blocks: Vec<BlockTape>,
+    x_final: Vec<f32>,     // [N, D] residual stream after the last block
+    rstd_final: Vec<f32>,  // [N]
+    /// Final hidden states after the last norm: `[N, D]` (what the LM head reads).
+    pub hidden: Vec<f32>,
+    lens: Vec<usize>,
+    pos: Vec<usize>,
+}
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    pub dims: Dims,
+    /// Token embeddings `[V, D]`.
+    pub embed: Tensor,
+    /// Output projection `[V, D]`; `None` when tied to `embed`.
+    lm_head: Option<Tensor>,
+    norm: Vec<f32>, // [D]
+    blocks: Vec<Block>,
+    rope: Rope,
+    eps: f32,
+    /// Mistral-style sliding window (keys older than this are masked).
+    window: Option<usize>,
+}
+
+/// One sequence of a packed batch: optional soft prompt rows, then token ids.
+pub struct SeqInput<'a> {
+    pub prompt: Option<&'a [f32]>, // [P, D]
+    pub ids: &'a [u32],
+}
+
+/// One training example: token ids and loss terms `(t, weight)`, each
+/// `-weight * log p(ids[t] | prompt, ids[<t])`.
+#[derive(Clone, Debug)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub targets: Vec<(usize, f32)>,
+}
+
+/// A loss term: `-weight * log p(token | everything before row)` read at packed row `row`.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub row: usize,
+    pub token: u32,
+    pub weight: f32,
+}
+
+/// inv_freq as transformers computes it (f32), with `linear` / `llama3` scaling.
+fn rope_inv_freq(cfg: &LlamaConfig, hd: usize) -> Result<Vec<f32>> {
+    let theta = cfg.rope_theta as f32;
+    let mut inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32)).collect();
+    let Some(sc) = cfg.rope_scaling.as_ref().filter(|v| !v.is_null()) else {
+        return Ok(inv);
+    };
+    let kind = sc.get("rope_type").or_else(|| sc.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+    let num = |k: &str| sc.get(k).and_then(|v| v.as_f64());
+    match kind {
+        "default" => {}
+        "linear" => {
+            let f = num("factor").ok_or_else(|| Error::unsupported("rope_scaling", "linear without factor"))? as f32;
+            inv.iter_mut().for_each(|x| *x /= f);
+        }
+        "llama3" => {
+            let (Some(f), Some(lo), Some(hi), Some(old)) = (
+                num("factor"),
+                num("low_freq_factor"),
+                num("high_freq_factor"),
+                num("original_max_position_embeddings"),
+            ) else {
+                return Err(Error::unsupported("rope_scaling", "llama3 scaling with missing fields"));
+            };
+            let (lo_wl, hi_wl) = (old / lo, old / hi);
+            for x in inv.iter_mut() {
+                let fr = *x as f64;
+                let wl = 2.0 * std::f64::consts::PI / fr;
+                let new = if wl < hi_wl {
+                    fr
+                } else if wl > lo_wl {
+                    fr / f
+                } else {
+                    let s = (old / wl - lo) / (hi - lo);
+                    (1.0 - s) * fr / f + s * fr
+                };
+                *x = new as f32;
+            }
+        }
+        other => return Err(Error::unsupported("rope_scaling", format!("rope type '{other}'"))),
+    }
+    Ok(inv)
+}
+
+/// Largest RoPE table built up front; longer contexts are refused with a clear error.
+const MAX_ROPE_TABLE: usize = 32768;
+
+impl Llama {
+    /// Bind HF weight names to blocks, checking every shape.
+    pub fn new(cfg: LlamaConfig, mut weights: HashMap<String, Tensor>, source: &str) -> Result<Self> {
+        let hd = cfg.head_dim();
+        let dims = Dims {
+            d: cfg.hidden_size,
+            hd,
+            nq: cfg.num_attention_heads,
+            nkv: cfg.num_kv_heads(),
+            f: cfg.intermediate_size,
+            vocab: cfg.vocab_size,
+        };
+        if dims.nq == 0 || dims.nkv == 0 || dims.nq % dims.nkv != 0 || hd % 2 != 0 {
+            return Err(Error::format(source, format!("bad head counts: {} query, {} kv, head_dim {hd}", dims.nq, dims.nkv)));
+        }
+        if cfg.hidden_act != "silu" {
+            return Err(Error::unsupported(source, format!("hidden_act '{}' (only silu)", cfg.hidden_act)));
+        }
+        let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let t = weights.remove(name).ok_or_else(|| Error::format(source, format!("missing tensor {name}")))?;
+            if t.shape != shape {
+                return Err(Error::format(source, format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape)));
+            }
+            Ok(t.data)
+        };
+        let (d, qd, kvd, f) = (dims.d, dims.qdim(), dims.kvdim(), dims.f);
+        let embed = Tensor::new(vec![dims.vocab, d], take("model.embed_tokens.weight", &[dims.vocab, d])?);
+        let norm = take("model.norm.weight", &[d])?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        let bias = cfg.qkv_bias();
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            blocks.push(Block {
+                attn_norm: take(&format!("{p}.input_layernorm.weight"), &[d])?,
+                wq: take(&format!("{p}.self_attn.q_proj.weight"), &[qd, d])?,
+                wk: take(&format!("{p}.self_attn.k_proj.weight"), &[kvd, d])?,
+                wv: take(&format!("{p}.self_attn.v_proj.weight"), &[kvd, d])?,
+                bq: if bias { Some(take(&format!("{p}.self_attn.q_proj.bias"), &[qd])?) } else { None },
+                bk: if bias { Some(take(&format!("{p}.self_attn.k_proj.bias"), &[kvd])?) } else { None },
+                bv: if bias { Some(take(&format!("{p}.self_attn.v_proj.bias"), &[kvd])?) } else { None },
+                wo: take(&format!("{p}.self_attn.o_proj.weight"), &[d, qd])?,
+                mlp_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                wg: take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
+                wu: take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
+                wd: take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(Tensor::new(vec![dims.vocab, d], take("lm_head.weight", &[dims.vocab, d])?))
+        };
+        let rope = Rope::new(rope_inv_freq(&cfg, hd)?, cfg.max_position_embeddings.min(MAX_ROPE_TABLE));
+        let window = if cfg.model_type == "mistral" { cfg.sliding_window } else { None };
+        Ok(Llama { eps: cfg.rms_norm_eps as f32, cfg, dims, embed, lm_head, norm, blocks, rope, window })
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+    /// Longest sequence (virtual + real tokens) the model accepts.
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_pos
+    }
+    /// The output projection `[V, D]` (the embedding table when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+    pub fn num_parameters(&self) -> usize {
+        let b: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                b.attn_norm.len()
+                    + b.wq.len()
+                    + b.wk.len()
+                    + b.wv.len()
+                    + b.wo.len()
+                    + b.bq.as_ref().map_or(0, |x| x.len())
+                    + b.bk.as_ref().map_or(0, |x| x.len())
+                    + b.bv.as_ref().map_or(0, |x| x.len())
+                    + b.mlp_norm.len()
+                    + b.wg.len()
+                    + b.wu.len()
+                    + b.wd.len()
+            })
+            .sum();
+        b + self.embed.numel() + self.norm.len() + self.lm_head.as_ref().map_or(0, |t| t.numel())
+    }
+
+    /// Input embeddings of a packed batch: `[N, D]` and the rows per sequence.
+    pub fn embed_batch(&self, seqs: &[SeqInput]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let d = self.dims.d;
+        let mut lens = Vec::with_capacity(seqs.len());
+        let total: usize = seqs.iter().map(|s| s.prompt.map_or(0, |p| p.len() / d) + s.ids.len()).sum();
+        let mut x = Vec::with_capacity(total * d);
+        for s in seqs {
+            let mut n = 0;
+            if let Some(p) = s.prompt {
+                if p.len() % d != 0 {
+                    return Err(Error::Mismatch(format!("soft prompt of {} values is not a multiple of hidden size {d}", p.len())));
+                }
+                x.extend_from_slice(p);
+                n += p.len() / d;
+            }
+            for &id in s.ids {
+                if id as usize >= self.dims.vocab {
+                    return Err(Error::Input(format!("token id {id} is outside the vocabulary (size {})", self.dims.vocab)));
+                }
+                x.extend_from_slice(self.embed.row(id as usize));
+            }
+            n += s.ids.len();
+            lens.push(n);
+        }
+        Ok((x, lens))
+    }
+
+    /// Packed forward. `x[N, D]` holds the input embeddings and is overwritten with the final
+    /// hidden states (after the last norm). `lens[i]` new rows of sequence i are appended to
+    /// `caches[i]`. With `record`, returns the tape the backward needs (requires empty caches).
+    pub fn forward(&self, x: &mut [f32], lens: &[usize], caches: &mut [KvCache], record: bool) -> Result<Option<Tape>> {
+        let Dims { d, nq, nkv, f, .. } = self.dims;
+        let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
+        let n: usize = lens.iter().sum();
+        assert_eq!(x.len(), n * d, "forward: x is not [N, D]");
+        assert_eq!(lens.len(), caches.len(), "forward: one cache per sequence");
+        // Position of every packed row.
+        let mut pos = Vec::with_capacity(n);
+        for (len, c) in lens.iter().zip(caches.iter()) {
+            if record && c.len != 0 {
+                return Err(Error::Input("training forward needs empty caches".into()));
+            }
+            if c.len + len > self.max_positions() {
+                return Err(Error::Input(format!(
+                    "sequence of {} positions exceeds the model's context of {}",
+                    c.len + len,
+                    self.max_positions()
+                )));
+            }
+            pos.extend(c.len..c.len + len);
+        }
+        let mut tapes = Vec::new();
+        let mut h = vec![0.0; n * d]; // [N, D] normed input of a sub-layer
+        let mut rstd = vec![0.0; n]; // [N]
+        let mut q = vec![0.0; n * qd]; // [N, Hq*hd]
+        let mut k = vec![0.0; n * kvd]; // [N, Hkv*hd]
+        let mut v = vec![0.0; n * kvd]; // [N, Hkv*hd]
+        let mut att = vec![0.0; n * qd]; // [N, Hq*hd]
+        let mut g = vec![0.0; n * f]; // [N, F]
+        let mut u = vec![0.0; n * f]; // [N, F]
+        let mut a = vec![0.0; n * f]; // [N, F]
+        for (l, b) in self.blocks.iter().enumerate() {
+            let x_in = if record { Some(x.to_vec()) } else { None };
+            // --- attention ---
+            rmsnorm(x, &b.attn_norm, self.eps, &mut h, &mut rstd);
+            let rstd1 = if record { Some(rstd.clone()) } else { None };
+            linear(&h, &b.wq, n, qd, d, &mut q, false);
+            linear(&h, &b.wk, n, kvd, d, &mut k, false);
+            linear(&h, &b.wv, n, kvd, d, &mut v, false);
+            add_bias(&mut q, b.bq.as_deref());
+            add_bias(&mut k, b.bk.as_deref());
+            add_bias(&mut v, b.bv.as_deref());
+            self.rope.apply(&mut q, nq, &pos, false);
+            self.rope.apply(&mut k, nkv, &pos, false);
+            let mut r0 = 0;
+            for (len, c) in lens.iter().zip(caches.iter_mut()) {
+                c.k[l].extend_from_slice(&k[r0 * kvd..(r0 + len) * kvd]);
+                c.v[l].extend_from_slice(&v[r0 * kvd..(r0 + len) * kvd]);
+                r0 += len;
+            }
+            let probs = self.attention(l, &q, lens, caches, &mut att, record);
+            linear(&att, &b.wo, n, d, qd, x, true); // x += att @ Wo^T
+            let x_mid = if record { Some(x.to_vec()) } else { None };
+            // --- MLP ---
+            rmsnorm(x, &b.mlp_norm, self.eps, &mut h, &mut rstd);
+            linear(&h, &b.wg, n, f, d, &mut g, false);
+            linear(&h, &b.wu, n, f, d, &mut u, false);
+            kernels::swiglu(&g, &u, &mut a);
+            linear(&a, &b.wd, n, d, f, x, true); // x += a @ Wd^T
+            if record {
+                tapes.push(BlockTape {
+                    x_in: x_in.unwrap_or_default(),
+                    rstd1: rstd1.unwrap_or_default(),
+                    q: q.clone(),
+                    probs,
+                    x_mid: x_mid.unwrap_or_default(),
+                    rstd2: rstd.clone(),
+                    g: g.clone(),
+                    u: u.clone(),
+                });
+            }
+        }
+        for c in caches.iter_mut().zip(lens) {
+            c.0.len += c.1;
+        }
+        let x_final = if record { Some(x.to_vec()) } else { None };
+        rmsnorm(x, &self.norm, self.eps, &mut h, &mut rstd);
+        x.copy_from_slice(&h);
+        Ok(x_final.map(|x_final| Tape {
+            blocks: tapes,
+            x_final,
+            rstd_final: rstd,
+            hidden: h,
+            lens: lens.to_vec(),
+            pos,
+        }))
+    }
+
+    /// Causal attention of the new rows of every sequence over its cache (which already holds
+    /// this step's keys/values). Writes `att[N, Hq*hd]`; returns the probabilities per
+    /// (sequence, head) when `record`.
+    fn attention(&self, l: usize, q: &[f32], lens: &[usize], caches: &[KvCache], att: &mut [f32], record: bool) -> Vec<Vec<f32>> {
+        let Dims { hd, nq, nkv, .. } = self.dims;
+        let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
+        let group = nq / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut starts = Vec::with_capacity(lens.len());
+        let mut r0 = 0;
+        for len in lens {
+            starts.push(r0);
+            r0 += len;
+        }
+        // One task per (sequence, query head): probabilities [n, t] and output [n, hd].
+        let results: Vec<(Vec<f32>, Vec<f32>)> = (0..lens.len() * nq)
+            .into_par_iter()
+            .map(|task| {
+                let (s, hq) = (task / nq, task % nq);
+                let (n, r0) = (lens[s], starts[s]);
+                let cache = &caches[s];
+                let t = cache.len + n; // keys visible to the last new row
+                let past = cache.len;
+                let kv_off = (hq / group) * hd;
+                let mut p = vec![0.0f32; n * t]; // [n, t] scores, then probabilities
+                // S = Q_h K^T: Q_h is [n, hd] (row stride qd), K^T is [hd, t].
+                gemm(
+                    n,
+                    t,
+                    hd,
+                    View { data: &q[r0 * qd + hq * hd..], rs: qd, cs: 1 },
+                    View { data: &cache.k[l][kv_off..], rs: 1, cs: kvd },
+                    &mut p,
+                    t,
+                    false,
+                    false,
+                );
+                for (j, row) in p.chunks_mut(t).enumerate() {
+                    let qpos = past + j;
+                    let lo = self.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+                    for (c, val) in row.iter_mut().enumerate() {
+                        *val = if c > qpos || c < lo { f32::NEG_INFINITY } else { *val * scale };
+                    }
+                    kernels::softmax_inplace(row);
+                }
+                let mut o = vec![0.0f32; n * hd]; // [n, hd] = P V
+                gemm(n, hd, t, View::rm(&p, t), View { data: &cache.v[l][kv_off..], rs: kvd, cs: 1 }, &mut o, hd, false, false);
+                (if record { p } else { Vec::new() }, o)
+            })
+            .collect();
+        let mut probs = Vec::with_capacity(if record { results.len() } else { 0 });
+        for (task, (p, o)) in results.into_iter().enumerate() {
+            let (s, hq) = (task / nq, task % nq);
+            for (j, orow) in o.chunks(hd).enumerate() {
+                let r = starts[s] + j;
+                att[r * qd + hq * hd..r * qd + (hq + 1) * hd].copy_from_slice(orow);
+            }
+            if record {
+                probs.push(p);
+            }
+        }
+        probs
+    }
+
+    /// Logits `[rows.len(), V]` for the chosen rows of the final hidden states `hidden[N, D]`.
+    pub fn logits(&self, hidden: &[f32], rows: &[usize]) -> Vec<f32> {
+        let d = self.dims.d;
+        let mut hs = Vec::with_capacity(rows.len() * d);
+        for &r in rows {
+            hs.extend_from_slice(&hidden[r * d..(r + 1) * d]);
+        }
+        let v = self.dims.vocab;
+        let mut out = vec![0.0; rows.len() * v];
+        linear(&hs, &self.lm_head().data, rows.len(), v, d, &mut out, false);
+        out
+    }
+
+    /// Weighted cross-entropy over `targets` and its gradient w.r.t. `hidden[N, D]`.
+    /// Logits are computed only at target rows, in chunks, never for the whole batch at once.
+    pub fn loss_head(&self, hidden: &[f32], targets: &[Target], want_grad: bool) -> (f64, Vec<f32>) {
+        const CHUNK: usize = 64;
+        let d = self.dims.d;
+        let v = self.dims.vocab;
+        let w = &self.lm_head().data;
+        let mut loss = 0.0f64;
+        let mut dh = if want_grad { vec![0.0; hidden.len()] } else { Vec::new() };
+        for chunk in targets.chunks(CHUNK) {
+            let rows: Vec<usize> = chunk.iter().map(|t| t.row).collect();
+            let mut logits = self.logits(hidden, &rows); // [r, V]
+            let parts: Vec<f64> = logits
+                .par_chunks_mut(v)
+                .zip(chunk.par_iter())
+                .map(|(lg, t)| {
+                    let lse = kernels::logsumexp(lg);
+                    let nll = lse - lg[t.token as usize] as f64;
+                    if want_grad {
+                        // d/dlogits of w * (lse - logit[tok]) = w * (softmax - onehot)
+                        for x in lg.iter_mut() {
+                            *x = ((*x as f64 - lse).exp() as f32) * t.weight;
+                        }
+                        lg[t.token as usize] -= t.weight;
+                    }
+                    nll * t.weight as f64
+                })
+                .collect();
+            loss += parts.iter().sum::<f64>();
+            if want_grad {
+                let mut dhs = vec![0.0; rows.len() * d]; // [r, D] = dlogits @ W
+                linear_dx(&logits, w, rows.len(), v, d, &mut dhs, false);
+                for (i, &r) in rows.iter().enumerate() {
+                    for (o, g) in dh[r * d..(r + 1) * d].iter_mut().zip(&dhs[i * d..(i + 1) * d]) {
+                        *o += g;
+                    }
+                }
+            }
+        }
+        (loss, dh)
+    }
+
+    /// Backward from `d_hidden[N, D]` (gradient w.r.t. the final hidden states) to the input
+    /// embeddings: returns `dx[N, D]`. `caches` are those filled by the recording forward.
+    pub fn backward(&self, tape: &Tape, caches: &[KvCache], d_hidden: &[f32]) -> Vec<f32> {
+        let Dims { d, nq, nkv, f, .. } = self.dims;
+        let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
+        let n: usize = tape.lens.iter().sum();
+        let mut dx = vec![0.0; n * d]; // [N, D] gradient w.r.t. the residual stream
+        rmsnorm_backward(&tape.x_final, &self.norm, &tape.rstd_final, d_hidden, &mut dx);
+        let mut da = vec![0.0; n * f]; // [N, F]
+        let mut dg = vec![0.0; n * f]; // [N, F]
+        let mut du = vec![0.0; n * f]; // [N, F]
+        let mut dh = vec![0.0; n * d]; // [N, D] gradient w.r.t. a norm's output
+        let mut datt = vec![0.0; n * qd]; // [N, Hq*hd]
+        let mut dq = vec![0.0; n * qd]; // [N, Hq*hd]
+        let mut dk = vec![0.0; n * kvd]; // [N, Hkv*hd]
+        let mut dv = vec![0.0; n * kvd]; // [N, Hkv*hd]
+        let mut r0 = 0;
+        let starts: Vec<(usize, usize)> = tape
+            .lens
+            .iter()
+            .map(|&len| {
+                r0 += len;
+                (r0 - len, len)
+            })
+            .collect();
+        for (l, (b, t)) in self.blocks.iter().zip(&tape.blocks).enumerate().rev() {
+            // --- MLP: x_out = x_mid + (silu(g) * u) @ Wd^T ---
+            linear_dx(&dx, &b.wd, n, d, f, &mut da, false);
+            kernels::swiglu_backward(&t.g, &t.u, &da, &mut dg, &mut du);
+            linear_dx(&dg, &b.wg, n, f, d, &mut dh, false);
+            linear_dx(&du, &b.wu, n, f, d, &mut dh, true);
+            rmsnorm_backward(&t.x_mid, &b.mlp_norm, &t.rstd2, &dh, &mut dx); // dx is now d x_mid
+            // --- attention: x_mid = x_in + att @ Wo^T ---
+            linear_dx(&dx, &b.wo, n, qd, d, &mut datt, false);
+            self.attention_backward(l, t, &starts, caches, &datt, &mut dq, &mut dk, &mut dv);
+            self.rope.apply(&mut dq, nq, &tape.pos, true);
+            self.rope.apply(&mut dk, nkv, &tape.pos, true);
+            linear_dx(&dq, &b.wq, n, qd, d, &mut dh, false);
+            linear_dx(&dk, &b.wk, n, kvd, d, &mut dh, true);
+            linear_dx(&dv, &b.wv, n, kvd, d, &mut dh, true);
+            rmsnorm_backward(&t.x_in, &b.attn_norm, &t.rstd1, &dh, &mut dx); // dx is now d x_in
+        }
+        dx
+    }
+
+    /// Attention backward for sequences with no past (training). One task per
+    /// (sequence, kv head) so the key/value gradients of a GQA group are summed in one place.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        l: usize,
+        t: &BlockTape,
+        lens: &[(usize, usize)],
+        caches: &[KvCache],
+        datt: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+    ) {
+        let Dims { hd, nq, nkv, .. } = self.dims;
+        let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
+        let group = nq / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // Per task: dQ for each head of the group [group][n, hd], dK [n, hd], dV [n, hd].
+        let results: Vec<(Vec<Vec<f32>>, Vec<f32>, Vec<f32>)> = (0..lens.len() * nkv)
+            .into_par_iter()
+            .map(|task| {
+                let (s, g) = (task / nkv, task % nkv);
+                let (r0, n) = lens[s];
+                let kv_off = g * hd;
+                let kmat = View { data: &caches[s].k[l][kv_off..], rs: kvd, cs: 1 }; // [n, hd]
+                let vmat = View { data: &caches[s].v[l][kv_off..], rs: kvd, cs: 1 }; // [n, hd]
+                let mut dkg = vec![0.0f32; n * hd];
+                let mut dvg = vec![0.0f32; n * hd];
+                let mut dqs = Vec::with_capacity(group);
+                let mut dp = vec![0.0f32; n * n]; // [n, n]
+                for hq in g * group..(g + 1) * group {
+                    let p = &t.probs[s * nq + hq]; // [n, n]
+                    let dout = View { data: &datt[r0 * qd + hq * hd..], rs: qd, cs: 1 }; // [n, hd]
+                    // dV += P^T dO
+                    gemm(n, hd, n, View::t(p, n), dout, &mut dvg, hd, true, false);
+                    // dP = dO V^T
+                    gemm(n, n, hd, dout, View { data: vmat.data, rs: 1, cs: kvd }, &mut dp, n, false, false);
+                    // dS = P * (dP - rowsum(dP * P)) * scale
+                    for (prow, dprow) in p.chunks(n).zip(dp.chunks_mut(n)) {
+                        let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
+                        for (x, &pv) in dprow.iter_mut().zip(prow) {
+                            *x = pv * (*x - dot) * scale;
+                        }
+                    }
+                    // dQ_h = dS K ; dK += dS^T Q_h
+                    let mut dqh = vec![0.0f32; n * hd];
+                    gemm(n, hd, n, View::rm(&dp, n), kmat, &mut dqh, hd, false, false);
+                    let qh = View { data: &t.q[r0 * qd + hq * hd..], rs: qd, cs: 1 };
+                    gemm(n, hd, n, View::t(&dp, n), qh, &mut dkg, hd, true, false);
+                    dqs.push(dqh);
+                }
+                (dqs, dkg, dvg)
+            })
+            .collect();
+        for (task, (dqs, dkg, dvg)) in results.into_iter().enumerate() {
+            let (s, g) = (task / nkv, task % nkv);
+            let (r0, n) = lens[s];
+            for j in 0..n {
+                let r = r0 + j;
+                dk[r * kvd + g * hd..r * kvd + (g + 1) * hd].copy_from_slice(&dkg[j * hd..(j + 1) * hd]);
+                dv[r * kvd + g * hd..r * kvd + (g + 1) * hd].copy_from_slice(&dvg[j * hd..(j + 1) * hd]);
+                for (i, dqh) in dqs.iter().enumerate() {
+                    let hq = g * group + i;
+                    dq[r * qd + hq * hd..r * qd + (hq + 1) * hd].copy_from_slice(&dqh[j * hd..(j + 1) * hd]);
+                }
+            }
+        }
+    }
+
+    /// Loss and gradient w.r.t. the input embeddings of a packed batch.
+    /// Returns `(loss, dx[N, D], lens)`.
+    pub fn loss_and_input_grad(&self, seqs: &[SeqInput], targets: &[Target]) -> Result<(f64, Vec<f32>, Vec<usize>)> {
+        let (mut x, lens) = self.embed_batch(seqs)?;
+        let n = x.len() / self.dims.d;
+        check_targets(targets, n, self.dims.vocab)?;
+        let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(self.n_layers())).collect();
+        let tape = self.forward(&mut x, &lens, &mut caches, true)?.ok_or_else(|| Error::Input("no tape".into()))?;
+        let (loss, dh) = self.loss_head(&tape.hidden, targets, true);
+        let dx = self.backward(&tape, &caches, &dh);
+        Ok((loss, dx, lens))
+    }
+
+    /// Packed targets for examples that share one soft prompt of `p` rows.
+    fn prompt_targets(batch: &[Example], p: usize) -> Result<Vec<Target>> {
+        let mut targets = Vec::new();
+        let mut r0 = 0;
+        for ex in batch {
+            for &(t, weight) in &ex.targets {
+                if t >= ex.ids.len() || p + t == 0 {
+                    return Err(Error::Input(format!("target index {t} invalid for {} tokens and {p} virtual tokens", ex.ids.len())));
+                }
+                targets.push(Target { row: r0 + p + t - 1, token: ex.ids[t], weight });
+            }
+            r0 += p + ex.ids.len();
+        }
+        Ok(targets)
+    }
+
+    /// Loss and d loss / d prompt for a batch sharing the soft prompt `prompt[P, D]`:
+    /// the gradient is the input-embedding gradient at positions 0..P-1, summed over the batch.
+    pub fn prompt_loss_and_grad(&self, prompt: &[f32], batch: &[Example]) -> Result<(f64, Vec<f32>)> {
+        let d = self.dims.d;
+        let p = prompt.len() / d;
+        let targets = Self::prompt_targets(batch, p)?;
+        let seqs: Vec<SeqInput> = batch.iter().map(|e| SeqInput { prompt: Some(prompt), ids: &e.ids }).collect();
+        let (loss, dx, lens) = self.loss_and_input_grad(&seqs, &targets)?;
+        let mut grad = vec![0.0f32; p * d]; // [P, D]
+        let mut r0 = 0;
+        for len in lens {
+            for (g, x) in grad.iter_mut().zip(&dx[r0 * d..(r0 + p) * d]) {
+                *g += x;
+            }
+            r0 += len;
+        }
+        Ok((loss, grad))
+    }
+
+    /// Loss of a batch sharing the soft prompt (no backward).
+    pub fn prompt_loss(&self, prompt: &[f32], batch: &[Example]) -> Result<f64> {
+        let p = prompt.len() / self.dims.d;
+        let targets = Self::prompt_targets(batch, p)?;
+        let seqs: Vec<SeqInput> = batch.iter().map(|e| SeqInput { prompt: Some(prompt), ids: &e.ids }).collect();
+        self.loss(&seqs, &targets)
+    }
+
+    /// Loss only (no tape, no backward).
+    pub fn loss(&self, seqs: &[SeqInput], targets: &[Target]) -> Result<f64> {
+        let (mut x, lens) = self.embed_batch(seqs)?;
+        check_targets(targets, x.len() / self.dims.d, self.dims.vocab)?;
+        let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(self.n_layers())).collect();
+        self.forward(&mut x, &lens, &mut caches, false)?;
+        Ok(self.loss_head(&x, targets, false).0)
+    }
+}
+
+fn check_targets(targets: &[Target], n: usize, vocab: usize) -> Result<()> {
+    for t in targets {
+        if t.row >= n || t.token as usize >= vocab {
+            return Err(Error::Input(format!("loss target row {} / token {} out of range ({n} rows, vocab {vocab})", t.row, t.token)));
+        }
+    }
+    Ok(())
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        x.par_chunks_mut(b.len()).for_each(|row| row.iter_mut().zip(b).for_each(|(x, b)| *x += b));
+    }
+}
+
+/// A tiny random model for tests and gradient checks (weights under HF names).
+pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let hd = cfg.head_dim();
+    let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (qd, kvd) = (cfg.num_attention_heads * hd, cfg.num_kv_heads() * hd);
+    let mut w = HashMap::new();
+    let mut put = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+        let n = shape.iter().product();
+        let data = (0..n).map(|_| offset + scale * (rng.gen::<f32>() * 2.0 - 1.0)).collect();
+        w.insert(name, Tensor::new(shape, data));
+    };
+    put("model.embed_tokens.weight".into(), vec![v, d], 1.0, 0.0);
+    put("model.norm.weight".into(), vec![d], 0.2, 1.0);
+    if !cfg.tie_word_embeddings {
+        put("lm_head.weight".into(), vec![v, d], 0.3, 0.0);
+    }
+    let s = 1.0 / (d as f32).sqrt();
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        put(format!("{p}.input_layernorm.weight"), vec![d], 0.2, 1.0);
+        put(format!("{p}.post_attention_layernorm.weight"), vec![d], 0.2, 1.0);
+        put(format!("{p}.self_attn.q_proj.weight"), vec![qd, d], 2.0 * s, 0.0);
+        put(format!("{p}.self_attn.k_proj.weight"), vec![kvd, d], 2.0 * s, 0.0);
+        put(format!("{p}.self_attn.v_proj.weight"), vec![kvd, d], s, 0.0);
+        put(format!("{p}.self_attn.o_proj.weight"), vec![d, qd], s, 0.0);
+        if cfg.qkv_bias() {
+            put(format!("{p}.self_attn.q_proj.bias"), vec![qd], 0.1, 0.0);
+            put(format!("{p}.self_attn.k_proj.bias"), vec![kvd], 0.1, 0.0);
+            put(format!("{p}.self_attn.v_proj.bias"), vec![kvd], 0.1, 0.0);
+        }
+        put(format!("{p}.mlp.gate_proj.weight"), vec![f, d], s, 0.0);
+        put(format!("{p}.mlp.up_proj.weight"), vec![f, d], s, 0.0);
+        put(format!("{p}.mlp.down_proj.weight"), vec![d, f], 1.0 / (f as f32).sqrt(), 0.0);
+    }
+    w
+}
