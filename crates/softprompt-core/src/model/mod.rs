@@ -4,5 +4,61 @@ pub mod config;
 pub mod llama;
 pub mod load;
 
+use std::path::Path;
+
 pub use config::LlamaConfig;
 pub use load::{load, LoadedWeights, ModelSource};
+
+use crate::prompt::{self, SoftPrompt};
+use crate::{Error, Result};
+
+/// A loaded base model with its tokenizer and identity. Never modified after loading.
+pub struct FrozenModel {
+    pub llama: llama::Llama,
+    pub tokenizer: tokenizers::Tokenizer,
+    /// Where it came from (path, hub id).
+    pub source: String,
+    /// How the weights were stored before conversion to f32.
+    pub stored_dtype: String,
+    /// [`prompt::model_fingerprint`]: prompts record it and are refused on another model.
+    pub fingerprint: String,
+    pub tokenizer_fingerprint: String,
+}
+
+impl FrozenModel {
+    /// Load from a spec: the default alias, a `.gguf` file, a Hugging Face folder or a hub id.
+    pub fn load(spec: &str) -> Result<Self> {
+        Self::from_loaded(load(spec)?)
+    }
+
+    pub fn from_loaded(lw: LoadedWeights) -> Result<Self> {
+        let LoadedWeights { config, weights, tokenizer, source, stored_dtype } = lw;
+        let llama = llama::Llama::new(config, weights, &source)?;
+        let fingerprint = prompt::model_fingerprint(&llama.cfg, &llama.embed);
+        let tokenizer_fingerprint = prompt::tokenizer_fingerprint(&tokenizer);
+        Ok(FrozenModel { llama, tokenizer, source, stored_dtype, fingerprint, tokenizer_fingerprint })
+    }
+
+    /// Token ids of `text`, no special tokens added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// Load a soft prompt folder and check it fits this model (hidden size always; the
+    /// base-model fingerprint unless `force`).
+    pub fn load_prompt(&self, dir: &Path, force: bool) -> Result<SoftPrompt> {
+        let p = SoftPrompt::load(dir)?;
+        p.check_compatible(self.llama.dims.d, &self.fingerprint, force)?;
+        Ok(p)
+    }
+
+    /// End-of-sequence ids from the config.
+    pub fn eos_ids(&self) -> Vec<u32> {
+        self.llama.cfg.eos_ids()
+    }
+}
