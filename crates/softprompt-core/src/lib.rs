@@ -5,6 +5,7 @@
 //! input-gradient-only backward. A [`prompt::SoftPrompt`] (PEFT adapter layout) is prepended to
 //! the token embeddings; [`infer`] scores and generates with it.
 
+pub mod data;
 pub mod error;
 pub mod fetch;
 pub mod infer;
@@ -12,6 +13,7 @@ pub mod kernels;
 pub mod model;
 pub mod prompt;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;

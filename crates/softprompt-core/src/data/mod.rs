@@ -1,0 +1,1 @@
+//! Task specs, data readers and batching (being written).
