@@ -1,8 +1,494 @@
-//! (helper B fills this in)
-use super::LoadedWeights;
-use crate::{Error, Result};
-use std::path::Path;
+//! Hugging Face model folders: `config.json`, `tokenizer.json` and safetensors weights
+//! (`model.safetensors`, or shards listed in `model.safetensors.index.json`).
+//!
+//! Loading converts F32/F16/BF16 tensors to f32 and keeps shapes as stored (linear weights
+//! `[out, in]`). Saving writes f32 safetensors (optionally sharded) atomically: everything goes
+//! into a temporary sibling folder first, which is then renamed into place.
 
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::path::{Component, Path, PathBuf};
+
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype, TensorView, View};
+use safetensors::SafeTensors;
+
+use super::LoadedWeights;
+use crate::model::LlamaConfig;
+use crate::{Error, Result, Tensor};
+
+/// Model types whose config.json and weight names the Llama implementation understands.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Load a Hugging Face model folder (Llama, Mistral or Qwen2 architecture).
 pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
-    Err(Error::unsupported(dir.display().to_string(), "HF folder loader not written yet"))
+    if !dir.is_dir() {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(ErrorKind::NotFound, "no such model folder"),
+        ));
+    }
+    let config = read_config(dir)?;
+    let tokenizer = read_tokenizer(dir)?;
+
+    let single = dir.join(WEIGHTS_FILE);
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    let (weights, dtypes) = if single.is_file() {
+        read_safetensors(&single)?
+    } else if index.is_file() {
+        let (shards, weight_map) = read_index(&index)?;
+        let mut weights = HashMap::new();
+        let mut dtypes = BTreeSet::new();
+        for shard in &shards {
+            let path = dir.join(shard);
+            let (w, d) = read_safetensors(&path)?;
+            dtypes.extend(d);
+            for (name, t) in w {
+                if weights.insert(name.clone(), t).is_some() {
+                    return Err(Error::format(
+                        &path,
+                        format!("tensor {name} also appears in another shard"),
+                    ));
+                }
+            }
+        }
+        for (name, shard) in &weight_map {
+            if !weights.contains_key(name) {
+                return Err(Error::format(
+                    &index,
+                    format!("weight_map lists tensor {name} in {shard}, but that shard does not contain it"),
+                ));
+            }
+        }
+        (weights, dtypes)
+    } else {
+        let hint = if dir.join("pytorch_model.bin").exists() {
+            " (only pytorch_model.bin is present: softprompt reads safetensors only; convert it, or use a .gguf)"
+        } else {
+            ""
+        };
+        return Err(Error::io(
+            &single,
+            std::io::Error::new(
+                ErrorKind::NotFound,
+                format!("no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} in the folder{hint}"),
+            ),
+        ));
+    };
+    if weights.is_empty() {
+        return Err(Error::format(dir, "the safetensors files hold no tensors"));
+    }
+
+    let names: Vec<&str> = dtypes.iter().map(|d| d.as_str()).collect();
+    let stored_dtype = if names == ["F32"] {
+        "safetensors F32".to_string()
+    } else {
+        format!("safetensors {}, converted to f32", names.join("+"))
+    };
+    Ok(LoadedWeights {
+        config,
+        weights,
+        tokenizer,
+        source: dir.display().to_string(),
+        stored_dtype,
+    })
+}
+
+/// Read and check `config.json`: well-formed JSON, a supported `model_type`, Llama-family fields.
+pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            Error::io(
+                &path,
+                std::io::Error::new(
+                    ErrorKind::NotFound,
+                    "missing: not a Hugging Face model folder",
+                ),
+            )
+        } else {
+            Error::io(&path, e)
+        }
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
+    let model_type = value
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    if model_type.is_empty() {
+        return Err(Error::format(&path, "no \"model_type\" field"));
+    }
+    if !SUPPORTED_MODEL_TYPES.contains(&model_type) {
+        return Err(Error::unsupported(
+            dir.display().to_string(),
+            format!(
+                "model_type \"{model_type}\" (supported: {})",
+                SUPPORTED_MODEL_TYPES.join(", ")
+            ),
+        ));
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| Error::format(&path, format!("not a usable {model_type} config: {e}")))
+}
+
+fn read_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
+    let path = dir.join(TOKENIZER_FILE);
+    if !path.is_file() {
+        let hint = if dir.join("tokenizer.model").exists() {
+            " (only tokenizer.model is present; softprompt needs the fast tokenizer file tokenizer.json)"
+        } else {
+            ""
+        };
+        return Err(Error::io(
+            &path,
+            std::io::Error::new(ErrorKind::NotFound, format!("missing{hint}")),
+        ));
+    }
+    tokenizers::Tokenizer::from_file(&path)
+        .map_err(|e| Error::format(&path, format!("cannot read tokenizer: {e}")))
+}
+
+/// Parse `model.safetensors.index.json`: the distinct shard files (in first-seen order, each a
+/// plain relative path inside the folder) and the tensor → shard map.
+pub fn read_index(path: &Path) -> Result<(Vec<String>, BTreeMap<String, String>)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::format(path, "no \"weight_map\" object"))?;
+    let mut weight_map = BTreeMap::new();
+    let mut shards: Vec<String> = Vec::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            Error::format(
+                path,
+                format!("weight_map entry for {name} is not a file name"),
+            )
+        })?;
+        if !is_plain_relative(file) {
+            return Err(Error::format(
+                path,
+                format!("shard path \"{file}\" (for {name}) leaves the model folder; refusing to read it"),
+            ));
+        }
+        if !shards.iter().any(|s| s == file) {
+            shards.push(file.to_string());
+        }
+        weight_map.insert(name.clone(), file.to_string());
+    }
+    if shards.is_empty() {
+        return Err(Error::format(path, "empty weight_map"));
+    }
+    Ok((shards, weight_map))
+}
+
+/// A relative path that stays inside its folder: no `..`, no root, no drive prefix.
+fn is_plain_relative(p: &str) -> bool {
+    let comps = Path::new(p).components();
+    let mut normal = false;
+    for c in comps {
+        match c {
+            Component::Normal(_) => normal = true,
+            Component::CurDir => {}
+            _ => return false,
+        }
+    }
+    normal
+}
+
+/// Memory-map one safetensors file and convert every tensor to f32.
+fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, BTreeSet<String>)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and lives only inside this function; like every mmap-based
+    // model loader we assume the file is not truncated by another process while we read it.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+        Error::format(
+            path,
+            format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+        )
+    })?;
+    let views = st.tensors();
+    let mut dtypes = BTreeSet::new();
+    for (name, view) in &views {
+        match view.dtype() {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => {
+                dtypes.insert(format!("{:?}", view.dtype()));
+            }
+            other => {
+                return Err(Error::unsupported(
+                    format!("{}: tensor {name}", path.display()),
+                    format!("dtype {other:?} (softprompt reads F32, F16 and BF16)"),
+                ))
+            }
+        }
+    }
+    let weights = views
+        .par_iter()
+        .map(|(name, view)| (name.clone(), to_f32(view)))
+        .collect::<HashMap<_, _>>();
+    Ok((weights, dtypes))
+}
+
+fn to_f32(view: &TensorView<'_>) -> Tensor {
+    let bytes = view.data();
+    let data: Vec<f32> = match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+        // Filtered out by the caller.
+        _ => Vec::new(),
+    };
+    // The safetensors crate checked that the byte length matches shape × dtype size.
+    Tensor {
+        shape: view.shape().to_vec(),
+        data,
+    }
+}
+
+/// An f32 tensor as a safetensors view; bytes are produced one tensor at a time while writing.
+struct F32View<'a>(&'a Tensor);
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.0.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.0.data.len() * 4
+    }
+}
+
+/// Save as a Hugging Face folder: `config.json` (with `"torch_dtype": "float32"`), f32
+/// `model.safetensors` — or, when `max_shard_bytes` is given and the weights do not fit in one
+/// shard, `model-0000i-of-0000N.safetensors` plus `model.safetensors.index.json` — and
+/// `tokenizer.json`. `dir` must not exist or be an empty folder; it is written atomically.
+pub fn save_hf_folder(
+    dir: &Path,
+    lw: &LoadedWeights,
+    max_shard_bytes: Option<usize>,
+) -> Result<()> {
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        if entries.next().is_some() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(
+                    ErrorKind::AlreadyExists,
+                    "folder exists and is not empty; refusing to overwrite it",
+                ),
+            ));
+        }
+    }
+    for (name, t) in &lw.weights {
+        if t.shape.iter().product::<usize>() != t.data.len() {
+            return Err(Error::Input(format!(
+                "tensor {name}: shape {:?} does not match its {} values",
+                t.shape,
+                t.data.len()
+            )));
+        }
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let base = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let tmp = parent.join(format!(".{base}.tmp-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+
+    let result = write_folder(&tmp, lw, max_shard_bytes).and_then(|()| {
+        if dir.exists() {
+            // Known empty (checked above); a plain rename over it is not portable.
+            std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn write_folder(tmp: &Path, lw: &LoadedWeights, max_shard_bytes: Option<usize>) -> Result<()> {
+    // config.json
+    let mut cfg = serde_json::to_value(&lw.config)
+        .map_err(|e| Error::Input(format!("cannot serialize the model config: {e}")))?;
+    if let Some(obj) = cfg.as_object_mut() {
+        obj.retain(|_, v| !v.is_null());
+        obj.insert(
+            "torch_dtype".into(),
+            serde_json::Value::String("float32".into()),
+        );
+    }
+    let cfg_path = tmp.join(CONFIG_FILE);
+    let text = serde_json::to_string_pretty(&cfg)
+        .map_err(|e| Error::Input(format!("cannot serialize the model config: {e}")))?;
+    write_file(&cfg_path, text.as_bytes())?;
+
+    // Weights, in natural name order (layers.2 before layers.10).
+    let mut names: Vec<&String> = lw.weights.keys().collect();
+    names.sort_by_cached_key(|n| natural_key(n));
+    let mut shards: Vec<Vec<&String>> = vec![Vec::new()];
+    let mut cur = 0usize;
+    let limit = max_shard_bytes.unwrap_or(usize::MAX);
+    for name in names {
+        let bytes = lw.weights[name].data.len() * 4;
+        let last = shards.len() - 1;
+        if !shards[last].is_empty() && cur.saturating_add(bytes) > limit {
+            shards.push(Vec::new());
+            cur = 0;
+        }
+        let last = shards.len() - 1;
+        shards[last].push(name);
+        cur = cur.saturating_add(bytes);
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    if shards.len() == 1 {
+        write_shard(&tmp.join(WEIGHTS_FILE), lw, &shards[0], &meta)?;
+    } else {
+        let n = shards.len();
+        let mut weight_map = serde_json::Map::new();
+        let mut total = 0usize;
+        for (i, shard) in shards.iter().enumerate() {
+            let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+            write_shard(&tmp.join(&file), lw, shard, &meta)?;
+            for name in shard {
+                total += lw.weights[*name].data.len() * 4;
+                weight_map.insert((*name).clone(), serde_json::Value::String(file.clone()));
+            }
+        }
+        let index =
+            serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+        let text = serde_json::to_string_pretty(&index)
+            .map_err(|e| Error::Input(format!("cannot serialize the weight index: {e}")))?;
+        write_file(&tmp.join(WEIGHTS_INDEX_FILE), text.as_bytes())?;
+    }
+
+    let tok_path = tmp.join(TOKENIZER_FILE);
+    lw.tokenizer
+        .save(&tok_path, false)
+        .map_err(|e| Error::io(&tok_path, std::io::Error::other(e.to_string())))?;
+    Ok(())
+}
+
+fn write_shard(
+    path: &Path,
+    lw: &LoadedWeights,
+    names: &[&String],
+    meta: &HashMap<String, String>,
+) -> Result<()> {
+    let views = names.iter().map(|n| (n.as_str(), F32View(&lw.weights[*n])));
+    safetensors::serialize_to_file(views, Some(meta.clone()), path).map_err(|e| match e {
+        safetensors::SafeTensorError::IoError(io) => Error::io(path, io),
+        other => Error::format(path, format!("cannot write safetensors: {other}")),
+    })
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    Num(u64),
+    Text(String),
+}
+
+/// Split a name into digit runs (compared as numbers) and other text.
+fn natural_key(s: &str) -> Vec<Part> {
+    let mut parts = Vec::new();
+    let mut buf = String::new();
+    let mut digits = false;
+    for c in s.chars() {
+        let d = c.is_ascii_digit();
+        if d != digits && !buf.is_empty() {
+            parts.push(make_part(std::mem::take(&mut buf), digits));
+        }
+        digits = d;
+        buf.push(c);
+    }
+    if !buf.is_empty() {
+        parts.push(make_part(buf, digits));
+    }
+    parts
+}
+
+fn make_part(s: String, digits: bool) -> Part {
+    match (digits, s.parse::<u64>()) {
+        (true, Ok(n)) => Part::Num(n),
+        _ => Part::Text(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_relative_paths() {
+        assert!(is_plain_relative("model-00001-of-00002.safetensors"));
+        assert!(is_plain_relative("sub/shard.safetensors"));
+        assert!(!is_plain_relative("../evil.safetensors"));
+        assert!(!is_plain_relative("a/../../evil.safetensors"));
+        assert!(!is_plain_relative("/etc/passwd"));
+        assert!(is_plain_relative("./x.safetensors"));
+        assert!(!is_plain_relative("."));
+        assert!(!is_plain_relative(""));
+    }
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec![
+            "model.layers.10.a",
+            "model.layers.2.a",
+            "lm_head.weight",
+            "model.layers.2.b",
+        ];
+        v.sort_by_cached_key(|n| natural_key(n));
+        assert_eq!(
+            v,
+            [
+                "lm_head.weight",
+                "model.layers.2.a",
+                "model.layers.2.b",
+                "model.layers.10.a"
+            ]
+        );
+    }
 }
