@@ -228,6 +228,12 @@ impl Llama {
         } else {
             Some(Tensor::new(vec![dims.vocab, d], take("lm_head.weight", &[dims.vocab, d])?))
         };
+        if !weights.is_empty() {
+            let mut left: Vec<&String> = weights.keys().collect();
+            left.sort();
+            left.truncate(5);
+            return Err(Error::unsupported(source, format!("tensors this architecture does not use (e.g. {left:?})")));
+        }
         let rope = Rope::new(rope_inv_freq(&cfg, hd)?, cfg.max_position_embeddings.min(MAX_ROPE_TABLE));
         let window = if cfg.model_type == "mistral" { cfg.sliding_window } else { None };
         Ok(Llama { eps: cfg.rms_norm_eps as f32, cfg, dims, embed, lm_head, norm, blocks, rope, window })
