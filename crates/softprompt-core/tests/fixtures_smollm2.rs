@@ -105,3 +105,26 @@ fn greedy_matches_full_forward_with_and_without_cache() {
     let full = infer::generate(m, Some(&f.prompt), &ids_of(&f, 0), &s, |_| true).unwrap();
     assert_eq!(full, want, "no-cache greedy");
 }
+
+/// The same numbers from a Hugging Face folder (sharded safetensors + config.json +
+/// tokenizer.json) written from the GGUF by our own converter.
+#[test]
+fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
+    let f = fixture();
+    let gguf = softprompt_core::fetch::fetch_alias("smollm2-135m").unwrap();
+    let lw = softprompt_core::model::load::gguf::load_gguf(&gguf).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("SmolLM2-135M-Instruct-hf");
+    softprompt_core::model::load::hf::save_hf_folder(&dir, &lw, Some(200 << 20)).unwrap();
+    assert!(dir.join("model.safetensors.index.json").is_file(), "expected a sharded folder");
+    drop(lw);
+    let hf = softprompt_core::model::FrozenModel::load(dir.to_str().unwrap()).unwrap();
+    assert_eq!(hf.fingerprint, softprompt_core::model::FrozenModel::load("smollm2-135m").unwrap().fingerprint);
+    for i in 0..f.texts.len() {
+        let ids = hf.encode(&f.texts[i]).unwrap();
+        assert_eq!(ids, ids_of(&f, i));
+        let got = infer::score(&hf.llama, Some(&f.prompt), &ids).unwrap();
+        let err = max_abs(&got, &f.t[&format!("logprobs_prompt_{i}")].1);
+        assert!(err < 1e-3, "HF folder, text {i}: max |logprob diff| {err}");
+    }
+}

@@ -224,6 +224,8 @@ impl Llama {
             });
         }
         let lm_head = if cfg.tie_word_embeddings {
+            // Some checkpoints store the tied copy too; it is the same matrix.
+            weights.remove("lm_head.weight");
             None
         } else {
             Some(Tensor::new(vec![dims.vocab, d], take("lm_head.weight", &[dims.vocab, d])?))
