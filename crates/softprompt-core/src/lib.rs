@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod infer;
 pub mod kernels;
 pub mod model;
+pub mod objective;
 pub mod prompt;
 pub mod tensor;
 pub mod train;

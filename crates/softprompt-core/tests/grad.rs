@@ -127,3 +127,66 @@ fn kv_cache_matches_full_forward() {
     let diff = got.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(diff < 1e-5, "cached vs full: max diff {diff}");
 }
+
+/// Central differences of an objective's loss w.r.t. the prompt, on every 4th coordinate.
+fn fd_rel_error(m: &Llama, pr: &[f32], f: &dyn Fn(&[f32], bool) -> (f64, Option<Vec<f32>>)) -> f64 {
+    let (_, grad) = f(pr, true);
+    let grad = grad.unwrap();
+    assert!(grad.iter().any(|g| g.abs() > 1e-5), "zero gradient");
+    let eps = 1e-2f32;
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for i in (0..pr.len()).step_by(4) {
+        let mut p1 = pr.to_vec();
+        p1[i] += eps;
+        let mut p2 = pr.to_vec();
+        p2[i] -= eps;
+        let fd = (f(&p1, false).0 - f(&p2, false).0) / (2.0 * eps as f64);
+        num += (fd - grad[i] as f64).powi(2);
+        den += fd.powi(2);
+    }
+    let _ = m;
+    (num / den).sqrt()
+}
+
+#[test]
+fn rank_classification_grad_matches_finite_differences() {
+    use softprompt_core::objective::{classify_batch, ClassExample};
+    let m = tiny("llama", true);
+    let pr = prompt(3, m.dims.d);
+    // Single-token candidates (one sequence per example) and multi-token ones (one each).
+    let batch = vec![
+        ClassExample { ids: vec![3, 17, 42], cands: vec![vec![5], vec![9]], label: Some(1) },
+        ClassExample { ids: vec![8, 1], cands: vec![vec![5], vec![9]], label: Some(0) },
+        ClassExample { ids: vec![20, 21, 22, 23], cands: vec![vec![30, 31], vec![40], vec![41, 42, 43]], label: Some(2) },
+        ClassExample { ids: vec![7], cands: vec![vec![5], vec![9]], label: None },
+    ];
+    for norm in [false, true] {
+        let f = |p: &[f32], g: bool| {
+            let r = classify_batch(&m, Some(p), &batch, norm, g).unwrap();
+            (r.loss, r.grad)
+        };
+        let rel = fd_rel_error(&m, &pr, &f);
+        assert!(rel < 1e-2, "length_norm={norm}: relative error {rel}");
+    }
+    // Scores are log-probabilities: the single-token ones of an example are <= 0 and the
+    // loss equals the cross-entropy of the scores.
+    let r = classify_batch(&m, Some(&pr), &batch, false, false).unwrap();
+    assert!(r.scores.iter().flatten().all(|s| *s <= 0.0));
+}
+
+#[test]
+fn lm_objective_grad_matches_finite_differences() {
+    use softprompt_core::objective::{lm_batch, GenExample};
+    let m = tiny("qwen2", false);
+    let pr = prompt(4, m.dims.d);
+    let batch = vec![
+        GenExample { ids: vec![3, 17, 42], target: vec![5, 6, 7] },
+        GenExample { ids: vec![8], target: vec![9] },
+    ];
+    let f = |p: &[f32], g: bool| {
+        let r = lm_batch(&m, Some(p), &batch, g).unwrap();
+        (r.loss, r.grad)
+    };
+    let rel = fd_rel_error(&m, &pr, &f);
+    assert!(rel < 1e-2, "relative error {rel}");
+}

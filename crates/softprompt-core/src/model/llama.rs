@@ -469,14 +469,15 @@ impl Llama {
         out
     }
 
-    /// Weighted cross-entropy over `targets` and its gradient w.r.t. `hidden[N, D]`.
-    /// Logits are computed only at target rows, in chunks, never for the whole batch at once.
-    pub fn loss_head(&self, hidden: &[f32], targets: &[Target], want_grad: bool) -> (f64, Vec<f32>) {
+    /// Negative log-likelihood of every target (`-log p(token)` at its row, unweighted) and,
+    /// with `want_grad`, the gradient of `sum(weight * nll)` w.r.t. `hidden[N, D]`.
+    /// Logits are computed only at target rows, a chunk of rows at a time.
+    pub fn loss_head(&self, hidden: &[f32], targets: &[Target], want_grad: bool) -> (Vec<f64>, Vec<f32>) {
         const CHUNK: usize = 64;
         let d = self.dims.d;
         let v = self.dims.vocab;
         let w = &self.lm_head().data;
-        let mut loss = 0.0f64;
+        let mut nll = Vec::with_capacity(targets.len());
         let mut dh = if want_grad { vec![0.0; hidden.len()] } else { Vec::new() };
         for chunk in targets.chunks(CHUNK) {
             let rows: Vec<usize> = chunk.iter().map(|t| t.row).collect();
@@ -494,10 +495,10 @@ impl Llama {
                         }
                         lg[t.token as usize] -= t.weight;
                     }
-                    nll * t.weight as f64
+                    nll
                 })
                 .collect();
-            loss += parts.iter().sum::<f64>();
+            nll.extend(parts);
             if want_grad {
                 let mut dhs = vec![0.0; rows.len() * d]; // [r, D] = dlogits @ W
                 linear_dx(&logits, w, rows.len(), v, d, &mut dhs, false);
@@ -508,7 +509,7 @@ impl Llama {
                 }
             }
         }
-        (loss, dh)
+        (nll, dh)
     }
 
     /// Backward from `d_hidden[N, D]` (gradient w.r.t. the final hidden states) to the input
@@ -634,7 +635,8 @@ impl Llama {
         check_targets(targets, n, self.dims.vocab)?;
         let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(self.n_layers())).collect();
         let tape = self.forward(&mut x, &lens, &mut caches, true)?.ok_or_else(|| Error::Input("no tape".into()))?;
-        let (loss, dh) = self.loss_head(&tape.hidden, targets, true);
+        let (nll, dh) = self.loss_head(&tape.hidden, targets, true);
+        let loss = weighted(&nll, targets);
         let dx = self.backward(&tape, &caches, &dh);
         Ok((loss, dx, lens))
     }
@@ -688,8 +690,12 @@ impl Llama {
         check_targets(targets, x.len() / self.dims.d, self.dims.vocab)?;
         let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(self.n_layers())).collect();
         self.forward(&mut x, &lens, &mut caches, false)?;
-        Ok(self.loss_head(&x, targets, false).0)
+        Ok(weighted(&self.loss_head(&x, targets, false).0, targets))
     }
+}
+
+fn weighted(nll: &[f64], targets: &[Target]) -> f64 {
+    nll.iter().zip(targets).map(|(l, t)| l * t.weight as f64).sum()
 }
 
 fn check_targets(targets: &[Target], n: usize, vocab: usize) -> Result<()> {

@@ -1,0 +1,213 @@
+//! Task objectives over packed batches, shared by training, evaluation and serving:
+//! rank classification over candidate texts, and language modelling on target tokens.
+//! Each returns the loss, per-example results and (optionally) d loss / d prompt.
+
+use crate::model::llama::{KvCache, Llama, SeqInput, Target};
+use crate::{Error, Result};
+
+/// A tokenized classification example: the rendered text, one candidate continuation per
+/// class (e.g. " positive"), and the gold class when known.
+#[derive(Clone, Debug)]
+pub struct ClassExample {
+    pub ids: Vec<u32>,
+    pub cands: Vec<Vec<u32>>,
+    pub label: Option<usize>,
+}
+
+/// A tokenized generation example: input ids and target ids (loss on the target only).
+#[derive(Clone, Debug)]
+pub struct GenExample {
+    pub ids: Vec<u32>,
+    pub target: Vec<u32>,
+}
+
+pub struct BatchResult {
+    /// Mean loss over the labelled examples of the batch (0 when none is labelled).
+    pub loss: f64,
+    /// Per example: the class scores (classification: log p(candidate), summed or averaged
+    /// over its tokens) or the target's summed log-likelihood (generation, one value).
+    pub scores: Vec<Vec<f64>>,
+    /// d loss / d prompt `[P, D]`, when asked for.
+    pub grad: Option<Vec<f32>>,
+    /// Rows (virtual + real tokens) that went through the model.
+    pub rows: usize,
+}
+
+/// Run the packed forward, the loss head at `targets` with weights from `weights_of` (given
+/// the per-target NLL from a first pass), and the backward when `want_grad`.
+fn run(
+    model: &Llama,
+    prompt: Option<&[f32]>,
+    seqs: &[Vec<u32>],
+    targets: &mut [Target],
+    want_grad: bool,
+    weights_of: impl FnOnce(&[f64], &mut [Target]),
+) -> Result<(Vec<f64>, Option<Vec<f32>>, usize)> {
+    let d = model.dims.d;
+    let p = prompt.map_or(0, |x| x.len() / d);
+    if want_grad && p == 0 {
+        return Err(Error::Input("a prompt gradient needs a soft prompt".into()));
+    }
+    let inputs: Vec<SeqInput> = seqs.iter().map(|ids| SeqInput { prompt, ids }).collect();
+    let (mut x, lens) = model.embed_batch(&inputs)?;
+    let n = x.len() / d;
+    let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(model.n_layers())).collect();
+    let tape = model.forward(&mut x, &lens, &mut caches, want_grad)?;
+    let hidden = tape.as_ref().map_or(&x, |t| &t.hidden);
+    let (nll, _) = model.loss_head(hidden, targets, false);
+    if !want_grad {
+        return Ok((nll, None, n));
+    }
+    weights_of(&nll, targets);
+    let (_, dh) = model.loss_head(hidden, targets, true);
+    let tape = tape.ok_or_else(|| Error::Input("no tape recorded".into()))?;
+    let dx = model.backward(&tape, &caches, &dh);
+    // The prompt is shared by every sequence: its gradient is the sum over sequences.
+    let mut grad = vec![0.0f32; p * d]; // [P, D]
+    let mut r0 = 0;
+    for len in lens {
+        for (g, v) in grad.iter_mut().zip(&dx[r0 * d..(r0 + p) * d]) {
+            *g += v;
+        }
+        r0 += len;
+    }
+    Ok((nll, Some(grad), n))
+}
+
+/// Rank classification: score every candidate by its log-likelihood after the text, and
+/// (for labelled examples) the cross-entropy of the gold class over the candidates' scores.
+/// Candidates of one token share one sequence (one forward per example); longer candidates
+/// get a sequence each. `length_norm` averages a candidate's log-probs over its tokens.
+pub fn classify_batch(
+    model: &Llama,
+    prompt: Option<&[f32]>,
+    batch: &[ClassExample],
+    length_norm: bool,
+    want_grad: bool,
+) -> Result<BatchResult> {
+    let p = prompt.map_or(0, |x| x.len() / model.dims.d);
+    let mut seqs: Vec<Vec<u32>> = Vec::new();
+    let mut targets = Vec::new();
+    // owner[t] = (example, candidate) of each target.
+    let mut owner = Vec::new();
+    let mut r0 = 0;
+    for (e, ex) in batch.iter().enumerate() {
+        if ex.cands.is_empty() || ex.cands.iter().any(|c| c.is_empty()) {
+            return Err(Error::Input(format!("example {e}: every class needs a non-empty candidate")));
+        }
+        if p + ex.ids.len() == 0 {
+            return Err(Error::Input(format!("example {e}: empty text and no prompt")));
+        }
+        if ex.cands.iter().all(|c| c.len() == 1) {
+            let row = r0 + p + ex.ids.len() - 1;
+            for (c, cand) in ex.cands.iter().enumerate() {
+                targets.push(Target { row, token: cand[0], weight: 0.0 });
+                owner.push((e, c));
+            }
+            r0 += p + ex.ids.len();
+            seqs.push(ex.ids.clone());
+        } else {
+            for (c, cand) in ex.cands.iter().enumerate() {
+                let mut ids = ex.ids.clone();
+                ids.extend_from_slice(&cand[..cand.len() - 1]);
+                for (t, &tok) in cand.iter().enumerate() {
+                    targets.push(Target { row: r0 + p + ex.ids.len() - 1 + t, token: tok, weight: 0.0 });
+                    owner.push((e, c));
+                }
+                r0 += p + ids.len();
+                seqs.push(ids);
+            }
+        }
+    }
+    let norm = |e: usize, c: usize| if length_norm { batch[e].cands[c].len() as f64 } else { 1.0 };
+    let scores_of = |nll: &[f64]| {
+        let mut s: Vec<Vec<f64>> = batch.iter().map(|ex| vec![0.0; ex.cands.len()]).collect();
+        for (l, &(e, c)) in nll.iter().zip(&owner) {
+            s[e][c] -= l / norm(e, c);
+        }
+        s
+    };
+    let n_labelled = batch.iter().filter(|e| e.label.is_some()).count();
+    let (nll, grad, rows) = run(model, prompt, &seqs, &mut targets, want_grad, |nll, targets| {
+        // d loss / d nll_t = (y_c - p_c) / (B * norm): see the derivation in the README.
+        let s = scores_of(nll);
+        let probs: Vec<Vec<f64>> = s.iter().map(|row| softmax(row)).collect();
+        for (t, &(e, c)) in targets.iter_mut().zip(&owner) {
+            t.weight = match batch[e].label {
+                Some(y) => {
+                    let yc = if y == c { 1.0 } else { 0.0 };
+                    ((yc - probs[e][c]) / (n_labelled as f64 * norm(e, c))) as f32
+                }
+                None => 0.0,
+            };
+        }
+    })?;
+    let scores = scores_of(&nll);
+    let mut loss = 0.0;
+    for (ex, s) in batch.iter().zip(&scores) {
+        if let Some(y) = ex.label {
+            if y >= s.len() {
+                return Err(Error::Input(format!("label {y} out of range for {} classes", s.len())));
+            }
+            loss += logsumexp(s) - s[y];
+        }
+    }
+    if n_labelled > 0 {
+        loss /= n_labelled as f64;
+    }
+    Ok(BatchResult { loss, scores, grad, rows })
+}
+
+/// Language modelling on target tokens only: mean NLL over all target tokens of the batch.
+pub fn lm_batch(model: &Llama, prompt: Option<&[f32]>, batch: &[GenExample], want_grad: bool) -> Result<BatchResult> {
+    let p = prompt.map_or(0, |x| x.len() / model.dims.d);
+    let mut seqs = Vec::with_capacity(batch.len());
+    let mut targets = Vec::new();
+    let mut owner = Vec::new();
+    let mut r0 = 0;
+    let count: usize = batch.iter().map(|e| e.target.len()).sum();
+    if count == 0 {
+        return Err(Error::Input("no target tokens in the batch".into()));
+    }
+    for (e, ex) in batch.iter().enumerate() {
+        if p + ex.ids.len() == 0 {
+            return Err(Error::Input(format!("example {e}: empty input and no prompt")));
+        }
+        let mut ids = ex.ids.clone();
+        ids.extend_from_slice(&ex.target);
+        for (t, &tok) in ex.target.iter().enumerate() {
+            targets.push(Target { row: r0 + p + ex.ids.len() - 1 + t, token: tok, weight: 1.0 / count as f32 });
+            owner.push(e);
+        }
+        r0 += p + ids.len();
+        seqs.push(ids);
+    }
+    let (nll, grad, rows) = run(model, prompt, &seqs, &mut targets, want_grad, |_, _| {})?;
+    let mut scores = vec![vec![0.0]; batch.len()];
+    for (l, &e) in nll.iter().zip(&owner) {
+        scores[e][0] -= l;
+    }
+    let loss = nll.iter().sum::<f64>() / count as f64;
+    Ok(BatchResult { loss, scores, grad, rows })
+}
+
+pub fn logsumexp(x: &[f64]) -> f64 {
+    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+}
+
+pub fn softmax(x: &[f64]) -> Vec<f64> {
+    let l = logsumexp(x);
+    x.iter().map(|v| (v - l).exp()).collect()
+}
+
+/// Index of the largest score (first on ties).
+pub fn argmax(x: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
