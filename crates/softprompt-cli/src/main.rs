@@ -10,7 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use softprompt_core::infer::{self, Sampling};
 use softprompt_core::model::FrozenModel;
+use softprompt_core::data::{self, TaskSpec};
 use softprompt_core::prompt::SoftPrompt;
+use softprompt_core::train::{self, optim, trainer};
+
 
 #[derive(Parser)]
 #[command(name = "softprompt", version, about = "Prompt tuning on a frozen language model: train, evaluate, inspect and serve soft prompts")]
@@ -82,6 +85,62 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Train a soft prompt on a task (default: the built-in `demo` sentiment task).
+    Train(Box<TrainArgs>),
+    /// Evaluate a soft prompt (or the bare template with --no-prompt) on a labelled file.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        prompt: PromptArgs,
+        /// Evaluate the template alone (a hard prompt, zero-shot) instead of a soft prompt.
+        #[arg(long, conflicts_with = "prompt")]
+        no_prompt: bool,
+        #[command(flatten)]
+        task: TaskArgs,
+        /// Labelled data (JSONL/CSV/TSV); default: the task's validation split.
+        #[arg(long)]
+        data: Option<String>,
+        /// Use the task's alternative template number N (0 = the main one).
+        #[arg(long, default_value_t = 0)]
+        template_index: usize,
+        /// Evaluate at most N examples.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 256)]
+        max_len: usize,
+        /// Average multi-token candidates' log-probs over their tokens.
+        #[arg(long)]
+        length_norm: bool,
+        /// Write the JSON report here too.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify one input with a trained prompt (its task's template and label words).
+    Classify {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        prompt: PromptArgs,
+        #[arg(long, conflicts_with = "prompt")]
+        no_prompt: bool,
+        #[command(flatten)]
+        task: TaskArgs,
+        /// The input text: fills the template's only field (e.g. {sentence}).
+        #[arg(long, short, conflicts_with = "input")]
+        text: Option<String>,
+        /// A JSON record with the template's fields, e.g. '{"premise": "...", "hypothesis": "..."}'.
+        #[arg(long)]
+        input: Option<String>,
+        #[arg(long)]
+        length_norm: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Describe a model and/or a soft prompt: architecture, sizes, dtype, fingerprints.
     Info {
         /// Base model to describe.
@@ -93,6 +152,137 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which task: a built-in name, a task file, or an ad-hoc template + labels.
+#[derive(Args, Clone, Default)]
+struct TaskArgs {
+    /// Built-in task (demo, sst2, boolq, cb, copa, wic) or a task spec JSON file.
+    #[arg(long)]
+    task: Option<String>,
+    /// Ad-hoc classification template, e.g. "Review: {sentence}\nSentiment:".
+    #[arg(long)]
+    template: Option<String>,
+    /// Ad-hoc label words, e.g. "0=negative,1=positive".
+    #[arg(long)]
+    labels: Option<String>,
+    /// Field holding the label in the data.
+    #[arg(long, default_value = "label")]
+    label_field: String,
+    /// Folder that relative data files are resolved against (default: $SOFTPROMPT_DATA or ../shared/data).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+}
+
+impl TaskArgs {
+    /// The task from the flags, else from the prompt's metadata, else `default`.
+    fn resolve(&self, prompt: Option<&SoftPrompt>, default: Option<&str>) -> Result<TaskSpec> {
+        if let Some(t) = &self.template {
+            let labels = self.labels.as_deref().context("--template needs --labels (e.g. 0=negative,1=positive)")?;
+            return Ok(TaskSpec::from_flags(t, labels, &self.label_field)?);
+        }
+        if let Some(name) = &self.task {
+            return task_by_name(name);
+        }
+        if let Some(task) = prompt.and_then(|p| p.meta.as_ref()).and_then(|m| m.task.clone()) {
+            return serde_json::from_value(task).context("the prompt's softprompt.json has an unreadable task");
+        }
+        match default {
+            Some(d) => task_by_name(d),
+            None => anyhow::bail!("no task: give --task NAME|FILE or --template with --labels"),
+        }
+    }
+}
+
+fn task_by_name(name: &str) -> Result<TaskSpec> {
+    if let Some(t) = data::builtin_task(name) {
+        return Ok(t);
+    }
+    let p = std::path::Path::new(name);
+    if p.exists() {
+        return Ok(data::load_task_file(p)?);
+    }
+    anyhow::bail!("unknown task '{name}': built-in tasks are {}, or give a task JSON file", data::builtin_task_names().join(", "))
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Training data (default: the task's train split).
+    #[arg(long)]
+    train: Option<String>,
+    /// Validation data (default: the task's validation split).
+    #[arg(long)]
+    validation: Option<String>,
+    /// Output folder (PEFT adapter + softprompt.json, checkpoints, log, curve).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Number of virtual tokens.
+    #[arg(long, default_value_t = 20)]
+    virtual_tokens: usize,
+    /// random[:RANGE], vocab[:TOP], text:TEXT, labels, file:DIR.
+    #[arg(long, default_value = "vocab")]
+    init: String,
+    /// adamw or adafactor (Lester et al.: adafactor with --lr 0.3).
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
+    /// Learning rate (default: 0.03 for adamw, 0.3 for adafactor).
+    #[arg(long)]
+    lr: Option<f32>,
+    #[arg(long, default_value_t = 1e-5)]
+    weight_decay: f32,
+    /// constant, linear or cosine (after warm-up).
+    #[arg(long, default_value = "linear")]
+    schedule: String,
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 150)]
+    steps: u64,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Clip the gradient's L2 norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluate every N steps (0 = at the end only).
+    #[arg(long, default_value_t = 50)]
+    eval_every: u64,
+    /// Evaluate on at most N validation examples.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// Stop after N evaluations without improvement.
+    #[arg(long)]
+    patience: Option<usize>,
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: u64,
+    #[arg(long, default_value_t = 2)]
+    keep_checkpoints: usize,
+    /// Cut texts to their last N tokens.
+    #[arg(long, default_value_t = 256)]
+    max_len: usize,
+    #[arg(long)]
+    length_norm: bool,
+    /// Use at most N training examples.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Skip malformed rows (counted) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_rows: bool,
+    #[arg(long, default_value_t = 32)]
+    eval_batch_size: usize,
+    /// Continue from OUT/checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar (log lines instead).
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn load_model(m: &ModelArgs) -> Result<FrozenModel> {
@@ -184,6 +374,79 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("softprompt: {} tokens in {:.2}s ({:.1} tok/s incl. prefill)", out.len(), secs, out.len() as f64 / secs);
             }
         }
+        Cmd::Train(a) => cmd_train(*a)?,
+        Cmd::Eval { model, prompt, no_prompt, task, data: file, template_index, limit, batch_size, max_len, length_norm, report, json } => {
+            let m = load_model(&model)?;
+            let sp = if no_prompt { None } else { load_prompt(&m, &prompt)? };
+            anyhow::ensure!(no_prompt || sp.is_some(), "give --prompt DIR, or --no-prompt to evaluate the template alone");
+            let spec = task.resolve(sp.as_ref(), None)?;
+            let spec = spec.with_template(template_index).with_context(|| format!("task {} has no template number {template_index}", spec.name))?;
+            let file = file.or_else(|| spec.validation.clone()).context("give --data FILE (the task has no validation split)")?;
+            let (records, _, name) = data::load_split(&file, task.data_root.as_deref(), false)?;
+            let (items, _) = data::prepare(&spec, &records, std::path::Path::new(&name), false)?;
+            let mut tok = train::tokenize(&m, &items, max_len)?;
+            if let Some(n) = limit {
+                tok.truncate(n);
+            }
+            let t = std::time::Instant::now();
+            let rep = train::evaluate(&m, sp.as_ref().map(|p| p.embeddings.data.as_slice()), &tok, batch_size, length_norm)?;
+            let secs = t.elapsed().as_secs_f64();
+            let mut v = serde_json::to_value(&rep)?;
+            v["data"] = json!(name);
+            v["task"] = json!(spec.name);
+            v["template"] = json!(spec.templates().first().copied().unwrap_or(""));
+            v["prompt"] = json!(prompt.prompt.as_ref().map(|p| p.display().to_string()));
+            v["seconds"] = json!(secs);
+            v["examples_per_second"] = json!(rep.n as f64 / secs);
+            if let data::Items::Class(ci) = &items {
+                let (cls, base) = data::majority_baseline(ci);
+                v["majority_baseline"] = json!({ "class": cls, "accuracy": base });
+            }
+            if let Some(path) = &report {
+                softprompt_core::train::checkpoint::atomic_write(path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}: {} = {:.4} on {} examples of {name} (loss {:.4}, {:.1} examples/s)", spec.name, rep.metric, rep.value, rep.n, rep.loss, rep.n as f64 / secs);
+                if let Some(b) = v.get("majority_baseline") {
+                    println!("majority-class baseline: {:.4}", b["accuracy"].as_f64().unwrap_or(0.0));
+                }
+            }
+        }
+        Cmd::Classify { model, prompt, no_prompt, task, text, input, length_norm, json } => {
+            let m = load_model(&model)?;
+            let sp = if no_prompt { None } else { load_prompt(&m, &prompt)? };
+            let spec = task.resolve(sp.as_ref(), None)?;
+            let fields: serde_json::Map<String, serde_json::Value> = match (text, input) {
+                (_, Some(j)) => serde_json::from_str(&j).context("--input must be a JSON object")?,
+                (Some(t), None) => {
+                    let names = spec.template_fields();
+                    anyhow::ensure!(names.len() == 1, "the template has fields {names:?}: give --input '{{...}}'");
+                    let mut map = serde_json::Map::new();
+                    map.insert(names[0].clone(), json!(t));
+                    map
+                }
+                (None, None) => anyhow::bail!("give --text or --input"),
+            };
+            let rec = data::Record { line: 1, fields };
+            let (items, _) = data::prepare(&spec, &[rec], std::path::Path::new("<input>"), false)?;
+            let data::Items::Class(ci) = &items else { anyhow::bail!("task {} is not a classification task", spec.name) };
+            let tok = train::tokenize(&m, &items, usize::MAX)?;
+            let train::Tokenized::Class(ex) = tok else { unreachable!("classification items tokenize to classification examples") };
+            let r = softprompt_core::objective::classify_batch(&m.llama, sp.as_ref().map(|p| p.embeddings.data.as_slice()), &ex, length_norm, false)?;
+            let probs = softprompt_core::objective::softmax(&r.scores[0]);
+            let best = softprompt_core::objective::argmax(&r.scores[0]);
+            let labels = spec.label_values();
+            if json {
+                println!("{}", json!({ "label": labels[best], "candidate": ci[0].candidates[best], "probabilities": labels.iter().zip(&probs).map(|(l, p)| (l.clone(), json!(p))).collect::<serde_json::Map<_, _>>(), "scores": r.scores[0] }));
+            } else {
+                for ((l, c), p) in labels.iter().zip(&ci[0].candidates).zip(&probs) {
+                    println!("{:>6.3}  {l} {c:?}", p);
+                }
+                println!("=> {} {:?}", labels[best], ci[0].candidates[best]);
+            }
+        }
         Cmd::Info { model, prompt, json } => {
             anyhow::ensure!(model.is_some() || prompt.is_some(), "give --model and/or --prompt");
             let mut report = serde_json::Map::new();
@@ -261,4 +524,150 @@ fn print_tree(v: &serde_json::Value, indent: usize) {
             }
         }
     }
+}
+
+/// Progress bar (step, loss, tokens/s, ETA) and evaluation lines.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    ema: Option<f64>,
+    tokens: usize,
+    secs: f64,
+}
+
+impl Progress {
+    fn println(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+}
+
+impl trainer::Observer for Progress {
+    fn on_start(&mut self, start: u64, total: u64) {
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(start);
+            b.reset_eta();
+        }
+    }
+    fn on_step(&mut self, s: &trainer::StepLog) {
+        let e = self.ema.map_or(s.loss, |e| 0.9 * e + 0.1 * s.loss);
+        self.ema = Some(e);
+        self.tokens += s.tokens;
+        self.secs += s.seconds;
+        let tps = self.tokens as f64 / self.secs.max(1e-9);
+        match &self.bar {
+            Some(b) => {
+                b.set_position(s.step);
+                b.set_message(format!("loss {:.4} (avg {e:.4}) | lr {:.2e} | {tps:.0} tok/s", s.loss, s.lr));
+            }
+            None => eprintln!("step {} loss {:.4} avg {e:.4} lr {:.2e} grad_norm {:.3} {tps:.0} tok/s", s.step, s.loss, s.lr, s.grad_norm),
+        }
+    }
+    fn on_eval(&mut self, e: &trainer::EvalLog) {
+        self.println(&format!(
+            "step {:>5}: validation {} {:.4} (loss {:.4}, n={}){}",
+            e.step,
+            e.report.metric,
+            e.report.value,
+            e.report.loss,
+            e.report.n,
+            if e.best { "  * best, saved" } else { "" }
+        ));
+    }
+    fn on_message(&mut self, msg: &str) {
+        self.println(&format!("softprompt: {msg}"));
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let m = load_model(&a.model)?;
+    let spec = a.task.resolve(None, Some("demo"))?;
+    let train_file = a.train.clone().or_else(|| spec.train.clone()).with_context(|| format!("task {} has no train split: give --train FILE", spec.name))?;
+    let validation_file = a.validation.clone().or_else(|| spec.validation.clone());
+    let mut optimizer = match a.optimizer.as_str() {
+        "adamw" => optim::OptimizerKind::adamw_default(),
+        "adafactor" => optim::OptimizerKind::adafactor_lester(),
+        other => anyhow::bail!("--optimizer {other}: expected adamw or adafactor"),
+    };
+    match &mut optimizer {
+        optim::OptimizerKind::AdamW { weight_decay, .. } | optim::OptimizerKind::Adafactor { weight_decay, .. } => *weight_decay = a.weight_decay,
+    }
+    let lr = a.lr.unwrap_or(if a.optimizer == "adafactor" { 0.3 } else { 0.03 });
+    let cfg = trainer::TrainConfig {
+        task: spec.clone(),
+        train_file,
+        validation_file,
+        num_virtual_tokens: a.virtual_tokens,
+        init: a.init.parse()?,
+        optimizer,
+        lr,
+        schedule: a.schedule.parse()?,
+        warmup_steps: a.warmup,
+        steps: a.steps,
+        batch_size: a.batch_size,
+        grad_accum: a.grad_accum,
+        max_grad_norm: a.max_grad_norm,
+        seed: a.seed,
+        eval_every: a.eval_every,
+        eval_limit: a.eval_limit,
+        patience: a.patience,
+        checkpoint_every: a.checkpoint_every,
+        keep_checkpoints: a.keep_checkpoints,
+        max_len: a.max_len,
+        length_norm: a.length_norm,
+        train_limit: a.train_limit,
+        skip_bad_rows: a.skip_bad_rows,
+        eval_batch_size: a.eval_batch_size,
+        data_root: a.task.data_root.clone(),
+    };
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&spec.name));
+    // Ctrl-C / SIGTERM: finish the current step, checkpoint, exit cleanly. A second one kills.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nsoftprompt: stopping after this step (Ctrl-C again to kill)");
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let bar = if a.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        None
+    } else {
+        let b = indicatif::ProgressBar::new(cfg.steps);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps | {msg} | ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    };
+    let mut obs = Progress { bar, ema: None, tokens: 0, secs: 0.0 };
+    eprintln!(
+        "softprompt: training {} virtual tokens on task '{}' ({} init, {} lr {lr}, {} steps x batch {} x accum {}) -> {}",
+        cfg.num_virtual_tokens,
+        spec.name,
+        a.init,
+        a.optimizer,
+        cfg.steps,
+        cfg.batch_size,
+        cfg.grad_accum,
+        out.display()
+    );
+    let summary = trainer::train(&m, &cfg, &out, a.resume, &stop, &mut obs)?;
+    if let Some(b) = &obs.bar {
+        b.finish_and_clear();
+    }
+    let best = summary.best.map(|(s, v)| format!("best validation {:.4} at step {s}", v)).unwrap_or_else(|| "no validation split".into());
+    eprintln!(
+        "softprompt: {} steps in {:.0}s; {best}; prompt saved to {} (curve.png, train_log.jsonl beside it){}",
+        summary.steps_done,
+        summary.seconds,
+        out.display(),
+        if summary.interrupted { "; interrupted, continue with --resume" } else { "" }
+    );
+    Ok(())
 }

@@ -279,6 +279,27 @@ impl TaskSpec {
         Some(spec)
     }
 
+    /// The distinct fields the main template reads, in order of first use.
+    pub fn template_fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Ok(t) = super::template::Template::parse(self.templates()[0]) {
+            for f in t.fields() {
+                if !out.iter().any(|o| o == f) {
+                    out.push(f.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// The data's label value of each class, in class order (empty for generation).
+    pub fn label_values(&self) -> Vec<String> {
+        match &self.kind {
+            TaskKind::Classification { labels, .. } => labels.iter().map(|l| l.value.clone()).collect(),
+            TaskKind::Generation { .. } => Vec::new(),
+        }
+    }
+
     /// Number of classes (0 for a generation task).
     pub fn num_classes(&self) -> usize {
         match &self.kind {

@@ -1,5 +1,11 @@
-//! Training a soft prompt: optimizers, schedules, checkpoints, plots and the trainer loop.
+//! Training a soft prompt: optimizers, schedules, checkpoints, plots, evaluation and the
+//! trainer loop.
 
 pub mod checkpoint;
+pub mod eval;
 pub mod optim;
 pub mod plot;
+pub mod trainer;
+
+pub use eval::{evaluate, tokenize, EvalReport, Tokenized};
+pub use trainer::{train, Init, Observer, Quiet, TrainConfig, TrainSummary};

@@ -1,0 +1,478 @@
+//! The training loop: data order, gradient accumulation, clipping, schedule, evaluation with
+//! early stopping, atomic checkpoints with exact resume, and the run's files.
+//!
+//! Output folder `OUT/`:
+//! - `adapter_config.json`, `adapter_model.safetensors`, `softprompt.json`: the best prompt
+//!   (by validation metric; the last one when there is no validation split), PEFT layout;
+//! - `last/`: the prompt after the last step;
+//! - `checkpoints/ckpt-*`: prompt + optimizer state + data position (see `checkpoint.rs`);
+//! - `train_log.jsonl`: one JSON object per step and per evaluation;
+//! - `curve.png`: loss and validation metric against the step.
+//!
+//! Exact resume: the data order of epoch `e` is a pure function of `(seed, e)`
+//! ([`crate::data::bucket_batches`]), so the data position is `(epoch, batch index)`; the
+//! prompt and the optimizer moments are restored bit for bit, and the kernels are
+//! deterministic, so a resumed run reproduces the uninterrupted run's losses exactly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::checkpoint::{self, Checkpoint};
+use super::eval::{self, EvalReport, Tokenized};
+use super::optim::{self, Optimizer, OptimizerKind, Schedule};
+use super::plot;
+use crate::data::{self, TaskSpec};
+use crate::model::FrozenModel;
+use crate::objective;
+use crate::prompt::{self, PromptMeta, SoftPrompt};
+use crate::{Error, Result, Tensor};
+
+/// How the prompt starts (Lester et al. 2021, section 3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Init {
+    /// Uniform in [-range, range].
+    Random { range: f32 },
+    /// Rows of random tokens among the `top` most frequent (lowest BPE ids ~ most frequent merges).
+    Vocab { top: usize },
+    /// The embeddings of a text's tokens, repeated to fill the prompt.
+    Text(String),
+    /// The embeddings of the class label words first, the rest sampled from the vocabulary.
+    Labels,
+    /// Another prompt folder.
+    File(PathBuf),
+}
+
+impl FromStr for Init {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (kind, arg) = s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b)));
+        let bad = |m: &str| Error::Input(format!("--init {s}: {m}"));
+        Ok(match kind {
+            "random" => Init::Random { range: arg.map_or(Ok(0.5), |a| a.parse().map_err(|_| bad("range is not a number")))? },
+            "vocab" => Init::Vocab { top: arg.map_or(Ok(5000), |a| a.parse().map_err(|_| bad("top is not a number")))? },
+            "text" => Init::Text(arg.filter(|a| !a.is_empty()).ok_or_else(|| bad("give the text: text:Classify the sentiment"))?.to_string()),
+            "labels" => Init::Labels,
+            "file" => Init::File(PathBuf::from(arg.ok_or_else(|| bad("give the folder: file:DIR"))?)),
+            _ => return Err(bad("expected random[:R], vocab[:N], text:T, labels or file:DIR")),
+        })
+    }
+}
+
+/// Everything that defines a run (saved in the prompt's metadata and the checkpoints).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub task: TaskSpec,
+    pub train_file: String,
+    pub validation_file: Option<String>,
+    pub num_virtual_tokens: usize,
+    pub init: Init,
+    pub optimizer: OptimizerKind,
+    pub lr: f32,
+    pub schedule: Schedule,
+    pub warmup_steps: u64,
+    /// Optimizer steps.
+    pub steps: u64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// Clip the prompt gradient's L2 norm (0 = off).
+    pub max_grad_norm: f32,
+    pub seed: u64,
+    /// Evaluate every N steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Evaluate on at most this many validation examples (None = all).
+    pub eval_limit: Option<usize>,
+    /// Stop after this many evaluations without improvement (None = never).
+    pub patience: Option<usize>,
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+    /// Texts are cut to their last `max_len` tokens.
+    pub max_len: usize,
+    /// Average candidate log-probs over their tokens (multi-token candidates).
+    pub length_norm: bool,
+    /// Use at most this many training examples (None = all).
+    pub train_limit: Option<usize>,
+    pub skip_bad_rows: bool,
+    pub eval_batch_size: usize,
+    /// Folder that relative data files are resolved against.
+    pub data_root: Option<PathBuf>,
+}
+
+/// One optimizer step, as logged.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepLog {
+    pub step: u64,
+    pub epoch: u64,
+    pub loss: f64,
+    pub lr: f32,
+    pub grad_norm: f32,
+    /// Rows (virtual + real tokens) processed this step.
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+/// An evaluation, as logged.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalLog {
+    pub step: u64,
+    pub report: EvalReport,
+    pub best: bool,
+}
+
+/// Receives progress (the CLI draws a progress bar from it).
+pub trait Observer {
+    fn on_start(&mut self, _start_step: u64, _total_steps: u64) {}
+    fn on_step(&mut self, _s: &StepLog) {}
+    fn on_eval(&mut self, _e: &EvalLog) {}
+    fn on_message(&mut self, _msg: &str) {}
+}
+
+/// A silent observer.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub steps_done: u64,
+    pub interrupted: bool,
+    pub early_stopped: bool,
+    pub best: Option<(u64, f64)>,
+    pub final_eval: Option<EvalReport>,
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub seconds: f64,
+    pub output: PathBuf,
+}
+
+/// Mutable run state that checkpoints carry (besides the prompt and optimizer).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunState {
+    step: u64,
+    epoch: u64,
+    batch_in_epoch: usize,
+    best_step: Option<u64>,
+    best_value: Option<f64>,
+    evals_without_improvement: usize,
+    seconds: f64,
+}
+
+/// Load and tokenize one split of the task.
+pub fn load_split(model: &FrozenModel, task: &TaskSpec, file: &str, cfg: &TrainConfig) -> Result<(Tokenized, String)> {
+    let (records, skipped_read, name) = data::load_split(file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
+    let (items, skipped_prep) = data::prepare(task, &records, Path::new(&name), cfg.skip_bad_rows)?;
+    if skipped_read + skipped_prep > 0 {
+        eprintln!("softprompt: {name}: skipped {} bad rows", skipped_read + skipped_prep);
+    }
+    Ok((eval::tokenize(model, &items, cfg.max_len)?, name))
+}
+
+/// The initial prompt `[P, D]`.
+pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
+    let (p, d) = (cfg.num_virtual_tokens, model.llama.dims.d);
+    if p == 0 || p > prompt::MAX_VIRTUAL_TOKENS {
+        return Err(Error::Input(format!("--virtual-tokens must be in 1..={}, got {p}", prompt::MAX_VIRTUAL_TOKENS)));
+    }
+    let vocab = model.llama.dims.vocab;
+    let specials: Vec<u32> = model.tokenizer.get_added_tokens_decoder().keys().copied().collect();
+    let sample = |n: usize, top: usize| -> Vec<u32> {
+        let mut ids = prompt::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), cfg.seed);
+        ids.retain(|i| !specials.contains(i));
+        ids.truncate(n);
+        ids
+    };
+    match &cfg.init {
+        Init::Random { range } => Ok(prompt::random_uniform(p, d, *range, cfg.seed)),
+        Init::Vocab { top } => prompt::from_vocab_rows(&model.llama.embed, &sample(p, *top)),
+        Init::Text(t) => {
+            let ids = model.encode(t)?;
+            if ids.is_empty() {
+                return Err(Error::Input("--init text: the text has no tokens".into()));
+            }
+            prompt::from_vocab_rows(&model.llama.embed, &prompt::repeat_ids(&ids, p))
+        }
+        Init::Labels => {
+            let mut ids: Vec<u32> = Vec::new();
+            if let crate::data::TaskKind::Classification { labels, .. } = &cfg.task.kind {
+                for l in labels {
+                    // Only label texts without placeholders are words (COPA's are templates).
+                    if !l.text.contains('{') {
+                        ids.extend(model.encode(&l.text)?);
+                    }
+                }
+            }
+            if ids.is_empty() {
+                return Err(Error::Input("--init labels: the task has no fixed label words".into()));
+            }
+            ids.truncate(p);
+            let rest = p - ids.len();
+            ids.extend(sample(rest, 5000));
+            prompt::from_vocab_rows(&model.llama.embed, &ids)
+        }
+        Init::File(dir) => {
+            let sp = model.load_prompt(dir, false)?;
+            if sp.num_virtual_tokens() != p {
+                return Err(Error::Mismatch(format!(
+                    "{}: has {} virtual tokens, the run asks for {p}",
+                    dir.display(),
+                    sp.num_virtual_tokens()
+                )));
+            }
+            Ok(sp.embeddings)
+        }
+    }
+}
+
+/// The adapter to save: PEFT config + our metadata (fingerprints, task, config, metrics).
+fn make_prompt(model: &FrozenModel, cfg: &TrainConfig, emb: &Tensor, metrics: serde_json::Value) -> SoftPrompt {
+    let c = &model.llama.cfg;
+    let mut meta = PromptMeta::new(&model.source, c.hidden_size, Some(model.fingerprint.clone()), Some(model.tokenizer_fingerprint.clone()));
+    meta.task = serde_json::to_value(&cfg.task).ok();
+    meta.training = serde_json::to_value(cfg).ok();
+    meta.metrics = Some(metrics);
+    SoftPrompt::new(emb.clone(), &model.source, c.num_hidden_layers, c.num_attention_heads).with_meta(meta)
+}
+
+/// Train a prompt. `stop` is polled between steps (Ctrl-C): the run then checkpoints and
+/// returns with `interrupted`. With `resume`, continues from `OUT/checkpoints`.
+pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, stop: &AtomicBool, obs: &mut dyn Observer) -> Result<TrainSummary> {
+    if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.steps == 0 {
+        return Err(Error::Input("--batch-size, --grad-accum and --steps must be at least 1".into()));
+    }
+    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
+        return Err(Error::Input(format!("--lr must be positive, got {}", cfg.lr)));
+    }
+    cfg.optimizer.validate()?;
+    let t_load = Instant::now();
+    let (mut train_data, train_name) = load_split(model, &cfg.task, &cfg.train_file, cfg)?;
+    if let Some(n) = cfg.train_limit {
+        train_data.truncate(n);
+    }
+    if train_data.is_empty() {
+        return Err(Error::Input(format!("{train_name}: no training examples")));
+    }
+    let val = match &cfg.validation_file {
+        Some(f) => {
+            let (mut v, _) = load_split(model, &cfg.task, f, cfg)?;
+            if let Some(n) = cfg.eval_limit {
+                v.truncate(n);
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    obs.on_message(&format!(
+        "{} training examples from {train_name}, {} validation examples; tokenized in {:.1}s",
+        train_data.len(),
+        val.as_ref().map_or(0, |v| v.len()),
+        t_load.elapsed().as_secs_f32()
+    ));
+    let ckpt_dir = out.join("checkpoints");
+    let log_path = out.join("train_log.jsonl");
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+
+    let (p, d) = (cfg.num_virtual_tokens, model.llama.dims.d);
+    let mut emb;
+    let mut opt;
+    let mut st;
+    let resumed = if resume { checkpoint::load_latest(&ckpt_dir)? } else { None };
+    match resumed {
+        Some(ck) => {
+            let saved: TrainConfig = serde_json::from_value(ck.state["config"].clone())
+                .map_err(|e| Error::format(&ckpt_dir, format!("checkpoint config: {e}")))?;
+            if serde_json::to_value(&saved).ok() != serde_json::to_value(cfg).ok() {
+                obs.on_message("note: the resumed run's settings differ from the checkpoint's; using the new ones");
+            }
+            st = serde_json::from_value::<RunState>(ck.state["run"].clone()).map_err(|e| Error::format(&ckpt_dir, format!("checkpoint state: {e}")))?;
+            let pt = ck
+                .tensors
+                .iter()
+                .find(|t| t.0 == "prompt")
+                .ok_or_else(|| Error::format(&ckpt_dir, "checkpoint has no prompt tensor"))?;
+            if pt.1 != [p, d] {
+                return Err(Error::Mismatch(format!("checkpoint prompt is {:?}, the run is [{p}, {d}]", pt.1)));
+            }
+            emb = Tensor::new(vec![p, d], pt.2.clone());
+            let opt_tensors: Vec<_> = ck.tensors.iter().filter(|t| t.0 != "prompt").cloned().collect();
+            opt = Optimizer::from_state(&opt_tensors, &ck.state["optimizer"])?;
+            truncate_log(&log_path, st.step)?;
+            obs.on_message(&format!("resumed from step {} (epoch {}, batch {})", st.step, st.epoch, st.batch_in_epoch));
+        }
+        None => {
+            if resume {
+                obs.on_message("no checkpoint found: starting from scratch");
+            }
+            emb = init_prompt(model, cfg)?;
+            opt = Optimizer::new(cfg.optimizer, p, d);
+            st = RunState { step: 0, epoch: 0, batch_in_epoch: 0, best_step: None, best_value: None, evals_without_improvement: 0, seconds: 0.0 };
+            std::fs::write(&log_path, b"").map_err(|e| Error::io(&log_path, e))?;
+        }
+    }
+    let mut log = std::fs::OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let lengths = train_data.lengths();
+    let mut batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, st.epoch);
+    let t0 = Instant::now();
+    let secs_before = st.seconds;
+    let mut interrupted = false;
+    let mut early_stopped = false;
+    let mut last_eval = None;
+    obs.on_start(st.step, cfg.steps);
+
+    let save_ckpt = |emb: &Tensor, opt: &Optimizer, st: &RunState| -> Result<()> {
+        let (mut tensors, ostate) = opt.state();
+        tensors.insert(0, ("prompt".to_string(), vec![p, d], emb.data.clone()));
+        let ck = Checkpoint {
+            step: st.step,
+            tensors,
+            state: json!({ "config": cfg, "run": st, "optimizer": ostate }),
+        };
+        checkpoint::save_checkpoint(&ckpt_dir, &ck, cfg.keep_checkpoints.max(1))?;
+        Ok(())
+    };
+
+    while st.step < cfg.steps {
+        let ts = Instant::now();
+        let mut grad = vec![0.0f32; p * d]; // [P, D]
+        let (mut loss, mut rows) = (0.0f64, 0usize);
+        for _ in 0..cfg.grad_accum {
+            if st.batch_in_epoch >= batches.len() {
+                st.epoch += 1;
+                st.batch_in_epoch = 0;
+                batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, st.epoch);
+            }
+            let batch = train_data.select(&batches[st.batch_in_epoch]);
+            st.batch_in_epoch += 1;
+            let r = match &batch {
+                Tokenized::Class(b) => objective::classify_batch(&model.llama, Some(&emb.data), b, cfg.length_norm, true)?,
+                Tokenized::Gen(b) => objective::lm_batch(&model.llama, Some(&emb.data), b, true)?,
+            };
+            loss += r.loss / cfg.grad_accum as f64;
+            rows += r.rows;
+            if let Some(g) = r.grad {
+                for (a, b) in grad.iter_mut().zip(&g) {
+                    *a += b / cfg.grad_accum as f32;
+                }
+            }
+        }
+        if !loss.is_finite() {
+            return Err(Error::Input(format!("loss became {loss} at step {}: lower --lr", st.step)));
+        }
+        let grad_norm = optim::clip_grad_norm(&mut grad, cfg.max_grad_norm);
+        let lr = optim::lr_at(cfg.schedule, cfg.lr, st.step, cfg.steps, cfg.warmup_steps);
+        opt.step(&mut emb.data, &grad, lr);
+        st.step += 1;
+        let s = StepLog { step: st.step, epoch: st.epoch, loss, lr, grad_norm, tokens: rows, seconds: ts.elapsed().as_secs_f64() };
+        writeln!(log, "{}", json!({"type": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "seconds": s.seconds}))
+            .map_err(|e| Error::io(&log_path, e))?;
+        obs.on_step(&s);
+
+        let last = st.step == cfg.steps;
+        let stopping = stop.load(Ordering::SeqCst);
+        if let Some(v) = &val {
+            if (cfg.eval_every > 0 && st.step % cfg.eval_every == 0) || last {
+                let rep = eval::evaluate(model, Some(&emb.data), v, cfg.eval_batch_size, cfg.length_norm)?;
+                let better = st.best_value.is_none_or(|b| rep.value > b);
+                if better {
+                    st.best_value = Some(rep.value);
+                    st.best_step = Some(st.step);
+                    st.evals_without_improvement = 0;
+                    let metrics = json!({ rep.metric.clone(): rep.value, "step": st.step, "validation_examples": rep.n });
+                    make_prompt(model, cfg, &emb, metrics).save(out)?;
+                } else {
+                    st.evals_without_improvement += 1;
+                }
+                writeln!(log, "{}", json!({"type": "eval", "step": st.step, "metric": rep.metric, "value": rep.value, "loss": rep.loss, "best": better}))
+                    .map_err(|e| Error::io(&log_path, e))?;
+                obs.on_eval(&EvalLog { step: st.step, report: rep.clone(), best: better });
+                last_eval = Some(rep);
+                if cfg.patience.is_some_and(|pat| st.evals_without_improvement >= pat) {
+                    early_stopped = true;
+                }
+            }
+        }
+        st.seconds = secs_before + t0.elapsed().as_secs_f64();
+        let periodic = cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0;
+        if periodic || stopping || early_stopped || last {
+            save_ckpt(&emb, &opt, &st)?;
+        }
+        if stopping {
+            interrupted = true;
+            obs.on_message(&format!("interrupted: checkpoint saved at step {}; continue with --resume", st.step));
+            break;
+        }
+        if early_stopped {
+            obs.on_message(&format!("early stop: no improvement in {} evaluations", cfg.patience.unwrap_or(0)));
+            break;
+        }
+    }
+    log.flush().map_err(|e| Error::io(&log_path, e))?;
+    let metrics_last = json!({ "step": st.step });
+    make_prompt(model, cfg, &emb, metrics_last.clone()).save(&out.join("last"))?;
+    if val.is_none() {
+        make_prompt(model, cfg, &emb, metrics_last).save(out)?;
+    }
+    if let Err(e) = plot_curve(&log_path, &out.join("curve.png"), &cfg.task.name) {
+        obs.on_message(&format!("could not draw the curve: {e}"));
+    }
+    Ok(TrainSummary {
+        steps_done: st.step,
+        interrupted,
+        early_stopped,
+        best: st.best_step.zip(st.best_value),
+        final_eval: last_eval,
+        train_examples: train_data.len(),
+        validation_examples: val.as_ref().map_or(0, |v| v.len()),
+        seconds: st.seconds,
+        output: out.to_path_buf(),
+    })
+}
+
+/// Drop log lines after `step` (a resumed run rewrites what came after its checkpoint).
+fn truncate_log(path: &Path, step: u64) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    checkpoint::atomic_write(path, kept.as_bytes())
+}
+
+/// Loss (and its moving average) and the validation metric against the step.
+pub fn plot_curve(log_path: &Path, png: &Path, task: &str) -> Result<()> {
+    let text = std::fs::read_to_string(log_path).map_err(|e| Error::io(log_path, e))?;
+    let (mut loss, mut metric, mut metric_name) = (Vec::new(), Vec::new(), String::from("metric"));
+    for l in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else { continue };
+        let step = v["step"].as_f64().unwrap_or(f64::NAN);
+        match v["type"].as_str() {
+            Some("step") => loss.push((step, v["loss"].as_f64().unwrap_or(f64::NAN))),
+            Some("eval") => {
+                metric.push((step, v["value"].as_f64().unwrap_or(f64::NAN)));
+                metric_name = v["metric"].as_str().unwrap_or("metric").to_string();
+            }
+            _ => {}
+        }
+    }
+    // An exponential moving average makes the trend readable over noisy batches.
+    let mut ema = Vec::with_capacity(loss.len());
+    let mut acc = None;
+    for &(s, l) in &loss {
+        let a = acc.map_or(l, |a: f64| 0.95 * a + 0.05 * l);
+        acc = Some(a);
+        ema.push((s, a));
+    }
+    let mut series = vec![plot::Series::new("train loss", loss), plot::Series::new("train loss (EMA)", ema)];
+    if !metric.is_empty() {
+        series.push(plot::Series::new(format!("validation {metric_name}"), metric));
+    }
+    plot::line_chart(png, &format!("softprompt training: {task}"), "step", "loss / metric", &series)
+}
