@@ -252,6 +252,34 @@ impl Llama {
     pub fn lm_head(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+    /// Visit every weight (name, values) in a fixed order.
+    pub fn for_each_weight(&self, mut f: impl FnMut(&str, &[f32])) {
+        f("embed", &self.embed.data);
+        f("norm", &self.norm);
+        if let Some(h) = &self.lm_head {
+            f("lm_head", &h.data);
+        }
+        for b in &self.blocks {
+            let opt = |x: &Option<Vec<f32>>| x.as_deref().unwrap_or(&[]).to_vec();
+            for (n, w) in [
+                ("attn_norm", &b.attn_norm),
+                ("wq", &b.wq),
+                ("wk", &b.wk),
+                ("wv", &b.wv),
+                ("wo", &b.wo),
+                ("mlp_norm", &b.mlp_norm),
+                ("wg", &b.wg),
+                ("wu", &b.wu),
+                ("wd", &b.wd),
+                ("bq", &opt(&b.bq)),
+                ("bk", &opt(&b.bk)),
+                ("bv", &opt(&b.bv)),
+            ] {
+                f(n, w);
+            }
+        }
+    }
+
     pub fn num_parameters(&self) -> usize {
         let b: usize = self
             .blocks

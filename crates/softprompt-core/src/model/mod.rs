@@ -57,6 +57,20 @@ impl FrozenModel {
         Ok(p)
     }
 
+    /// SHA-256 over every weight's bytes, in a fixed order: proof that training a prompt
+    /// left the base model untouched.
+    pub fn weights_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        self.llama.for_each_weight(|name, w| {
+            h.update(name.as_bytes());
+            for x in w {
+                h.update(x.to_le_bytes());
+            }
+        });
+        format!("{:x}", h.finalize())
+    }
+
     /// End-of-sequence ids from the config.
     pub fn eos_ids(&self) -> Vec<u32> {
         self.llama.cfg.eos_ids()
