@@ -54,3 +54,85 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, (Vec<usize>, 
     }
     out
 }
+
+/// A tiny random Llama with a word-level tokenizer over the built-in demo task's words:
+/// fast enough to train for real in a unit test.
+pub fn tiny_demo_model(seed: u64) -> softprompt_core::model::FrozenModel {
+    use softprompt_core::data::{demo_records, DemoSplit};
+    let mut words: Vec<String> = vec!["[UNK]".into(), "Review".into(), "Sentiment".into(), ":".into(), "negative".into(), "positive".into()];
+    for split in [DemoSplit::Train, DemoSplit::Validation] {
+        for r in demo_records(split) {
+            let s = r.fields["sentence"].as_str().unwrap_or("").to_string();
+            for w in s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+                if !words.iter().any(|x| x == w) {
+                    words.push(w.to_string());
+                }
+            }
+        }
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> = words.iter().enumerate().map(|(i, w)| (w.clone(), i.into())).collect();
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null, "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]" }
+    });
+    let tokenizer: tokenizers::Tokenizer = json.to_string().parse().expect("tiny tokenizer");
+    let config: softprompt_core::model::LlamaConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": words.len(),
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 256, "tie_word_embeddings": true
+    }))
+    .unwrap();
+    let weights = softprompt_core::model::llama::random_weights(&config, seed);
+    softprompt_core::model::FrozenModel::from_loaded(LoadedWeights {
+        config,
+        weights,
+        tokenizer,
+        source: "tiny-demo".into(),
+        stored_dtype: "f32".into(),
+    })
+    .unwrap()
+}
+
+/// Default training settings on the built-in demo task.
+pub fn demo_config(steps: u64) -> softprompt_core::train::TrainConfig {
+    use softprompt_core::train::optim::{OptimizerKind, Schedule};
+    softprompt_core::train::TrainConfig {
+        task: softprompt_core::data::builtin_task("demo").unwrap(),
+        train_file: "builtin:demo/train".into(),
+        validation_file: Some("builtin:demo/validation".into()),
+        num_virtual_tokens: 4,
+        init: softprompt_core::train::Init::Random { range: 0.5 },
+        optimizer: OptimizerKind::adamw_default(),
+        lr: 0.05,
+        schedule: Schedule::Constant,
+        warmup_steps: 0,
+        steps,
+        batch_size: 8,
+        grad_accum: 1,
+        max_grad_norm: 1.0,
+        seed: 3,
+        eval_every: 0,
+        eval_limit: Some(64),
+        patience: None,
+        checkpoint_every: 4,
+        keep_checkpoints: 2,
+        max_len: 64,
+        length_norm: false,
+        train_limit: None,
+        skip_bad_rows: false,
+        eval_batch_size: 32,
+        data_root: None,
+    }
+}
+
+/// (step, loss) of every step line of a train_log.jsonl.
+pub fn step_losses(out: &std::path::Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
