@@ -1,6 +1,8 @@
 //! `softprompt`: train, evaluate, inspect and use soft prompts on a frozen model.
 //! A thin layer over softprompt-core: argument parsing, printing, exit codes.
 
+mod bench;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -138,6 +140,19 @@ enum Cmd {
         input: Option<String>,
         #[arg(long)]
         length_norm: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Speed and memory benchmarks (median of several runs): W1 training step, decode, classification.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Timed runs per workload (after one warm-up for training).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Only one workload: train, decode or classify.
+        #[arg(long)]
+        only: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -375,6 +390,11 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Train(a) => cmd_train(*a)?,
+        Cmd::Bench { model, runs, only, json } => {
+            let m = load_model(&model)?;
+            let rows = bench::run(&m, runs, only.as_deref())?;
+            bench::print(&rows, json);
+        }
         Cmd::Eval { model, prompt, no_prompt, task, data: file, template_index, limit, batch_size, max_len, length_norm, report, json } => {
             let m = load_model(&model)?;
             let sp = if no_prompt { None } else { load_prompt(&m, &prompt)? };

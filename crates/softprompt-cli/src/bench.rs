@@ -1,0 +1,124 @@
+//! `softprompt bench`: the speed and memory workloads, median of several runs, as a table.
+//!
+//! - W1 (training): batch 8 x 128 real tokens + 20 virtual tokens, next-token loss on every real
+//!   token, backward to the prompt, one AdamW step.
+//! - decode: greedy generation with a 20-token soft prompt, batch 1.
+//! - classify: rank classification of 64 inputs x 64 tokens over 2 one-token labels, batched.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::json;
+use softprompt_core::infer::{self, Sampling};
+use softprompt_core::model::FrozenModel;
+use softprompt_core::objective::{self, ClassExample, GenExample};
+use softprompt_core::train::optim::{Optimizer, OptimizerKind};
+
+/// Peak resident set size of this process so far, in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Deterministic pseudo-text token ids (ordinary vocabulary range, no special tokens).
+fn ids(n: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32).map(|t| 300 + (t.wrapping_mul(2654435761).wrapping_add(salt * 977)) % 20000).collect()
+}
+
+pub struct Row {
+    pub workload: &'static str,
+    pub median: f64,
+    pub unit: &'static str,
+    pub throughput: f64,
+    pub throughput_unit: &'static str,
+}
+
+pub fn run(m: &FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<Row>> {
+    let runs = runs.max(1);
+    let d = m.llama.dims.d;
+    let p = 20;
+    let prompt: Vec<f32> = softprompt_core::prompt::random_uniform(p, d, 0.5, 0).data;
+    let mut rows = Vec::new();
+    let want = |w: &str| only.is_none_or(|o| o == w);
+
+    if want("train") {
+        let batch: Vec<GenExample> = (0..8).map(|i| GenExample { ids: ids(1, i), target: ids(127, i + 100) }).collect();
+        let mut opt = Optimizer::new(OptimizerKind::adamw_default(), p, d);
+        let mut param = prompt.clone();
+        let mut times = Vec::new();
+        for _ in 0..runs + 1 {
+            let t = Instant::now();
+            let r = objective::lm_batch(&m.llama, Some(&param), &batch, true)?;
+            let g = r.grad.unwrap_or_default();
+            opt.step(&mut param, &g, 1e-3);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.remove(0); // warm-up
+        let s = median(times);
+        rows.push(Row { workload: "W1 train step (8 x 128 + 20 virtual)", median: s, unit: "s/step", throughput: 8.0 * 148.0 / s, throughput_unit: "tokens/s" });
+    }
+    if want("decode") {
+        let text = ids(16, 7);
+        let s = Sampling { max_new_tokens: 64, ..Default::default() };
+        let mut rates = Vec::new();
+        for _ in 0..runs {
+            // Time the decode steps only: prefill once, then count tokens after the first.
+            let mut first = None;
+            let mut n = 0usize;
+            infer::generate(&m.llama, Some(&prompt), &text, &s, |_| {
+                n += 1;
+                if first.is_none() {
+                    first = Some(Instant::now());
+                }
+                true
+            })?;
+            let secs = first.map_or(1.0, |f| f.elapsed().as_secs_f64());
+            rates.push((n - 1) as f64 / secs);
+        }
+        let r = median(rates);
+        rows.push(Row { workload: "decode, batch 1, 20 virtual tokens", median: 1.0 / r, unit: "s/token", throughput: r, throughput_unit: "tokens/s" });
+    }
+    if want("classify") {
+        let batch: Vec<ClassExample> = (0..64).map(|i| ClassExample { ids: ids(64, i), cands: vec![vec![4917], vec![3904]], label: Some(0) }).collect();
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            for chunk in batch.chunks(16) {
+                objective::classify_batch(&m.llama, Some(&prompt), chunk, false, false)?;
+            }
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let s = median(times);
+        rows.push(Row { workload: "classify 64 x 64 tokens, 2 labels", median: s, unit: "s/64 inputs", throughput: 64.0 / s, throughput_unit: "inputs/s" });
+    }
+    Ok(rows)
+}
+
+pub fn print(rows: &[Row], json_out: bool) {
+    let rss = peak_rss_mib();
+    if json_out {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|r| json!({"workload": r.workload, "median": r.median, "unit": r.unit, "throughput": r.throughput, "throughput_unit": r.throughput_unit}))
+            .collect();
+        println!("{}", json!({ "rows": v, "peak_rss_mib": rss, "threads": rayon_threads() }));
+        return;
+    }
+    println!("| workload | median | throughput |");
+    println!("|---|---|---|");
+    for r in rows {
+        println!("| {} | {:.4} {} | {:.1} {} |", r.workload, r.median, r.unit, r.throughput, r.throughput_unit);
+    }
+    println!("\npeak RSS {:.0} MiB, {} threads", rss.unwrap_or(f64::NAN), rayon_threads());
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
