@@ -187,18 +187,6 @@ fn parse_hf(spec: &str) -> Result<HfAddress> {
     })
 }
 
-fn is_offline() -> bool {
-    ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"].iter().any(|k| {
-        std::env::var(k)
-            .map(|v| {
-                matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "1" | "true" | "yes" | "on"
-                )
-            })
-            .unwrap_or(false)
-    })
-}
 
 /// The cached copy of `addr`, if any: `datasets--ORG--NAME/snapshots/<commit>/PATH`, the commit
 /// found through `refs/<revision>` or given directly.
@@ -221,7 +209,7 @@ fn fetch_hf(spec: &str) -> Result<PathBuf> {
     if let Some(p) = cached_file(&cache, &addr) {
         return Ok(p);
     }
-    if is_offline() {
+    if crate::model::load::hub::is_offline() {
         return Err(Error::Fetch(format!(
             "{spec}: not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set; \
              download it first or give a local file",

@@ -191,7 +191,8 @@ fn token() -> Option<String> {
     (!t.is_empty()).then(|| t.to_string())
 }
 
-fn is_offline() -> bool {
+/// `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) is set to a true value: cache only.
+pub fn is_offline() -> bool {
     ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"].iter().any(|k| {
         std::env::var(k)
             .map(|v| {
