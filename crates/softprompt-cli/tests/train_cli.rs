@@ -79,3 +79,24 @@ fn bad_training_data_names_file_and_line() {
     assert!(!out.status.success() && !err.contains("panicked"));
     assert!(err.contains("bad.jsonl") && err.contains("line 2") && err.contains("unknown label"), "{err}");
 }
+
+#[test]
+fn ctrl_c_checkpoints_and_exits_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let args = ["train", "--quiet", "--steps", "40", "--virtual-tokens", "4", "--batch-size", "4", "--eval-every", "0", "--checkpoint-every", "100"];
+    let child = bin().args(args).arg("--out").arg(&out).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t = Instant::now();
+    while std::fs::read_to_string(out.join("train_log.jsonl")).map_or(0, |s| s.lines().count()) < 2 && t.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "exit after Ctrl-C: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let done = losses(&out).len() as u64;
+    assert!((2..40).contains(&done));
+    assert_eq!(latest_step(&out), done, "the checkpoint is the last finished step");
+}
