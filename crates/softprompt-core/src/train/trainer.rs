@@ -273,6 +273,13 @@ pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, s
     ));
     let ckpt_dir = out.join("checkpoints");
     let log_path = out.join("train_log.jsonl");
+    // A fresh run never writes over an earlier run's checkpoints (nothing a user had is lost).
+    if !resume && std::fs::read_dir(&ckpt_dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(Error::Input(format!(
+            "{} holds checkpoints of an earlier run: continue it with --resume, or choose another --out",
+            ckpt_dir.display()
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
     let (p, d) = (cfg.num_virtual_tokens, model.llama.dims.d);
