@@ -2,6 +2,7 @@
 //! A thin layer over softprompt-core: argument parsing, printing, exit codes.
 
 mod bench;
+mod inspect_cmd;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -143,6 +144,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Open the black box: each virtual token's nearest vocabulary tokens, norm and drift from
+    /// its init, and the hard projection (nearest tokens) evaluated next to the soft prompt.
+    Inspect(Box<inspect_cmd::InspectArgs>),
     /// Speed and memory benchmarks (median of several runs): W1 training step, decode, classification.
     Bench {
         #[command(flatten)]
@@ -390,6 +394,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Train(a) => cmd_train(*a)?,
+        Cmd::Inspect(a) => inspect_cmd::run(*a)?,
         Cmd::Bench { model, runs, only, json } => {
             let m = load_model(&model)?;
             let rows = bench::run(&m, runs, only.as_deref())?;

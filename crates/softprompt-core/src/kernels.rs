@@ -79,8 +79,97 @@ pub fn gemm(m: usize, n: usize, k: usize, a: View, b: View, out: &mut [f32], ld_
 }
 
 /// Linear layer forward: `y[m, n] (+)= x[m, k] @ w[n, k]^T` (w in HF `[out, in]` layout).
+/// A few rows (decoding) take a memory-bound path: each weight row is read once and dotted
+/// with every input row.
 pub fn linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32], accumulate: bool) {
+    if m <= SMALL_M && n * k >= PAR_THRESHOLD {
+        return linear_small_m(x, w, m, n, k, y, accumulate);
+    }
     gemm(m, n, k, View::rm(x, k), View::t(w, k), y, n, accumulate, true);
+}
+
+/// Inputs with at most this many rows use [`linear_small_m`].
+const SMALL_M: usize = 4;
+
+/// `y[m, n] (+)= x[m, k] @ w[n, k]^T` for small m: parallel over blocks of weight rows.
+fn linear_small_m(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32], accumulate: bool) {
+    const BLOCK: usize = 64;
+    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n, "linear_small_m: bad sizes");
+    // out[b] = [m, rows of block b]
+    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let rows = (b * BLOCK..((b + 1) * BLOCK).min(n)).collect::<Vec<_>>();
+            let mut out = vec![0.0f32; m * rows.len()];
+            for (j, &r) in rows.iter().enumerate() {
+                let wr = &w[r * k..(r + 1) * k];
+                for i in 0..m {
+                    out[i * rows.len() + j] = dot(&x[i * k..(i + 1) * k], wr);
+                }
+            }
+            out
+        })
+        .collect();
+    for (b, out) in blocks.iter().enumerate() {
+        let c0 = b * BLOCK;
+        let width = out.len() / m;
+        for i in 0..m {
+            let dst = &mut y[i * n + c0..i * n + c0 + width];
+            let src = &out[i * width..(i + 1) * width];
+            if accumulate {
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// Dot product with AVX-512 when the CPU has it, else 8 independent accumulators.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected at run time.
+            return unsafe { dot_avx512(a, b) };
+        }
+    }
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for t in 0..8 {
+            acc[t] += x[t] * y[t];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm512_setzero_ps();
+    let mut acc1 = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 32 <= n {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), acc1);
+        i += 32;
+    }
+    if i + 16 <= n {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+        i += 16;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
 }
 
 /// Linear layer input gradient: `dx[m, k] (+)= dy[m, n] @ w[n, k]`.
@@ -248,6 +337,22 @@ mod tests {
         linear(&a, &bt, m, n, k, &mut out2, true);
         for (x, y) in out2.iter().zip(&want) {
             assert!((x - (y + 1.0)).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn small_m_linear_matches_gemm() {
+        let (n, k) = (300, 1000); // n*k above the threshold, k not a multiple of 16
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+        for m in 1..=SMALL_M {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 5 % 17) as f32 - 8.0) / 9.0).collect();
+            let mut want = vec![0.0; m * n];
+            gemm(m, n, k, View::rm(&x, k), View::t(&w, k), &mut want, n, false, false);
+            let mut got = vec![0.5; m * n];
+            linear(&x, &w, m, n, k, &mut got, true);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - 0.5 - w).abs() < 1e-3 * (1.0 + w.abs()), "{g} vs {w}");
+            }
         }
     }
 

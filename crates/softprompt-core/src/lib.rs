@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod fetch;
 pub mod infer;
+pub mod inspect;
 pub mod kernels;
 pub mod model;
 pub mod objective;
