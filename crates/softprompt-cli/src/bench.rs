@@ -29,7 +29,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Deterministic pseudo-text token ids (ordinary vocabulary range, no special tokens).
 fn ids(n: usize, salt: u32) -> Vec<u32> {
-    (0..n as u32).map(|t| 300 + (t.wrapping_mul(2654435761).wrapping_add(salt * 977)) % 20000).collect()
+    (0..n as u32)
+        .map(|t| 300 + (t.wrapping_mul(2654435761).wrapping_add(salt * 977)) % 20000)
+        .collect()
 }
 
 pub struct Row {
@@ -49,7 +51,12 @@ pub fn run(m: &FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<Row>>
     let want = |w: &str| only.is_none_or(|o| o == w);
 
     if want("train") {
-        let batch: Vec<GenExample> = (0..8).map(|i| GenExample { ids: ids(1, i), target: ids(127, i + 100) }).collect();
+        let batch: Vec<GenExample> = (0..8)
+            .map(|i| GenExample {
+                ids: ids(1, i),
+                target: ids(127, i + 100),
+            })
+            .collect();
         let mut opt = Optimizer::new(OptimizerKind::adamw_default(), p, d);
         let mut param = prompt.clone();
         let mut times = Vec::new();
@@ -62,11 +69,20 @@ pub fn run(m: &FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<Row>>
         }
         times.remove(0); // warm-up
         let s = median(times);
-        rows.push(Row { workload: "W1 train step (8 x 128 + 20 virtual)", median: s, unit: "s/step", throughput: 8.0 * 148.0 / s, throughput_unit: "tokens/s" });
+        rows.push(Row {
+            workload: "W1 train step (8 x 128 + 20 virtual)",
+            median: s,
+            unit: "s/step",
+            throughput: 8.0 * 148.0 / s,
+            throughput_unit: "tokens/s",
+        });
     }
     if want("decode") {
         let text = ids(16, 7);
-        let s = Sampling { max_new_tokens: 64, ..Default::default() };
+        let s = Sampling {
+            max_new_tokens: 64,
+            ..Default::default()
+        };
         let mut rates = Vec::new();
         for _ in 0..runs {
             // Time the decode steps only: prefill once, then count tokens after the first.
@@ -83,10 +99,22 @@ pub fn run(m: &FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<Row>>
             rates.push((n - 1) as f64 / secs);
         }
         let r = median(rates);
-        rows.push(Row { workload: "decode, batch 1, 20 virtual tokens", median: 1.0 / r, unit: "s/token", throughput: r, throughput_unit: "tokens/s" });
+        rows.push(Row {
+            workload: "decode, batch 1, 20 virtual tokens",
+            median: 1.0 / r,
+            unit: "s/token",
+            throughput: r,
+            throughput_unit: "tokens/s",
+        });
     }
     if want("classify") {
-        let batch: Vec<ClassExample> = (0..64).map(|i| ClassExample { ids: ids(64, i), cands: vec![vec![4917], vec![3904]], label: Some(0) }).collect();
+        let batch: Vec<ClassExample> = (0..64)
+            .map(|i| ClassExample {
+                ids: ids(64, i),
+                cands: vec![vec![4917], vec![3904]],
+                label: Some(0),
+            })
+            .collect();
         let mut times = Vec::new();
         for _ in 0..runs {
             let t = Instant::now();
@@ -96,7 +124,13 @@ pub fn run(m: &FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<Row>>
             times.push(t.elapsed().as_secs_f64());
         }
         let s = median(times);
-        rows.push(Row { workload: "classify 64 x 64 tokens, 2 labels", median: s, unit: "s/64 inputs", throughput: 64.0 / s, throughput_unit: "inputs/s" });
+        rows.push(Row {
+            workload: "classify 64 x 64 tokens, 2 labels",
+            median: s,
+            unit: "s/64 inputs",
+            throughput: 64.0 / s,
+            throughput_unit: "inputs/s",
+        });
     }
     Ok(rows)
 }
@@ -108,15 +142,25 @@ pub fn print(rows: &[Row], json_out: bool) {
             .iter()
             .map(|r| json!({"workload": r.workload, "median": r.median, "unit": r.unit, "throughput": r.throughput, "throughput_unit": r.throughput_unit}))
             .collect();
-        println!("{}", json!({ "rows": v, "peak_rss_mib": rss, "threads": rayon_threads() }));
+        println!(
+            "{}",
+            json!({ "rows": v, "peak_rss_mib": rss, "threads": rayon_threads() })
+        );
         return;
     }
     println!("| workload | median | throughput |");
     println!("|---|---|---|");
     for r in rows {
-        println!("| {} | {:.4} {} | {:.1} {} |", r.workload, r.median, r.unit, r.throughput, r.throughput_unit);
+        println!(
+            "| {} | {:.4} {} | {:.1} {} |",
+            r.workload, r.median, r.unit, r.throughput, r.throughput_unit
+        );
     }
-    println!("\npeak RSS {:.0} MiB, {} threads", rss.unwrap_or(f64::NAN), rayon_threads());
+    println!(
+        "\npeak RSS {:.0} MiB, {} threads",
+        rss.unwrap_or(f64::NAN),
+        rayon_threads()
+    );
 }
 
 fn rayon_threads() -> usize {

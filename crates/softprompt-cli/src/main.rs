@@ -11,15 +11,18 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use softprompt_core::data::{self, TaskSpec};
 use softprompt_core::infer::{self, Sampling};
 use softprompt_core::model::FrozenModel;
-use softprompt_core::data::{self, TaskSpec};
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::{self, optim, trainer};
 
-
 #[derive(Parser)]
-#[command(name = "softprompt", version, about = "Prompt tuning on a frozen language model: train, evaluate, inspect and serve soft prompts")]
+#[command(
+    name = "softprompt",
+    version,
+    about = "Prompt tuning on a frozen language model: train, evaluate, inspect and serve soft prompts"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -197,14 +200,21 @@ impl TaskArgs {
     /// The task from the flags, else from the prompt's metadata, else `default`.
     fn resolve(&self, prompt: Option<&SoftPrompt>, default: Option<&str>) -> Result<TaskSpec> {
         if let Some(t) = &self.template {
-            let labels = self.labels.as_deref().context("--template needs --labels (e.g. 0=negative,1=positive)")?;
+            let labels = self
+                .labels
+                .as_deref()
+                .context("--template needs --labels (e.g. 0=negative,1=positive)")?;
             return Ok(TaskSpec::from_flags(t, labels, &self.label_field)?);
         }
         if let Some(name) = &self.task {
             return task_by_name(name);
         }
-        if let Some(task) = prompt.and_then(|p| p.meta.as_ref()).and_then(|m| m.task.clone()) {
-            return serde_json::from_value(task).context("the prompt's softprompt.json has an unreadable task");
+        if let Some(task) = prompt
+            .and_then(|p| p.meta.as_ref())
+            .and_then(|m| m.task.clone())
+        {
+            return serde_json::from_value(task)
+                .context("the prompt's softprompt.json has an unreadable task");
         }
         match default {
             Some(d) => task_by_name(d),
@@ -221,7 +231,10 @@ fn task_by_name(name: &str) -> Result<TaskSpec> {
     if p.exists() {
         return Ok(data::load_task_file(p)?);
     }
-    anyhow::bail!("unknown task '{name}': built-in tasks are {}, or give a task JSON file", data::builtin_task_names().join(", "))
+    anyhow::bail!(
+        "unknown task '{name}': built-in tasks are {}, or give a task JSON file",
+        data::builtin_task_names().join(", ")
+    )
 }
 
 #[derive(Args)]
@@ -306,8 +319,14 @@ struct TrainArgs {
 
 fn load_model(m: &ModelArgs) -> Result<FrozenModel> {
     let t = std::time::Instant::now();
-    let model = FrozenModel::load(&m.model).with_context(|| format!("loading model '{}'", m.model))?;
-    eprintln!("softprompt: loaded {} ({}) in {:.1}s", model.source, model.stored_dtype, t.elapsed().as_secs_f32());
+    let model =
+        FrozenModel::load(&m.model).with_context(|| format!("loading model '{}'", m.model))?;
+    eprintln!(
+        "softprompt: loaded {} ({}) in {:.1}s",
+        model.source,
+        model.stored_dtype,
+        t.elapsed().as_secs_f32()
+    );
     Ok(model)
 }
 
@@ -333,11 +352,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Score { model, prompt, text, json } => {
+        Cmd::Score {
+            model,
+            prompt,
+            text,
+            json,
+        } => {
             let m = load_model(&model)?;
             let sp = load_prompt(&m, &prompt)?;
             let ids = m.encode(&text)?;
-            let lp = infer::score(&m.llama, sp.as_ref().map(|p| p.embeddings.data.as_slice()), &ids)?;
+            let lp = infer::score(
+                &m.llama,
+                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                &ids,
+            )?;
             if json {
                 println!("{}", json!({ "ids": ids, "logprobs": lp }));
             } else {
@@ -350,10 +378,26 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 let total: f64 = lp.iter().sum();
-                println!("total log-prob {total:.4}, mean {:.4}, perplexity {:.3}", total / lp.len() as f64, (-total / lp.len() as f64).exp());
+                println!(
+                    "total log-prob {total:.4}, mean {:.4}, perplexity {:.3}",
+                    total / lp.len() as f64,
+                    (-total / lp.len() as f64).exp()
+                );
             }
         }
-        Cmd::Generate { model, prompt, text, max_new_tokens, temperature, top_k, top_p, seed, ignore_eos, no_cache, json } => {
+        Cmd::Generate {
+            model,
+            prompt,
+            text,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ignore_eos,
+            no_cache,
+            json,
+        } => {
             let m = load_model(&model)?;
             let sp = load_prompt(&m, &prompt)?;
             let ids = m.encode(&text)?;
@@ -371,42 +415,85 @@ fn run(cli: Cli) -> Result<()> {
             let mut printed = String::new();
             let mut all = Vec::new();
             let mut stdout = std::io::stdout();
-            let out = infer::generate(&m.llama, sp.as_ref().map(|p| p.embeddings.data.as_slice()), &ids, &s, |tok| {
-                all.push(tok);
-                if !json {
-                    // Stream: print the newly decodable suffix.
-                    if let Ok(txt) = m.decode(&all) {
-                        if txt.len() > printed.len() && txt.starts_with(&printed) {
-                            let _ = write!(stdout, "{}", &txt[printed.len()..]);
-                            let _ = stdout.flush();
-                            printed = txt;
+            let out = infer::generate(
+                &m.llama,
+                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                &ids,
+                &s,
+                |tok| {
+                    all.push(tok);
+                    if !json {
+                        // Stream: print the newly decodable suffix.
+                        if let Ok(txt) = m.decode(&all) {
+                            if txt.len() > printed.len() && txt.starts_with(&printed) {
+                                let _ = write!(stdout, "{}", &txt[printed.len()..]);
+                                let _ = stdout.flush();
+                                printed = txt;
+                            }
                         }
                     }
-                }
-                true
-            })?;
+                    true
+                },
+            )?;
             let secs = t.elapsed().as_secs_f64();
             if json {
-                println!("{}", json!({ "ids": out, "text": m.decode(&out)?, "seconds": secs }));
+                println!(
+                    "{}",
+                    json!({ "ids": out, "text": m.decode(&out)?, "seconds": secs })
+                );
             } else {
                 println!();
-                eprintln!("softprompt: {} tokens in {:.2}s ({:.1} tok/s incl. prefill)", out.len(), secs, out.len() as f64 / secs);
+                eprintln!(
+                    "softprompt: {} tokens in {:.2}s ({:.1} tok/s incl. prefill)",
+                    out.len(),
+                    secs,
+                    out.len() as f64 / secs
+                );
             }
         }
         Cmd::Train(a) => cmd_train(*a)?,
         Cmd::Inspect(a) => inspect_cmd::run(*a)?,
-        Cmd::Bench { model, runs, only, json } => {
+        Cmd::Bench {
+            model,
+            runs,
+            only,
+            json,
+        } => {
             let m = load_model(&model)?;
             let rows = bench::run(&m, runs, only.as_deref())?;
             bench::print(&rows, json);
         }
-        Cmd::Eval { model, prompt, no_prompt, task, data: file, template_index, limit, batch_size, max_len, length_norm, report, json } => {
+        Cmd::Eval {
+            model,
+            prompt,
+            no_prompt,
+            task,
+            data: file,
+            template_index,
+            limit,
+            batch_size,
+            max_len,
+            length_norm,
+            report,
+            json,
+        } => {
             let m = load_model(&model)?;
-            let sp = if no_prompt { None } else { load_prompt(&m, &prompt)? };
-            anyhow::ensure!(no_prompt || sp.is_some(), "give --prompt DIR, or --no-prompt to evaluate the template alone");
+            let sp = if no_prompt {
+                None
+            } else {
+                load_prompt(&m, &prompt)?
+            };
+            anyhow::ensure!(
+                no_prompt || sp.is_some(),
+                "give --prompt DIR, or --no-prompt to evaluate the template alone"
+            );
             let spec = task.resolve(sp.as_ref(), None)?;
-            let spec = spec.with_template(template_index).with_context(|| format!("task {} has no template number {template_index}", spec.name))?;
-            let file = file.or_else(|| spec.validation.clone()).context("give --data FILE (the task has no validation split)")?;
+            let spec = spec.with_template(template_index).with_context(|| {
+                format!("task {} has no template number {template_index}", spec.name)
+            })?;
+            let file = file
+                .or_else(|| spec.validation.clone())
+                .context("give --data FILE (the task has no validation split)")?;
             let (records, _, name) = data::load_split(&file, task.data_root.as_deref(), false)?;
             let (items, _) = data::prepare(&spec, &records, std::path::Path::new(&name), false)?;
             let mut tok = train::tokenize(&m, &items, max_len)?;
@@ -414,7 +501,13 @@ fn run(cli: Cli) -> Result<()> {
                 tok.truncate(n);
             }
             let t = std::time::Instant::now();
-            let rep = train::evaluate(&m, sp.as_ref().map(|p| p.embeddings.data.as_slice()), &tok, batch_size, length_norm)?;
+            let rep = train::evaluate(
+                &m,
+                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                &tok,
+                batch_size,
+                length_norm,
+            )?;
             let secs = t.elapsed().as_secs_f64();
             let mut v = serde_json::to_value(&rep)?;
             v["data"] = json!(name);
@@ -428,26 +521,58 @@ fn run(cli: Cli) -> Result<()> {
                 v["majority_baseline"] = json!({ "class": cls, "accuracy": base });
             }
             if let Some(path) = &report {
-                softprompt_core::train::checkpoint::atomic_write(path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+                softprompt_core::train::checkpoint::atomic_write(
+                    path,
+                    serde_json::to_string_pretty(&v)?.as_bytes(),
+                )?;
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{}: {} = {:.4} on {} examples of {name} (loss {:.4}, {:.1} examples/s)", spec.name, rep.metric, rep.value, rep.n, rep.loss, rep.n as f64 / secs);
+                println!(
+                    "{}: {} = {:.4} on {} examples of {name} (loss {:.4}, {:.1} examples/s)",
+                    spec.name,
+                    rep.metric,
+                    rep.value,
+                    rep.n,
+                    rep.loss,
+                    rep.n as f64 / secs
+                );
                 if let Some(b) = v.get("majority_baseline") {
-                    println!("majority-class baseline: {:.4}", b["accuracy"].as_f64().unwrap_or(0.0));
+                    println!(
+                        "majority-class baseline: {:.4}",
+                        b["accuracy"].as_f64().unwrap_or(0.0)
+                    );
                 }
             }
         }
-        Cmd::Classify { model, prompt, no_prompt, task, text, input, length_norm, json } => {
+        Cmd::Classify {
+            model,
+            prompt,
+            no_prompt,
+            task,
+            text,
+            input,
+            length_norm,
+            json,
+        } => {
             let m = load_model(&model)?;
-            let sp = if no_prompt { None } else { load_prompt(&m, &prompt)? };
+            let sp = if no_prompt {
+                None
+            } else {
+                load_prompt(&m, &prompt)?
+            };
             let spec = task.resolve(sp.as_ref(), None)?;
             let fields: serde_json::Map<String, serde_json::Value> = match (text, input) {
-                (_, Some(j)) => serde_json::from_str(&j).context("--input must be a JSON object")?,
+                (_, Some(j)) => {
+                    serde_json::from_str(&j).context("--input must be a JSON object")?
+                }
                 (Some(t), None) => {
                     let names = spec.template_fields();
-                    anyhow::ensure!(names.len() == 1, "the template has fields {names:?}: give --input '{{...}}'");
+                    anyhow::ensure!(
+                        names.len() == 1,
+                        "the template has fields {names:?}: give --input '{{...}}'"
+                    );
                     let mut map = serde_json::Map::new();
                     map.insert(names[0].clone(), json!(t));
                     map
@@ -456,15 +581,28 @@ fn run(cli: Cli) -> Result<()> {
             };
             let rec = data::Record { line: 1, fields };
             let (items, _) = data::prepare(&spec, &[rec], std::path::Path::new("<input>"), false)?;
-            let data::Items::Class(ci) = &items else { anyhow::bail!("task {} is not a classification task", spec.name) };
+            let data::Items::Class(ci) = &items else {
+                anyhow::bail!("task {} is not a classification task", spec.name)
+            };
             let tok = train::tokenize(&m, &items, usize::MAX)?;
-            let train::Tokenized::Class(ex) = tok else { unreachable!("classification items tokenize to classification examples") };
-            let r = softprompt_core::objective::classify_batch(&m.llama, sp.as_ref().map(|p| p.embeddings.data.as_slice()), &ex, length_norm, false)?;
+            let train::Tokenized::Class(ex) = tok else {
+                unreachable!("classification items tokenize to classification examples")
+            };
+            let r = softprompt_core::objective::classify_batch(
+                &m.llama,
+                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                &ex,
+                length_norm,
+                false,
+            )?;
             let probs = softprompt_core::objective::softmax(&r.scores[0]);
             let best = softprompt_core::objective::argmax(&r.scores[0]);
             let labels = spec.label_values();
             if json {
-                println!("{}", json!({ "label": labels[best], "candidate": ci[0].candidates[best], "probabilities": labels.iter().zip(&probs).map(|(l, p)| (l.clone(), json!(p))).collect::<serde_json::Map<_, _>>(), "scores": r.scores[0] }));
+                println!(
+                    "{}",
+                    json!({ "label": labels[best], "candidate": ci[0].candidates[best], "probabilities": labels.iter().zip(&probs).map(|(l, p)| (l.clone(), json!(p))).collect::<serde_json::Map<_, _>>(), "scores": r.scores[0] })
+                );
             } else {
                 for ((l, c), p) in labels.iter().zip(&ci[0].candidates).zip(&probs) {
                     println!("{:>6.3}  {l} {c:?}", p);
@@ -472,12 +610,21 @@ fn run(cli: Cli) -> Result<()> {
                 println!("=> {} {:?}", labels[best], ci[0].candidates[best]);
             }
         }
-        Cmd::Info { model, prompt, json } => {
-            anyhow::ensure!(model.is_some() || prompt.is_some(), "give --model and/or --prompt");
+        Cmd::Info {
+            model,
+            prompt,
+            json,
+        } => {
+            anyhow::ensure!(
+                model.is_some() || prompt.is_some(),
+                "give --model and/or --prompt"
+            );
             let mut report = serde_json::Map::new();
             let mut loaded = None;
             if let Some(spec) = &model {
-                let m = load_model(&ModelArgs { model: spec.clone() })?;
+                let m = load_model(&ModelArgs {
+                    model: spec.clone(),
+                })?;
                 let c = &m.llama.cfg;
                 report.insert(
                     "model".into(),
@@ -505,7 +652,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(dir) = &prompt {
                 let p = SoftPrompt::load(dir)?;
-                let norms: Vec<f32> = (0..p.num_virtual_tokens()).map(|i| p.row(i).iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+                let norms: Vec<f32> = (0..p.num_virtual_tokens())
+                    .map(|i| p.row(i).iter().map(|x| x * x).sum::<f32>().sqrt())
+                    .collect();
                 let mut pj = json!({
                     "folder": dir,
                     "peft_type": p.config.peft_type,
@@ -518,10 +667,11 @@ fn run(cli: Cli) -> Result<()> {
                     "softprompt_meta": p.meta,
                 });
                 if let Some(m) = &loaded {
-                    pj["compatible_with_model"] = match p.check_compatible(m.llama.dims.d, &m.fingerprint, false) {
-                        Ok(()) => json!(true),
-                        Err(e) => json!(e.to_string()),
-                    };
+                    pj["compatible_with_model"] =
+                        match p.check_compatible(m.llama.dims.d, &m.fingerprint, false) {
+                            Ok(()) => json!(true),
+                            Err(e) => json!(e.to_string()),
+                        };
                 }
                 report.insert("prompt".into(), pj);
             }
@@ -585,9 +735,15 @@ impl trainer::Observer for Progress {
         match &self.bar {
             Some(b) => {
                 b.set_position(s.step);
-                b.set_message(format!("loss {:.4} (avg {e:.4}) | lr {:.2e} | {tps:.0} tok/s", s.loss, s.lr));
+                b.set_message(format!(
+                    "loss {:.4} (avg {e:.4}) | lr {:.2e} | {tps:.0} tok/s",
+                    s.loss, s.lr
+                ));
             }
-            None => eprintln!("step {} loss {:.4} avg {e:.4} lr {:.2e} grad_norm {:.3} {tps:.0} tok/s", s.step, s.loss, s.lr, s.grad_norm),
+            None => eprintln!(
+                "step {} loss {:.4} avg {e:.4} lr {:.2e} grad_norm {:.3} {tps:.0} tok/s",
+                s.step, s.loss, s.lr, s.grad_norm
+            ),
         }
     }
     fn on_eval(&mut self, e: &trainer::EvalLog) {
@@ -609,7 +765,11 @@ impl trainer::Observer for Progress {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let m = load_model(&a.model)?;
     let spec = a.task.resolve(None, Some("demo"))?;
-    let train_file = a.train.clone().or_else(|| spec.train.clone()).with_context(|| format!("task {} has no train split: give --train FILE", spec.name))?;
+    let train_file = a
+        .train
+        .clone()
+        .or_else(|| spec.train.clone())
+        .with_context(|| format!("task {} has no train split: give --train FILE", spec.name))?;
     let validation_file = a.validation.clone().or_else(|| spec.validation.clone());
     let mut optimizer = match a.optimizer.as_str() {
         "adamw" => optim::OptimizerKind::adamw_default(),
@@ -617,9 +777,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         other => anyhow::bail!("--optimizer {other}: expected adamw or adafactor"),
     };
     match &mut optimizer {
-        optim::OptimizerKind::AdamW { weight_decay, .. } | optim::OptimizerKind::Adafactor { weight_decay, .. } => *weight_decay = a.weight_decay,
+        optim::OptimizerKind::AdamW { weight_decay, .. }
+        | optim::OptimizerKind::Adafactor { weight_decay, .. } => *weight_decay = a.weight_decay,
     }
-    let lr = a.lr.unwrap_or(if a.optimizer == "adafactor" { 0.3 } else { 0.03 });
+    let lr = a.lr.unwrap_or(if a.optimizer == "adafactor" {
+        0.3
+    } else {
+        0.03
+    });
     let cfg = trainer::TrainConfig {
         task: spec.clone(),
         train_file,
@@ -647,7 +812,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         eval_batch_size: a.eval_batch_size,
         data_root: a.task.data_root.clone(),
     };
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&spec.name));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&spec.name));
     // Ctrl-C / SIGTERM: finish the current step, checkpoint, exit cleanly. A second one kills.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -665,12 +833,19 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     } else {
         let b = indicatif::ProgressBar::new(cfg.steps);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps | {msg} | ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps | {msg} | ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(b)
     };
-    let mut obs = Progress { bar, ema: None, tokens: 0, secs: 0.0 };
+    let mut obs = Progress {
+        bar,
+        ema: None,
+        tokens: 0,
+        secs: 0.0,
+    };
     eprintln!(
         "softprompt: training {} virtual tokens on task '{}' ({} init, {} lr {lr}, {} steps x batch {} x accum {}) -> {}",
         cfg.num_virtual_tokens,
@@ -686,7 +861,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     if let Some(b) = &obs.bar {
         b.finish_and_clear();
     }
-    let best = summary.best.map(|(s, v)| format!("best validation {:.4} at step {s}", v)).unwrap_or_else(|| "no validation split".into());
+    let best = summary
+        .best
+        .map(|(s, v)| format!("best validation {:.4} at step {s}", v))
+        .unwrap_or_else(|| "no validation split".into());
     eprintln!(
         "softprompt: {} steps in {:.0}s; {best}; prompt saved to {} (curve.png, train_log.jsonl beside it){}",
         summary.steps_done,

@@ -21,30 +21,60 @@ fn fixture_prompt(model: &str) -> PathBuf {
 /// Exit status non-zero, exactly one `error:` line on stderr mentioning every `needles`, no panic.
 fn assert_clean_error(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let errs: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errs.len(), 1, "want one error line, got: {stderr}");
     for n in needles {
-        assert!(errs[0].contains(n), "error line {:?} does not mention {n:?}", errs[0]);
+        assert!(
+            errs[0].contains(n),
+            "error line {:?} does not mention {n:?}",
+            errs[0]
+        );
     }
 }
 
 #[test]
 fn score_json_matches_pytorch_fixture() {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(shared().join("fixtures/smollm2-135m/tokens.json")).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared().join("fixtures/smollm2-135m/tokens.json")).unwrap(),
+    )
+    .unwrap();
     let text = meta["texts"][1]["text"].as_str().unwrap();
-    let want_ids: Vec<u64> = meta["texts"][1]["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    let out = bin().args(["score", "--json", "--text", text, "--prompt"]).arg(fixture_prompt("smollm2-135m")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want_ids: Vec<u64> = meta["texts"][1]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let out = bin()
+        .args(["score", "--json", "--text", text, "--prompt"])
+        .arg(fixture_prompt("smollm2-135m"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<u64> = v["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let ids: Vec<u64> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     assert_eq!(ids, want_ids);
     let lp = v["logprobs"].as_array().unwrap();
     assert_eq!(lp.len(), ids.len(), "with a prompt every token is scored");
     // Without a prompt the first token has no predictor.
-    let out = bin().args(["score", "--json", "--text", text]).output().unwrap();
+    let out = bin()
+        .args(["score", "--json", "--text", text])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["logprobs"].as_array().unwrap().len(), ids.len() - 1);
 }
@@ -53,12 +83,25 @@ fn score_json_matches_pytorch_fixture() {
 fn generate_greedy_is_deterministic_and_cache_agrees() {
     let run = |extra: &[&str]| {
         let out = bin()
-            .args(["generate", "--json", "--max-new-tokens", "12", "--ignore-eos", "--text", "The capital of France is", "--prompt"])
+            .args([
+                "generate",
+                "--json",
+                "--max-new-tokens",
+                "12",
+                "--ignore-eos",
+                "--text",
+                "The capital of France is",
+                "--prompt",
+            ])
             .arg(fixture_prompt("smollm2-135m"))
             .args(extra)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["ids"].clone()
     };
@@ -71,11 +114,27 @@ fn generate_greedy_is_deterministic_and_cache_agrees() {
 fn sampling_is_seeded() {
     let run = |seed: &str| {
         let out = bin()
-            .args(["generate", "--json", "--max-new-tokens", "8", "--ignore-eos", "--temperature", "1.0", "--top-k", "50", "--top-p", "0.95"])
+            .args([
+                "generate",
+                "--json",
+                "--max-new-tokens",
+                "8",
+                "--ignore-eos",
+                "--temperature",
+                "1.0",
+                "--top-k",
+                "50",
+                "--top-p",
+                "0.95",
+            ])
             .args(["--seed", seed, "--text", "Once upon a time"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["ids"].clone()
     };
     assert_eq!(run("1"), run("1"));
@@ -84,7 +143,16 @@ fn sampling_is_seeded() {
 
 #[test]
 fn missing_model_file_is_one_clear_error() {
-    let out = bin().args(["score", "--model", "/nonexistent/model.gguf", "--text", "hi"]).output().unwrap();
+    let out = bin()
+        .args([
+            "score",
+            "--model",
+            "/nonexistent/model.gguf",
+            "--text",
+            "hi",
+        ])
+        .output()
+        .unwrap();
     assert_clean_error(&out, &["/nonexistent/model.gguf"]);
 }
 
@@ -105,14 +173,22 @@ fn gguf_of_unsupported_architecture_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bert.gguf");
     std::fs::write(&p, b).unwrap();
-    let out = bin().args(["score", "--text", "hi", "--model"]).arg(&p).output().unwrap();
+    let out = bin()
+        .args(["score", "--text", "hi", "--model"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_clean_error(&out, &["bert.gguf", "bert"]);
 }
 
 #[test]
 fn prompt_of_another_hidden_size_is_refused() {
     // Gemma 3's fixture prompt is [20, 640]; SmolLM2's hidden size is 576.
-    let out = bin().args(["score", "--text", "hi", "--prompt"]).arg(fixture_prompt("gemma3-270m")).output().unwrap();
+    let out = bin()
+        .args(["score", "--text", "hi", "--prompt"])
+        .arg(fixture_prompt("gemma3-270m"))
+        .output()
+        .unwrap();
     assert_clean_error(&out, &["640", "576"]);
 }
 
@@ -120,23 +196,46 @@ fn prompt_of_another_hidden_size_is_refused() {
 fn truncated_prompt_safetensors_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture_prompt("smollm2-135m");
-    std::fs::copy(src.join("adapter_config.json"), dir.path().join("adapter_config.json")).unwrap();
+    std::fs::copy(
+        src.join("adapter_config.json"),
+        dir.path().join("adapter_config.json"),
+    )
+    .unwrap();
     let bytes = std::fs::read(src.join("adapter_model.safetensors")).unwrap();
-    std::fs::write(dir.path().join("adapter_model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let out = bin().args(["score", "--text", "hi", "--prompt"]).arg(dir.path()).output().unwrap();
+    std::fs::write(
+        dir.path().join("adapter_model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let out = bin()
+        .args(["score", "--text", "hi", "--prompt"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_clean_error(&out, &["adapter_model.safetensors"]);
 }
 
 #[test]
 fn info_reports_model_and_prompt() {
-    let out = bin().args(["info", "--json", "--model", "smollm2-135m", "--prompt"]).arg(fixture_prompt("smollm2-135m")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args(["info", "--json", "--model", "smollm2-135m", "--prompt"])
+        .arg(fixture_prompt("smollm2-135m"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["model"]["architecture"], "llama");
     assert_eq!(v["model"]["hidden_size"], 576);
     assert_eq!(v["model"]["layers"], 30);
     assert_eq!(v["model"]["vocab_size"], 49152);
-    assert!(v["model"]["fingerprint"].as_str().unwrap().starts_with("sha256:"));
+    assert!(v["model"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
     assert_eq!(v["prompt"]["num_virtual_tokens"], 20);
     assert_eq!(v["prompt"]["compatible_with_model"], true);
 }

@@ -10,8 +10,26 @@ fn bin() -> Command {
 }
 
 const TRAIN: &[&str] = &[
-    "train", "--quiet", "--steps", "6", "--virtual-tokens", "6", "--batch-size", "4", "--train-limit", "64",
-    "--eval-every", "3", "--eval-limit", "16", "--checkpoint-every", "1", "--schedule", "cosine", "--warmup", "2",
+    "train",
+    "--quiet",
+    "--steps",
+    "6",
+    "--virtual-tokens",
+    "6",
+    "--batch-size",
+    "4",
+    "--train-limit",
+    "64",
+    "--eval-every",
+    "3",
+    "--eval-limit",
+    "16",
+    "--checkpoint-every",
+    "1",
+    "--schedule",
+    "cosine",
+    "--warmup",
+    "2",
 ];
 
 fn losses(out: &Path) -> Vec<(u64, f64)> {
@@ -39,7 +57,13 @@ fn sigkilled_training_resumes_to_the_same_losses() {
     assert!(st.success());
 
     let b = tmp.path().join("b");
-    let mut child = bin().args(TRAIN).arg("--out").arg(&b).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = bin()
+        .args(TRAIN)
+        .arg("--out")
+        .arg(&b)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     while latest_step(&b) < 2 && t.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_millis(20));
@@ -47,22 +71,57 @@ fn sigkilled_training_resumes_to_the_same_losses() {
     child.kill().unwrap(); // SIGKILL, possibly in the middle of writing the next checkpoint
     child.wait().unwrap();
     let killed_at = latest_step(&b);
-    assert!((2..6).contains(&killed_at), "killed after checkpoint {killed_at}");
-    let st = bin().args(TRAIN).arg("--out").arg(&b).arg("--resume").status().unwrap();
+    assert!(
+        (2..6).contains(&killed_at),
+        "killed after checkpoint {killed_at}"
+    );
+    let st = bin()
+        .args(TRAIN)
+        .arg("--out")
+        .arg(&b)
+        .arg("--resume")
+        .status()
+        .unwrap();
     assert!(st.success());
-    assert_eq!(losses(&a), losses(&b), "resumed run diverged (killed after step {killed_at})");
+    assert_eq!(
+        losses(&a),
+        losses(&b),
+        "resumed run diverged (killed after step {killed_at})"
+    );
     let pa = std::fs::read(a.join("last/adapter_model.safetensors")).unwrap();
     let pb = std::fs::read(b.join("last/adapter_model.safetensors")).unwrap();
     assert_eq!(pa, pb, "final prompts differ");
 
     // eval and classify pick the task (template, labels) from the prompt's metadata.
-    let out = bin().args(["eval", "--json", "--limit", "16", "--prompt"]).arg(&a).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args(["eval", "--json", "--limit", "16", "--prompt"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["metric"], "accuracy");
     assert_eq!(v["n"], 16);
-    let out = bin().args(["classify", "--json", "--text", "a truly wonderful film", "--prompt"]).arg(&a).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args([
+            "classify",
+            "--json",
+            "--text",
+            "a truly wonderful film",
+            "--prompt",
+        ])
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = v["probabilities"].as_object().unwrap();
     let total: f64 = p.values().map(|x| x.as_f64().unwrap()).sum();
@@ -73,24 +132,61 @@ fn sigkilled_training_resumes_to_the_same_losses() {
 fn bad_training_data_names_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("bad.jsonl");
-    std::fs::write(&f, "{\"sentence\": \"fine\", \"label\": 1}\n{\"sentence\": \"oops\", \"label\": 7}\n").unwrap();
-    let out = bin().args(["train", "--task", "sst2", "--steps", "1", "--train"]).arg(&f).arg("--out").arg(tmp.path().join("o")).output().unwrap();
+    std::fs::write(
+        &f,
+        "{\"sentence\": \"fine\", \"label\": 1}\n{\"sentence\": \"oops\", \"label\": 7}\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["train", "--task", "sst2", "--steps", "1", "--train"])
+        .arg(&f)
+        .arg("--out")
+        .arg(tmp.path().join("o"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && !err.contains("panicked"));
-    assert!(err.contains("bad.jsonl") && err.contains("line 2") && err.contains("unknown label"), "{err}");
+    assert!(
+        err.contains("bad.jsonl") && err.contains("line 2") && err.contains("unknown label"),
+        "{err}"
+    );
 }
 
 #[test]
 fn ctrl_c_checkpoints_and_exits_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let args = ["train", "--quiet", "--steps", "40", "--virtual-tokens", "4", "--batch-size", "4", "--eval-every", "0", "--checkpoint-every", "100"];
-    let child = bin().args(args).arg("--out").arg(&out).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let args = [
+        "train",
+        "--quiet",
+        "--steps",
+        "40",
+        "--virtual-tokens",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        "100",
+    ];
+    let child = bin()
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let t = Instant::now();
-    while std::fs::read_to_string(out.join("train_log.jsonl")).map_or(0, |s| s.lines().count()) < 2 && t.elapsed() < Duration::from_secs(300) {
+    while std::fs::read_to_string(out.join("train_log.jsonl")).map_or(0, |s| s.lines().count()) < 2
+        && t.elapsed() < Duration::from_secs(300)
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let res = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&res.stderr);
@@ -98,5 +194,9 @@ fn ctrl_c_checkpoints_and_exits_cleanly() {
     assert!(err.contains("interrupted"), "{err}");
     let done = losses(&out).len() as u64;
     assert!((2..40).contains(&done));
-    assert_eq!(latest_step(&out), done, "the checkpoint is the last finished step");
+    assert_eq!(
+        latest_step(&out),
+        done,
+        "the checkpoint is the last finished step"
+    );
 }

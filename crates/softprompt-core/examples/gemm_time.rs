@@ -10,11 +10,28 @@ fn main() {
         for _ in 0..reps {
             match name {
                 "linear" => linear(&x, &w, m, n, k, &mut y, false),
-                "linear_dx" => { let mut dx = vec![0.0f32; m * k]; linear_dx(&y, &w, m, n, k, &mut dx, false) }
-                _ => gemm(m, n, k, View::rm(&x, k), View::rm(&w, n), &mut y, n, false, true),
+                "linear_dx" => {
+                    let mut dx = vec![0.0f32; m * k];
+                    linear_dx(&y, &w, m, n, k, &mut dx, false)
+                }
+                _ => gemm(
+                    m,
+                    n,
+                    k,
+                    View::rm(&x, k),
+                    View::rm(&w, n),
+                    &mut y,
+                    n,
+                    false,
+                    true,
+                ),
             }
         }
         let s = t.elapsed().as_secs_f64() / reps as f64;
-        println!("{name}: {:.2} ms, {:.1} GFLOP/s", s * 1e3, 2.0 * (m * n * k) as f64 / s / 1e9);
+        println!(
+            "{name}: {:.2} ms, {:.1} GFLOP/s",
+            s * 1e3,
+            2.0 * (m * n * k) as f64 / s / 1e9
+        );
     }
 }

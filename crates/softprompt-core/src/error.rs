@@ -35,12 +35,21 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Format { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::Format {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn unsupported(what: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Unsupported { what: what.into(), msg: msg.into() }
+        Error::Unsupported {
+            what: what.into(),
+            msg: msg.into(),
+        }
     }
 }

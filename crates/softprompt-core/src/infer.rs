@@ -13,7 +13,9 @@ pub fn score(model: &Llama, prompt: Option<&[f32]>, ids: &[u32]) -> Result<Vec<f
     let d = model.dims.d;
     let p = prompt.map_or(0, |x| x.len() / d);
     if ids.is_empty() || p + ids.len() < 2 {
-        return Err(Error::Input("scoring needs at least one predicted token (give a longer text or a prompt)".into()));
+        return Err(Error::Input(
+            "scoring needs at least one predicted token (give a longer text or a prompt)".into(),
+        ));
     }
     let (mut x, lens) = model.embed_batch(&[SeqInput { prompt, ids }])?;
     let mut caches = vec![KvCache::new(model.n_layers())];
@@ -60,17 +62,32 @@ pub struct Sampling {
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { max_new_tokens: 32, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, eos: Vec::new(), min_new_tokens: 0, no_cache: false }
+        Sampling {
+            max_new_tokens: 32,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            eos: Vec::new(),
+            min_new_tokens: 0,
+            no_cache: false,
+        }
     }
 }
 
 impl Sampling {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::Input(format!("temperature must be >= 0, got {}", self.temperature)));
+            return Err(Error::Input(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Input(format!("top_p must be in (0, 1], got {}", self.top_p)));
+            return Err(Error::Input(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
         }
         Ok(())
     }
@@ -95,7 +112,10 @@ pub fn pick(logits: &mut [f32], s: &Sampling, n_generated: usize, rng: &mut impl
         idx.truncate(s.top_k);
     }
     let m = logits[idx[0] as usize];
-    let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i as usize] - m) / s.temperature) as f64).exp()).collect();
+    let mut probs: Vec<f64> = idx
+        .iter()
+        .map(|&i| (((logits[i as usize] - m) / s.temperature) as f64).exp())
+        .collect();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if s.top_p < 1.0 {
@@ -144,7 +164,9 @@ pub fn generate(
     let d = model.dims.d;
     let p = prompt.map_or(0, |x| x.len() / d);
     if p + ids.len() == 0 {
-        return Err(Error::Input("nothing to generate from: empty text and no prompt".into()));
+        return Err(Error::Input(
+            "nothing to generate from: empty text and no prompt".into(),
+        ));
     }
     if p + ids.len() + s.max_new_tokens > model.max_positions() {
         return Err(Error::Input(format!(
@@ -167,13 +189,19 @@ pub fn generate(
         let tok = pick(&mut logits, s, out.len(), &mut rng);
         out.push(tok);
         all.push(tok);
-        if !on_token(tok) || (s.eos.contains(&tok) && out.len() >= s.min_new_tokens) || out.len() == s.max_new_tokens {
+        if !on_token(tok)
+            || (s.eos.contains(&tok) && out.len() >= s.min_new_tokens)
+            || out.len() == s.max_new_tokens
+        {
             break;
         }
         logits = if s.no_cache {
             last_logits(model, prompt, &all)?
         } else {
-            let (mut x, lens) = model.embed_batch(&[SeqInput { prompt: None, ids: &[tok] }])?;
+            let (mut x, lens) = model.embed_batch(&[SeqInput {
+                prompt: None,
+                ids: &[tok],
+            }])?;
             model.forward(&mut x, &lens, &mut caches, false)?;
             model.logits(&x, &[0])
         };

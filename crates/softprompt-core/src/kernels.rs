@@ -19,24 +19,48 @@ pub struct View<'a> {
 impl<'a> View<'a> {
     /// A row-major `[rows, cols]` matrix.
     pub fn rm(data: &'a [f32], cols: usize) -> Self {
-        View { data, rs: cols, cs: 1 }
+        View {
+            data,
+            rs: cols,
+            cs: 1,
+        }
     }
     /// The transpose of a row-major `[rows, cols]` matrix, seen as `[cols, rows]`.
     pub fn t(data: &'a [f32], cols: usize) -> Self {
-        View { data, rs: 1, cs: cols }
+        View {
+            data,
+            rs: 1,
+            cs: cols,
+        }
     }
 }
 
 /// `out[m, n] (+)= a[m, k] @ b[k, n]`; `out` is row-major with row stride `ld_out`.
 /// `parallel` lets gemm use the rayon pool (callers already inside a parallel loop pass false).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(m: usize, n: usize, k: usize, a: View, b: View, out: &mut [f32], ld_out: usize, accumulate: bool, parallel: bool) {
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    out: &mut [f32],
+    ld_out: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
     // Bounds: the last element each view touches must be inside its slice.
-    assert!(k == 0 || (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(), "gemm: lhs out of bounds");
-    assert!(k == 0 || (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(), "gemm: rhs out of bounds");
+    assert!(
+        k == 0 || (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
+        "gemm: lhs out of bounds"
+    );
+    assert!(
+        k == 0 || (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(),
+        "gemm: rhs out of bounds"
+    );
     assert!((m - 1) * ld_out + n <= out.len(), "gemm: dst out of bounds");
     if k == 0 {
         if !accumulate {
@@ -85,16 +109,37 @@ pub fn linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32],
     if m <= SMALL_M && n * k >= PAR_THRESHOLD {
         return linear_small_m(x, w, m, n, k, y, accumulate);
     }
-    gemm(m, n, k, View::rm(x, k), View::t(w, k), y, n, accumulate, true);
+    gemm(
+        m,
+        n,
+        k,
+        View::rm(x, k),
+        View::t(w, k),
+        y,
+        n,
+        accumulate,
+        true,
+    );
 }
 
 /// Inputs with at most this many rows use [`linear_small_m`].
 const SMALL_M: usize = 4;
 
 /// `y[m, n] (+)= x[m, k] @ w[n, k]^T` for small m: parallel over blocks of weight rows.
-fn linear_small_m(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32], accumulate: bool) {
+fn linear_small_m(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    accumulate: bool,
+) {
     const BLOCK: usize = 64;
-    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n, "linear_small_m: bad sizes");
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
+        "linear_small_m: bad sizes"
+    );
     // out[b] = [m, rows of block b]
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
@@ -137,7 +182,12 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for t in 0..8 {
             acc[t] += x[t] * y[t];
@@ -157,7 +207,11 @@ unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
     let mut i = 0;
     while i + 32 <= n {
         acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), acc1);
+        acc1 = _mm512_fmadd_ps(
+            _mm512_loadu_ps(pa.add(i + 16)),
+            _mm512_loadu_ps(pb.add(i + 16)),
+            acc1,
+        );
         i += 32;
     }
     if i + 16 <= n {
@@ -173,37 +227,65 @@ unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Linear layer input gradient: `dx[m, k] (+)= dy[m, n] @ w[n, k]`.
-pub fn linear_dx(dy: &[f32], w: &[f32], m: usize, n: usize, k: usize, dx: &mut [f32], accumulate: bool) {
-    gemm(m, k, n, View::rm(dy, n), View::rm(w, k), dx, k, accumulate, true);
+pub fn linear_dx(
+    dy: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    gemm(
+        m,
+        k,
+        n,
+        View::rm(dy, n),
+        View::rm(w, k),
+        dx,
+        k,
+        accumulate,
+        true,
+    );
 }
 
 /// RMSNorm over rows of `x[rows, d]`: `y = x / sqrt(mean(x^2) + eps) * w`.
 /// Writes `rstd[rows]` (1/sqrt(mean+eps)) for the backward.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]) {
     let d = w.len();
-    y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(rstd.par_iter_mut()).for_each(|((yr, xr), r)| {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let s = 1.0 / (ss + eps).sqrt();
-        *r = s;
-        for ((yo, xi), wi) in yr.iter_mut().zip(xr).zip(w) {
-            *yo = wi * (xi * s);
-        }
-    });
+    y.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(rstd.par_iter_mut())
+        .for_each(|((yr, xr), r)| {
+            let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let s = 1.0 / (ss + eps).sqrt();
+            *r = s;
+            for ((yo, xi), wi) in yr.iter_mut().zip(xr).zip(w) {
+                *yo = wi * (xi * s);
+            }
+        });
 }
 
 /// RMSNorm backward, accumulating into `dx[rows, d]`:
 /// `dx += s * (w*dy) - x * s^3 / d * sum(x * w * dy)`.
 pub fn rmsnorm_backward(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32]) {
     let d = w.len();
-    dx.par_chunks_mut(d).zip(x.par_chunks(d)).zip(dy.par_chunks(d)).zip(rstd.par_iter()).for_each(
-        |(((dxr, xr), dyr), &s)| {
-            let dot: f32 = xr.iter().zip(dyr).zip(w).map(|((xi, gi), wi)| xi * wi * gi).sum();
+    dx.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(dy.par_chunks(d))
+        .zip(rstd.par_iter())
+        .for_each(|(((dxr, xr), dyr), &s)| {
+            let dot: f32 = xr
+                .iter()
+                .zip(dyr)
+                .zip(w)
+                .map(|((xi, gi), wi)| xi * wi * gi)
+                .sum();
             let c = dot * s * s * s / d as f32;
             for (((o, xi), gi), wi) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
                 *o += s * wi * gi - xi * c;
             }
-        },
-    );
+        });
 }
 
 /// Rotary embedding tables: `cos[pos, hd/2]`, `sin[pos, hd/2]` (HF "rotate_half" layout).
@@ -227,7 +309,12 @@ impl Rope {
                 sin[p * half + i] = a.sin();
             }
         }
-        Rope { half, cos, sin, max_pos }
+        Rope {
+            half,
+            cos,
+            sin,
+            max_pos,
+        }
     }
 
     /// Rotate each head of `x[rows, n_heads * 2*half]` in place; row r has position `pos[r]`.
@@ -235,19 +322,21 @@ impl Rope {
     pub fn apply(&self, x: &mut [f32], n_heads: usize, pos: &[usize], inverse: bool) {
         let hd = 2 * self.half;
         let h = self.half;
-        x.par_chunks_mut(n_heads * hd).zip(pos.par_iter()).for_each(|(row, &p)| {
-            let c = &self.cos[p * h..(p + 1) * h];
-            let s = &self.sin[p * h..(p + 1) * h];
-            for head in row.chunks_mut(hd) {
-                let (x1, x2) = head.split_at_mut(h);
-                for i in 0..h {
-                    let (a, b) = (x1[i], x2[i]);
-                    let si = if inverse { -s[i] } else { s[i] };
-                    x1[i] = a * c[i] - b * si;
-                    x2[i] = b * c[i] + a * si;
+        x.par_chunks_mut(n_heads * hd)
+            .zip(pos.par_iter())
+            .for_each(|(row, &p)| {
+                let c = &self.cos[p * h..(p + 1) * h];
+                let s = &self.sin[p * h..(p + 1) * h];
+                for head in row.chunks_mut(hd) {
+                    let (x1, x2) = head.split_at_mut(h);
+                    for i in 0..h {
+                        let (a, b) = (x1[i], x2[i]);
+                        let si = if inverse { -s[i] } else { s[i] };
+                        x1[i] = a * c[i] - b * si;
+                        x2[i] = b * c[i] + a * si;
+                    }
                 }
-            }
-        });
+            });
     }
 }
 
@@ -258,18 +347,25 @@ fn sigmoid(x: f32) -> f32 {
 
 /// SwiGLU: `a = silu(g) * u`, elementwise over `[rows, f]`.
 pub fn swiglu(g: &[f32], u: &[f32], a: &mut [f32]) {
-    a.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((a, g), u)| {
-        for ((ai, gi), ui) in a.iter_mut().zip(g).zip(u) {
-            *ai = gi * sigmoid(*gi) * ui;
-        }
-    });
+    a.par_chunks_mut(4096)
+        .zip(g.par_chunks(4096))
+        .zip(u.par_chunks(4096))
+        .for_each(|((a, g), u)| {
+            for ((ai, gi), ui) in a.iter_mut().zip(g).zip(u) {
+                *ai = gi * sigmoid(*gi) * ui;
+            }
+        });
 }
 
 /// SwiGLU backward: from `da`, write `dg` and `du` (overwrite).
 pub fn swiglu_backward(g: &[f32], u: &[f32], da: &[f32], dg: &mut [f32], du: &mut [f32]) {
     dg.par_chunks_mut(4096)
         .zip(du.par_chunks_mut(4096))
-        .zip(g.par_chunks(4096).zip(u.par_chunks(4096)).zip(da.par_chunks(4096)))
+        .zip(
+            g.par_chunks(4096)
+                .zip(u.par_chunks(4096))
+                .zip(da.par_chunks(4096)),
+        )
         .for_each(|((dg, du), ((g, u), da))| {
             for i in 0..dg.len() {
                 let s = sigmoid(g[i]);
@@ -318,11 +414,25 @@ mod tests {
     #[test]
     fn gemm_layouts_match_naive() {
         let (m, n, k) = (37, 29, 53);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+            .collect();
         let want = naive(&a, &b, m, n, k);
         let mut out = vec![0.0; m * n];
-        gemm(m, n, k, View::rm(&a, k), View::rm(&b, n), &mut out, n, false, true);
+        gemm(
+            m,
+            n,
+            k,
+            View::rm(&a, k),
+            View::rm(&b, n),
+            &mut out,
+            n,
+            false,
+            true,
+        );
         for (x, y) in out.iter().zip(&want) {
             assert!((x - y).abs() < 1e-4);
         }
@@ -343,11 +453,25 @@ mod tests {
     #[test]
     fn small_m_linear_matches_gemm() {
         let (n, k) = (300, 1000); // n*k above the threshold, k not a multiple of 16
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
         for m in 1..=SMALL_M {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 5 % 17) as f32 - 8.0) / 9.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 5 % 17) as f32 - 8.0) / 9.0)
+                .collect();
             let mut want = vec![0.0; m * n];
-            gemm(m, n, k, View::rm(&x, k), View::t(&w, k), &mut want, n, false, false);
+            gemm(
+                m,
+                n,
+                k,
+                View::rm(&x, k),
+                View::t(&w, k),
+                &mut want,
+                n,
+                false,
+                false,
+            );
             let mut got = vec![0.5; m * n];
             linear(&x, &w, m, n, k, &mut got, true);
             for (g, w) in got.iter().zip(&want) {

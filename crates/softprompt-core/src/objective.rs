@@ -51,7 +51,10 @@ fn run(
     let inputs: Vec<SeqInput> = seqs.iter().map(|ids| SeqInput { prompt, ids }).collect();
     let (mut x, lens) = model.embed_batch(&inputs)?;
     let n = x.len() / d;
-    let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(model.n_layers())).collect();
+    let mut caches: Vec<KvCache> = lens
+        .iter()
+        .map(|_| KvCache::new(model.n_layers()))
+        .collect();
     let tape = model.forward(&mut x, &lens, &mut caches, want_grad)?;
     let hidden = tape.as_ref().map_or(&x, |t| &t.hidden);
     let (nll, _) = model.loss_head(hidden, targets, false);
@@ -93,15 +96,23 @@ pub fn classify_batch(
     let mut r0 = 0;
     for (e, ex) in batch.iter().enumerate() {
         if ex.cands.is_empty() || ex.cands.iter().any(|c| c.is_empty()) {
-            return Err(Error::Input(format!("example {e}: every class needs a non-empty candidate")));
+            return Err(Error::Input(format!(
+                "example {e}: every class needs a non-empty candidate"
+            )));
         }
         if p + ex.ids.len() == 0 {
-            return Err(Error::Input(format!("example {e}: empty text and no prompt")));
+            return Err(Error::Input(format!(
+                "example {e}: empty text and no prompt"
+            )));
         }
         if ex.cands.iter().all(|c| c.len() == 1) {
             let row = r0 + p + ex.ids.len() - 1;
             for (c, cand) in ex.cands.iter().enumerate() {
-                targets.push(Target { row, token: cand[0], weight: 0.0 });
+                targets.push(Target {
+                    row,
+                    token: cand[0],
+                    weight: 0.0,
+                });
                 owner.push((e, c));
             }
             r0 += p + ex.ids.len();
@@ -111,7 +122,11 @@ pub fn classify_batch(
                 let mut ids = ex.ids.clone();
                 ids.extend_from_slice(&cand[..cand.len() - 1]);
                 for (t, &tok) in cand.iter().enumerate() {
-                    targets.push(Target { row: r0 + p + ex.ids.len() - 1 + t, token: tok, weight: 0.0 });
+                    targets.push(Target {
+                        row: r0 + p + ex.ids.len() - 1 + t,
+                        token: tok,
+                        weight: 0.0,
+                    });
                     owner.push((e, c));
                 }
                 r0 += p + ids.len();
@@ -119,7 +134,13 @@ pub fn classify_batch(
             }
         }
     }
-    let norm = |e: usize, c: usize| if length_norm { batch[e].cands[c].len() as f64 } else { 1.0 };
+    let norm = |e: usize, c: usize| {
+        if length_norm {
+            batch[e].cands[c].len() as f64
+        } else {
+            1.0
+        }
+    };
     let scores_of = |nll: &[f64]| {
         let mut s: Vec<Vec<f64>> = batch.iter().map(|ex| vec![0.0; ex.cands.len()]).collect();
         for (l, &(e, c)) in nll.iter().zip(&owner) {
@@ -128,26 +149,36 @@ pub fn classify_batch(
         s
     };
     let n_labelled = batch.iter().filter(|e| e.label.is_some()).count();
-    let (nll, grad, rows) = run(model, prompt, &seqs, &mut targets, want_grad, |nll, targets| {
-        // d loss / d nll_t = (y_c - p_c) / (B * norm): see the derivation in the README.
-        let s = scores_of(nll);
-        let probs: Vec<Vec<f64>> = s.iter().map(|row| softmax(row)).collect();
-        for (t, &(e, c)) in targets.iter_mut().zip(&owner) {
-            t.weight = match batch[e].label {
-                Some(y) => {
-                    let yc = if y == c { 1.0 } else { 0.0 };
-                    ((yc - probs[e][c]) / (n_labelled as f64 * norm(e, c))) as f32
-                }
-                None => 0.0,
-            };
-        }
-    })?;
+    let (nll, grad, rows) = run(
+        model,
+        prompt,
+        &seqs,
+        &mut targets,
+        want_grad,
+        |nll, targets| {
+            // d loss / d nll_t = (y_c - p_c) / (B * norm): see the derivation in the README.
+            let s = scores_of(nll);
+            let probs: Vec<Vec<f64>> = s.iter().map(|row| softmax(row)).collect();
+            for (t, &(e, c)) in targets.iter_mut().zip(&owner) {
+                t.weight = match batch[e].label {
+                    Some(y) => {
+                        let yc = if y == c { 1.0 } else { 0.0 };
+                        ((yc - probs[e][c]) / (n_labelled as f64 * norm(e, c))) as f32
+                    }
+                    None => 0.0,
+                };
+            }
+        },
+    )?;
     let scores = scores_of(&nll);
     let mut loss = 0.0;
     for (ex, s) in batch.iter().zip(&scores) {
         if let Some(y) = ex.label {
             if y >= s.len() {
-                return Err(Error::Input(format!("label {y} out of range for {} classes", s.len())));
+                return Err(Error::Input(format!(
+                    "label {y} out of range for {} classes",
+                    s.len()
+                )));
             }
             loss += logsumexp(s) - s[y];
         }
@@ -155,11 +186,21 @@ pub fn classify_batch(
     if n_labelled > 0 {
         loss /= n_labelled as f64;
     }
-    Ok(BatchResult { loss, scores, grad, rows })
+    Ok(BatchResult {
+        loss,
+        scores,
+        grad,
+        rows,
+    })
 }
 
 /// Language modelling on target tokens only: mean NLL over all target tokens of the batch.
-pub fn lm_batch(model: &Llama, prompt: Option<&[f32]>, batch: &[GenExample], want_grad: bool) -> Result<BatchResult> {
+pub fn lm_batch(
+    model: &Llama,
+    prompt: Option<&[f32]>,
+    batch: &[GenExample],
+    want_grad: bool,
+) -> Result<BatchResult> {
     let p = prompt.map_or(0, |x| x.len() / model.dims.d);
     let mut seqs = Vec::with_capacity(batch.len());
     let mut targets = Vec::new();
@@ -171,12 +212,18 @@ pub fn lm_batch(model: &Llama, prompt: Option<&[f32]>, batch: &[GenExample], wan
     }
     for (e, ex) in batch.iter().enumerate() {
         if p + ex.ids.len() == 0 {
-            return Err(Error::Input(format!("example {e}: empty input and no prompt")));
+            return Err(Error::Input(format!(
+                "example {e}: empty input and no prompt"
+            )));
         }
         let mut ids = ex.ids.clone();
         ids.extend_from_slice(&ex.target);
         for (t, &tok) in ex.target.iter().enumerate() {
-            targets.push(Target { row: r0 + p + ex.ids.len() - 1 + t, token: tok, weight: 1.0 / count as f32 });
+            targets.push(Target {
+                row: r0 + p + ex.ids.len() - 1 + t,
+                token: tok,
+                weight: 1.0 / count as f32,
+            });
             owner.push(e);
         }
         r0 += p + ids.len();
@@ -188,7 +235,12 @@ pub fn lm_batch(model: &Llama, prompt: Option<&[f32]>, batch: &[GenExample], wan
         scores[e][0] -= l;
     }
     let loss = nll.iter().sum::<f64>() / count as f64;
-    Ok(BatchResult { loss, scores, grad, rows })
+    Ok(BatchResult {
+        loss,
+        scores,
+        grad,
+        rows,
+    })
 }
 
 pub fn logsumexp(x: &[f64]) -> f64 {

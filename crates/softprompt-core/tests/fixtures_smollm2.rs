@@ -16,8 +16,14 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = fixture_dir("smollm2-135m");
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
-    let texts = meta["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let texts = meta["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
     let t = read_safetensors(&dir.join("expected.safetensors"));
     let p = read_safetensors(&dir.join("prompt/adapter_model.safetensors"));
     let prompt = p["prompt_embeddings"].1.iter().map(|&x| x as f32).collect();
@@ -25,12 +31,19 @@ fn fixture() -> Fixture {
 }
 
 fn ids_of(f: &Fixture, i: usize) -> Vec<u32> {
-    f.t[&format!("ids_{i}")].1.iter().map(|&x| x as u32).collect()
+    f.t[&format!("ids_{i}")]
+        .1
+        .iter()
+        .map(|&x| x as u32)
+        .collect()
 }
 
 fn max_abs(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -65,7 +78,11 @@ fn logprobs_and_last_logits_with_prompt_match() {
         let err = max_abs(&got, &f.t[&format!("logprobs_prompt_{i}")].1);
         eprintln!("text {i}: max |logprob diff| {err:.2e}");
         assert!(err < 1e-3, "text {i}: max |logprob diff| {err}");
-        let last: Vec<f64> = infer::last_logits(m, Some(&f.prompt), &ids).unwrap().iter().map(|&x| x as f64).collect();
+        let last: Vec<f64> = infer::last_logits(m, Some(&f.prompt), &ids)
+            .unwrap()
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
         let err = max_abs(&last, &f.t[&format!("lastlogits_prompt_{i}")].1);
         assert!(err < 2e-3, "text {i}: max |last logit diff| {err}");
     }
@@ -79,14 +96,21 @@ fn batch_loss_and_prompt_gradient_match() {
     let count: usize = all.iter().map(|x| x.len()).sum();
     let batch: Vec<Example> = all
         .into_iter()
-        .map(|ids| Example { targets: (0..ids.len()).map(|t| (t, 1.0 / count as f32)).collect(), ids })
+        .map(|ids| Example {
+            targets: (0..ids.len()).map(|t| (t, 1.0 / count as f32)).collect(),
+            ids,
+        })
         .collect();
     let (loss, grad) = m.prompt_loss_and_grad(&f.prompt, &batch).unwrap();
     let want = f.t["loss_prompt"].1[0];
     assert!(((loss - want) / want).abs() < 1e-4, "loss {loss} vs {want}");
     let g_ref = &f.t["grad_prompt"].1;
     assert_eq!(f.t["grad_prompt"].0, vec![20, 576]);
-    let num: f64 = grad.iter().zip(g_ref).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
+    let num: f64 = grad
+        .iter()
+        .zip(g_ref)
+        .map(|(a, b)| (*a as f64 - b).powi(2))
+        .sum();
     let den: f64 = g_ref.iter().map(|b| b * b).sum();
     let rel = (num / den).sqrt();
     eprintln!("loss {loss} vs {want}; grad rel L2 {rel:.2e}");
@@ -97,8 +121,17 @@ fn batch_loss_and_prompt_gradient_match() {
 fn greedy_matches_full_forward_with_and_without_cache() {
     let (m, _) = smollm();
     let f = fixture();
-    let want: Vec<u32> = f.t["greedy_prompt_0_fullforward"].1.iter().map(|&x| x as u32).collect();
-    let mut s = Sampling { max_new_tokens: 16, min_new_tokens: 16, eos: vec![2], ..Default::default() };
+    let want: Vec<u32> = f.t["greedy_prompt_0_fullforward"]
+        .1
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let mut s = Sampling {
+        max_new_tokens: 16,
+        min_new_tokens: 16,
+        eos: vec![2],
+        ..Default::default()
+    };
     let cached = infer::generate(m, Some(&f.prompt), &ids_of(&f, 0), &s, |_| true).unwrap();
     assert_eq!(cached, want, "cached greedy");
     s.no_cache = true;
@@ -116,10 +149,18 @@ fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("SmolLM2-135M-Instruct-hf");
     softprompt_core::model::load::hf::save_hf_folder(&dir, &lw, Some(200 << 20)).unwrap();
-    assert!(dir.join("model.safetensors.index.json").is_file(), "expected a sharded folder");
+    assert!(
+        dir.join("model.safetensors.index.json").is_file(),
+        "expected a sharded folder"
+    );
     drop(lw);
     let hf = softprompt_core::model::FrozenModel::load(dir.to_str().unwrap()).unwrap();
-    assert_eq!(hf.fingerprint, softprompt_core::model::FrozenModel::load("smollm2-135m").unwrap().fingerprint);
+    assert_eq!(
+        hf.fingerprint,
+        softprompt_core::model::FrozenModel::load("smollm2-135m")
+            .unwrap()
+            .fingerprint
+    );
     for i in 0..f.texts.len() {
         let ids = hf.encode(&f.texts[i]).unwrap();
         assert_eq!(ids, ids_of(&f, i));

@@ -32,13 +32,21 @@ fn batch() -> Vec<Example> {
     let b: Vec<u32> = vec![8, 1, 30];
     let w = 1.0 / (a.len() + b.len()) as f32;
     vec![
-        Example { targets: (0..a.len()).map(|t| (t, w)).collect(), ids: a },
-        Example { targets: (0..b.len()).map(|t| (t, w)).collect(), ids: b },
+        Example {
+            targets: (0..a.len()).map(|t| (t, w)).collect(),
+            ids: a,
+        },
+        Example {
+            targets: (0..b.len()).map(|t| (t, w)).collect(),
+            ids: b,
+        },
     ]
 }
 
 fn prompt(p: usize, d: usize) -> Vec<f32> {
-    (0..p * d).map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.8).collect()
+    (0..p * d)
+        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.8)
+        .collect()
 }
 
 fn check_fd(model: &Llama) {
@@ -47,8 +55,14 @@ fn check_fd(model: &Llama) {
     let ex = batch();
     let (loss, grad) = model.prompt_loss_and_grad(&pr, &ex).unwrap();
     let loss2 = model.prompt_loss(&pr, &ex).unwrap();
-    assert!((loss - loss2).abs() < 1e-6, "loss with and without tape: {loss} vs {loss2}");
-    assert!(grad.iter().any(|g| g.abs() > 1e-4), "prompt gradient is zero");
+    assert!(
+        (loss - loss2).abs() < 1e-6,
+        "loss with and without tape: {loss} vs {loss2}"
+    );
+    assert!(
+        grad.iter().any(|g| g.abs() > 1e-4),
+        "prompt gradient is zero"
+    );
     let eps = 1e-2f32;
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for i in (0..pr.len()).step_by(5) {
@@ -56,12 +70,16 @@ fn check_fd(model: &Llama) {
         p1[i] += eps;
         let mut p2 = pr.clone();
         p2[i] -= eps;
-        let fd = (model.prompt_loss(&p1, &ex).unwrap() - model.prompt_loss(&p2, &ex).unwrap()) / (2.0 * eps as f64);
+        let fd = (model.prompt_loss(&p1, &ex).unwrap() - model.prompt_loss(&p2, &ex).unwrap())
+            / (2.0 * eps as f64);
         num += (fd - grad[i] as f64).powi(2);
         den += fd.powi(2);
     }
     let rel = (num / den).sqrt();
-    assert!(rel < 1e-2, "relative L2 error of the prompt gradient vs finite differences: {rel}");
+    assert!(
+        rel < 1e-2,
+        "relative L2 error of the prompt gradient vs finite differences: {rel}"
+    );
 }
 
 #[test]
@@ -89,7 +107,13 @@ fn packed_batch_equals_single_sequences() {
     let d = m.dims.d;
     let pr = prompt(3, d);
     let ids: [&[u32]; 3] = [&[3, 17, 42, 5, 60, 9, 11], &[8, 1, 30], &[2]];
-    let seqs: Vec<SeqInput> = ids.iter().map(|i| SeqInput { prompt: Some(&pr), ids: i }).collect();
+    let seqs: Vec<SeqInput> = ids
+        .iter()
+        .map(|i| SeqInput {
+            prompt: Some(&pr),
+            ids: i,
+        })
+        .collect();
     let (mut x, lens) = m.embed_batch(&seqs).unwrap();
     let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(m.n_layers())).collect();
     m.forward(&mut x, &lens, &mut caches, false).unwrap();
@@ -98,7 +122,11 @@ fn packed_batch_equals_single_sequences() {
         let (mut y, l1) = m.embed_batch(std::slice::from_ref(s)).unwrap();
         let mut c = vec![KvCache::new(m.n_layers())];
         m.forward(&mut y, &l1, &mut c, false).unwrap();
-        let diff = y.iter().zip(&x[r0 * d..(r0 + len) * d]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let diff = y
+            .iter()
+            .zip(&x[r0 * d..(r0 + len) * d])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(diff < 1e-5, "packed vs alone: max diff {diff}");
         r0 += len;
     }
@@ -111,20 +139,39 @@ fn kv_cache_matches_full_forward() {
     let d = m.dims.d;
     let pr = prompt(3, d);
     let ids: Vec<u32> = vec![3, 17, 42, 5, 60, 9, 11];
-    let (mut full, lens) = m.embed_batch(&[SeqInput { prompt: Some(&pr), ids: &ids }]).unwrap();
+    let (mut full, lens) = m
+        .embed_batch(&[SeqInput {
+            prompt: Some(&pr),
+            ids: &ids,
+        }])
+        .unwrap();
     let mut c = vec![KvCache::new(m.n_layers())];
     m.forward(&mut full, &lens, &mut c, false).unwrap();
     // Prompt + 4 tokens, then one token at a time.
     let mut c = vec![KvCache::new(m.n_layers())];
-    let (mut x, l) = m.embed_batch(&[SeqInput { prompt: Some(&pr), ids: &ids[..4] }]).unwrap();
+    let (mut x, l) = m
+        .embed_batch(&[SeqInput {
+            prompt: Some(&pr),
+            ids: &ids[..4],
+        }])
+        .unwrap();
     m.forward(&mut x, &l, &mut c, false).unwrap();
     let mut got = x;
     for t in 4..ids.len() {
-        let (mut x, l) = m.embed_batch(&[SeqInput { prompt: None, ids: &ids[t..t + 1] }]).unwrap();
+        let (mut x, l) = m
+            .embed_batch(&[SeqInput {
+                prompt: None,
+                ids: &ids[t..t + 1],
+            }])
+            .unwrap();
         m.forward(&mut x, &l, &mut c, false).unwrap();
         got.extend_from_slice(&x);
     }
-    let diff = got.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let diff = got
+        .iter()
+        .zip(&full)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     assert!(diff < 1e-5, "cached vs full: max diff {diff}");
 }
 
@@ -155,10 +202,26 @@ fn rank_classification_grad_matches_finite_differences() {
     let pr = prompt(3, m.dims.d);
     // Single-token candidates (one sequence per example) and multi-token ones (one each).
     let batch = vec![
-        ClassExample { ids: vec![3, 17, 42], cands: vec![vec![5], vec![9]], label: Some(1) },
-        ClassExample { ids: vec![8, 1], cands: vec![vec![5], vec![9]], label: Some(0) },
-        ClassExample { ids: vec![20, 21, 22, 23], cands: vec![vec![30, 31], vec![40], vec![41, 42, 43]], label: Some(2) },
-        ClassExample { ids: vec![7], cands: vec![vec![5], vec![9]], label: None },
+        ClassExample {
+            ids: vec![3, 17, 42],
+            cands: vec![vec![5], vec![9]],
+            label: Some(1),
+        },
+        ClassExample {
+            ids: vec![8, 1],
+            cands: vec![vec![5], vec![9]],
+            label: Some(0),
+        },
+        ClassExample {
+            ids: vec![20, 21, 22, 23],
+            cands: vec![vec![30, 31], vec![40], vec![41, 42, 43]],
+            label: Some(2),
+        },
+        ClassExample {
+            ids: vec![7],
+            cands: vec![vec![5], vec![9]],
+            label: None,
+        },
     ];
     for norm in [false, true] {
         let f = |p: &[f32], g: bool| {
@@ -180,8 +243,14 @@ fn lm_objective_grad_matches_finite_differences() {
     let m = tiny("qwen2", false);
     let pr = prompt(4, m.dims.d);
     let batch = vec![
-        GenExample { ids: vec![3, 17, 42], target: vec![5, 6, 7] },
-        GenExample { ids: vec![8], target: vec![9] },
+        GenExample {
+            ids: vec![3, 17, 42],
+            target: vec![5, 6, 7],
+        },
+        GenExample {
+            ids: vec![8],
+            target: vec![9],
+        },
     ];
     let f = |p: &[f32], g: bool| {
         let r = lm_batch(&m, Some(p), &batch, g).unwrap();

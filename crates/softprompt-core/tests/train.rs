@@ -26,14 +26,22 @@ fn tiny_model_loss_falls_and_only_the_prompt_changes() {
     let losses = step_losses(&out);
     assert_eq!(losses.len(), 60);
     let (first, last) = (mean(&losses[..10]), mean(&losses[50..]));
-    assert!(last < 0.9 * first, "loss did not fall: first 10 steps {first:.4}, last 10 {last:.4}");
+    assert!(
+        last < 0.9 * first,
+        "loss did not fall: first 10 steps {first:.4}, last 10 {last:.4}"
+    );
     // The saved adapter loads, carries the fingerprint, and differs from its init.
     let p = m.load_prompt(&out, false).unwrap();
     assert_eq!(p.num_virtual_tokens(), 4);
-    assert_eq!(p.meta.as_ref().unwrap().model_fingerprint.as_deref(), Some(m.fingerprint.as_str()));
+    assert_eq!(
+        p.meta.as_ref().unwrap().model_fingerprint.as_deref(),
+        Some(m.fingerprint.as_str())
+    );
     let init = trainer::init_prompt(&m, &cfg).unwrap();
     assert_ne!(p.embeddings.data, init.data);
-    assert!(out.join("curve.png").is_file() && out.join("last/adapter_model.safetensors").is_file());
+    assert!(
+        out.join("curve.png").is_file() && out.join("last/adapter_model.safetensors").is_file()
+    );
 }
 
 /// Sets the stop flag after a given step (what Ctrl-C does).
@@ -68,8 +76,14 @@ fn interrupted_then_resumed_run_equals_uninterrupted_run() {
     assert_eq!(s.steps_done, 14);
 
     assert_eq!(step_losses(&a), step_losses(&b), "resumed losses differ");
-    let (pa, pb) = (SoftPrompt::load(&a.join("last")).unwrap(), SoftPrompt::load(&b.join("last")).unwrap());
-    assert_eq!(pa.embeddings.data, pb.embeddings.data, "final prompts differ");
+    let (pa, pb) = (
+        SoftPrompt::load(&a.join("last")).unwrap(),
+        SoftPrompt::load(&b.join("last")).unwrap(),
+    );
+    assert_eq!(
+        pa.embeddings.data, pb.embeddings.data,
+        "final prompts differ"
+    );
 }
 
 #[test]
@@ -89,10 +103,14 @@ fn real_model_loss_falls_and_weights_stay_byte_identical() {
     let mut val = val;
     val.truncate(48);
     let init = trainer::init_prompt(&m, &cfg).unwrap();
-    let l0 = train::evaluate(&m, Some(&init.data), &val, 16, false).unwrap().loss;
+    let l0 = train::evaluate(&m, Some(&init.data), &val, 16, false)
+        .unwrap()
+        .loss;
     train::train(&m, &cfg, &out, false, &AtomicBool::new(false), &mut Quiet).unwrap();
     let p = SoftPrompt::load(&out.join("last")).unwrap();
-    let l1 = train::evaluate(&m, Some(&p.embeddings.data), &val, 16, false).unwrap().loss;
+    let l1 = train::evaluate(&m, Some(&p.embeddings.data), &val, 16, false)
+        .unwrap()
+        .loss;
     assert!(l1 < l0, "validation loss did not fall: {l0:.4} -> {l1:.4}");
     assert_eq!(m.weights_digest(), before, "base weights changed");
 }

@@ -187,7 +187,6 @@ fn parse_hf(spec: &str) -> Result<HfAddress> {
     })
 }
 
-
 /// The cached copy of `addr`, if any: `datasets--ORG--NAME/snapshots/<commit>/PATH`, the commit
 /// found through `refs/<revision>` or given directly.
 fn cached_file(cache: &Path, addr: &HfAddress) -> Option<PathBuf> {

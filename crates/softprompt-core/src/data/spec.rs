@@ -295,7 +295,9 @@ impl TaskSpec {
     /// The data's label value of each class, in class order (empty for generation).
     pub fn label_values(&self) -> Vec<String> {
         match &self.kind {
-            TaskKind::Classification { labels, .. } => labels.iter().map(|l| l.value.clone()).collect(),
+            TaskKind::Classification { labels, .. } => {
+                labels.iter().map(|l| l.value.clone()).collect()
+            }
             TaskKind::Generation { .. } => Vec::new(),
         }
     }

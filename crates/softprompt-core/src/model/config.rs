@@ -78,7 +78,8 @@ pub struct LlamaConfig {
 
 impl LlamaConfig {
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
     pub fn num_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
@@ -88,6 +89,9 @@ impl LlamaConfig {
         self.attention_bias || self.model_type == "qwen2"
     }
     pub fn eos_ids(&self) -> Vec<u32> {
-        self.eos_token_id.as_ref().map(|e| e.to_vec()).unwrap_or_default()
+        self.eos_token_id
+            .as_ref()
+            .map(|e| e.to_vec())
+            .unwrap_or_default()
     }
 }

@@ -21,18 +21,18 @@ use crate::{Error, Result, Tensor};
 
 /// One decoder block's weights, HF layout (`[out, in]` for linear layers).
 struct Block {
-    attn_norm: Vec<f32>, // [D]
-    wq: Vec<f32>,        // [Hq*hd, D]
-    wk: Vec<f32>,        // [Hkv*hd, D]
-    wv: Vec<f32>,        // [Hkv*hd, D]
+    attn_norm: Vec<f32>,  // [D]
+    wq: Vec<f32>,         // [Hq*hd, D]
+    wk: Vec<f32>,         // [Hkv*hd, D]
+    wv: Vec<f32>,         // [Hkv*hd, D]
     bq: Option<Vec<f32>>, // [Hq*hd]
     bk: Option<Vec<f32>>, // [Hkv*hd]
     bv: Option<Vec<f32>>, // [Hkv*hd]
-    wo: Vec<f32>,        // [D, Hq*hd]
-    mlp_norm: Vec<f32>,  // [D]
-    wg: Vec<f32>,        // [F, D]
-    wu: Vec<f32>,        // [F, D]
-    wd: Vec<f32>,        // [D, F]
+    wo: Vec<f32>,         // [D, Hq*hd]
+    mlp_norm: Vec<f32>,   // [D]
+    wg: Vec<f32>,         // [F, D]
+    wu: Vec<f32>,         // [F, D]
+    wd: Vec<f32>,         // [D, F]
 }
 
 /// Sizes used everywhere below.
@@ -65,27 +65,31 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
-        KvCache { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers], len: 0 }
+        KvCache {
+            k: vec![Vec::new(); n_layers],
+            v: vec![Vec::new(); n_layers],
+            len: 0,
+        }
     }
 }
 
 /// What the backward of one block needs (training only).
 struct BlockTape {
-    x_in: Vec<f32>,        // [N, D] block input (residual stream)
-    rstd1: Vec<f32>,       // [N]
-    q: Vec<f32>,           // [N, Hq*hd] after RoPE
-    probs: Vec<Vec<f32>>,  // per (seq, q head): [n_i, n_i] attention probabilities
-    x_mid: Vec<f32>,       // [N, D] after the attention residual
-    rstd2: Vec<f32>,       // [N]
-    g: Vec<f32>,           // [N, F] gate pre-activation
-    u: Vec<f32>,           // [N, F] up projection
+    x_in: Vec<f32>,       // [N, D] block input (residual stream)
+    rstd1: Vec<f32>,      // [N]
+    q: Vec<f32>,          // [N, Hq*hd] after RoPE
+    probs: Vec<Vec<f32>>, // per (seq, q head): [n_i, n_i] attention probabilities
+    x_mid: Vec<f32>,      // [N, D] after the attention residual
+    rstd2: Vec<f32>,      // [N]
+    g: Vec<f32>,          // [N, F] gate pre-activation
+    u: Vec<f32>,          // [N, F] up projection
 }
 
 /// Activations recorded by a training forward.
 pub struct Tape {
     blocks: Vec<BlockTape>,
-    x_final: Vec<f32>,     // [N, D] residual stream after the last block
-    rstd_final: Vec<f32>,  // [N]
+    x_final: Vec<f32>,    // [N, D] residual stream after the last block
+    rstd_final: Vec<f32>, // [N]
     /// Final hidden states after the last norm: `[N, D]` (what the LM head reads).
     pub hidden: Vec<f32>,
     lens: Vec<usize>,
@@ -132,16 +136,24 @@ pub struct Target {
 /// inv_freq as transformers computes it (f32), with `linear` / `llama3` scaling.
 fn rope_inv_freq(cfg: &LlamaConfig, hd: usize) -> Result<Vec<f32>> {
     let theta = cfg.rope_theta as f32;
-    let mut inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32)).collect();
+    let mut inv: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
+        .collect();
     let Some(sc) = cfg.rope_scaling.as_ref().filter(|v| !v.is_null()) else {
         return Ok(inv);
     };
-    let kind = sc.get("rope_type").or_else(|| sc.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+    let kind = sc
+        .get("rope_type")
+        .or_else(|| sc.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
     let num = |k: &str| sc.get(k).and_then(|v| v.as_f64());
     match kind {
         "default" => {}
         "linear" => {
-            let f = num("factor").ok_or_else(|| Error::unsupported("rope_scaling", "linear without factor"))? as f32;
+            let f = num("factor")
+                .ok_or_else(|| Error::unsupported("rope_scaling", "linear without factor"))?
+                as f32;
             inv.iter_mut().for_each(|x| *x /= f);
         }
         "llama3" => {
@@ -151,7 +163,10 @@ fn rope_inv_freq(cfg: &LlamaConfig, hd: usize) -> Result<Vec<f32>> {
                 num("high_freq_factor"),
                 num("original_max_position_embeddings"),
             ) else {
-                return Err(Error::unsupported("rope_scaling", "llama3 scaling with missing fields"));
+                return Err(Error::unsupported(
+                    "rope_scaling",
+                    "llama3 scaling with missing fields",
+                ));
             };
             let (lo_wl, hi_wl) = (old / lo, old / hi);
             for x in inv.iter_mut() {
@@ -168,7 +183,12 @@ fn rope_inv_freq(cfg: &LlamaConfig, hd: usize) -> Result<Vec<f32>> {
                 *x = new as f32;
             }
         }
-        other => return Err(Error::unsupported("rope_scaling", format!("rope type '{other}'"))),
+        other => {
+            return Err(Error::unsupported(
+                "rope_scaling",
+                format!("rope type '{other}'"),
+            ))
+        }
     }
     Ok(inv)
 }
@@ -178,7 +198,11 @@ const MAX_ROPE_TABLE: usize = 32768;
 
 impl Llama {
     /// Bind HF weight names to blocks, checking every shape.
-    pub fn new(cfg: LlamaConfig, mut weights: HashMap<String, Tensor>, source: &str) -> Result<Self> {
+    pub fn new(
+        cfg: LlamaConfig,
+        mut weights: HashMap<String, Tensor>,
+        source: &str,
+    ) -> Result<Self> {
         let hd = cfg.head_dim();
         let dims = Dims {
             d: cfg.hidden_size,
@@ -189,20 +213,37 @@ impl Llama {
             vocab: cfg.vocab_size,
         };
         if dims.nq == 0 || dims.nkv == 0 || dims.nq % dims.nkv != 0 || hd % 2 != 0 {
-            return Err(Error::format(source, format!("bad head counts: {} query, {} kv, head_dim {hd}", dims.nq, dims.nkv)));
+            return Err(Error::format(
+                source,
+                format!(
+                    "bad head counts: {} query, {} kv, head_dim {hd}",
+                    dims.nq, dims.nkv
+                ),
+            ));
         }
         if cfg.hidden_act != "silu" {
-            return Err(Error::unsupported(source, format!("hidden_act '{}' (only silu)", cfg.hidden_act)));
+            return Err(Error::unsupported(
+                source,
+                format!("hidden_act '{}' (only silu)", cfg.hidden_act),
+            ));
         }
         let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let t = weights.remove(name).ok_or_else(|| Error::format(source, format!("missing tensor {name}")))?;
+            let t = weights
+                .remove(name)
+                .ok_or_else(|| Error::format(source, format!("missing tensor {name}")))?;
             if t.shape != shape {
-                return Err(Error::format(source, format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape)));
+                return Err(Error::format(
+                    source,
+                    format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape),
+                ));
             }
             Ok(t.data)
         };
         let (d, qd, kvd, f) = (dims.d, dims.qdim(), dims.kvdim(), dims.f);
-        let embed = Tensor::new(vec![dims.vocab, d], take("model.embed_tokens.weight", &[dims.vocab, d])?);
+        let embed = Tensor::new(
+            vec![dims.vocab, d],
+            take("model.embed_tokens.weight", &[dims.vocab, d])?,
+        );
         let norm = take("model.norm.weight", &[d])?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         let bias = cfg.qkv_bias();
@@ -213,9 +254,21 @@ impl Llama {
                 wq: take(&format!("{p}.self_attn.q_proj.weight"), &[qd, d])?,
                 wk: take(&format!("{p}.self_attn.k_proj.weight"), &[kvd, d])?,
                 wv: take(&format!("{p}.self_attn.v_proj.weight"), &[kvd, d])?,
-                bq: if bias { Some(take(&format!("{p}.self_attn.q_proj.bias"), &[qd])?) } else { None },
-                bk: if bias { Some(take(&format!("{p}.self_attn.k_proj.bias"), &[kvd])?) } else { None },
-                bv: if bias { Some(take(&format!("{p}.self_attn.v_proj.bias"), &[kvd])?) } else { None },
+                bq: if bias {
+                    Some(take(&format!("{p}.self_attn.q_proj.bias"), &[qd])?)
+                } else {
+                    None
+                },
+                bk: if bias {
+                    Some(take(&format!("{p}.self_attn.k_proj.bias"), &[kvd])?)
+                } else {
+                    None
+                },
+                bv: if bias {
+                    Some(take(&format!("{p}.self_attn.v_proj.bias"), &[kvd])?)
+                } else {
+                    None
+                },
                 wo: take(&format!("{p}.self_attn.o_proj.weight"), &[d, qd])?,
                 mlp_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
                 wg: take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
@@ -228,17 +281,40 @@ impl Llama {
             weights.remove("lm_head.weight");
             None
         } else {
-            Some(Tensor::new(vec![dims.vocab, d], take("lm_head.weight", &[dims.vocab, d])?))
+            Some(Tensor::new(
+                vec![dims.vocab, d],
+                take("lm_head.weight", &[dims.vocab, d])?,
+            ))
         };
         if !weights.is_empty() {
             let mut left: Vec<&String> = weights.keys().collect();
             left.sort();
             left.truncate(5);
-            return Err(Error::unsupported(source, format!("tensors this architecture does not use (e.g. {left:?})")));
+            return Err(Error::unsupported(
+                source,
+                format!("tensors this architecture does not use (e.g. {left:?})"),
+            ));
         }
-        let rope = Rope::new(rope_inv_freq(&cfg, hd)?, cfg.max_position_embeddings.min(MAX_ROPE_TABLE));
-        let window = if cfg.model_type == "mistral" { cfg.sliding_window } else { None };
-        Ok(Llama { eps: cfg.rms_norm_eps as f32, cfg, dims, embed, lm_head, norm, blocks, rope, window })
+        let rope = Rope::new(
+            rope_inv_freq(&cfg, hd)?,
+            cfg.max_position_embeddings.min(MAX_ROPE_TABLE),
+        );
+        let window = if cfg.model_type == "mistral" {
+            cfg.sliding_window
+        } else {
+            None
+        };
+        Ok(Llama {
+            eps: cfg.rms_norm_eps as f32,
+            cfg,
+            dims,
+            embed,
+            lm_head,
+            norm,
+            blocks,
+            rope,
+            window,
+        })
     }
 
     pub fn n_layers(&self) -> usize {
@@ -306,20 +382,29 @@ impl Llama {
     pub fn embed_batch(&self, seqs: &[SeqInput]) -> Result<(Vec<f32>, Vec<usize>)> {
         let d = self.dims.d;
         let mut lens = Vec::with_capacity(seqs.len());
-        let total: usize = seqs.iter().map(|s| s.prompt.map_or(0, |p| p.len() / d) + s.ids.len()).sum();
+        let total: usize = seqs
+            .iter()
+            .map(|s| s.prompt.map_or(0, |p| p.len() / d) + s.ids.len())
+            .sum();
         let mut x = Vec::with_capacity(total * d);
         for s in seqs {
             let mut n = 0;
             if let Some(p) = s.prompt {
                 if p.len() % d != 0 {
-                    return Err(Error::Mismatch(format!("soft prompt of {} values is not a multiple of hidden size {d}", p.len())));
+                    return Err(Error::Mismatch(format!(
+                        "soft prompt of {} values is not a multiple of hidden size {d}",
+                        p.len()
+                    )));
                 }
                 x.extend_from_slice(p);
                 n += p.len() / d;
             }
             for &id in s.ids {
                 if id as usize >= self.dims.vocab {
-                    return Err(Error::Input(format!("token id {id} is outside the vocabulary (size {})", self.dims.vocab)));
+                    return Err(Error::Input(format!(
+                        "token id {id} is outside the vocabulary (size {})",
+                        self.dims.vocab
+                    )));
                 }
                 x.extend_from_slice(self.embed.row(id as usize));
             }
@@ -332,7 +417,13 @@ impl Llama {
     /// Packed forward. `x[N, D]` holds the input embeddings and is overwritten with the final
     /// hidden states (after the last norm). `lens[i]` new rows of sequence i are appended to
     /// `caches[i]`. With `record`, returns the tape the backward needs (requires empty caches).
-    pub fn forward(&self, x: &mut [f32], lens: &[usize], caches: &mut [KvCache], record: bool) -> Result<Option<Tape>> {
+    pub fn forward(
+        &self,
+        x: &mut [f32],
+        lens: &[usize],
+        caches: &mut [KvCache],
+        record: bool,
+    ) -> Result<Option<Tape>> {
         let Dims { d, nq, nkv, f, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let n: usize = lens.iter().sum();
@@ -423,7 +514,15 @@ impl Llama {
     /// Causal attention of the new rows of every sequence over its cache (which already holds
     /// this step's keys/values). Writes `att[N, Hq*hd]`; returns the probabilities per
     /// (sequence, head) when `record`.
-    fn attention(&self, l: usize, q: &[f32], lens: &[usize], caches: &[KvCache], att: &mut [f32], record: bool) -> Vec<Vec<f32>> {
+    fn attention(
+        &self,
+        l: usize,
+        q: &[f32],
+        lens: &[usize],
+        caches: &[KvCache],
+        att: &mut [f32],
+        record: bool,
+    ) -> Vec<Vec<f32>> {
         let Dims { hd, nq, nkv, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let group = nq / nkv;
@@ -445,13 +544,21 @@ impl Llama {
                 let past = cache.len;
                 let kv_off = (hq / group) * hd;
                 let mut p = vec![0.0f32; n * t]; // [n, t] scores, then probabilities
-                // S = Q_h K^T: Q_h is [n, hd] (row stride qd), K^T is [hd, t].
+                                                 // S = Q_h K^T: Q_h is [n, hd] (row stride qd), K^T is [hd, t].
                 gemm(
                     n,
                     t,
                     hd,
-                    View { data: &q[r0 * qd + hq * hd..], rs: qd, cs: 1 },
-                    View { data: &cache.k[l][kv_off..], rs: 1, cs: kvd },
+                    View {
+                        data: &q[r0 * qd + hq * hd..],
+                        rs: qd,
+                        cs: 1,
+                    },
+                    View {
+                        data: &cache.k[l][kv_off..],
+                        rs: 1,
+                        cs: kvd,
+                    },
                     &mut p,
                     t,
                     false,
@@ -461,12 +568,30 @@ impl Llama {
                     let qpos = past + j;
                     let lo = self.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
                     for (c, val) in row.iter_mut().enumerate() {
-                        *val = if c > qpos || c < lo { f32::NEG_INFINITY } else { *val * scale };
+                        *val = if c > qpos || c < lo {
+                            f32::NEG_INFINITY
+                        } else {
+                            *val * scale
+                        };
                     }
                     kernels::softmax_inplace(row);
                 }
                 let mut o = vec![0.0f32; n * hd]; // [n, hd] = P V
-                gemm(n, hd, t, View::rm(&p, t), View { data: &cache.v[l][kv_off..], rs: kvd, cs: 1 }, &mut o, hd, false, false);
+                gemm(
+                    n,
+                    hd,
+                    t,
+                    View::rm(&p, t),
+                    View {
+                        data: &cache.v[l][kv_off..],
+                        rs: kvd,
+                        cs: 1,
+                    },
+                    &mut o,
+                    hd,
+                    false,
+                    false,
+                );
                 (if record { p } else { Vec::new() }, o)
             })
             .collect();
@@ -500,13 +625,22 @@ impl Llama {
     /// Negative log-likelihood of every target (`-log p(token)` at its row, unweighted) and,
     /// with `want_grad`, the gradient of `sum(weight * nll)` w.r.t. `hidden[N, D]`.
     /// Logits are computed only at target rows, a chunk of rows at a time.
-    pub fn loss_head(&self, hidden: &[f32], targets: &[Target], want_grad: bool) -> (Vec<f64>, Vec<f32>) {
+    pub fn loss_head(
+        &self,
+        hidden: &[f32],
+        targets: &[Target],
+        want_grad: bool,
+    ) -> (Vec<f64>, Vec<f32>) {
         const CHUNK: usize = 64;
         let d = self.dims.d;
         let v = self.dims.vocab;
         let w = &self.lm_head().data;
         let mut nll = Vec::with_capacity(targets.len());
-        let mut dh = if want_grad { vec![0.0; hidden.len()] } else { Vec::new() };
+        let mut dh = if want_grad {
+            vec![0.0; hidden.len()]
+        } else {
+            Vec::new()
+        };
         for chunk in targets.chunks(CHUNK) {
             let rows: Vec<usize> = chunk.iter().map(|t| t.row).collect();
             let mut logits = self.logits(hidden, &rows); // [r, V]
@@ -531,7 +665,10 @@ impl Llama {
                 let mut dhs = vec![0.0; rows.len() * d]; // [r, D] = dlogits @ W
                 linear_dx(&logits, w, rows.len(), v, d, &mut dhs, false);
                 for (i, &r) in rows.iter().enumerate() {
-                    for (o, g) in dh[r * d..(r + 1) * d].iter_mut().zip(&dhs[i * d..(i + 1) * d]) {
+                    for (o, g) in dh[r * d..(r + 1) * d]
+                        .iter_mut()
+                        .zip(&dhs[i * d..(i + 1) * d])
+                    {
                         *o += g;
                     }
                 }
@@ -547,7 +684,13 @@ impl Llama {
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let n: usize = tape.lens.iter().sum();
         let mut dx = vec![0.0; n * d]; // [N, D] gradient w.r.t. the residual stream
-        rmsnorm_backward(&tape.x_final, &self.norm, &tape.rstd_final, d_hidden, &mut dx);
+        rmsnorm_backward(
+            &tape.x_final,
+            &self.norm,
+            &tape.rstd_final,
+            d_hidden,
+            &mut dx,
+        );
         let mut da = vec![0.0; n * f]; // [N, F]
         let mut dg = vec![0.0; n * f]; // [N, F]
         let mut du = vec![0.0; n * f]; // [N, F]
@@ -572,7 +715,7 @@ impl Llama {
             linear_dx(&dg, &b.wg, n, f, d, &mut dh, false);
             linear_dx(&du, &b.wu, n, f, d, &mut dh, true);
             rmsnorm_backward(&t.x_mid, &b.mlp_norm, &t.rstd2, &dh, &mut dx); // dx is now d x_mid
-            // --- attention: x_mid = x_in + att @ Wo^T ---
+                                                                             // --- attention: x_mid = x_in + att @ Wo^T ---
             linear_dx(&dx, &b.wo, n, qd, d, &mut datt, false);
             self.attention_backward(l, t, &starts, caches, &datt, &mut dq, &mut dk, &mut dv);
             self.rope.apply(&mut dq, nq, &tape.pos, true);
@@ -610,19 +753,45 @@ impl Llama {
                 let (s, g) = (task / nkv, task % nkv);
                 let (r0, n) = lens[s];
                 let kv_off = g * hd;
-                let kmat = View { data: &caches[s].k[l][kv_off..], rs: kvd, cs: 1 }; // [n, hd]
-                let vmat = View { data: &caches[s].v[l][kv_off..], rs: kvd, cs: 1 }; // [n, hd]
+                let kmat = View {
+                    data: &caches[s].k[l][kv_off..],
+                    rs: kvd,
+                    cs: 1,
+                }; // [n, hd]
+                let vmat = View {
+                    data: &caches[s].v[l][kv_off..],
+                    rs: kvd,
+                    cs: 1,
+                }; // [n, hd]
                 let mut dkg = vec![0.0f32; n * hd];
                 let mut dvg = vec![0.0f32; n * hd];
                 let mut dqs = Vec::with_capacity(group);
                 let mut dp = vec![0.0f32; n * n]; // [n, n]
                 for hq in g * group..(g + 1) * group {
                     let p = &t.probs[s * nq + hq]; // [n, n]
-                    let dout = View { data: &datt[r0 * qd + hq * hd..], rs: qd, cs: 1 }; // [n, hd]
-                    // dV += P^T dO
+                    let dout = View {
+                        data: &datt[r0 * qd + hq * hd..],
+                        rs: qd,
+                        cs: 1,
+                    }; // [n, hd]
+                       // dV += P^T dO
                     gemm(n, hd, n, View::t(p, n), dout, &mut dvg, hd, true, false);
                     // dP = dO V^T
-                    gemm(n, n, hd, dout, View { data: vmat.data, rs: 1, cs: kvd }, &mut dp, n, false, false);
+                    gemm(
+                        n,
+                        n,
+                        hd,
+                        dout,
+                        View {
+                            data: vmat.data,
+                            rs: 1,
+                            cs: kvd,
+                        },
+                        &mut dp,
+                        n,
+                        false,
+                        false,
+                    );
                     // dS = P * (dP - rowsum(dP * P)) * scale
                     for (prow, dprow) in p.chunks(n).zip(dp.chunks_mut(n)) {
                         let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
@@ -633,7 +802,11 @@ impl Llama {
                     // dQ_h = dS K ; dK += dS^T Q_h
                     let mut dqh = vec![0.0f32; n * hd];
                     gemm(n, hd, n, View::rm(&dp, n), kmat, &mut dqh, hd, false, false);
-                    let qh = View { data: &t.q[r0 * qd + hq * hd..], rs: qd, cs: 1 };
+                    let qh = View {
+                        data: &t.q[r0 * qd + hq * hd..],
+                        rs: qd,
+                        cs: 1,
+                    };
                     gemm(n, hd, n, View::t(&dp, n), qh, &mut dkg, hd, true, false);
                     dqs.push(dqh);
                 }
@@ -645,11 +818,14 @@ impl Llama {
             let (r0, n) = lens[s];
             for j in 0..n {
                 let r = r0 + j;
-                dk[r * kvd + g * hd..r * kvd + (g + 1) * hd].copy_from_slice(&dkg[j * hd..(j + 1) * hd]);
-                dv[r * kvd + g * hd..r * kvd + (g + 1) * hd].copy_from_slice(&dvg[j * hd..(j + 1) * hd]);
+                dk[r * kvd + g * hd..r * kvd + (g + 1) * hd]
+                    .copy_from_slice(&dkg[j * hd..(j + 1) * hd]);
+                dv[r * kvd + g * hd..r * kvd + (g + 1) * hd]
+                    .copy_from_slice(&dvg[j * hd..(j + 1) * hd]);
                 for (i, dqh) in dqs.iter().enumerate() {
                     let hq = g * group + i;
-                    dq[r * qd + hq * hd..r * qd + (hq + 1) * hd].copy_from_slice(&dqh[j * hd..(j + 1) * hd]);
+                    dq[r * qd + hq * hd..r * qd + (hq + 1) * hd]
+                        .copy_from_slice(&dqh[j * hd..(j + 1) * hd]);
                 }
             }
         }
@@ -657,12 +833,18 @@ impl Llama {
 
     /// Loss and gradient w.r.t. the input embeddings of a packed batch.
     /// Returns `(loss, dx[N, D], lens)`.
-    pub fn loss_and_input_grad(&self, seqs: &[SeqInput], targets: &[Target]) -> Result<(f64, Vec<f32>, Vec<usize>)> {
+    pub fn loss_and_input_grad(
+        &self,
+        seqs: &[SeqInput],
+        targets: &[Target],
+    ) -> Result<(f64, Vec<f32>, Vec<usize>)> {
         let (mut x, lens) = self.embed_batch(seqs)?;
         let n = x.len() / self.dims.d;
         check_targets(targets, n, self.dims.vocab)?;
         let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(self.n_layers())).collect();
-        let tape = self.forward(&mut x, &lens, &mut caches, true)?.ok_or_else(|| Error::Input("no tape".into()))?;
+        let tape = self
+            .forward(&mut x, &lens, &mut caches, true)?
+            .ok_or_else(|| Error::Input("no tape".into()))?;
         let (nll, dh) = self.loss_head(&tape.hidden, targets, true);
         let loss = weighted(&nll, targets);
         let dx = self.backward(&tape, &caches, &dh);
@@ -676,9 +858,16 @@ impl Llama {
         for ex in batch {
             for &(t, weight) in &ex.targets {
                 if t >= ex.ids.len() || p + t == 0 {
-                    return Err(Error::Input(format!("target index {t} invalid for {} tokens and {p} virtual tokens", ex.ids.len())));
+                    return Err(Error::Input(format!(
+                        "target index {t} invalid for {} tokens and {p} virtual tokens",
+                        ex.ids.len()
+                    )));
                 }
-                targets.push(Target { row: r0 + p + t - 1, token: ex.ids[t], weight });
+                targets.push(Target {
+                    row: r0 + p + t - 1,
+                    token: ex.ids[t],
+                    weight,
+                });
             }
             r0 += p + ex.ids.len();
         }
@@ -687,11 +876,21 @@ impl Llama {
 
     /// Loss and d loss / d prompt for a batch sharing the soft prompt `prompt[P, D]`:
     /// the gradient is the input-embedding gradient at positions 0..P-1, summed over the batch.
-    pub fn prompt_loss_and_grad(&self, prompt: &[f32], batch: &[Example]) -> Result<(f64, Vec<f32>)> {
+    pub fn prompt_loss_and_grad(
+        &self,
+        prompt: &[f32],
+        batch: &[Example],
+    ) -> Result<(f64, Vec<f32>)> {
         let d = self.dims.d;
         let p = prompt.len() / d;
         let targets = Self::prompt_targets(batch, p)?;
-        let seqs: Vec<SeqInput> = batch.iter().map(|e| SeqInput { prompt: Some(prompt), ids: &e.ids }).collect();
+        let seqs: Vec<SeqInput> = batch
+            .iter()
+            .map(|e| SeqInput {
+                prompt: Some(prompt),
+                ids: &e.ids,
+            })
+            .collect();
         let (loss, dx, lens) = self.loss_and_input_grad(&seqs, &targets)?;
         let mut grad = vec![0.0f32; p * d]; // [P, D]
         let mut r0 = 0;
@@ -708,7 +907,13 @@ impl Llama {
     pub fn prompt_loss(&self, prompt: &[f32], batch: &[Example]) -> Result<f64> {
         let p = prompt.len() / self.dims.d;
         let targets = Self::prompt_targets(batch, p)?;
-        let seqs: Vec<SeqInput> = batch.iter().map(|e| SeqInput { prompt: Some(prompt), ids: &e.ids }).collect();
+        let seqs: Vec<SeqInput> = batch
+            .iter()
+            .map(|e| SeqInput {
+                prompt: Some(prompt),
+                ids: &e.ids,
+            })
+            .collect();
         self.loss(&seqs, &targets)
     }
 
@@ -723,13 +928,19 @@ impl Llama {
 }
 
 fn weighted(nll: &[f64], targets: &[Target]) -> f64 {
-    nll.iter().zip(targets).map(|(l, t)| l * t.weight as f64).sum()
+    nll.iter()
+        .zip(targets)
+        .map(|(l, t)| l * t.weight as f64)
+        .sum()
 }
 
 fn check_targets(targets: &[Target], n: usize, vocab: usize) -> Result<()> {
     for t in targets {
         if t.row >= n || t.token as usize >= vocab {
-            return Err(Error::Input(format!("loss target row {} / token {} out of range ({n} rows, vocab {vocab})", t.row, t.token)));
+            return Err(Error::Input(format!(
+                "loss target row {} / token {} out of range ({n} rows, vocab {vocab})",
+                t.row, t.token
+            )));
         }
     }
     Ok(())
@@ -737,7 +948,8 @@ fn check_targets(targets: &[Target], n: usize, vocab: usize) -> Result<()> {
 
 fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
     if let Some(b) = b {
-        x.par_chunks_mut(b.len()).for_each(|row| row.iter_mut().zip(b).for_each(|(x, b)| *x += b));
+        x.par_chunks_mut(b.len())
+            .for_each(|row| row.iter_mut().zip(b).for_each(|(x, b)| *x += b));
     }
 }
 
@@ -751,7 +963,9 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
     let mut w = HashMap::new();
     let mut put = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
         let n = shape.iter().product();
-        let data = (0..n).map(|_| offset + scale * (rng.gen::<f32>() * 2.0 - 1.0)).collect();
+        let data = (0..n)
+            .map(|_| offset + scale * (rng.gen::<f32>() * 2.0 - 1.0))
+            .collect();
         w.insert(name, Tensor::new(shape, data));
     };
     put("model.embed_tokens.weight".into(), vec![v, d], 1.0, 0.0);
@@ -763,9 +977,24 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         put(format!("{p}.input_layernorm.weight"), vec![d], 0.2, 1.0);
-        put(format!("{p}.post_attention_layernorm.weight"), vec![d], 0.2, 1.0);
-        put(format!("{p}.self_attn.q_proj.weight"), vec![qd, d], 2.0 * s, 0.0);
-        put(format!("{p}.self_attn.k_proj.weight"), vec![kvd, d], 2.0 * s, 0.0);
+        put(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![d],
+            0.2,
+            1.0,
+        );
+        put(
+            format!("{p}.self_attn.q_proj.weight"),
+            vec![qd, d],
+            2.0 * s,
+            0.0,
+        );
+        put(
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![kvd, d],
+            2.0 * s,
+            0.0,
+        );
         put(format!("{p}.self_attn.v_proj.weight"), vec![kvd, d], s, 0.0);
         put(format!("{p}.self_attn.o_proj.weight"), vec![d, qd], s, 0.0);
         if cfg.qkv_bias() {
@@ -775,7 +1004,12 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
         }
         put(format!("{p}.mlp.gate_proj.weight"), vec![f, d], s, 0.0);
         put(format!("{p}.mlp.up_proj.weight"), vec![f, d], s, 0.0);
-        put(format!("{p}.mlp.down_proj.weight"), vec![d, f], 1.0 / (f as f32).sqrt(), 0.0);
+        put(
+            format!("{p}.mlp.down_proj.weight"),
+            vec![d, f],
+            1.0 / (f as f32).sqrt(),
+            0.0,
+        );
     }
     w
 }

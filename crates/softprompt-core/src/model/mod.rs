@@ -32,21 +32,39 @@ impl FrozenModel {
     }
 
     pub fn from_loaded(lw: LoadedWeights) -> Result<Self> {
-        let LoadedWeights { config, weights, tokenizer, source, stored_dtype } = lw;
+        let LoadedWeights {
+            config,
+            weights,
+            tokenizer,
+            source,
+            stored_dtype,
+        } = lw;
         let llama = llama::Llama::new(config, weights, &source)?;
         let fingerprint = prompt::model_fingerprint(&llama.cfg, &llama.embed);
         let tokenizer_fingerprint = prompt::tokenizer_fingerprint(&tokenizer);
-        Ok(FrozenModel { llama, tokenizer, source, stored_dtype, fingerprint, tokenizer_fingerprint })
+        Ok(FrozenModel {
+            llama,
+            tokenizer,
+            source,
+            stored_dtype,
+            fingerprint,
+            tokenizer_fingerprint,
+        })
     }
 
     /// Token ids of `text`, no special tokens added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.tokenizer
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// Load a soft prompt folder and check it fits this model (hidden size always; the

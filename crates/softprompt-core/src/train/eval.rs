@@ -71,11 +71,22 @@ pub fn tokenize(model: &FrozenModel, items: &Items, max_len: usize) -> Result<To
         Items::Class(v) => Tokenized::Class(
             v.iter()
                 .map(|it: &ClassItem| {
-                    let cands = it.candidates.iter().map(|c| model.encode(c)).collect::<Result<Vec<_>>>()?;
+                    let cands = it
+                        .candidates
+                        .iter()
+                        .map(|c| model.encode(c))
+                        .collect::<Result<Vec<_>>>()?;
                     if let Some(i) = cands.iter().position(|c| c.is_empty()) {
-                        return Err(Error::Input(format!("line {}: candidate {:?} has no tokens", it.line, it.candidates[i])));
+                        return Err(Error::Input(format!(
+                            "line {}: candidate {:?} has no tokens",
+                            it.line, it.candidates[i]
+                        )));
                     }
-                    Ok(ClassExample { ids: clip(model.encode(&it.text)?, max_len), cands, label: it.label })
+                    Ok(ClassExample {
+                        ids: clip(model.encode(&it.text)?, max_len),
+                        cands,
+                        label: it.label,
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?,
         ),
@@ -91,7 +102,10 @@ pub fn tokenize(model: &FrozenModel, items: &Items, max_len: usize) -> Result<To
                         if it.target.is_some() {
                             target.extend(eos);
                         }
-                        Ok(GenExample { ids: clip(model.encode(&it.input)?, max_len), target })
+                        Ok(GenExample {
+                            ids: clip(model.encode(&it.input)?, max_len),
+                            target,
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?,
             )
@@ -120,7 +134,13 @@ pub struct EvalReport {
 }
 
 /// Evaluate `prompt` (None: the bare model, i.e. the hard prompt in the template alone).
-pub fn evaluate(model: &FrozenModel, prompt: Option<&[f32]>, data: &Tokenized, batch_size: usize, length_norm: bool) -> Result<EvalReport> {
+pub fn evaluate(
+    model: &FrozenModel,
+    prompt: Option<&[f32]>,
+    data: &Tokenized,
+    batch_size: usize,
+    length_norm: bool,
+) -> Result<EvalReport> {
     let bs = batch_size.max(1);
     match data {
         Tokenized::Class(v) => {
@@ -161,9 +181,15 @@ pub fn evaluate(model: &FrozenModel, prompt: Option<&[f32]>, data: &Tokenized, b
             for ex in v.iter().filter(|e| !e.target.is_empty()) {
                 let r = objective::lm_batch(&model.llama, prompt, std::slice::from_ref(ex), false)?;
                 loss += r.loss;
-                let s = Sampling { max_new_tokens: ex.target.len() + 8, eos: eos.clone(), ..Default::default() };
+                let s = Sampling {
+                    max_new_tokens: ex.target.len() + 8,
+                    eos: eos.clone(),
+                    ..Default::default()
+                };
                 let out = infer::generate(&model.llama, prompt, &ex.ids, &s, |_| true)?;
-                let strip = |ids: &[u32]| -> Vec<u32> { ids.iter().copied().filter(|t| !eos.contains(t)).collect() };
+                let strip = |ids: &[u32]| -> Vec<u32> {
+                    ids.iter().copied().filter(|t| !eos.contains(t)).collect()
+                };
                 let pred = model.decode(&strip(&out))?;
                 let gold = model.decode(&strip(&ex.target))?;
                 em += (normalize(&pred) == normalize(&gold)) as usize as f64;
@@ -187,13 +213,24 @@ pub fn evaluate(model: &FrozenModel, prompt: Option<&[f32]>, data: &Tokenized, b
 }
 
 fn normalize(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// SQuAD-style token F1 over lower-cased whitespace tokens.
 pub fn token_f1(pred: &str, gold: &str) -> f64 {
-    let p: Vec<String> = normalize(pred).split(' ').filter(|t| !t.is_empty()).map(String::from).collect();
-    let g: Vec<String> = normalize(gold).split(' ').filter(|t| !t.is_empty()).map(String::from).collect();
+    let p: Vec<String> = normalize(pred)
+        .split(' ')
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
+    let g: Vec<String> = normalize(gold)
+        .split(' ')
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
     if p.is_empty() || g.is_empty() {
         return (p.is_empty() && g.is_empty()) as usize as f64;
     }
@@ -213,6 +250,9 @@ pub fn token_f1(pred: &str, gold: &str) -> f64 {
     if common == 0 {
         return 0.0;
     }
-    let (pr, rc) = (common as f64 / p.len() as f64, common as f64 / g.len() as f64);
+    let (pr, rc) = (
+        common as f64 / p.len() as f64,
+        common as f64 / g.len() as f64,
+    );
     2.0 * pr * rc / (pr + rc)
 }

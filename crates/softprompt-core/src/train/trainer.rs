@@ -54,12 +54,30 @@ impl FromStr for Init {
         let (kind, arg) = s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b)));
         let bad = |m: &str| Error::Input(format!("--init {s}: {m}"));
         Ok(match kind {
-            "random" => Init::Random { range: arg.map_or(Ok(0.5), |a| a.parse().map_err(|_| bad("range is not a number")))? },
-            "vocab" => Init::Vocab { top: arg.map_or(Ok(5000), |a| a.parse().map_err(|_| bad("top is not a number")))? },
-            "text" => Init::Text(arg.filter(|a| !a.is_empty()).ok_or_else(|| bad("give the text: text:Classify the sentiment"))?.to_string()),
+            "random" => Init::Random {
+                range: arg.map_or(Ok(0.5), |a| {
+                    a.parse().map_err(|_| bad("range is not a number"))
+                })?,
+            },
+            "vocab" => Init::Vocab {
+                top: arg.map_or(Ok(5000), |a| {
+                    a.parse().map_err(|_| bad("top is not a number"))
+                })?,
+            },
+            "text" => Init::Text(
+                arg.filter(|a| !a.is_empty())
+                    .ok_or_else(|| bad("give the text: text:Classify the sentiment"))?
+                    .to_string(),
+            ),
             "labels" => Init::Labels,
-            "file" => Init::File(PathBuf::from(arg.ok_or_else(|| bad("give the folder: file:DIR"))?)),
-            _ => return Err(bad("expected random[:R], vocab[:N], text:T, labels or file:DIR")),
+            "file" => Init::File(PathBuf::from(
+                arg.ok_or_else(|| bad("give the folder: file:DIR"))?,
+            )),
+            _ => {
+                return Err(bad(
+                    "expected random[:R], vocab[:N], text:T, labels or file:DIR",
+                ))
+            }
         })
     }
 }
@@ -162,11 +180,20 @@ struct RunState {
 }
 
 /// Load and tokenize one split of the task.
-pub fn load_split(model: &FrozenModel, task: &TaskSpec, file: &str, cfg: &TrainConfig) -> Result<(Tokenized, String)> {
-    let (records, skipped_read, name) = data::load_split(file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
+pub fn load_split(
+    model: &FrozenModel,
+    task: &TaskSpec,
+    file: &str,
+    cfg: &TrainConfig,
+) -> Result<(Tokenized, String)> {
+    let (records, skipped_read, name) =
+        data::load_split(file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
     let (items, skipped_prep) = data::prepare(task, &records, Path::new(&name), cfg.skip_bad_rows)?;
     if skipped_read + skipped_prep > 0 {
-        eprintln!("softprompt: {name}: skipped {} bad rows", skipped_read + skipped_prep);
+        eprintln!(
+            "softprompt: {name}: skipped {} bad rows",
+            skipped_read + skipped_prep
+        );
     }
     Ok((eval::tokenize(model, &items, cfg.max_len)?, name))
 }
@@ -175,10 +202,18 @@ pub fn load_split(model: &FrozenModel, task: &TaskSpec, file: &str, cfg: &TrainC
 pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
     let (p, d) = (cfg.num_virtual_tokens, model.llama.dims.d);
     if p == 0 || p > prompt::MAX_VIRTUAL_TOKENS {
-        return Err(Error::Input(format!("--virtual-tokens must be in 1..={}, got {p}", prompt::MAX_VIRTUAL_TOKENS)));
+        return Err(Error::Input(format!(
+            "--virtual-tokens must be in 1..={}, got {p}",
+            prompt::MAX_VIRTUAL_TOKENS
+        )));
     }
     let vocab = model.llama.dims.vocab;
-    let specials: Vec<u32> = model.tokenizer.get_added_tokens_decoder().keys().copied().collect();
+    let specials: Vec<u32> = model
+        .tokenizer
+        .get_added_tokens_decoder()
+        .keys()
+        .copied()
+        .collect();
     let sample = |n: usize, top: usize| -> Vec<u32> {
         let mut ids = prompt::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), cfg.seed);
         ids.retain(|i| !specials.contains(i));
@@ -206,7 +241,9 @@ pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
                 }
             }
             if ids.is_empty() {
-                return Err(Error::Input("--init labels: the task has no fixed label words".into()));
+                return Err(Error::Input(
+                    "--init labels: the task has no fixed label words".into(),
+                ));
             }
             ids.truncate(p);
             let rest = p - ids.len();
@@ -228,23 +265,51 @@ pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
 }
 
 /// The adapter to save: PEFT config + our metadata (fingerprints, task, config, metrics).
-fn make_prompt(model: &FrozenModel, cfg: &TrainConfig, emb: &Tensor, metrics: serde_json::Value) -> SoftPrompt {
+fn make_prompt(
+    model: &FrozenModel,
+    cfg: &TrainConfig,
+    emb: &Tensor,
+    metrics: serde_json::Value,
+) -> SoftPrompt {
     let c = &model.llama.cfg;
-    let mut meta = PromptMeta::new(&model.source, c.hidden_size, Some(model.fingerprint.clone()), Some(model.tokenizer_fingerprint.clone()));
+    let mut meta = PromptMeta::new(
+        &model.source,
+        c.hidden_size,
+        Some(model.fingerprint.clone()),
+        Some(model.tokenizer_fingerprint.clone()),
+    );
     meta.task = serde_json::to_value(&cfg.task).ok();
     meta.training = serde_json::to_value(cfg).ok();
     meta.metrics = Some(metrics);
-    SoftPrompt::new(emb.clone(), &model.source, c.num_hidden_layers, c.num_attention_heads).with_meta(meta)
+    SoftPrompt::new(
+        emb.clone(),
+        &model.source,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+    )
+    .with_meta(meta)
 }
 
 /// Train a prompt. `stop` is polled between steps (Ctrl-C): the run then checkpoints and
 /// returns with `interrupted`. With `resume`, continues from `OUT/checkpoints`.
-pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, stop: &AtomicBool, obs: &mut dyn Observer) -> Result<TrainSummary> {
+pub fn train(
+    model: &FrozenModel,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+) -> Result<TrainSummary> {
     if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.steps == 0 {
-        return Err(Error::Input("--batch-size, --grad-accum and --steps must be at least 1".into()));
+        return Err(Error::Input(
+            "--batch-size, --grad-accum and --steps must be at least 1".into(),
+        ));
     }
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::Input(format!("--lr must be positive, got {}", cfg.lr)));
+        return Err(Error::Input(format!(
+            "--lr must be positive, got {}",
+            cfg.lr
+        )));
     }
     cfg.optimizer.validate()?;
     let t_load = Instant::now();
@@ -286,7 +351,11 @@ pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, s
     let mut emb;
     let mut opt;
     let mut st;
-    let resumed = if resume { checkpoint::load_latest(&ckpt_dir)? } else { None };
+    let resumed = if resume {
+        checkpoint::load_latest(&ckpt_dir)?
+    } else {
+        None
+    };
     match resumed {
         Some(ck) => {
             let saved: TrainConfig = serde_json::from_value(ck.state["config"].clone())
@@ -294,20 +363,32 @@ pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, s
             if serde_json::to_value(&saved).ok() != serde_json::to_value(cfg).ok() {
                 obs.on_message("note: the resumed run's settings differ from the checkpoint's; using the new ones");
             }
-            st = serde_json::from_value::<RunState>(ck.state["run"].clone()).map_err(|e| Error::format(&ckpt_dir, format!("checkpoint state: {e}")))?;
+            st = serde_json::from_value::<RunState>(ck.state["run"].clone())
+                .map_err(|e| Error::format(&ckpt_dir, format!("checkpoint state: {e}")))?;
             let pt = ck
                 .tensors
                 .iter()
                 .find(|t| t.0 == "prompt")
                 .ok_or_else(|| Error::format(&ckpt_dir, "checkpoint has no prompt tensor"))?;
             if pt.1 != [p, d] {
-                return Err(Error::Mismatch(format!("checkpoint prompt is {:?}, the run is [{p}, {d}]", pt.1)));
+                return Err(Error::Mismatch(format!(
+                    "checkpoint prompt is {:?}, the run is [{p}, {d}]",
+                    pt.1
+                )));
             }
             emb = Tensor::new(vec![p, d], pt.2.clone());
-            let opt_tensors: Vec<_> = ck.tensors.iter().filter(|t| t.0 != "prompt").cloned().collect();
+            let opt_tensors: Vec<_> = ck
+                .tensors
+                .iter()
+                .filter(|t| t.0 != "prompt")
+                .cloned()
+                .collect();
             opt = Optimizer::from_state(&opt_tensors, &ck.state["optimizer"])?;
             truncate_log(&log_path, st.step)?;
-            obs.on_message(&format!("resumed from step {} (epoch {}, batch {})", st.step, st.epoch, st.batch_in_epoch));
+            obs.on_message(&format!(
+                "resumed from step {} (epoch {}, batch {})",
+                st.step, st.epoch, st.batch_in_epoch
+            ));
         }
         None => {
             if resume {
@@ -315,11 +396,23 @@ pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, s
             }
             emb = init_prompt(model, cfg)?;
             opt = Optimizer::new(cfg.optimizer, p, d);
-            st = RunState { step: 0, epoch: 0, batch_in_epoch: 0, best_step: None, best_value: None, evals_without_improvement: 0, seconds: 0.0 };
+            st = RunState {
+                step: 0,
+                epoch: 0,
+                batch_in_epoch: 0,
+                best_step: None,
+                best_value: None,
+                evals_without_improvement: 0,
+                seconds: 0.0,
+            };
             std::fs::write(&log_path, b"").map_err(|e| Error::io(&log_path, e))?;
         }
     }
-    let mut log = std::fs::OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, e))?;
     let lengths = train_data.lengths();
     let mut batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, st.epoch);
     let t0 = Instant::now();
@@ -354,7 +447,13 @@ pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, s
             let batch = train_data.select(&batches[st.batch_in_epoch]);
             st.batch_in_epoch += 1;
             let r = match &batch {
-                Tokenized::Class(b) => objective::classify_batch(&model.llama, Some(&emb.data), b, cfg.length_norm, true)?,
+                Tokenized::Class(b) => objective::classify_batch(
+                    &model.llama,
+                    Some(&emb.data),
+                    b,
+                    cfg.length_norm,
+                    true,
+                )?,
                 Tokenized::Gen(b) => objective::lm_batch(&model.llama, Some(&emb.data), b, true)?,
             };
             loss += r.loss / cfg.grad_accum as f64;
@@ -366,13 +465,24 @@ pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, s
             }
         }
         if !loss.is_finite() {
-            return Err(Error::Input(format!("loss became {loss} at step {}: lower --lr", st.step)));
+            return Err(Error::Input(format!(
+                "loss became {loss} at step {}: lower --lr",
+                st.step
+            )));
         }
         let grad_norm = optim::clip_grad_norm(&mut grad, cfg.max_grad_norm);
         let lr = optim::lr_at(cfg.schedule, cfg.lr, st.step, cfg.steps, cfg.warmup_steps);
         opt.step(&mut emb.data, &grad, lr);
         st.step += 1;
-        let s = StepLog { step: st.step, epoch: st.epoch, loss, lr, grad_norm, tokens: rows, seconds: ts.elapsed().as_secs_f64() };
+        let s = StepLog {
+            step: st.step,
+            epoch: st.epoch,
+            loss,
+            lr,
+            grad_norm,
+            tokens: rows,
+            seconds: ts.elapsed().as_secs_f64(),
+        };
         writeln!(log, "{}", json!({"type": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "seconds": s.seconds}))
             .map_err(|e| Error::io(&log_path, e))?;
         obs.on_step(&s);
@@ -381,7 +491,13 @@ pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, s
         let stopping = stop.load(Ordering::SeqCst);
         if let Some(v) = &val {
             if (cfg.eval_every > 0 && st.step % cfg.eval_every == 0) || last {
-                let rep = eval::evaluate(model, Some(&emb.data), v, cfg.eval_batch_size, cfg.length_norm)?;
+                let rep = eval::evaluate(
+                    model,
+                    Some(&emb.data),
+                    v,
+                    cfg.eval_batch_size,
+                    cfg.length_norm,
+                )?;
                 let better = st.best_value.is_none_or(|b| rep.value > b);
                 if better {
                     st.best_value = Some(rep.value);
@@ -394,9 +510,16 @@ pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, s
                 }
                 writeln!(log, "{}", json!({"type": "eval", "step": st.step, "metric": rep.metric, "value": rep.value, "loss": rep.loss, "best": better}))
                     .map_err(|e| Error::io(&log_path, e))?;
-                obs.on_eval(&EvalLog { step: st.step, report: rep.clone(), best: better });
+                obs.on_eval(&EvalLog {
+                    step: st.step,
+                    report: rep.clone(),
+                    best: better,
+                });
                 last_eval = Some(rep);
-                if cfg.patience.is_some_and(|pat| st.evals_without_improvement >= pat) {
+                if cfg
+                    .patience
+                    .is_some_and(|pat| st.evals_without_improvement >= pat)
+                {
                     early_stopped = true;
                 }
             }
@@ -408,11 +531,17 @@ pub fn train(model: &FrozenModel, cfg: &TrainConfig, out: &Path, resume: bool, s
         }
         if stopping {
             interrupted = true;
-            obs.on_message(&format!("interrupted: checkpoint saved at step {}; continue with --resume", st.step));
+            obs.on_message(&format!(
+                "interrupted: checkpoint saved at step {}; continue with --resume",
+                st.step
+            ));
             break;
         }
         if early_stopped {
-            obs.on_message(&format!("early stop: no improvement in {} evaluations", cfg.patience.unwrap_or(0)));
+            obs.on_message(&format!(
+                "early stop: no improvement in {} evaluations",
+                cfg.patience.unwrap_or(0)
+            ));
             break;
         }
     }
@@ -447,7 +576,12 @@ fn truncate_log(path: &Path, step: u64) -> Result<()> {
     };
     let kept: String = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     checkpoint::atomic_write(path, kept.as_bytes())
@@ -458,7 +592,9 @@ pub fn plot_curve(log_path: &Path, png: &Path, task: &str) -> Result<()> {
     let text = std::fs::read_to_string(log_path).map_err(|e| Error::io(log_path, e))?;
     let (mut loss, mut metric, mut metric_name) = (Vec::new(), Vec::new(), String::from("metric"));
     for l in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
         let step = v["step"].as_f64().unwrap_or(f64::NAN);
         match v["type"].as_str() {
             Some("step") => loss.push((step, v["loss"].as_f64().unwrap_or(f64::NAN))),
@@ -477,9 +613,21 @@ pub fn plot_curve(log_path: &Path, png: &Path, task: &str) -> Result<()> {
         acc = Some(a);
         ema.push((s, a));
     }
-    let mut series = vec![plot::Series::new("train loss", loss), plot::Series::new("train loss (EMA)", ema)];
+    let mut series = vec![
+        plot::Series::new("train loss", loss),
+        plot::Series::new("train loss (EMA)", ema),
+    ];
     if !metric.is_empty() {
-        series.push(plot::Series::new(format!("validation {metric_name}"), metric));
+        series.push(plot::Series::new(
+            format!("validation {metric_name}"),
+            metric,
+        ));
     }
-    plot::line_chart(png, &format!("softprompt training: {task}"), "step", "loss / metric", &series)
+    plot::line_chart(
+        png,
+        &format!("softprompt training: {task}"),
+        "step",
+        "loss / metric",
+        &series,
+    )
 }

@@ -31,8 +31,17 @@ pub fn smollm() -> &'static (Llama, tokenizers::Tokenizer) {
 }
 
 pub fn split(lw: LoadedWeights) -> (Llama, tokenizers::Tokenizer) {
-    let LoadedWeights { config, weights, tokenizer, source, .. } = lw;
-    (Llama::new(config, weights, &source).expect("bind weights"), tokenizer)
+    let LoadedWeights {
+        config,
+        weights,
+        tokenizer,
+        source,
+        ..
+    } = lw;
+    (
+        Llama::new(config, weights, &source).expect("bind weights"),
+        tokenizer,
+    )
 }
 
 /// A fixture tensor file: name -> (shape, values as f64).
@@ -43,10 +52,15 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, (Vec<usize>, 
     for (name, view) in st.tensors() {
         let data = view.data();
         let vals: Vec<f64> = match view.dtype() {
-            safetensors::Dtype::F32 => data.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
+            safetensors::Dtype::F32 => data
+                .chunks(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
             safetensors::Dtype::I64 => data
                 .chunks(8)
-                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
+                .map(|c| {
+                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64
+                })
                 .collect(),
             other => panic!("fixture dtype {other:?}"),
         };
@@ -59,18 +73,32 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, (Vec<usize>, 
 /// fast enough to train for real in a unit test.
 pub fn tiny_demo_model(seed: u64) -> softprompt_core::model::FrozenModel {
     use softprompt_core::data::{demo_records, DemoSplit};
-    let mut words: Vec<String> = vec!["[UNK]".into(), "Review".into(), "Sentiment".into(), ":".into(), "negative".into(), "positive".into()];
+    let mut words: Vec<String> = vec![
+        "[UNK]".into(),
+        "Review".into(),
+        "Sentiment".into(),
+        ":".into(),
+        "negative".into(),
+        "positive".into(),
+    ];
     for split in [DemoSplit::Train, DemoSplit::Validation] {
         for r in demo_records(split) {
             let s = r.fields["sentence"].as_str().unwrap_or("").to_string();
-            for w in s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+            for w in s
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+            {
                 if !words.iter().any(|x| x == w) {
                     words.push(w.to_string());
                 }
             }
         }
     }
-    let vocab: serde_json::Map<String, serde_json::Value> = words.iter().enumerate().map(|(i, w)| (w.clone(), i.into())).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), i.into()))
+        .collect();
     let json = serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
         "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null, "decoder": null,

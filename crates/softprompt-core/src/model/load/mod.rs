@@ -33,7 +33,10 @@ pub enum ModelSource {
     Gguf(PathBuf),
     HfFolder(PathBuf),
     /// `hf:org/name[@revision]` or a bare `org/name` that is not a local path.
-    Hub { repo: String, revision: Option<String> },
+    Hub {
+        repo: String,
+        revision: Option<String>,
+    },
 }
 
 impl ModelSource {
@@ -62,13 +65,22 @@ impl ModelSource {
         if looks_like_repo {
             return Ok(Self::hub(spec));
         }
-        Err(Error::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file or folder")))
+        Err(Error::io(
+            &p,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file or folder"),
+        ))
     }
 
     fn hub(rest: &str) -> Self {
         match rest.split_once('@') {
-            Some((repo, rev)) => ModelSource::Hub { repo: repo.into(), revision: Some(rev.into()) },
-            None => ModelSource::Hub { repo: rest.into(), revision: None },
+            Some((repo, rev)) => ModelSource::Hub {
+                repo: repo.into(),
+                revision: Some(rev.into()),
+            },
+            None => ModelSource::Hub {
+                repo: rest.into(),
+                revision: None,
+            },
         }
     }
 }
