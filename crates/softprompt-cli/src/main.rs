@@ -812,10 +812,18 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         eval_batch_size: a.eval_batch_size,
         data_root: a.task.data_root.clone(),
     };
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(&spec.name));
+    // Default output: runs/TASK, or runs/TASK-2, -3... so a second run never meets the first
+    // one's checkpoints (with --resume: runs/TASK itself).
+    let out = a.out.clone().unwrap_or_else(|| {
+        let base = PathBuf::from("runs").join(&spec.name);
+        if a.resume {
+            return base;
+        }
+        std::iter::once(base.clone())
+            .chain((2..).map(|i| PathBuf::from("runs").join(format!("{}-{i}", spec.name))))
+            .find(|p| !p.exists())
+            .unwrap_or(base)
+    });
     // Ctrl-C / SIGTERM: finish the current step, checkpoint, exit cleanly. A second one kills.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
