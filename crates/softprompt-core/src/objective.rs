@@ -33,15 +33,19 @@ pub struct BatchResult {
     pub rows: usize,
 }
 
-/// Run the packed forward, the loss head at `targets` with weights from `weights_of` (given
-/// the per-target NLL from a first pass), and the backward when `want_grad`.
+/// Sets each target's weight from the per-target NLLs.
+type WeightsOf<'a> = Box<dyn FnOnce(&[f64], &mut [Target]) + 'a>;
+
+/// Run the packed forward, the loss head at `targets`, and the backward when `want_grad`.
+/// With `weights_of`, the targets' weights are set from their NLLs (a first, gradient-free
+/// pass); without, the weights given are used in a single pass.
 fn run(
     model: &Llama,
     prompt: Option<&[f32]>,
     seqs: &[Vec<u32>],
     targets: &mut [Target],
     want_grad: bool,
-    weights_of: impl FnOnce(&[f64], &mut [Target]),
+    weights_of: Option<WeightsOf>,
 ) -> Result<(Vec<f64>, Option<Vec<f32>>, usize)> {
     let d = model.dims.d;
     let p = prompt.map_or(0, |x| x.len() / d);
@@ -57,12 +61,18 @@ fn run(
         .collect();
     let tape = model.forward(&mut x, &lens, &mut caches, want_grad)?;
     let hidden = tape.as_ref().map_or(&x, |t| &t.hidden);
-    let (nll, _) = model.loss_head(hidden, targets, false);
+    let (nll, dh) = match weights_of {
+        // Weights that depend on the NLLs need a first pass without gradient.
+        Some(weights_of) if want_grad => {
+            let (nll, _) = model.loss_head(hidden, targets, false);
+            weights_of(&nll, targets);
+            (nll, model.loss_head(hidden, targets, true).1)
+        }
+        _ => model.loss_head(hidden, targets, want_grad),
+    };
     if !want_grad {
         return Ok((nll, None, n));
     }
-    weights_of(&nll, targets);
-    let (_, dh) = model.loss_head(hidden, targets, true);
     let tape = tape.ok_or_else(|| Error::Input("no tape recorded".into()))?;
     let dx = model.backward(&tape, &caches, &dh);
     // The prompt is shared by every sequence: its gradient is the sum over sequences.
@@ -149,26 +159,27 @@ pub fn classify_batch(
         s
     };
     let n_labelled = batch.iter().filter(|e| e.label.is_some()).count();
+    let weights_of: WeightsOf = Box::new(|nll: &[f64], targets: &mut [Target]| {
+        // d loss / d nll_t = (y_c - p_c) / (B * norm): see the derivation in the README.
+        let s = scores_of(nll);
+        let probs: Vec<Vec<f64>> = s.iter().map(|row| softmax(row)).collect();
+        for (t, &(e, c)) in targets.iter_mut().zip(&owner) {
+            t.weight = match batch[e].label {
+                Some(y) => {
+                    let yc = if y == c { 1.0 } else { 0.0 };
+                    ((yc - probs[e][c]) / (n_labelled as f64 * norm(e, c))) as f32
+                }
+                None => 0.0,
+            };
+        }
+    });
     let (nll, grad, rows) = run(
         model,
         prompt,
         &seqs,
         &mut targets,
         want_grad,
-        |nll, targets| {
-            // d loss / d nll_t = (y_c - p_c) / (B * norm): see the derivation in the README.
-            let s = scores_of(nll);
-            let probs: Vec<Vec<f64>> = s.iter().map(|row| softmax(row)).collect();
-            for (t, &(e, c)) in targets.iter_mut().zip(&owner) {
-                t.weight = match batch[e].label {
-                    Some(y) => {
-                        let yc = if y == c { 1.0 } else { 0.0 };
-                        ((yc - probs[e][c]) / (n_labelled as f64 * norm(e, c))) as f32
-                    }
-                    None => 0.0,
-                };
-            }
-        },
+        Some(weights_of),
     )?;
     let scores = scores_of(&nll);
     let mut loss = 0.0;
@@ -229,7 +240,7 @@ pub fn lm_batch(
         r0 += p + ids.len();
         seqs.push(ids);
     }
-    let (nll, grad, rows) = run(model, prompt, &seqs, &mut targets, want_grad, |_, _| {})?;
+    let (nll, grad, rows) = run(model, prompt, &seqs, &mut targets, want_grad, None)?;
     let mut scores = vec![vec![0.0]; batch.len()];
     for (l, &e) in nll.iter().zip(&owner) {
         scores[e][0] -= l;
