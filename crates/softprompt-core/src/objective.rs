@@ -2,7 +2,7 @@
 //! rank classification over candidate texts, and language modelling on target tokens.
 //! Each returns the loss, per-example results and (optionally) d loss / d prompt.
 
-use crate::model::llama::{KvCache, Llama, SeqInput, Target};
+use crate::model::llama::{self, KvCache, Llama, SeqInput, Target};
 use crate::{Error, Result};
 
 /// A tokenized classification example: the rendered text, one candidate continuation per
@@ -75,16 +75,7 @@ fn run(
     }
     let tape = tape.ok_or_else(|| Error::Input("no tape recorded".into()))?;
     let dx = model.backward(&tape, &caches, &dh);
-    // The prompt is shared by every sequence: its gradient is the sum over sequences.
-    let mut grad = vec![0.0f32; p * d]; // [P, D]
-    let mut r0 = 0;
-    for len in lens {
-        for (g, v) in grad.iter_mut().zip(&dx[r0 * d..(r0 + p) * d]) {
-            *g += v;
-        }
-        r0 += len;
-    }
-    Ok((nll, Some(grad), n))
+    Ok((nll, Some(llama::prompt_grad(&dx, &lens, p, d)), n))
 }
 
 /// Rank classification: score every candidate by its log-likelihood after the text, and

@@ -892,15 +892,7 @@ impl Llama {
             })
             .collect();
         let (loss, dx, lens) = self.loss_and_input_grad(&seqs, &targets)?;
-        let mut grad = vec![0.0f32; p * d]; // [P, D]
-        let mut r0 = 0;
-        for len in lens {
-            for (g, x) in grad.iter_mut().zip(&dx[r0 * d..(r0 + p) * d]) {
-                *g += x;
-            }
-            r0 += len;
-        }
-        Ok((loss, grad))
+        Ok((loss, prompt_grad(&dx, &lens, p, d)))
     }
 
     /// Loss of a batch sharing the soft prompt (no backward).
@@ -925,6 +917,20 @@ impl Llama {
         self.forward(&mut x, &lens, &mut caches, false)?;
         Ok(weighted(&self.loss_head(&x, targets, false).0, targets))
     }
+}
+
+/// d loss / d prompt `[P, D]` from the input gradient `dx[N, D]` of a packed batch whose
+/// sequences (`lens` rows each) all start with the same `p`-row prompt: the sum over sequences.
+pub fn prompt_grad(dx: &[f32], lens: &[usize], p: usize, d: usize) -> Vec<f32> {
+    let mut grad = vec![0.0f32; p * d]; // [P, D]
+    let mut r0 = 0;
+    for len in lens {
+        for (g, x) in grad.iter_mut().zip(&dx[r0 * d..(r0 + p) * d]) {
+            *g += x;
+        }
+        r0 += len;
+    }
+    grad
 }
 
 fn weighted(nll: &[f64], targets: &[Target]) -> f64 {
