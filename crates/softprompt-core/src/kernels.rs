@@ -107,7 +107,7 @@ pub fn gemm(
 /// with every input row.
 pub fn linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32], accumulate: bool) {
     if m <= SMALL_M && n * k >= PAR_THRESHOLD {
-        return linear_small_m(x, w, m, n, k, y, accumulate);
+        return linear_rows(x, w, m, n, k, y, accumulate);
     }
     gemm(
         m,
@@ -122,11 +122,14 @@ pub fn linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32],
     );
 }
 
-/// Inputs with at most this many rows use [`linear_small_m`].
+/// Inputs with at most this many rows use [`linear_rows`].
 const SMALL_M: usize = 4;
 
-/// `y[m, n] (+)= x[m, k] @ w[n, k]^T` for small m: parallel over blocks of weight rows.
-fn linear_small_m(
+/// `y[m, n] (+)= x[m, k] @ w[n, k]^T`, every element one [`dot`] in a fixed order: a row's
+/// result never depends on `m` or on the other rows (what batch-invariant serving needs).
+/// Memory-bound for a few rows (decoding): each weight row is read once and dotted with
+/// every input row. Parallel over blocks of weight rows.
+pub fn linear_rows(
     x: &[f32],
     w: &[f32],
     m: usize,
@@ -138,7 +141,7 @@ fn linear_small_m(
     const BLOCK: usize = 64;
     assert!(
         x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
-        "linear_small_m: bad sizes"
+        "linear_rows: bad sizes"
     );
     // out[b] = [m, rows of block b]
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))

@@ -259,3 +259,78 @@ fn lm_objective_grad_matches_finite_differences() {
     let rel = fd_rel_error(&m, &pr, &f);
     assert!(rel < 1e-2, "relative error {rel}");
 }
+
+/// Final hidden rows of `seqs` run as one packed batch on top of `caches`.
+fn hidden_rows(model: &Llama, seqs: &[SeqInput], caches: &mut [KvCache]) -> Vec<f32> {
+    let (mut x, lens) = model.embed_batch(seqs).unwrap();
+    model.forward(&mut x, &lens, caches, false).unwrap();
+    x
+}
+
+/// Exact mode (the server's): a sequence's hidden states are bit-identical alone, packed with
+/// other sequences, and with its soft-prompt prefix taken from a cache; and they agree with
+/// the default blocked-GEMM mode to float error.
+#[test]
+fn exact_mode_is_batch_and_prefix_invariant() {
+    for ty in ["llama", "mistral"] {
+        let mut cfg = tiny_config(ty, true);
+        cfg.sliding_window = Some(5);
+        let w = random_weights(&cfg, 11);
+        let mut model = Llama::new(cfg, w, "tiny").unwrap();
+        let d = model.dims.d;
+        let nl = model.n_layers();
+        let pr = prompt(4, d);
+        let a: Vec<u32> = vec![3, 17, 42, 5, 60, 9, 11, 2, 33];
+        let b: Vec<u32> = vec![8, 1, 30];
+        let default_mode = hidden_rows(
+            &model,
+            &[SeqInput { prompt: Some(&pr), ids: &a }],
+            &mut [KvCache::new(nl)],
+        );
+        model.exact = true;
+        let alone = hidden_rows(
+            &model,
+            &[SeqInput { prompt: Some(&pr), ids: &a }],
+            &mut [KvCache::new(nl)],
+        );
+        let max = alone
+            .iter()
+            .zip(&default_mode)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max < 1e-4, "{ty}: exact vs blocked mode differ by {max}");
+        // Packed after another sequence: the same rows, bit for bit.
+        let packed = hidden_rows(
+            &model,
+            &[
+                SeqInput { prompt: None, ids: &b },
+                SeqInput { prompt: Some(&pr), ids: &a },
+            ],
+            &mut [KvCache::new(nl), KvCache::new(nl)],
+        );
+        assert_eq!(&packed[b.len() * d..], &alone[..], "{ty}: packing changed the rows");
+        // The prompt's keys/values computed once, then the text on top of that cache.
+        let mut cache = KvCache::new(nl);
+        hidden_rows(&model, &[SeqInput { prompt: Some(&pr), ids: &[] }], std::slice::from_mut(&mut cache));
+        let mut reused = cache.clone();
+        let text = hidden_rows(&model, &[SeqInput { prompt: None, ids: &a }], std::slice::from_mut(&mut reused));
+        assert_eq!(&text[..], &alone[4 * d..], "{ty}: prefix cache changed the rows");
+        // Decoding one row at a time beside an unrelated sequence: the same as all at once.
+        let mut c1 = cache.clone();
+        let mut other = KvCache::new(nl);
+        hidden_rows(&model, &[SeqInput { prompt: None, ids: &b }], std::slice::from_mut(&mut other));
+        for (t, tok) in a.iter().enumerate() {
+            let mut cs = [other, c1];
+            let rows = hidden_rows(
+                &model,
+                &[
+                    SeqInput { prompt: None, ids: &[5] },
+                    SeqInput { prompt: None, ids: std::slice::from_ref(tok) },
+                ],
+                &mut cs,
+            );
+            [other, c1] = cs;
+            assert_eq!(&rows[d..], &alone[(4 + t) * d..(5 + t) * d], "{ty}: decode row {t}");
+        }
+    }
+}

@@ -109,6 +109,11 @@ pub struct Llama {
     eps: f32,
     /// Mistral-style sliding window (keys older than this are masked).
     window: Option<usize>,
+    /// Batch-invariant inference: every matrix product and attention row is computed in a
+    /// fixed order per row, so a sequence's outputs are bit-identical whatever else shares
+    /// its batch and whether its prefix came from a cache (the server sets this). Slower
+    /// than the blocked GEMM for long prefills; training ignores it.
+    pub exact: bool,
 }
 
 /// One sequence of a packed batch: optional soft prompt rows, then token ids.
@@ -314,7 +319,18 @@ impl Llama {
             blocks,
             rope,
             window,
+            exact: false,
         })
+    }
+
+    /// `y[m, n] (+)= x[m, k] @ w[n, k]^T` on the kernel this model's mode asks for.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(&self, x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32], acc: bool) {
+        if self.exact {
+            kernels::linear_rows(x, w, m, n, k, y, acc);
+        } else {
+            linear(x, w, m, n, k, y, acc);
+        }
     }
 
     pub fn n_layers(&self) -> usize {
@@ -459,9 +475,9 @@ impl Llama {
             // --- attention ---
             rmsnorm(x, &b.attn_norm, self.eps, &mut h, &mut rstd);
             let rstd1 = if record { Some(rstd.clone()) } else { None };
-            linear(&h, &b.wq, n, qd, d, &mut q, false);
-            linear(&h, &b.wk, n, kvd, d, &mut k, false);
-            linear(&h, &b.wv, n, kvd, d, &mut v, false);
+            self.linear(&h, &b.wq, n, qd, d, &mut q, false);
+            self.linear(&h, &b.wk, n, kvd, d, &mut k, false);
+            self.linear(&h, &b.wv, n, kvd, d, &mut v, false);
             add_bias(&mut q, b.bq.as_deref());
             add_bias(&mut k, b.bk.as_deref());
             add_bias(&mut v, b.bv.as_deref());
@@ -473,15 +489,20 @@ impl Llama {
                 c.v[l].extend_from_slice(&v[r0 * kvd..(r0 + len) * kvd]);
                 r0 += len;
             }
-            let probs = self.attention(l, &q, lens, caches, &mut att, record);
-            linear(&att, &b.wo, n, d, qd, x, true); // x += att @ Wo^T
+            let probs = if self.exact && !record {
+                self.attention_rows(l, &q, lens, caches, &mut att);
+                Vec::new()
+            } else {
+                self.attention(l, &q, lens, caches, &mut att, record)
+            };
+            self.linear(&att, &b.wo, n, d, qd, x, true); // x += att @ Wo^T
             let x_mid = if record { Some(x.to_vec()) } else { None };
             // --- MLP ---
             rmsnorm(x, &b.mlp_norm, self.eps, &mut h, &mut rstd);
-            linear(&h, &b.wg, n, f, d, &mut g, false);
-            linear(&h, &b.wu, n, f, d, &mut u, false);
+            self.linear(&h, &b.wg, n, f, d, &mut g, false);
+            self.linear(&h, &b.wu, n, f, d, &mut u, false);
             kernels::swiglu(&g, &u, &mut a);
-            linear(&a, &b.wd, n, d, f, x, true); // x += a @ Wd^T
+            self.linear(&a, &b.wd, n, d, f, x, true); // x += a @ Wd^T
             if record {
                 tapes.push(BlockTape {
                     x_in: x_in.unwrap_or_default(),
@@ -609,6 +630,43 @@ impl Llama {
         probs
     }
 
+    /// [`Self::attention`] in exact mode: each query row scores only its visible keys with
+    /// [`kernels::dot`], a softmax over exactly those, and `sum_c p_c v_c` in key order, so a
+    /// row's result does not depend on how many rows are computed with it.
+    fn attention_rows(&self, l: usize, q: &[f32], lens: &[usize], caches: &[KvCache], att: &mut [f32]) {
+        let Dims { hd, nq, nkv, .. } = self.dims;
+        let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
+        let group = nq / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // (sequence, first packed row, row within the sequence) of every new row.
+        let mut rows = Vec::with_capacity(att.len() / qd);
+        let mut r0 = 0;
+        for (s, &len) in lens.iter().enumerate() {
+            rows.extend((0..len).map(|j| (s, r0 + j, j)));
+            r0 += len;
+        }
+        att.par_chunks_mut(qd).zip(rows).for_each(|(out, (s, r, j))| {
+            let cache = &caches[s];
+            let qpos = cache.len + j; // this row's position; keys 0..=qpos are visible
+            let lo = self.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+            let mut p = vec![0.0f32; qpos + 1 - lo]; // [visible keys]
+            for hq in 0..nq {
+                let kv_off = (hq / group) * hd;
+                let qh = &q[r * qd + hq * hd..r * qd + (hq + 1) * hd]; // [hd]
+                for (c, pc) in (lo..=qpos).zip(p.iter_mut()) {
+                    *pc = kernels::dot(qh, &cache.k[l][c * kvd + kv_off..c * kvd + kv_off + hd]) * scale;
+                }
+                kernels::softmax_inplace(&mut p);
+                let o = &mut out[hq * hd..(hq + 1) * hd]; // [hd]
+                o.fill(0.0);
+                for (c, &pc) in (lo..=qpos).zip(p.iter()) {
+                    let vc = &cache.v[l][c * kvd + kv_off..c * kvd + kv_off + hd];
+                    o.iter_mut().zip(vc).for_each(|(o, v)| *o += pc * v);
+                }
+            }
+        });
+    }
+
     /// Logits `[rows.len(), V]` for the chosen rows of the final hidden states `hidden[N, D]`.
     pub fn logits(&self, hidden: &[f32], rows: &[usize]) -> Vec<f32> {
         let d = self.dims.d;
@@ -618,7 +676,7 @@ impl Llama {
         }
         let v = self.dims.vocab;
         let mut out = vec![0.0; rows.len() * v];
-        linear(&hs, &self.lm_head().data, rows.len(), v, d, &mut out, false);
+        self.linear(&hs, &self.lm_head().data, rows.len(), v, d, &mut out, false);
         out
     }
 
