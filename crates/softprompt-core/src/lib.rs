@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod model;
 pub mod objective;
 pub mod prompt;
+pub mod scheduler;
 pub mod tensor;
 pub mod train;
 

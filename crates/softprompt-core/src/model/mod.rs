@@ -75,6 +75,20 @@ impl FrozenModel {
         Ok(p)
     }
 
+    /// A prompt for this model from embeddings `[P, D]`, with metadata that ties it to this
+    /// model and tokenizer (fingerprints).
+    pub fn new_prompt(&self, embeddings: crate::Tensor) -> SoftPrompt {
+        let c = &self.llama.cfg;
+        let meta = prompt::PromptMeta::new(
+            &self.source,
+            c.hidden_size,
+            Some(self.fingerprint.clone()),
+            Some(self.tokenizer_fingerprint.clone()),
+        );
+        SoftPrompt::new(embeddings, &self.source, c.num_hidden_layers, c.num_attention_heads)
+            .with_meta(meta)
+    }
+
     /// SHA-256 over every weight's bytes, in a fixed order: proof that training a prompt
     /// left the base model untouched.
     pub fn weights_digest(&self) -> String {

@@ -30,7 +30,7 @@ use super::plot;
 use crate::data::{self, TaskSpec};
 use crate::model::FrozenModel;
 use crate::objective;
-use crate::prompt::{self, PromptMeta, SoftPrompt};
+use crate::prompt::{self, SoftPrompt};
 use crate::{Error, Result, Tensor};
 
 /// How the prompt starts (Lester et al. 2021, section 3).
@@ -271,23 +271,13 @@ fn make_prompt(
     emb: &Tensor,
     metrics: serde_json::Value,
 ) -> SoftPrompt {
-    let c = &model.llama.cfg;
-    let mut meta = PromptMeta::new(
-        &model.source,
-        c.hidden_size,
-        Some(model.fingerprint.clone()),
-        Some(model.tokenizer_fingerprint.clone()),
-    );
-    meta.task = serde_json::to_value(&cfg.task).ok();
-    meta.training = serde_json::to_value(cfg).ok();
-    meta.metrics = Some(metrics);
-    SoftPrompt::new(
-        emb.clone(),
-        &model.source,
-        c.num_hidden_layers,
-        c.num_attention_heads,
-    )
-    .with_meta(meta)
+    let mut p = model.new_prompt(emb.clone());
+    if let Some(meta) = p.meta.as_mut() {
+        meta.task = serde_json::to_value(&cfg.task).ok();
+        meta.training = serde_json::to_value(cfg).ok();
+        meta.metrics = Some(metrics);
+    }
+    p
 }
 
 /// Train a prompt. `stop` is polled between steps (Ctrl-C): the run then checkpoints and

@@ -1,0 +1,147 @@
+//! The batch scheduler on the real model: a request's tokens are the same alone, mixed with
+//! requests for other prompts, and with its prompt's keys/values from the prefix cache as
+//! with a plain full forward (`infer::generate`).
+
+mod common;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use softprompt_core::infer::{self, Sampling};
+use softprompt_core::model::FrozenModel;
+use softprompt_core::prompt;
+use softprompt_core::scheduler::{
+    Cancel, Event, Finish, GenRequest, Scheduler, SchedulerConfig, ServedPrompt,
+};
+
+fn model() -> Arc<FrozenModel> {
+    let mut m = FrozenModel::load("smollm2-135m").expect("load the default model");
+    m.llama.exact = true;
+    Arc::new(m)
+}
+
+fn served(m: &FrozenModel, seed: u64) -> Arc<ServedPrompt> {
+    let d = m.llama.dims.d;
+    let ids = prompt::sample_vocab_ids(m.llama.dims.vocab, 5000, 8, seed);
+    let emb = prompt::from_vocab_rows(&m.llama.embed, &ids).unwrap();
+    assert_eq!(emb.shape, vec![8, d]);
+    let sp = m.new_prompt(emb);
+    Arc::new(ServedPrompt::new(&m.llama, &format!("p{seed}"), "sha", Some(sp)).unwrap())
+}
+
+/// Submit `reqs` (prompt, text, sampling) all at once; return each one's tokens and finish.
+fn run_all(
+    sched: &Scheduler,
+    m: &FrozenModel,
+    reqs: &[(Arc<ServedPrompt>, &str, Sampling)],
+) -> Vec<(Vec<u32>, Finish)> {
+    let rxs: Vec<_> = reqs
+        .iter()
+        .map(|(p, text, s)| {
+            let (tx, rx) = mpsc::channel();
+            sched
+                .generate(GenRequest {
+                    prompt: p.clone(),
+                    ids: m.encode(text).unwrap(),
+                    sampling: s.clone(),
+                    cancel: Cancel::default(),
+                    sink: Box::new(move |e| tx.send(e).is_ok()),
+                })
+                .unwrap();
+            rx
+        })
+        .collect();
+    rxs.into_iter()
+        .map(|rx| {
+            let mut toks = Vec::new();
+            loop {
+                match rx.recv().expect("event") {
+                    Event::Token(t) => toks.push(t),
+                    Event::Done(f) => return (toks, f),
+                    Event::Error(e) => panic!("request failed: {e}"),
+                }
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn mixed_prompts_in_one_batch_match_each_request_alone() {
+    let m = model();
+    let prompts: Vec<_> = (0..3).map(|s| served(&m, s)).collect();
+    let base = Arc::new(ServedPrompt::new(&m.llama, "base", "", None).unwrap());
+    let greedy = Sampling {
+        max_new_tokens: 12,
+        ..Sampling::default()
+    };
+    let sampled = Sampling {
+        max_new_tokens: 12,
+        temperature: 0.8,
+        top_p: 0.95,
+        seed: 42,
+        ..Sampling::default()
+    };
+    let texts = ["The capital of France is", "Once upon a time", "def add(a, b):"];
+    let mut reqs = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        for (j, t) in texts.iter().enumerate() {
+            let s = if (i + j) % 2 == 0 { &greedy } else { &sampled };
+            reqs.push((p.clone(), *t, s.clone()));
+        }
+    }
+    reqs.push((base.clone(), texts[0], greedy.clone()));
+
+    let sched = Scheduler::start(m.clone(), SchedulerConfig::default());
+    let together = run_all(&sched, &m, &reqs);
+    let mean_batch = sched.stats.decode_rows.load(std::sync::atomic::Ordering::Relaxed) as f64
+        / sched.stats.decode_steps.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    assert!(mean_batch > 4.0, "requests did not share batches (mean {mean_batch})");
+    for (r, got) in reqs.iter().zip(&together) {
+        // Alone through the scheduler.
+        let alone = run_all(&sched, &m, std::slice::from_ref(r));
+        assert_eq!(&alone[0], got, "{} {:?}: mixed batch != alone", r.0.name, r.1);
+        // Reference: a plain generate over prompt + text, no prefix cache, no scheduler.
+        let ids = m.encode(r.1).unwrap();
+        let reference = infer::generate(&m.llama, r.0.rows(), &ids, &r.2, |_| true).unwrap();
+        assert_eq!(got.0, reference, "{} {:?}: prefix cache != full forward", r.0.name, r.1);
+        assert_eq!(got.1, Finish::Length);
+    }
+    sched.shutdown();
+}
+
+#[test]
+fn cancelled_request_stops_and_others_continue() {
+    let m = model();
+    let p = served(&m, 7);
+    let sched = Scheduler::start(m.clone(), SchedulerConfig::default());
+    let (tx, rx) = mpsc::channel();
+    let mut n = 0;
+    // The sink says "client gone" after 3 tokens.
+    sched
+        .generate(GenRequest {
+            prompt: p.clone(),
+            ids: m.encode("Hello").unwrap(),
+            sampling: Sampling {
+                max_new_tokens: 200,
+                ..Sampling::default()
+            },
+            cancel: Cancel::default(),
+            sink: Box::new(move |e| {
+                let _ = tx.send(e);
+                n += 1;
+                n < 3
+            }),
+        })
+        .unwrap();
+    let s = Sampling {
+        max_new_tokens: 5,
+        ..Sampling::default()
+    };
+    let other = run_all(&sched, &m, &[(p, "Hi", s)]);
+    assert_eq!(other[0].0.len(), 5);
+    let events: Vec<Event> = rx.iter().collect();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(matches!(events[3], Event::Done(Finish::Cancelled)));
+    assert_eq!(sched.stats.active.load(std::sync::atomic::Ordering::Relaxed), 0);
+    sched.shutdown();
+}
