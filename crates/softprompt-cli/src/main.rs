@@ -3,6 +3,7 @@
 
 mod bench;
 mod inspect_cmd;
+mod serve_cmd;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -150,6 +151,14 @@ enum Cmd {
     /// Open the black box: each virtual token's nearest vocabulary tokens, norm and drift from
     /// its init, and the hard projection (nearest tokens) evaluated next to the soft prompt.
     Inspect(Box<inspect_cmd::InspectArgs>),
+    /// Serve many soft prompts from one frozen model over HTTP (OpenAI-compatible
+    /// /v1/completions, /v1/classify, /v1/models, admin API, /metrics).
+    Serve(Box<serve_cmd::ServeArgs>),
+    /// Load-test a running server: N clients over M prompts, latency and throughput, and a
+    /// check of every answer against the same request sent alone.
+    Loadtest(serve_cmd::LoadtestArgs),
+    /// Write a soft prompt without training (vocabulary rows, a text, random, label words).
+    Init(Box<serve_cmd::InitArgs>),
     /// Speed and memory benchmarks (median of several runs): W1 training step, decode, classification.
     Bench {
         #[command(flatten)]
@@ -352,6 +361,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Serve(a) => serve_cmd::serve(*a)?,
+        Cmd::Loadtest(a) => serve_cmd::loadtest(a)?,
+        Cmd::Init(a) => serve_cmd::init(*a)?,
         Cmd::Score {
             model,
             prompt,
@@ -563,35 +575,18 @@ fn run(cli: Cli) -> Result<()> {
                 load_prompt(&m, &prompt)?
             };
             let spec = task.resolve(sp.as_ref(), None)?;
-            let fields: serde_json::Map<String, serde_json::Value> = match (text, input) {
+            let input = match (text, input) {
                 (_, Some(j)) => {
                     serde_json::from_str(&j).context("--input must be a JSON object")?
                 }
-                (Some(t), None) => {
-                    let names = spec.template_fields();
-                    anyhow::ensure!(
-                        names.len() == 1,
-                        "the template has fields {names:?}: give --input '{{...}}'"
-                    );
-                    let mut map = serde_json::Map::new();
-                    map.insert(names[0].clone(), json!(t));
-                    map
-                }
+                (Some(t), None) => json!(t),
                 (None, None) => anyhow::bail!("give --text or --input"),
             };
-            let rec = data::Record { line: 1, fields };
-            let (items, _) = data::prepare(&spec, &[rec], std::path::Path::new("<input>"), false)?;
-            let data::Items::Class(ci) = &items else {
-                anyhow::bail!("task {} is not a classification task", spec.name)
-            };
-            let tok = train::tokenize(&m, &items, usize::MAX)?;
-            let train::Tokenized::Class(ex) = tok else {
-                unreachable!("classification items tokenize to classification examples")
-            };
+            let (ex, cands) = train::eval::class_example(&m, &spec, input)?;
             let r = softprompt_core::objective::classify_batch(
                 &m.llama,
                 sp.as_ref().map(|p| p.embeddings.data.as_slice()),
-                &ex,
+                std::slice::from_ref(&ex),
                 length_norm,
                 false,
             )?;
@@ -601,13 +596,13 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!(
                     "{}",
-                    json!({ "label": labels[best], "candidate": ci[0].candidates[best], "probabilities": labels.iter().zip(&probs).map(|(l, p)| (l.clone(), json!(p))).collect::<serde_json::Map<_, _>>(), "scores": r.scores[0] })
+                    json!({ "label": labels[best], "candidate": cands[best], "probabilities": labels.iter().zip(&probs).map(|(l, p)| (l.clone(), json!(p))).collect::<serde_json::Map<_, _>>(), "scores": r.scores[0] })
                 );
             } else {
-                for ((l, c), p) in labels.iter().zip(&ci[0].candidates).zip(&probs) {
+                for ((l, c), p) in labels.iter().zip(&cands).zip(&probs) {
                     println!("{:>6.3}  {l} {c:?}", p);
                 }
-                println!("=> {} {:?}", labels[best], ci[0].candidates[best]);
+                println!("=> {} {:?}", labels[best], cands[best]);
             }
         }
         Cmd::Info {

@@ -113,6 +113,41 @@ pub fn tokenize(model: &FrozenModel, items: &Items, max_len: usize) -> Result<To
     })
 }
 
+/// One input of a classification task made ready to score: `fields` fill the template (a bare
+/// text fills a template's only field). Returns the example and the candidate texts.
+pub fn class_example(
+    model: &FrozenModel,
+    spec: &crate::data::TaskSpec,
+    input: serde_json::Value,
+) -> Result<(ClassExample, Vec<String>)> {
+    let fields = match input {
+        serde_json::Value::Object(m) => m,
+        serde_json::Value::String(t) => {
+            let names = spec.template_fields();
+            if names.len() != 1 {
+                return Err(Error::Input(format!(
+                    "task {} has template fields {names:?}: give an object with them",
+                    spec.name
+                )));
+            }
+            let mut m = serde_json::Map::new();
+            m.insert(names[0].clone(), serde_json::Value::String(t));
+            m
+        }
+        _ => return Err(Error::Input("the input must be a text or an object of fields".into())),
+    };
+    let rec = crate::data::Record { line: 1, fields };
+    let (items, _) = crate::data::prepare(spec, &[rec], std::path::Path::new("<input>"), false)?;
+    let Items::Class(ci) = &items else {
+        return Err(Error::Input(format!("task {} is not a classification task", spec.name)));
+    };
+    let cands = ci[0].candidates.clone();
+    match tokenize(model, &items, usize::MAX)? {
+        Tokenized::Class(mut ex) => Ok((ex.remove(0), cands)),
+        Tokenized::Gen(_) => Err(Error::Input(format!("task {} is not a classification task", spec.name))),
+    }
+}
+
 /// Evaluation result: the main metric and its companions.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {

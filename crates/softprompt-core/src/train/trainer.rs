@@ -198,9 +198,20 @@ pub fn load_split(
     Ok((eval::tokenize(model, &items, cfg.max_len)?, name))
 }
 
-/// The initial prompt `[P, D]`.
+/// The initial prompt `[P, D]` of a run.
 pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
-    let (p, d) = (cfg.num_virtual_tokens, model.llama.dims.d);
+    init_embeddings(model, &cfg.init, cfg.num_virtual_tokens, cfg.seed, &cfg.task)
+}
+
+/// `p` prompt rows `[p, D]` made by `init` (`task` gives the label words of `Init::Labels`).
+pub fn init_embeddings(
+    model: &FrozenModel,
+    init: &Init,
+    p: usize,
+    seed: u64,
+    task: &TaskSpec,
+) -> Result<Tensor> {
+    let d = model.llama.dims.d;
     if p == 0 || p > prompt::MAX_VIRTUAL_TOKENS {
         return Err(Error::Input(format!(
             "--virtual-tokens must be in 1..={}, got {p}",
@@ -215,13 +226,13 @@ pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
         .copied()
         .collect();
     let sample = |n: usize, top: usize| -> Vec<u32> {
-        let mut ids = prompt::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), cfg.seed);
+        let mut ids = prompt::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), seed);
         ids.retain(|i| !specials.contains(i));
         ids.truncate(n);
         ids
     };
-    match &cfg.init {
-        Init::Random { range } => Ok(prompt::random_uniform(p, d, *range, cfg.seed)),
+    match init {
+        Init::Random { range } => Ok(prompt::random_uniform(p, d, *range, seed)),
         Init::Vocab { top } => prompt::from_vocab_rows(&model.llama.embed, &sample(p, *top)),
         Init::Text(t) => {
             let ids = model.encode(t)?;
@@ -232,7 +243,7 @@ pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
         }
         Init::Labels => {
             let mut ids: Vec<u32> = Vec::new();
-            if let crate::data::TaskKind::Classification { labels, .. } = &cfg.task.kind {
+            if let crate::data::TaskKind::Classification { labels, .. } = &task.kind {
                 for l in labels {
                     // Only label texts without placeholders are words (COPA's are templates).
                     if !l.text.contains('{') {
