@@ -1,0 +1,507 @@
+//! `softprompt serve` on the real model, through the real binary and real HTTP: mixed-prompt
+//! batches answer exactly as lone requests, streaming equals non-streaming, bad requests get
+//! a 4xx and change nothing, the admin API loads and unloads prompts safely, overload gets an
+//! immediate 429, a client that leaves stops its generation, SIGTERM drains.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_softprompt"))
+}
+
+/// A running server; killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str]) -> Server {
+    let mut child = bin()
+        .arg("serve")
+        .args(["--bind", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start softprompt serve");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server did not start");
+        if let Some(addr) = line.split("listening on ").nth(1) {
+            return Server {
+                child,
+                url: addr.trim().to_string(),
+                stderr: rx,
+            };
+        }
+    }
+}
+
+/// `n` prompts `p000..` made by `softprompt init` (vocabulary rows, seeds 0..n).
+fn make_prompts(dir: &Path, n: usize, extra: &[&str]) {
+    // One prompt: --out is the prompt folder itself.
+    let target = if n == 1 { dir.join("p000") } else { dir.to_path_buf() };
+    let out = bin()
+        .args(["init", "--count", &n.to_string(), "--virtual-tokens", "8", "--out"])
+        .arg(target)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(300))
+        .build()
+}
+
+/// POST JSON; (status, body as JSON).
+fn post(url: &str, body: &Value) -> (u16, Value) {
+    post_with(url, body, None)
+}
+
+fn post_with(url: &str, body: &Value, key: Option<&str>) -> (u16, Value) {
+    let mut r = agent().post(url);
+    if let Some(k) = key {
+        r = r.set("Authorization", &format!("Bearer {k}"));
+    }
+    match r.send_json(body.clone()) {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+fn get(url: &str, key: Option<&str>) -> (u16, String) {
+    let mut r = agent().get(url);
+    if let Some(k) = key {
+        r = r.set("Authorization", &format!("Bearer {k}"));
+    }
+    match r.call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+fn metric(url: &str, name: &str) -> f64 {
+    let (_, text) = get(&format!("{url}/metrics"), None);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+fn completion(s: &Server, model: &str, text: &str, extra: Value) -> Value {
+    completion_at(&s.url, model, text, extra)
+}
+
+fn completion_at(url: &str, model: &str, text: &str, extra: Value) -> Value {
+    let mut b = json!({ "model": model, "prompt": text, "max_tokens": 10, "temperature": 0.0 });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        b[k] = v.clone();
+    }
+    let (code, v) = post(&format!("{url}/v1/completions"), &b);
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+/// Open a streaming completion on a raw socket; returns the reader after the headers.
+fn open_stream(url: &str, body: &Value) -> BufReader<std::net::TcpStream> {
+    let addr = url.trim_start_matches("http://");
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    let b = body.to_string();
+    write!(
+        sock,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+        b.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(sock);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            return r;
+        }
+    }
+}
+
+/// The next SSE `data:` payload (chunked framing lines are skipped).
+fn next_data(r: &mut BufReader<std::net::TcpStream>) -> Option<String> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(d) = line.trim_end().strip_prefix("data: ") {
+            return Some(d.to_string());
+        }
+    }
+}
+
+#[test]
+fn mixed_prompt_batches_answer_exactly_as_lone_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    make_prompts(&dir.path().join("prompts"), 4, &[]);
+    let s = start(&["--prompts", dir.path().join("prompts").to_str().unwrap()]);
+    let texts = ["The capital of France is", "Once upon a time", "I loved this movie"];
+    let mut cases = Vec::new();
+    for p in ["p000", "p001", "p002", "p003", "base"] {
+        for (i, t) in texts.iter().enumerate() {
+            let extra = if i == 1 {
+                json!({ "temperature": 0.9, "top_p": 0.9, "seed": 7 })
+            } else {
+                json!({})
+            };
+            cases.push((p, *t, extra));
+        }
+    }
+    // Alone, one at a time.
+    let alone: Vec<Value> = cases
+        .iter()
+        .map(|(p, t, e)| completion(&s, p, t, e.clone()))
+        .collect();
+    let steps0 = metric(&s.url, "softprompt_decode_steps_total");
+    let rows0 = metric(&s.url, "softprompt_decode_rows_total");
+    // All at once.
+    let url = s.url.clone();
+    let together: Vec<Value> = std::thread::scope(|sc| {
+        let hs: Vec<_> = cases
+            .iter()
+            .map(|(p, t, e)| sc.spawn(|| completion_at(&url, p, t, e.clone())))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mean_batch = (metric(&s.url, "softprompt_decode_rows_total") - rows0)
+        / (metric(&s.url, "softprompt_decode_steps_total") - steps0);
+    assert!(mean_batch > 3.0, "requests did not share batches: mean batch {mean_batch}");
+    for ((c, a), t) in cases.iter().zip(&alone).zip(&together) {
+        assert_eq!(
+            a["softprompt"]["token_ids"], t["softprompt"]["token_ids"],
+            "{c:?}: batched answer differs from the lone one"
+        );
+        assert_eq!(a["choices"][0]["text"], t["choices"][0]["text"]);
+        assert_eq!(t["model"], c.0);
+        assert_eq!(t["usage"]["completion_tokens"], 10);
+    }
+    // Different prompts do steer the model differently (the prompt is really applied).
+    let outs: std::collections::HashSet<String> = alone[..12]
+        .iter()
+        .step_by(3)
+        .map(|v| v["choices"][0]["text"].to_string())
+        .collect();
+    assert!(outs.len() > 1, "every prompt gave the same text: {outs:?}");
+    // Streaming gives the same text, chunk by chunk, then [DONE].
+    let mut r = open_stream(
+        &s.url,
+        &json!({ "model": "p002", "prompt": texts[0], "max_tokens": 10, "temperature": 0.0, "stream": true }),
+    );
+    let mut text = String::new();
+    let mut finish = Value::Null;
+    while let Some(d) = next_data(&mut r) {
+        if d == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(&d).unwrap();
+        text.push_str(v["choices"][0]["text"].as_str().unwrap());
+        finish = v["choices"][0]["finish_reason"].clone();
+    }
+    assert_eq!(json!(text), alone[6]["choices"][0]["text"]);
+    assert_eq!(finish, "length");
+    // Each prompt's sha256 is echoed and listed.
+    let (_, models) = get(&format!("{}/v1/models", s.url), None);
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"].as_array().unwrap().len(), 5);
+    assert_eq!(models["data"][1]["softprompt"]["sha256"], alone[0]["softprompt"]["sha256"]);
+}
+
+#[test]
+fn bad_requests_get_4xx_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    make_prompts(&dir.path().join("prompts"), 1, &[]);
+    let s = start(&[
+        "--prompts",
+        dir.path().join("prompts").to_str().unwrap(),
+        "--max-body-bytes",
+        "4096",
+        "--max-input-tokens",
+        "64",
+        "--max-output-tokens",
+        "32",
+    ]);
+    let u = format!("{}/v1/completions", s.url);
+    let good = json!({ "model": "p000", "prompt": "Hello", "max_tokens": 5, "temperature": 0.0 });
+    let before = post(&u, &good).1;
+    let with = |k: &str, v: Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b
+    };
+    let cases: Vec<(&str, Value, u16)> = vec![
+        ("unknown prompt", with("model", json!("nope")), 404),
+        ("path traversal name", with("model", json!("../../etc/passwd")), 404),
+        ("negative max_tokens", with("max_tokens", json!(-1)), 422),
+        ("zero max_tokens", with("max_tokens", json!(0)), 422),
+        ("huge max_tokens", with("max_tokens", json!(1u64 << 40)), 422),
+        ("max_tokens over the flag", with("max_tokens", json!(33)), 422),
+        ("negative temperature", with("temperature", json!(-0.5)), 422),
+        ("top_p zero", with("top_p", json!(0.0)), 422),
+        ("top_p above one", with("top_p", json!(1.5)), 422),
+        ("negative top_k", with("top_k", json!(-3)), 422),
+        ("token id past the vocabulary", with("prompt", json!([1, 2, 49152])), 422),
+        ("negative token id", with("prompt", json!([1, -2])), 422),
+        ("two prompts", with("prompt", json!(["a", "b"])), 422),
+        ("n = 2", with("n", json!(2)), 422),
+        ("logprobs", with("logprobs", json!(5)), 422),
+        ("input over --max-input-tokens", with("prompt", json!("word ".repeat(100))), 422),
+        ("empty base prompt", json!({ "model": "base", "prompt": "" }), 422),
+        ("model missing", json!({ "prompt": "x" }), 422),
+        ("max_tokens not a number", with("max_tokens", json!("ten")), 422),
+        ("body over --max-body-bytes", with("prompt", json!("x".repeat(5000))), 413),
+    ];
+    for (what, body, code) in &cases {
+        let (got, v) = post(&u, body);
+        assert_eq!(got, *code, "{what}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+    }
+    // Not JSON at all.
+    let r = agent()
+        .post(&u)
+        .set("Content-Type", "application/json")
+        .send_string("{not json");
+    assert!(matches!(r, Err(ureq::Error::Status(400, _))), "malformed JSON");
+    // Nothing changed: the same request still gets the same answer; no 5xx counted.
+    assert_eq!(post(&u, &good).1["softprompt"]["token_ids"], before["softprompt"]["token_ids"]);
+    assert_eq!(metric(&s.url, "softprompt_errors_total"), 0.0);
+    assert_eq!(get(&format!("{}/health", s.url), None).0, 200);
+}
+
+#[test]
+fn admin_loads_and_unloads_prompts_inside_the_folder_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts");
+    make_prompts(&prompts, 1, &[]);
+    let spare = dir.path().join("spare");
+    make_prompts(&spare, 2, &[]);
+    let key = "0123456789abcdef-test-key";
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, key).unwrap();
+    let s = start(&[
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--admin-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    let admin = format!("{}/admin/prompts", s.url);
+    // Key checks.
+    assert_eq!(get(&admin, None).0, 401);
+    assert_eq!(get(&admin, Some("wrong-key-wrong-key")).0, 401);
+    assert_eq!(post_with(&admin, &json!({ "name": "p000" }), None).0, 401);
+    assert_eq!(get(&admin, Some(key)).0, 200);
+    // A prompt copied in at run time loads, answers, and is listed.
+    copy_dir(&spare.join("p001"), &prompts.join("late"));
+    let (code, v) = post_with(&admin, &json!({ "name": "late" }), Some(key));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["softprompt"]["virtual_tokens"], 8);
+    let late = completion(&s, "late", "Hello", json!({}));
+    assert_eq!(late["softprompt"]["sha256"], v["softprompt"]["sha256"]);
+    // Names that are not plain folder names.
+    for bad in ["../spare/p000", "..", ".hidden", "a/b", "", "p000/../../spare"] {
+        let (code, v) = post_with(&admin, &json!({ "name": bad }), Some(key));
+        assert_eq!(code, 422, "name {bad:?}: {v}");
+    }
+    // A symlink that leads out of the folder.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(spare.join("p000"), prompts.join("escape")).unwrap();
+        let (code, v) = post_with(&admin, &json!({ "name": "escape" }), Some(key));
+        assert_eq!(code, 422, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("outside"), "{v}");
+    }
+    // A prompt made for another base model (its fingerprint differs).
+    copy_dir(&spare.join("p000"), &prompts.join("other"));
+    let meta_path = prompts.join("other/softprompt.json");
+    let mut meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["model_fingerprint"] = json!("sha256:0000000000000000");
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let (code, v) = post_with(&admin, &json!({ "name": "other" }), Some(key));
+    assert_eq!(code, 422, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("other"), "{v}");
+    // Missing folder.
+    assert_eq!(post_with(&admin, &json!({ "name": "absent" }), Some(key)).0, 404);
+    // Unload while a request uses the prompt: the request finishes with it (pinned).
+    let mut r = open_stream(
+        &s.url,
+        &json!({ "model": "late", "prompt": "Count: one, two,", "max_tokens": 24, "temperature": 0.0, "stream": true }),
+    );
+    assert!(next_data(&mut r).is_some());
+    let del = agent()
+        .delete(&format!("{admin}/late"))
+        .set("Authorization", &format!("Bearer {key}"))
+        .call()
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    let mut last = Value::Null;
+    while let Some(d) = next_data(&mut r) {
+        if d == "[DONE]" {
+            break;
+        }
+        last = serde_json::from_str(&d).unwrap();
+    }
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["usage"]["completion_tokens"], 24);
+    let (code, _) = post(
+        &format!("{}/v1/completions", s.url),
+        &json!({ "model": "late", "prompt": "x" }),
+    );
+    assert_eq!(code, 404);
+    let del = agent()
+        .delete(&format!("{admin}/late"))
+        .set("Authorization", &format!("Bearer {key}"))
+        .call();
+    assert!(matches!(del, Err(ureq::Error::Status(404, _))));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn overload_gets_immediate_429_and_a_gone_client_stops_its_generation() {
+    let s = start(&["--max-concurrent", "1", "--max-output-tokens", "400"]);
+    let long = json!({ "model": "base", "prompt": "Tell me a long story.", "max_tokens": 400, "temperature": 0.0, "ignore_eos": true, "stream": true });
+    let mut r = open_stream(&s.url, &long);
+    assert!(next_data(&mut r).is_some());
+    let t = Instant::now();
+    let (code, v) = post(
+        &format!("{}/v1/completions", s.url),
+        &json!({ "model": "base", "prompt": "Hi" }),
+    );
+    assert_eq!(code, 429, "{v}");
+    assert!(t.elapsed() < Duration::from_secs(2), "429 took {:?}", t.elapsed());
+    // The client leaves: its generation stops long before 400 tokens.
+    drop(r);
+    let t = Instant::now();
+    while metric(&s.url, "softprompt_active_sequences") > 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "generation kept running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&s.url, "softprompt_cancelled_total"), 1.0);
+    assert!(metric(&s.url, "softprompt_generated_tokens_total") < 400.0);
+    assert!(metric(&s.url, "softprompt_rejected_total") >= 1.0);
+    // The slot is free again.
+    let t = Instant::now();
+    loop {
+        let (code, _) = post(
+            &format!("{}/v1/completions", s.url),
+            &json!({ "model": "base", "prompt": "Hi", "max_tokens": 2 }),
+        );
+        if code == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "slot not released");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight() {
+    let mut s = start(&[]);
+    let mut r = open_stream(
+        &s.url,
+        &json!({ "model": "base", "prompt": "One, two, three,", "max_tokens": 30, "temperature": 0.0, "ignore_eos": true, "stream": true }),
+    );
+    assert!(next_data(&mut r).is_some());
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut n = 1;
+    let mut done = false;
+    while let Some(d) = next_data(&mut r) {
+        if d == "[DONE]" {
+            done = true;
+            break;
+        }
+        n += 1;
+    }
+    assert!(done, "stream cut after {n} chunks");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "server did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    let log: Vec<String> = s.stderr.try_iter().collect();
+    assert!(log.iter().any(|l| l.contains("draining")), "{log:?}");
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+}
+
+#[test]
+fn classify_uses_the_prompts_task_and_matches_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts");
+    make_prompts(&prompts, 1, &["--init", "labels", "--task", "demo"]);
+    let s = start(&["--prompts", prompts.to_str().unwrap()]);
+    let text = "a warm, funny and moving film";
+    let (code, v) = post(
+        &format!("{}/v1/classify", s.url),
+        &json!({ "model": "p000", "input": text }),
+    );
+    assert_eq!(code, 200, "{v}");
+    let out = bin()
+        .args(["classify", "--json", "--text", text, "--prompt"])
+        .arg(prompts.join("p000"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["label"], cli["label"]);
+    for (l, p) in cli["probabilities"].as_object().unwrap() {
+        let d = (p.as_f64().unwrap() - v["probabilities"][l].as_f64().unwrap()).abs();
+        assert!(d < 1e-4, "{l}: server vs CLI probability differ by {d}");
+    }
+    // The base model has no task of its own: it needs one named.
+    let (code, _) = post(
+        &format!("{}/v1/classify", s.url),
+        &json!({ "model": "base", "input": text }),
+    );
+    assert_eq!(code, 422);
+    let (code, v) = post(
+        &format!("{}/v1/classify", s.url),
+        &json!({ "model": "base", "input": text, "task": "demo" }),
+    );
+    assert_eq!(code, 200, "{v}");
+    let _: PathBuf = prompts;
+}
