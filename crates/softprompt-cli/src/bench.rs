@@ -42,7 +42,7 @@ pub struct Row {
     pub throughput_unit: &'static str,
 }
 
-pub fn run(m: &FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<Row>> {
+pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<Row>> {
     let runs = runs.max(1);
     let d = m.llama.dims.d;
     let p = 20;
@@ -131,6 +131,48 @@ pub fn run(m: &FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<Row>>
             throughput: 64.0 / s,
             throughput_unit: "inputs/s",
         });
+    }
+    if want("serve") {
+        // The server's decode step: 32 sequences (prompt + 16 text tokens each) advance one
+        // token in one packed forward, in exact (batch-invariant) mode and in the default mode.
+        use softprompt_core::model::llama::{KvCache, SeqInput};
+        for exact in [true, false] {
+            m.llama.exact = exact;
+            let b = 32;
+            let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(m.llama.n_layers())).collect();
+            for (i, c) in caches.iter_mut().enumerate() {
+                let t = ids(16, i as u32);
+                let (mut x, lens) = m.llama.embed_batch(&[SeqInput { prompt: Some(&prompt), ids: &t }])?;
+                m.llama.forward(&mut x, &lens, std::slice::from_mut(c), false)?;
+            }
+            let toks = ids(b, 3);
+            let mut times = Vec::new();
+            for _ in 0..runs.max(3) {
+                let seqs: Vec<SeqInput> = toks
+                    .iter()
+                    .map(|t| SeqInput { prompt: None, ids: std::slice::from_ref(t) })
+                    .collect();
+                let t = Instant::now();
+                let (mut x, lens) = m.llama.embed_batch(&seqs)?;
+                m.llama.forward(&mut x, &lens, &mut caches, false)?;
+                let rows: Vec<usize> = (0..b).collect();
+                std::hint::black_box(m.llama.logits(&x, &rows));
+                times.push(t.elapsed().as_secs_f64());
+            }
+            let s = median(times);
+            rows.push(Row {
+                workload: if exact {
+                    "serve decode step, 32 sequences, exact mode"
+                } else {
+                    "serve decode step, 32 sequences, blocked GEMM"
+                },
+                median: s,
+                unit: "s/step",
+                throughput: b as f64 / s,
+                throughput_unit: "tokens/s",
+            });
+        }
+        m.llama.exact = false;
     }
     Ok(rows)
 }

@@ -166,7 +166,7 @@ enum Cmd {
         /// Timed runs per workload (after one warm-up for training).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Only one workload: train, decode or classify.
+        /// Only one workload: train, decode, classify or serve.
         #[arg(long)]
         only: Option<String>,
         #[arg(long)]
@@ -471,8 +471,8 @@ fn run(cli: Cli) -> Result<()> {
             only,
             json,
         } => {
-            let m = load_model(&model)?;
-            let rows = bench::run(&m, runs, only.as_deref())?;
+            let mut m = load_model(&model)?;
+            let rows = bench::run(&mut m, runs, only.as_deref())?;
             bench::print(&rows, json);
         }
         Cmd::Eval {

@@ -351,7 +351,7 @@ fn admin_loads_and_unloads_prompts_inside_the_folder_only() {
     std::fs::write(&meta_path, meta.to_string()).unwrap();
     let (code, v) = post_with(&admin, &json!({ "name": "other" }), Some(key));
     assert_eq!(code, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("other"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("fingerprint"), "{v}");
     // Missing folder.
     assert_eq!(post_with(&admin, &json!({ "name": "absent" }), Some(key)).0, 404);
     // Unload while a request uses the prompt: the request finishes with it (pinned).

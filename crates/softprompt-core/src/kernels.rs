@@ -151,7 +151,23 @@ pub fn linear_rows(
             let mut out = vec![0.0f32; m * rows.len()];
             for (j, &r) in rows.iter().enumerate() {
                 let wr = &w[r * k..(r + 1) * k];
-                for i in 0..m {
+                let mut i = 0;
+                // Four input rows share each load of the weight row; each result is still
+                // exactly `dot(x_i, w_r)`.
+                while i + 4 <= m {
+                    let xs = [
+                        &x[i * k..(i + 1) * k],
+                        &x[(i + 1) * k..(i + 2) * k],
+                        &x[(i + 2) * k..(i + 3) * k],
+                        &x[(i + 3) * k..(i + 4) * k],
+                    ];
+                    let d4 = dot4(xs, wr);
+                    for (t, v) in d4.into_iter().enumerate() {
+                        out[(i + t) * rows.len() + j] = v;
+                    }
+                    i += 4;
+                }
+                for i in i..m {
                     out[i * rows.len() + j] = dot(&x[i * k..(i + 1) * k], wr);
                 }
             }
@@ -227,6 +243,56 @@ unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
         i += 1;
     }
     s
+}
+
+/// `[dot(a[0], b), .., dot(a[3], b)]`, bit-identical to four [`dot`] calls (the same
+/// operations per result, in the same order), with `b` loaded once for all four.
+pub fn dot4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && a.iter().all(|x| x.len() == b.len()) {
+            // SAFETY: the feature was detected at run time; lengths checked.
+            return unsafe { dot4_avx512(a, b) };
+        }
+    }
+    a.map(|x| dot(x, b))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4_avx512(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = b.len();
+    let pb = b.as_ptr();
+    let pa = a.map(|x| x.as_ptr());
+    let mut acc0 = [_mm512_setzero_ps(); 4];
+    let mut acc1 = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        let b0 = _mm512_loadu_ps(pb.add(i));
+        let b1 = _mm512_loadu_ps(pb.add(i + 16));
+        for t in 0..4 {
+            acc0[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pa[t].add(i)), b0, acc0[t]);
+            acc1[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pa[t].add(i + 16)), b1, acc1[t]);
+        }
+        i += 32;
+    }
+    if i + 16 <= n {
+        let b0 = _mm512_loadu_ps(pb.add(i));
+        for t in 0..4 {
+            acc0[t] = _mm512_fmadd_ps(_mm512_loadu_ps(pa[t].add(i)), b0, acc0[t]);
+        }
+        i += 16;
+    }
+    let mut out = [0.0f32; 4];
+    for t in 0..4 {
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+        for j in i..n {
+            s += a[t][j] * b[j];
+        }
+        out[t] = s;
+    }
+    out
 }
 
 /// Linear layer input gradient: `dx[m, k] (+)= dy[m, n] @ w[n, k]`.
@@ -480,6 +546,22 @@ mod tests {
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - 0.5 - w).abs() < 1e-3 * (1.0 + w.abs()), "{g} vs {w}");
             }
+        }
+    }
+
+    /// Every row of `linear_rows` is bit-identical to that row computed alone, whatever `m`
+    /// (the four-row kernel and the one-row tail must agree exactly).
+    #[test]
+    fn linear_rows_is_batch_invariant() {
+        let (n, k) = (70, 203); // k: 6 blocks of 32, a 16-block and a scalar tail
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.3).collect();
+        let x: Vec<f32> = (0..9 * k).map(|i| ((i * 5 % 17) as f32 - 8.0) / 9.1).collect();
+        let mut all = vec![0.0; 9 * n];
+        linear_rows(&x, &w, 9, n, k, &mut all, false);
+        for i in 0..9 {
+            let mut one = vec![0.0; n];
+            linear_rows(&x[i * k..(i + 1) * k], &w, 1, n, k, &mut one, false);
+            assert_eq!(&all[i * n..(i + 1) * n], &one[..], "row {i}");
         }
     }
 

@@ -472,11 +472,15 @@ impl Worker {
                 done.push((i, f));
             }
         }
+        let mut finished = Vec::with_capacity(done.len());
         for &(i, f) in done.iter().rev() {
-            let a = self.active.swap_remove(i);
             self.caches.swap_remove(i);
+            finished.push((self.active.swap_remove(i), f));
+        }
+        // Gauges first: a client that hears "done" sees them already updated.
+        self.stats.active.store(self.active.len(), Ordering::Relaxed);
+        for (a, f) in finished {
             self.finish(a, f);
         }
-        self.stats.active.store(self.active.len(), Ordering::Relaxed);
     }
 }
