@@ -505,3 +505,35 @@ fn classify_uses_the_prompts_task_and_matches_the_cli() {
     assert_eq!(code, 200, "{v}");
     let _: PathBuf = prompts;
 }
+
+#[test]
+fn chat_completions_render_the_models_template() {
+    let s = start(&[]);
+    let q = "What is the capital of France?";
+    let (code, chat) = post(
+        &format!("{}/v1/chat/completions", s.url),
+        &json!({ "model": "base", "messages": [{ "role": "user", "content": q }], "max_tokens": 12, "temperature": 0.0 }),
+    );
+    assert_eq!(code, 200, "{chat}");
+    assert_eq!(chat["object"], "chat.completion");
+    let answer = chat["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(answer.contains("Paris"), "{chat}");
+    // SmolLM2's template, written out: the same ids, the same answer.
+    let rendered = format!(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let plain = completion(&s, "base", &rendered, json!({ "max_tokens": 12 }));
+    assert_eq!(plain["usage"]["prompt_tokens"], chat["usage"]["prompt_tokens"]);
+    assert_eq!(plain["softprompt"]["token_ids"], chat["softprompt"]["token_ids"]);
+    // Bad messages are the client's fault.
+    let (code, _) = post(
+        &format!("{}/v1/chat/completions", s.url),
+        &json!({ "model": "base", "messages": [] }),
+    );
+    assert_eq!(code, 422);
+    let (code, _) = post(
+        &format!("{}/v1/chat/completions", s.url),
+        &json!({ "model": "base", "messages": [{ "role": 3, "content": "x" }] }),
+    );
+    assert_eq!(code, 422);
+}

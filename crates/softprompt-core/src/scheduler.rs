@@ -423,12 +423,16 @@ impl Worker {
         }
     }
 
-    fn finish(&self, mut a: Active, f: Finish) {
+    fn count(&self, f: Finish) {
         if f == Finish::Cancelled {
             self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
         } else {
             self.stats.finished.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn finish(&self, mut a: Active, f: Finish) {
+        self.count(f);
         (a.req.sink)(Event::Done(f));
     }
 
@@ -477,10 +481,13 @@ impl Worker {
             self.caches.swap_remove(i);
             finished.push((self.active.swap_remove(i), f));
         }
-        // Gauges first: a client that hears "done" sees them already updated.
+        // Counters first: whoever sees the gauge drop or hears "done" sees them updated.
+        for (_, f) in &finished {
+            self.count(*f);
+        }
         self.stats.active.store(self.active.len(), Ordering::Relaxed);
-        for (a, f) in finished {
-            self.finish(a, f);
+        for (mut a, f) in finished {
+            (a.req.sink)(Event::Done(f));
         }
     }
 }

@@ -116,11 +116,13 @@ fn tiny_model() -> LoadedWeights {
         tokenizer: tokenizer(),
         source: "test".into(),
         stored_dtype: "f32".into(),
+        chat_template: Some("{% for m in messages %}{{ m['content'] }}{% endfor %}".into()),
     }
 }
 
 fn assert_same(a: &LoadedWeights, b: &LoadedWeights) {
     assert_eq!(a.config, b.config);
+    assert_eq!(a.chat_template, b.chat_template, "chat template lost in the round trip");
     let mut names_a: Vec<_> = a.weights.keys().collect();
     let mut names_b: Vec<_> = b.weights.keys().collect();
     names_a.sort();

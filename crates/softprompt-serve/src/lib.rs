@@ -82,6 +82,8 @@ impl Default for ServeConfig {
 
 struct AppState {
     cfg: ServeConfig,
+    /// The model's chat template, compiled; `None`: no /v1/chat/completions.
+    chat: Option<minijinja::Environment<'static>>,
     model: Arc<FrozenModel>,
     registry: Registry,
     scheduler: Scheduler,
@@ -165,7 +167,14 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(cfg.bind)
             .await
             .map_err(|e| ServeError::Internal(format!("bind {}: {e}", cfg.bind)))?;
+        let chat = match &model.chat_template {
+            Some(t) => Some(chat_env(t).map_err(|e| {
+                ServeError::Internal(format!("the model's chat template does not compile: {e}"))
+            })?),
+            None => None,
+        };
         let state = Arc::new(AppState {
+            chat,
             cfg,
             model,
             registry,
@@ -208,6 +217,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/classify", post(classify))
         .route("/admin/prompts", get(admin_list).post(admin_load))
         .route("/admin/prompts/{name}", delete(admin_unload))
@@ -321,6 +331,9 @@ struct CompletionRequest {
     frequency_penalty: Option<f64>,
     #[serde(default)]
     ignore_eos: bool,
+    /// Chat: without max_tokens, generate until EOS (up to --max-output-tokens and the context).
+    #[serde(skip)]
+    until_eos: bool,
 }
 
 /// A validated completion request.
@@ -330,6 +343,8 @@ struct Job {
     sampling: Sampling,
     stop: Vec<String>,
     stream: bool,
+    /// Answer in the chat format (`chat.completion`, `message`/`delta`).
+    chat: bool,
 }
 
 fn invalid(msg: impl Into<String>) -> ServeError {
@@ -392,7 +407,12 @@ impl AppState {
                 self.cfg.max_input_tokens
             )));
         }
-        let max_tokens = r.max_tokens.unwrap_or(16);
+        let ctx = self.model.llama.max_positions();
+        let max_tokens = r.max_tokens.unwrap_or(if r.until_eos {
+            self.cfg.max_output_tokens.min(ctx.saturating_sub(input)).max(1) as i64
+        } else {
+            16
+        });
         if max_tokens < 1 || max_tokens as u64 > self.cfg.max_output_tokens as u64 {
             return Err(invalid(format!(
                 "max_tokens must be in 1..={} (--max-output-tokens), got {max_tokens}",
@@ -400,7 +420,6 @@ impl AppState {
             )));
         }
         let max_tokens = max_tokens as usize;
-        let ctx = self.model.llama.max_positions();
         if input + max_tokens > ctx {
             return Err(invalid(format!(
                 "{input} input + {max_tokens} new tokens exceed the model's context of {ctx}"
@@ -448,6 +467,7 @@ impl AppState {
             },
             stop,
             stream: r.stream,
+            chat: false,
         })
     }
 
@@ -557,7 +577,18 @@ async fn completions(
     State(s): St,
     b: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
-    match completions_inner(s.clone(), b).await {
+    let r = body(b).and_then(|r| {
+        let slot = s.admit()?;
+        Ok((slot, s.validate(r)?))
+    });
+    finish_response(&s, match r {
+        Ok((slot, job)) => run_job(s.clone(), slot, job).await,
+        Err(e) => Err(e),
+    })
+}
+
+fn finish_response(s: &AppState, r: Result<Response, ServeError>) -> Response {
+    match r {
         Ok(r) => r,
         Err(e) => {
             if e.status().is_server_error() {
@@ -571,13 +602,13 @@ async fn completions(
     }
 }
 
-async fn completions_inner(
-    s: Arc<AppState>,
-    b: Result<Json<CompletionRequest>, JsonRejection>,
-) -> Result<Response, ServeError> {
-    let slot = s.admit()?;
-    let job = s.validate(body(b)?)?;
-    let id = format!("cmpl-{}", s.next_id.fetch_add(1, Ordering::Relaxed));
+/// Run an admitted, validated job: a JSON answer or an SSE stream.
+async fn run_job(s: Arc<AppState>, slot: Slot, job: Job) -> Result<Response, ServeError> {
+    let id = format!(
+        "{}-{}",
+        if job.chat { "chatcmpl" } else { "cmpl" },
+        s.next_id.fetch_add(1, Ordering::Relaxed)
+    );
     let created = now_unix();
     let (rx, cancel) = s.submit(&job)?;
     let deadline = tokio::time::Instant::now() + s.cfg.timeout;
@@ -618,12 +649,17 @@ async fn completions_inner(
         .fetch_add(ids.len() as u64, Ordering::Relaxed);
     drop(slot);
     let sp = &job.entry.served;
+    let choice = if job.chat {
+        json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": null })
+    } else {
+        json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": null })
+    };
     Ok(Json(json!({
         "id": id,
-        "object": "text_completion",
+        "object": if job.chat { "chat.completion" } else { "text_completion" },
         "created": created,
         "model": sp.name,
-        "choices": [{ "index": 0, "text": text, "finish_reason": finish, "logprobs": null }],
+        "choices": [choice],
         "usage": {
             "prompt_tokens": job.ids.len(),
             "completion_tokens": ids.len(),
@@ -690,12 +726,17 @@ fn stream_response(
         }
         let chunk = |st: &StreamState, text: &str, finish: Option<&str>| {
             let sp = &st.job.entry.served;
+            let choice = if st.job.chat {
+                json!({ "index": 0, "delta": { "content": text }, "finish_reason": finish, "logprobs": null })
+            } else {
+                json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": null })
+            };
             let mut v = json!({
                 "id": st.id,
-                "object": "text_completion",
+                "object": if st.job.chat { "chat.completion.chunk" } else { "text_completion" },
                 "created": st.created,
                 "model": sp.name,
-                "choices": [{ "index": 0, "text": text, "finish_reason": finish, "logprobs": null }],
+                "choices": [choice],
             });
             if finish.is_some() {
                 v["usage"] = json!({
@@ -755,6 +796,119 @@ fn stream_response(
         }
     });
     Sse::new(stream).into_response()
+}
+
+// ---------------------------------------------------------------- chat
+
+/// A Jinja environment holding the model's chat template as "chat", with the helpers HF
+/// templates use (`raise_exception`, Python string methods).
+fn chat_env(template: &str) -> Result<minijinja::Environment<'static>, minijinja::Error> {
+    let mut env = minijinja::Environment::new();
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template_owned("chat", template.to_string())?;
+    Ok(env)
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<Value>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    min_tokens: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    stop: Option<StopInput>,
+    n: Option<i64>,
+    logprobs: Option<Value>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    #[serde(default)]
+    ignore_eos: bool,
+}
+
+impl AppState {
+    /// Render the messages with the chat template and tokenize them.
+    fn render_chat(&self, messages: &[Value]) -> Result<Vec<i64>, ServeError> {
+        let env = self.chat.as_ref().ok_or_else(|| {
+            ServeError::NotFound("this model has no chat template: use /v1/completions".into())
+        })?;
+        if messages.is_empty() {
+            return Err(invalid("messages must not be empty"));
+        }
+        // Normalise content: a string, or a list of {type: text, text} parts joined.
+        let mut msgs = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            let role = m["role"]
+                .as_str()
+                .ok_or_else(|| invalid(format!("messages[{i}].role must be a string")))?;
+            let content = match &m["content"] {
+                Value::String(c) => c.clone(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .map(|p| p["text"].as_str().map(String::from))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| invalid(format!("messages[{i}].content: only text parts are supported")))?
+                    .join(""),
+                _ => return Err(invalid(format!("messages[{i}].content must be a string"))),
+            };
+            msgs.push(json!({ "role": role, "content": content }));
+        }
+        let tok = |id: Option<u32>| id.and_then(|i| self.model.tokenizer.id_to_token(i)).unwrap_or_default();
+        let text = env
+            .get_template("chat")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => msgs,
+                    add_generation_prompt => true,
+                    bos_token => tok(self.model.llama.cfg.bos_token_id),
+                    eos_token => tok(self.model.eos_ids().first().copied()),
+                })
+            })
+            .map_err(|e| invalid(format!("chat template: {e}")))?;
+        Ok(self.encode(&text)?.into_iter().map(i64::from).collect())
+    }
+}
+
+async fn chat_completions(State(s): St, b: Result<Json<ChatRequest>, JsonRejection>) -> Response {
+    let r = body(b).and_then(|r| {
+        let slot = s.admit()?;
+        let ids = s.render_chat(&r.messages)?;
+        let mut job = s.validate(CompletionRequest {
+            model: r.model,
+            prompt: Some(PromptInput::Ids(ids)),
+            max_tokens: r.max_completion_tokens.or(r.max_tokens),
+            min_tokens: r.min_tokens,
+            temperature: r.temperature,
+            top_p: r.top_p,
+            top_k: r.top_k,
+            seed: r.seed,
+            stream: r.stream,
+            stop: r.stop,
+            n: r.n,
+            best_of: None,
+            echo: false,
+            logprobs: r.logprobs,
+            presence_penalty: r.presence_penalty,
+            frequency_penalty: r.frequency_penalty,
+            ignore_eos: r.ignore_eos,
+            until_eos: true,
+        })?;
+        job.chat = true;
+        Ok((slot, job))
+    });
+    finish_response(&s, match r {
+        Ok((slot, job)) => run_job(s.clone(), slot, job).await,
+        Err(e) => Err(e),
+    })
 }
 
 // ---------------------------------------------------------------- classify

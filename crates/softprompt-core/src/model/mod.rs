@@ -23,6 +23,8 @@ pub struct FrozenModel {
     /// [`prompt::model_fingerprint`]: prompts record it and are refused on another model.
     pub fingerprint: String,
     pub tokenizer_fingerprint: String,
+    /// Jinja chat template, when the model has one.
+    pub chat_template: Option<String>,
 }
 
 impl FrozenModel {
@@ -38,6 +40,7 @@ impl FrozenModel {
             tokenizer,
             source,
             stored_dtype,
+            chat_template,
         } = lw;
         let llama = llama::Llama::new(config, weights, &source)?;
         let fingerprint = prompt::model_fingerprint(&llama.cfg, &llama.embed);
@@ -49,6 +52,7 @@ impl FrozenModel {
             stored_dtype,
             fingerprint,
             tokenizer_fingerprint,
+            chat_template,
         })
     }
 

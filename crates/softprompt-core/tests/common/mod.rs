@@ -118,6 +118,7 @@ pub fn tiny_demo_model(seed: u64) -> softprompt_core::model::FrozenModel {
         tokenizer,
         source: "tiny-demo".into(),
         stored_dtype: "f32".into(),
+        chat_template: None,
     })
     .unwrap()
 }

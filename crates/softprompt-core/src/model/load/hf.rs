@@ -26,6 +26,39 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
+/// The chat template: `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`
+/// (a string, or a list of `{name, template}` of which "default" is taken).
+fn read_chat_template(dir: &Path) -> Result<Option<String>> {
+    const MAX: u64 = 1 << 20;
+    let small = |p: &Path| -> Result<Option<String>> {
+        match std::fs::metadata(p) {
+            Err(_) => Ok(None),
+            Ok(m) if m.len() > MAX => Err(Error::format(p, format!("larger than {MAX} bytes"))),
+            Ok(_) => std::fs::read_to_string(p).map(Some).map_err(|e| Error::io(p, e)),
+        }
+    };
+    if let Some(t) = small(&dir.join(CHAT_TEMPLATE_FILE))? {
+        return Ok(Some(t));
+    }
+    let p = dir.join(TOKENIZER_CONFIG_FILE);
+    let Some(text) = small(&p)? else {
+        return Ok(None);
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("not JSON: {e}")))?;
+    Ok(match &v["chat_template"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(String::from),
+        _ => None,
+    })
+}
 
 /// Load a Hugging Face model folder (Llama, Mistral or Qwen2 architecture).
 pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
@@ -98,6 +131,7 @@ pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
         tokenizer,
         source: dir.display().to_string(),
         stored_dtype,
+        chat_template: read_chat_template(dir)?,
     })
 }
 
@@ -402,6 +436,9 @@ fn write_folder(tmp: &Path, lw: &LoadedWeights, max_shard_bytes: Option<usize>) 
     lw.tokenizer
         .save(&tok_path, false)
         .map_err(|e| Error::io(&tok_path, std::io::Error::other(e.to_string())))?;
+    if let Some(t) = &lw.chat_template {
+        write_file(&tmp.join(CHAT_TEMPLATE_FILE), t.as_bytes())?;
+    }
     Ok(())
 }
 

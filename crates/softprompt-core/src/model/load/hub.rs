@@ -120,6 +120,12 @@ pub fn load_hub(repo: &str, revision: Option<&str>) -> Result<LoadedWeights> {
         TOKENIZER_FILE.into(),
         weights_file.into(),
     ];
+    // Optional: the chat template.
+    for f in [hf::TOKENIZER_CONFIG_FILE, hf::CHAT_TEMPLATE_FILE] {
+        if listed(f) {
+            wanted.push(f.into());
+        }
+    }
     let mut i = 0;
     while i < wanted.len() {
         let file = wanted[i].clone();

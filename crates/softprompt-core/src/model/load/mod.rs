@@ -21,6 +21,9 @@ pub struct LoadedWeights {
     pub source: String,
     /// How the weights were stored, e.g. "GGUF (Q4_1, Q8_0) dequantized to f32".
     pub stored_dtype: String,
+    /// Jinja chat template (GGUF `tokenizer.chat_template`, HF `tokenizer_config.json`
+    /// `chat_template` or `chat_template.jinja`), when the model has one.
+    pub chat_template: Option<String>,
 }
 
 /// The alias of the default model.

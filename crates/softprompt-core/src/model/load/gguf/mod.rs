@@ -59,6 +59,7 @@ pub fn load_gguf(path: &Path) -> Result<LoadedWeights> {
         tokenizer,
         source: path.display().to_string(),
         stored_dtype: stored_dtype(&gguf),
+        chat_template: gguf.opt_str("tokenizer.chat_template")?.map(String::from),
     })
 }
 
