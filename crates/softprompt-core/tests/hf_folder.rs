@@ -172,7 +172,7 @@ fn round_trip_single_file() {
     save_hf_folder(&dir, &lw, None).unwrap();
     assert_eq!(
         file_names(&dir),
-        ["config.json", "model.safetensors", "tokenizer.json"]
+        ["chat_template.jinja", "config.json", "model.safetensors", "tokenizer.json"]
     );
     // Nothing but the folder itself is left in the parent (the temp folder was renamed).
     assert_eq!(file_names(tmp.path()), ["tiny"]);
