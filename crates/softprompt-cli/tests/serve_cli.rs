@@ -537,3 +537,32 @@ fn chat_completions_render_the_models_template() {
     );
     assert_eq!(code, 422);
 }
+
+#[test]
+fn timeout_and_oversized_headers_are_refused_cleanly() {
+    let s = start(&["--timeout-s", "1", "--max-output-tokens", "500"]);
+    let t = Instant::now();
+    let (code, v) = post(
+        &format!("{}/v1/completions", s.url),
+        &json!({ "model": "base", "prompt": "Tell me a story.", "max_tokens": 500, "ignore_eos": true }),
+    );
+    assert_eq!(code, 504, "{v}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    // The timed-out generation stops.
+    let t = Instant::now();
+    while metric(&s.url, "softprompt_active_sequences") > 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "timed-out generation kept running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&s.url, "softprompt_timeouts_total"), 1.0);
+    // A 1 MiB header: a 4xx status line, and the server stays up.
+    let addr = s.url.trim_start_matches("http://");
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    let big = "a".repeat(1 << 20);
+    let _ = write!(sock, "GET /health HTTP/1.1\r\nHost: {addr}\r\nX-Big: {big}\r\n\r\n");
+    let mut resp = String::new();
+    let _ = BufReader::new(sock).read_line(&mut resp);
+    let code: u16 = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    assert!((400..500).contains(&code), "status line {resp:?}");
+    assert_eq!(get(&format!("{}/health", s.url), None).0, 200);
+}
