@@ -804,6 +804,10 @@ fn stream_response(
 /// templates use (`raise_exception`, Python string methods).
 fn chat_env(template: &str) -> Result<minijinja::Environment<'static>, minijinja::Error> {
     let mut env = minijinja::Environment::new();
+    // The template comes from the model file: bound its work (a chat template needs a few
+    // thousand instructions per message).
+    env.set_fuel(Some(1_000_000));
+    env.set_recursion_limit(64);
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
