@@ -26,6 +26,30 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// Largest `config.json` read (real ones are a few KiB).
+pub const MAX_CONFIG_JSON_BYTES: u64 = 16 << 20;
+/// Largest `tokenizer.json` read (the largest real ones, 256k-token vocabularies, are
+/// about 35 MB; parsing takes a small multiple of the file size in memory).
+pub const MAX_TOKENIZER_JSON_BYTES: u64 = 128 << 20;
+/// Largest `model.safetensors.index.json` read (real ones are well under 1 MiB).
+pub const MAX_INDEX_JSON_BYTES: u64 = 64 << 20;
+
+/// Read an opened JSON side file whole, refusing more than `cap` bytes (it reads at most
+/// `cap + 1` bytes to find out).
+fn read_capped(path: &Path, file: File, cap: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(path, e))?;
+    if buf.len() as u64 > cap {
+        return Err(Error::format(
+            path,
+            format!("larger than {} MiB; refusing to read it", cap >> 20),
+        ));
+    }
+    Ok(buf)
+}
 
 /// Load a Hugging Face model folder (Llama, Mistral or Qwen2 architecture).
 pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
@@ -104,7 +128,7 @@ pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
 /// Read and check `config.json`: well-formed JSON, a supported `model_type`, Llama-family fields.
 pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let file = File::open(&path).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::io(
                 &path,
@@ -117,7 +141,8 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
             Error::io(&path, e)
         }
     })?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let bytes = read_capped(&path, file, MAX_CONFIG_JSON_BYTES)?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
     let model_type = value
         .get("model_type")
@@ -135,7 +160,7 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
             ),
         ));
     }
-    serde_json::from_str(&text)
+    serde_json::from_slice(&bytes)
         .map_err(|e| Error::format(&path, format!("not a usable {model_type} config: {e}")))
 }
 
@@ -152,15 +177,18 @@ fn read_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
             std::io::Error::new(ErrorKind::NotFound, format!("missing{hint}")),
         ));
     }
-    tokenizers::Tokenizer::from_file(&path)
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = read_capped(&path, file, MAX_TOKENIZER_JSON_BYTES)?;
+    tokenizers::Tokenizer::from_bytes(&bytes)
         .map_err(|e| Error::format(&path, format!("cannot read tokenizer: {e}")))
 }
 
 /// Parse `model.safetensors.index.json`: the distinct shard files (in first-seen order, each a
 /// plain relative path inside the folder) and the tensor → shard map.
 pub fn read_index(path: &Path) -> Result<(Vec<String>, BTreeMap<String, String>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_capped(path, file, MAX_INDEX_JSON_BYTES)?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
     let map = value
         .get("weight_map")
