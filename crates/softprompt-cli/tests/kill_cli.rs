@@ -5,8 +5,8 @@
 //! uninterrupted run's checkpoint of the same step; in the end the resumed run's losses,
 //! evaluations and final prompt must equal the uninterrupted run's, bit for bit.
 //!
-//! A tiny random model (an HF folder written by the test) keeps it fast: 60 kills in about
-//! 10 s on 2 cores. (`train_cli.rs` kills a run of the real model once and also checks
+//! A tiny random model (an HF folder written by the test) keeps it fast: up to 100 kills in
+//! about 10 s on 2 cores. (`train_cli.rs` kills a run of the real model once and also checks
 //! eval and classify with the result.) `SOFTPROMPT_KILL_SEED` replays a given kill schedule,
 //! `SOFTPROMPT_KILLS` changes the number of kills.
 
@@ -20,7 +20,7 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_softprompt"))
 }
 
-const STEPS: u64 = 60;
+const STEPS: u64 = 100;
 
 /// A tiny random Llama as an HF folder, with a word-level tokenizer over the demo task.
 fn tiny_model(dir: &Path) -> PathBuf {
@@ -84,16 +84,14 @@ fn train(model: &Path, out: &Path, keep: &str) -> Command {
     c
 }
 
-/// The step and eval lines of the log, without timings.
+/// The step and eval lines of the log, without the time spent.
 fn log_lines(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("train_log.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .map(|mut v| {
-            for k in ["seconds", "elapsed", "time", "secs", "examples_per_second", "tokens_per_second"] {
-                v.as_object_mut().unwrap().remove(k);
-            }
+            v.as_object_mut().unwrap().remove("seconds"); // wall-clock training time
             v
         })
         .collect()
@@ -163,7 +161,7 @@ fn sigkill_at_random_moments_then_resume_is_bit_exact() {
     let kills: usize = std::env::var("SOFTPROMPT_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(100);
     eprintln!("uninterrupted run: {full:?}; kill seed {seed} (SOFTPROMPT_KILL_SEED to replay), {kills} kills");
     let mut rng = Rng(seed);
 
@@ -186,12 +184,8 @@ fn sigkill_at_random_moments_then_resume_is_bit_exact() {
         }
         let mut child = cmd.spawn().unwrap();
         std::thread::sleep(Duration::from_micros(rng.below(window)));
-        let finished = child.try_wait().unwrap().is_some();
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().unwrap();
-        if !finished {
-            assert!(!status.success(), "kill {k}: the run was not killed");
-        }
+        let _ = child.kill(); // SIGKILL (a no-op if the run already finished)
+        child.wait().unwrap();
 
         // Evidence of where the kill landed: new leftovers of an interrupted save.
         let now = leftovers(&ckpts);
@@ -239,10 +233,11 @@ fn sigkill_at_random_moments_then_resume_is_bit_exact() {
     let mut cmd = train(&model, &b, "2");
     assert!(cmd.arg("--resume").status().unwrap().success());
     assert_eq!(log_lines(&a), log_lines(&b), "resumed run's log differs (seed {seed})");
-    for f in ["adapter_model.safetensors", "adapter_config.json"] {
-        let pa = std::fs::read(a.join("last").join(f)).unwrap();
-        let pb = std::fs::read(b.join("last").join(f)).unwrap();
-        assert_eq!(pa, pb, "final {f} differs (seed {seed})");
+    // The final prompt (last/) and the best one (saved at evaluations, beside the log).
+    for f in ["last/adapter_model.safetensors", "last/adapter_config.json", "adapter_model.safetensors"] {
+        let pa = std::fs::read(a.join(f)).unwrap();
+        let pb = std::fs::read(b.join(f)).unwrap();
+        assert_eq!(pa, pb, "{f} differs (seed {seed})");
     }
     let last = load_latest(&ckpts).unwrap().unwrap();
     assert!(same_tensors(&last, &reference[STEPS as usize - 1]));

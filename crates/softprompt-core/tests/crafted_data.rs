@@ -205,3 +205,25 @@ fn the_allocation_meter_sees_large_allocations() {
     let (_, small) = crafted_common::measure(|| vec![1u8; 100]);
     assert!(small < 4096, "{small}");
 }
+
+#[test]
+fn task_file_larger_than_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = serde_json::json!({"name": "t", "kind": "classification"});
+    spec["padding"] = serde_json::json!("x".repeat(2 << 20));
+    let p = write(dir.path(), "task.json", spec.to_string().as_bytes());
+    expect_err(&p, &["larger than 1048576 bytes: not a task spec"], || {
+        softprompt_core::data::load_task_file(&p)
+    });
+}
+
+#[test]
+fn task_file_not_json() {
+    read_refused_task(b"name: sst2\n", &["not a valid task spec"]);
+}
+
+fn read_refused_task(content: &[u8], needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "task.json", content);
+    expect_err(&p, needles, || softprompt_core::data::load_task_file(&p));
+}
