@@ -116,11 +116,16 @@ pub const MAX_TASK_FILE_BYTES: u64 = 1 << 20;
 pub fn load_task_file(path: &Path) -> Result<TaskSpec> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let too_big = file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() > MAX_TASK_FILE_BYTES);
     let mut bytes = Vec::new();
-    file.take(MAX_TASK_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > MAX_TASK_FILE_BYTES {
+    if !too_big {
+        file.take(MAX_TASK_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    if too_big || bytes.len() as u64 > MAX_TASK_FILE_BYTES {
         return Err(Error::format(
             path,
             format!("larger than {MAX_TASK_FILE_BYTES} bytes: not a task spec"),

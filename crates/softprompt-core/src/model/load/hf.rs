@@ -34,15 +34,21 @@ pub const MAX_TOKENIZER_JSON_BYTES: u64 = 128 << 20;
 /// Largest `model.safetensors.index.json` read (real ones are well under 1 MiB).
 pub const MAX_INDEX_JSON_BYTES: u64 = 64 << 20;
 
-/// Read an opened JSON side file whole, refusing more than `cap` bytes (it reads at most
-/// `cap + 1` bytes to find out).
+/// Read an opened JSON side file whole, refusing more than `cap` bytes (a larger regular
+/// file without reading it; anything else after reading at most `cap + 1` bytes).
 fn read_capped(path: &Path, file: File, cap: u64) -> Result<Vec<u8>> {
     use std::io::Read;
+    // A regular file's size is known: refuse it before reading anything.
+    let too_big = file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() > cap);
     let mut buf = Vec::new();
-    file.take(cap + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(path, e))?;
-    if buf.len() as u64 > cap {
+    if !too_big {
+        file.take(cap + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    if too_big || buf.len() as u64 > cap {
         return Err(Error::format(
             path,
             format!("larger than {} MiB; refusing to read it", cap >> 20),
