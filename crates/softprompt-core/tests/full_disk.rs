@@ -147,6 +147,7 @@ fn checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint() {
         let old = ckpt(1, 4096); // 32 KiB of tensors
         let new = ckpt(2, 4096);
         let (mut failed, mut succeeded) = (0, 0);
+        let mut stages: Vec<String> = Vec::new();
         // Leave 0, 4, 8, ... 96 KiB free: the save runs out of space at every stage
         // (temp folder, tensors file, state.json, the `latest` pointer) or succeeds.
         for free_kib in (0..=96).step_by(4) {
@@ -165,6 +166,18 @@ fn checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint() {
                 Err(e) => {
                     failed += 1;
                     let msg = e.to_string();
+                    // Which write ran out of space: the last path component named.
+                    let what = msg.split(": ").next().unwrap_or("").rsplit('/').next().unwrap_or("");
+                    let what = if what.starts_with(".tmp-latest") {
+                        "latest"
+                    } else if what.starts_with(".tmp-ckpt") {
+                        "the temp folder"
+                    } else {
+                        what
+                    };
+                    if !stages.contains(&what.to_string()) {
+                        stages.push(what.to_string());
+                    }
                     assert!(msg.contains(&*dir.to_string_lossy()), "{free_kib} KiB free: {msg}");
                     assert!(msg.contains("No space left on device"), "{free_kib} KiB free: {msg}");
                     assert_eq!(fs::read(dir.join("latest")).unwrap(), latest_before);
@@ -178,7 +191,7 @@ fn checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint() {
                 }
             }
         }
-        eprintln!("full-disk checkpoint saves: {failed} failed cleanly, {succeeded} fit");
+        eprintln!("full-disk checkpoint saves: {failed} failed cleanly (out of space writing: {stages:?}), {succeeded} fit");
         assert!(failed > 0 && succeeded > 0, "the sweep must cover both outcomes");
     });
 }
