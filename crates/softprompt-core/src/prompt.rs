@@ -549,11 +549,18 @@ fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
             Error::io(path, e)
         }
     })?;
+    // A regular file's size is known: refuse it before reading anything. (The `take`
+    // below still bounds what is read from a pipe or a file that grows.)
+    let too_big = f
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() > max);
     let mut buf = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(path, e))?;
-    if buf.len() as u64 > max {
+    if !too_big {
+        f.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    if too_big || buf.len() as u64 > max {
         return Err(Error::format(
             path,
             format!("larger than {max} bytes: not a {what}"),
@@ -589,7 +596,21 @@ fn read_adapter_config(path: &Path) -> Result<AdapterConfig> {
         MAX_CONFIG_BYTES,
         "adapter_config.json (PEFT adapter config)",
     )?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
+    parse_adapter_config(path, &bytes)
+}
+
+/// Parse and validate the bytes of an `adapter_config.json` exactly as
+/// [`SoftPrompt::load`] does (size cap, JSON, `peft_type`, `task_type`, limits on
+/// `num_virtual_tokens` and `token_dim`); `path` only names the file in errors.
+/// Bytes-in entry point for fuzzing (`fuzz/fuzz_targets/adapter_config.rs`).
+pub fn parse_adapter_config(path: &Path, bytes: &[u8]) -> Result<AdapterConfig> {
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::format(
+            path,
+            format!("larger than {MAX_CONFIG_BYTES} bytes: not a adapter_config.json (PEFT adapter config)"),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Error::format(path, format!("malformed JSON: {e}")))?;
     let obj = value
         .as_object()
@@ -702,8 +723,32 @@ fn read_adapter_config(path: &Path) -> Result<AdapterConfig> {
 /// data is read: header length against the file size, then shape and dtype against the
 /// config, then the exact file size.
 fn read_prompt_tensor(path: &Path, rows: usize, token_dim: Option<usize>) -> Result<Tensor> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    read_prompt_tensor_from(path, f, len, rows, token_dim)
+}
+
+/// Parse the bytes of an `adapter_model.safetensors` exactly as [`SoftPrompt::load`]
+/// does, expecting `prompt_embeddings` of `rows` rows and, if given, `token_dim`
+/// columns (from the adapter config); `path` only names the file in errors.
+/// Bytes-in entry point for fuzzing (`fuzz/fuzz_targets/prompt_safetensors.rs`).
+pub fn parse_prompt_safetensors(
+    path: &Path,
+    bytes: &[u8],
+    rows: usize,
+    token_dim: Option<usize>,
+) -> Result<Tensor> {
+    read_prompt_tensor_from(path, bytes, bytes.len() as u64, rows, token_dim)
+}
+
+/// [`read_prompt_tensor`] over any reader of `len` bytes.
+fn read_prompt_tensor_from(
+    path: &Path,
+    mut f: impl Read,
+    len: u64,
+    rows: usize,
+    token_dim: Option<usize>,
+) -> Result<Tensor> {
     let corrupt = |msg: String| Error::format(path, msg);
     if len < 8 {
         return Err(corrupt(format!(

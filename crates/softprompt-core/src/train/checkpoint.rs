@@ -230,11 +230,17 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Read at most `cap` bytes of `path`; a larger file is a format error.
 fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    // A regular file's size is known: refuse it before reading anything.
+    let too_big = f
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() > cap);
     let mut buf = Vec::new();
-    f.take(cap + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(path, e))?;
-    if buf.len() as u64 > cap {
+    if !too_big {
+        f.take(cap + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    if too_big || buf.len() as u64 > cap {
         return Err(Error::format(
             path,
             format!("{what} is larger than {cap} bytes"),

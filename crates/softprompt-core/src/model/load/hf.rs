@@ -29,26 +29,31 @@ pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
 
+/// Largest chat template / `tokenizer_config.json` read (real ones are a few KiB).
+pub const MAX_CHAT_TEMPLATE_BYTES: u64 = 1 << 20;
+
 /// The chat template: `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`
 /// (a string, or a list of `{name, template}` of which "default" is taken).
 fn read_chat_template(dir: &Path) -> Result<Option<String>> {
-    const MAX: u64 = 1 << 20;
-    let small = |p: &Path| -> Result<Option<String>> {
-        match std::fs::metadata(p) {
-            Err(_) => Ok(None),
-            Ok(m) if m.len() > MAX => Err(Error::format(p, format!("larger than {MAX} bytes"))),
-            Ok(_) => std::fs::read_to_string(p).map(Some).map_err(|e| Error::io(p, e)),
+    let small = |p: &Path| -> Result<Option<Vec<u8>>> {
+        match File::open(p) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(p, e)),
+            Ok(f) => read_capped(p, f, MAX_CHAT_TEMPLATE_BYTES).map(Some),
         }
     };
-    if let Some(t) = small(&dir.join(CHAT_TEMPLATE_FILE))? {
-        return Ok(Some(t));
+    let p = dir.join(CHAT_TEMPLATE_FILE);
+    if let Some(t) = small(&p)? {
+        return String::from_utf8(t)
+            .map(Some)
+            .map_err(|_| Error::format(&p, "not UTF-8"));
     }
     let p = dir.join(TOKENIZER_CONFIG_FILE);
-    let Some(text) = small(&p)? else {
+    let Some(bytes) = small(&p)? else {
         return Ok(None);
     };
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("not JSON: {e}")))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::format(&p, format!("not JSON: {e}")))?;
     Ok(match &v["chat_template"] {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Array(list) => list
@@ -58,6 +63,37 @@ fn read_chat_template(dir: &Path) -> Result<Option<String>> {
             .map(String::from),
         _ => None,
     })
+}
+
+/// Largest `config.json` read (real ones are a few KiB).
+pub const MAX_CONFIG_JSON_BYTES: u64 = 16 << 20;
+/// Largest `tokenizer.json` read (the largest real ones, 256k-token vocabularies, are
+/// about 35 MB; parsing takes a small multiple of the file size in memory).
+pub const MAX_TOKENIZER_JSON_BYTES: u64 = 128 << 20;
+/// Largest `model.safetensors.index.json` read (real ones are well under 1 MiB).
+pub const MAX_INDEX_JSON_BYTES: u64 = 64 << 20;
+
+/// Read an opened JSON side file whole, refusing more than `cap` bytes (a larger regular
+/// file without reading it; anything else after reading at most `cap + 1` bytes).
+fn read_capped(path: &Path, file: File, cap: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    // A regular file's size is known: refuse it before reading anything.
+    let too_big = file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() > cap);
+    let mut buf = Vec::new();
+    if !too_big {
+        file.take(cap + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    if too_big || buf.len() as u64 > cap {
+        return Err(Error::format(
+            path,
+            format!("larger than {} MiB; refusing to read it", cap >> 20),
+        ));
+    }
+    Ok(buf)
 }
 
 /// Load a Hugging Face model folder (Llama, Mistral or Qwen2 architecture).
@@ -138,7 +174,7 @@ pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
 /// Read and check `config.json`: well-formed JSON, a supported `model_type`, Llama-family fields.
 pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let file = File::open(&path).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::io(
                 &path,
@@ -151,7 +187,8 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
             Error::io(&path, e)
         }
     })?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let bytes = read_capped(&path, file, MAX_CONFIG_JSON_BYTES)?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
     let model_type = value
         .get("model_type")
@@ -169,7 +206,7 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
             ),
         ));
     }
-    serde_json::from_str(&text)
+    serde_json::from_slice(&bytes)
         .map_err(|e| Error::format(&path, format!("not a usable {model_type} config: {e}")))
 }
 
@@ -186,15 +223,18 @@ fn read_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
             std::io::Error::new(ErrorKind::NotFound, format!("missing{hint}")),
         ));
     }
-    tokenizers::Tokenizer::from_file(&path)
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = read_capped(&path, file, MAX_TOKENIZER_JSON_BYTES)?;
+    tokenizers::Tokenizer::from_bytes(&bytes)
         .map_err(|e| Error::format(&path, format!("cannot read tokenizer: {e}")))
 }
 
 /// Parse `model.safetensors.index.json`: the distinct shard files (in first-seen order, each a
 /// plain relative path inside the folder) and the tensor → shard map.
 pub fn read_index(path: &Path) -> Result<(Vec<String>, BTreeMap<String, String>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_capped(path, file, MAX_INDEX_JSON_BYTES)?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
     let map = value
         .get("weight_map")

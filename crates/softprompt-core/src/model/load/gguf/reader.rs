@@ -196,10 +196,27 @@ impl GgufTensorInfo {
     }
 }
 
+/// The bytes of a GGUF file: memory-mapped ([`GgufFile::open`]) or owned
+/// ([`GgufFile::from_bytes`]).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// An open, validated GGUF file. The tensor data stays memory-mapped until dequantized.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Bytes,
     version: u32,
     metadata: BTreeMap<String, GgufValue>,
     /// In file order.
@@ -399,10 +416,27 @@ impl GgufFile {
         // SAFETY: the map is read-only; like every mmap-based loader we assume the file is not
         // truncated or rewritten by another process while it is open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::parse(path.to_path_buf(), mmap)
+        Self::parse(path.to_path_buf(), Bytes::Mapped(mmap))
     }
 
-    fn parse(path: PathBuf, mmap: Mmap) -> Result<GgufFile> {
+    /// Parse and validate a GGUF image held in memory, with exactly the checks of
+    /// [`GgufFile::open`]; `path` is only used to name the file in errors. This is the
+    /// bytes-in entry point for fuzzing (`fuzz/fuzz_targets/gguf.rs`) and for callers
+    /// that already hold the bytes.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<GgufFile> {
+        if bytes.len() < 24 {
+            return Err(Error::format(
+                path,
+                format!(
+                    "truncated GGUF header: the file has {} bytes, a GGUF header needs 24",
+                    bytes.len()
+                ),
+            ));
+        }
+        Self::parse(path.to_path_buf(), Bytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, mmap: Bytes) -> Result<GgufFile> {
         let mut c = Cursor {
             buf: &mmap,
             pos: 0,
@@ -495,7 +529,8 @@ impl GgufFile {
         let mut by_name = HashMap::with_capacity(cap);
         for i in 0..tensor_count {
             let name = c.string(&format!("tensor name #{i}"))?;
-            let n_dims = c.u32(&name)?;
+            let what = format!("tensor {name:?}");
+            let n_dims = c.u32(&what)?;
             if n_dims as usize > MAX_DIMS {
                 return Err(c.err(format!(
                     "tensor {name:?} has {n_dims} dimensions (at most {MAX_DIMS})"
@@ -503,10 +538,10 @@ impl GgufFile {
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
-                dims.push(c.u64(&name)?);
+                dims.push(c.u64(&what)?);
             }
-            let type_id = c.u32(&name)?;
-            let rel_offset = c.u64(&name)?;
+            let type_id = c.u32(&what)?;
+            let rel_offset = c.u64(&what)?;
             let ty = match GgmlType::from_id(type_id) {
                 Some(t) => t,
                 None => {
