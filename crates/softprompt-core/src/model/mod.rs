@@ -61,6 +61,22 @@ impl FrozenModel {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of a model input: like [`FrozenModel::encode`], plus the special tokens the
+    /// tokenizer adds at the start of a text (Gemma's `<bos>`; nothing for SmolLM2). Use it for
+    /// the text a sequence starts with, never for continuations (labels, targets).
+    pub fn encode_input(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Ids the tokenizer puts before every input (`[<bos>]` for Gemma, empty for SmolLM2).
+    pub fn input_prefix(&self) -> Result<Vec<u32>> {
+        self.encode_input("")
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
             .decode(ids, false)
