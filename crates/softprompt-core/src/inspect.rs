@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::data::{self, Items, TaskSpec};
 use crate::kernels;
 use crate::model::FrozenModel;
-use crate::prompt::{self, SoftPrompt};
+use crate::prompt::SoftPrompt;
 use crate::train::eval::{self, EvalReport, Tokenized};
 use crate::train::plot;
 use crate::train::trainer::{self, Init, TrainConfig};
@@ -578,7 +578,7 @@ pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<Ins
 
 /// The hard-projected prompt as a soft prompt: exactly the embedding rows of `ids`.
 pub fn projected_embeddings(model: &FrozenModel, ids: &[u32]) -> Result<Tensor> {
-    prompt::from_vocab_rows(&model.llama.embed, ids)
+    model.prompt_from_tokens(ids)
 }
 
 /// Labelled data, tokenized for evaluation.

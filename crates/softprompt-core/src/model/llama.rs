@@ -1228,21 +1228,33 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
             .collect();
         w.insert(name, Tensor::new(shape, data));
     };
+    let gemma = cfg.is_gemma3();
+    // Gemma's norms hold w of a (1 + w) multiplier: random around 0 instead of around 1.
+    let norm_off = if gemma { 0.0 } else { 1.0 };
     put("model.embed_tokens.weight".into(), vec![v, d], 1.0, 0.0);
-    put("model.norm.weight".into(), vec![d], 0.2, 1.0);
+    put("model.norm.weight".into(), vec![d], 0.2, norm_off);
     if !cfg.tie_word_embeddings {
         put("lm_head.weight".into(), vec![v, d], 0.3, 0.0);
     }
     let s = 1.0 / (d as f32).sqrt();
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        put(format!("{p}.input_layernorm.weight"), vec![d], 0.2, 1.0);
+        put(format!("{p}.input_layernorm.weight"), vec![d], 0.2, norm_off);
         put(
             format!("{p}.post_attention_layernorm.weight"),
             vec![d],
             0.2,
-            1.0,
+            norm_off,
         );
+        if gemma {
+            for n in ["pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+                put(format!("{p}.{n}.weight"), vec![d], 0.2, norm_off);
+            }
+        }
+        if cfg.qk_norm() {
+            put(format!("{p}.self_attn.q_norm.weight"), vec![hd], 0.2, norm_off);
+            put(format!("{p}.self_attn.k_norm.weight"), vec![hd], 0.2, norm_off);
+        }
         put(
             format!("{p}.self_attn.q_proj.weight"),
             vec![qd, d],
