@@ -96,6 +96,7 @@ fn logprobs_and_last_logits_with_prompt_match() {
             .map(|&x| x as f64)
             .collect();
         let err = max_abs(&last, &f.t[&format!("lastlogits_prompt_{i}")].1);
+        eprintln!("text {i}: max |last logit diff| {err:.2e}");
         assert!(err < 2e-3, "text {i}: max |last logit diff| {err}");
     }
 }
@@ -199,4 +200,66 @@ fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
         let err = max_abs(&got, &f.t[&format!("logprobs_prompt_{i}")].1);
         assert!(err < 1e-3, "HF folder, text {i}: max |logprob diff| {err}");
     }
+}
+
+/// A prompt made for Gemma 3 is refused on SmolLM2 and the other way round, with a message
+/// naming both sizes; `force` does not bypass the hidden-size check. At equal sizes the
+/// fingerprint (which covers model_type and the embedding table) refuses a Gemma prompt on a
+/// Llama of the same shape unless forced.
+#[test]
+fn prompt_of_one_model_is_refused_on_the_other() {
+    use softprompt_core::model::FrozenModel;
+    use softprompt_core::prompt::{model_fingerprint, PromptMeta, SoftPrompt};
+    let g = FrozenModel::load("gemma3-270m").unwrap();
+    let s = FrozenModel::load("smollm2-135m").unwrap();
+    assert_ne!(g.fingerprint, s.fingerprint);
+    let tmp = tempfile::tempdir().unwrap();
+    for (from, to, name) in [(&g, &s, "Gemma 3 270M"), (&s, &g, "SmolLM2-135M")] {
+        let dir = tmp.path().join(name.replace(' ', "_"));
+        let emb = from.prompt_from_tokens(&[5, 6, 7, 8]).unwrap();
+        let meta = PromptMeta::new(
+            name,
+            from.llama.dims.d,
+            Some(from.fingerprint.clone()),
+            Some(from.tokenizer_fingerprint.clone()),
+        );
+        SoftPrompt::new(emb, name, from.llama.n_layers(), from.llama.dims.nq)
+            .with_meta(meta)
+            .save(&dir)
+            .unwrap();
+        from.load_prompt(&dir, false).unwrap();
+        for force in [false, true] {
+            let e = to.load_prompt(&dir, force).err().expect("refused");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(name)
+                    && msg.contains(&from.llama.dims.d.to_string())
+                    && msg.contains(&to.llama.dims.d.to_string()),
+                "{msg}"
+            );
+        }
+    }
+    // Same shapes, different family: the fingerprint refuses.
+    let cfg = |model_type: &str| -> softprompt_core::model::LlamaConfig {
+        serde_json::from_value(serde_json::json!({
+            "model_type": model_type, "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 10,
+        }))
+        .unwrap()
+    };
+    let emb = softprompt_core::Tensor::new(vec![10, 16], vec![0.5; 160]);
+    let fp_gemma = model_fingerprint(&cfg("gemma3_text"), &emb);
+    let fp_llama = model_fingerprint(&cfg("llama"), &emb);
+    assert_ne!(fp_gemma, fp_llama);
+    let dir = tmp.path().join("tiny");
+    let meta = PromptMeta::new("tiny gemma", 16, Some(fp_gemma.clone()), None);
+    SoftPrompt::new(softprompt_core::Tensor::new(vec![2, 16], vec![0.1; 32]), "tiny", 1, 2)
+        .with_meta(meta)
+        .save(&dir)
+        .unwrap();
+    let p = SoftPrompt::load(&dir).unwrap();
+    p.check_compatible(16, &fp_gemma, false).unwrap();
+    let e = p.check_compatible(16, &fp_llama, false).unwrap_err();
+    assert!(e.to_string().contains("fingerprint") && e.to_string().contains("--force"));
+    p.check_compatible(16, &fp_llama, true).unwrap();
 }
