@@ -60,8 +60,22 @@ fn token_ids_match_transformers() {
         let got = tok.encode(text.as_str(), true).unwrap().get_ids().to_vec();
         assert_eq!(got, ids_of(&f, i), "ids (add_special_tokens) of text {i}");
         let plain = tok.encode(text.as_str(), false).unwrap().get_ids().to_vec();
-        assert_eq!(plain, toks["texts"][i]["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect::<Vec<_>>(), "ids of text {i}");
-        let special: Vec<u32> = toks["texts"][i]["ids_add_special_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(
+            plain,
+            toks["texts"][i]["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect::<Vec<_>>(),
+            "ids of text {i}"
+        );
+        let special: Vec<u32> = toks["texts"][i]["ids_add_special_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(got, special);
         // Decoding gives the text back (byte fallback, spaces).
         assert_eq!(tok.decode(&plain, false).unwrap(), *text);
@@ -253,10 +267,15 @@ fn prompt_of_one_model_is_refused_on_the_other() {
     assert_ne!(fp_gemma, fp_llama);
     let dir = tmp.path().join("tiny");
     let meta = PromptMeta::new("tiny gemma", 16, Some(fp_gemma.clone()), None);
-    SoftPrompt::new(softprompt_core::Tensor::new(vec![2, 16], vec![0.1; 32]), "tiny", 1, 2)
-        .with_meta(meta)
-        .save(&dir)
-        .unwrap();
+    SoftPrompt::new(
+        softprompt_core::Tensor::new(vec![2, 16], vec![0.1; 32]),
+        "tiny",
+        1,
+        2,
+    )
+    .with_meta(meta)
+    .save(&dir)
+    .unwrap();
     let p = SoftPrompt::load(&dir).unwrap();
     p.check_compatible(16, &fp_gemma, false).unwrap();
     let e = p.check_compatible(16, &fp_llama, false).unwrap_err();

@@ -195,10 +195,18 @@ fn gemma3_local_layers_see_only_the_window() {
             .fold(0.0f32, f32::max)
     };
     assert_eq!(diff(&local), 0.0, "a local-only model saw past its window");
-    assert!(diff(&global) > 1e-4, "the global layer should see the first token");
+    assert!(
+        diff(&global) > 1e-4,
+        "the global layer should see the first token"
+    );
     // The token embedding is scaled by sqrt(hidden), a prompt row is not.
     let row = global.input_rows(&[7]).unwrap();
-    let want: Vec<f32> = global.embed.row(7).iter().map(|v| v * (32f32).sqrt()).collect();
+    let want: Vec<f32> = global
+        .embed
+        .row(7)
+        .iter()
+        .map(|v| v * (32f32).sqrt())
+        .collect();
     assert_eq!(row, want);
 }
 

@@ -128,7 +128,9 @@ impl LlamaConfig {
     }
     /// The MLP activation name (`hidden_activation` first, as Gemma configs use it).
     pub fn activation(&self) -> &str {
-        self.hidden_activation.as_deref().unwrap_or(&self.hidden_act)
+        self.hidden_activation
+            .as_deref()
+            .unwrap_or(&self.hidden_act)
     }
     /// Whether layer `l` uses the sliding window (and, for Gemma 3, the local RoPE base).
     pub fn is_sliding_layer(&self, l: usize) -> bool {

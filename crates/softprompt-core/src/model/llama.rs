@@ -108,10 +108,10 @@ struct BlockTape {
     g: Vec<f32>,          // [N, F] gate pre-activation
     u: Vec<f32>,          // [N, F] up projection
     // QK-norm: queries / keys before their norm and the norms' 1/rms (empty when unused).
-    q_pre: Vec<f32>,    // [N, Hq*hd]
-    rstd_q: Vec<f32>,   // [N*Hq]
-    k_pre: Vec<f32>,    // [N, Hkv*hd]
-    rstd_k: Vec<f32>,   // [N*Hkv]
+    q_pre: Vec<f32>,  // [N, Hq*hd]
+    rstd_q: Vec<f32>, // [N*Hq]
+    k_pre: Vec<f32>,  // [N, Hkv*hd]
+    rstd_k: Vec<f32>, // [N*Hkv]
     // Sandwich norms: the attention / MLP outputs before their post-norm (empty when unused).
     attn_out: Vec<f32>, // [N, D]
     rstd_pa: Vec<f32>,  // [N]
@@ -179,11 +179,7 @@ fn rope_inv_freq(cfg: &LlamaConfig, hd: usize, theta: f64, scaled: bool) -> Resu
     let mut inv: Vec<f32> = (0..hd / 2)
         .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
         .collect();
-    let Some(sc) = cfg
-        .rope_scaling
-        .as_ref()
-        .filter(|v| !v.is_null() && scaled)
-    else {
+    let Some(sc) = cfg.rope_scaling.as_ref().filter(|v| !v.is_null() && scaled) else {
         return Ok(inv);
     };
     let kind = sc
@@ -321,16 +317,28 @@ impl Llama {
             let (mlp_norm_name, post_attn, post_mlp) = if gemma {
                 (
                     format!("{p}.pre_feedforward_layernorm.weight"),
-                    Some(norm_w(take(&format!("{p}.post_attention_layernorm.weight"), &[d])?)),
-                    Some(norm_w(take(&format!("{p}.post_feedforward_layernorm.weight"), &[d])?)),
+                    Some(norm_w(take(
+                        &format!("{p}.post_attention_layernorm.weight"),
+                        &[d],
+                    )?)),
+                    Some(norm_w(take(
+                        &format!("{p}.post_feedforward_layernorm.weight"),
+                        &[d],
+                    )?)),
                 )
             } else {
                 (format!("{p}.post_attention_layernorm.weight"), None, None)
             };
             let (q_norm, k_norm) = if cfg.qk_norm() {
                 (
-                    Some(norm_w(take(&format!("{p}.self_attn.q_norm.weight"), &[hd])?)),
-                    Some(norm_w(take(&format!("{p}.self_attn.k_norm.weight"), &[hd])?)),
+                    Some(norm_w(take(
+                        &format!("{p}.self_attn.q_norm.weight"),
+                        &[hd],
+                    )?)),
+                    Some(norm_w(take(
+                        &format!("{p}.self_attn.k_norm.weight"),
+                        &[hd],
+                    )?)),
                 )
             } else {
                 (None, None)
@@ -603,7 +611,11 @@ impl Llama {
         let mut a = vec![0.0; n * f]; // [N, F]
         let sandwich = self.blocks.iter().any(|b| b.post_attn_norm.is_some());
         // [N, D] a sub-layer's output before its post-norm (Gemma 3 only)
-        let mut o = if sandwich { vec![0.0; n * d] } else { Vec::new() };
+        let mut o = if sandwich {
+            vec![0.0; n * d]
+        } else {
+            Vec::new()
+        };
         for (l, b) in self.blocks.iter().enumerate() {
             let x_in = if record { Some(x.to_vec()) } else { None };
             // --- attention ---
@@ -628,8 +640,15 @@ impl Llama {
             }
             let probs = self.attention(l, &q, lens, caches, &mut att, record);
             // x += post_norm(att @ Wo^T), or x += att @ Wo^T without a sandwich norm
-            let (attn_out, rstd_pa) =
-                self.residual_out(x, &att, &b.wo, qd, b.post_attn_norm.as_deref(), &mut o, record);
+            let (attn_out, rstd_pa) = self.residual_out(
+                x,
+                &att,
+                &b.wo,
+                qd,
+                b.post_attn_norm.as_deref(),
+                &mut o,
+                record,
+            );
             let x_mid = if record { Some(x.to_vec()) } else { None };
             // --- MLP ---
             rmsnorm(x, &b.mlp_norm, self.eps, &mut h, &mut rstd);
@@ -719,7 +738,9 @@ impl Llama {
         let mut normed = vec![0.0; n * d]; // [N, D]
         let mut rstd = vec![0.0; n]; // [N]
         rmsnorm(o, pw, self.eps, &mut normed, &mut rstd);
-        x.par_iter_mut().zip(normed.par_iter()).for_each(|(a, b)| *a += b);
+        x.par_iter_mut()
+            .zip(normed.par_iter())
+            .for_each(|(a, b)| *a += b);
         if record {
             (o.to_vec(), rstd)
         } else {
@@ -928,7 +949,13 @@ impl Llama {
         let mut dpost = Vec::new(); // [N, D] gradient w.r.t. a sub-layer output before its post-norm
         for (l, (b, t)) in self.blocks.iter().zip(&tape.blocks).enumerate().rev() {
             // --- MLP: x_out = x_mid + [post_norm]((act(g) * u) @ Wd^T) ---
-            let d_out = post_norm_backward(&dx, b.post_mlp_norm.as_deref(), &t.mlp_out, &t.rstd_pm, &mut dpost);
+            let d_out = post_norm_backward(
+                &dx,
+                b.post_mlp_norm.as_deref(),
+                &t.mlp_out,
+                &t.rstd_pm,
+                &mut dpost,
+            );
             linear_dx(d_out, &b.wd, n, d, f, &mut da, false);
             match self.act {
                 Act::Silu => kernels::swiglu_backward(&t.g, &t.u, &da, &mut dg, &mut du),
@@ -937,8 +964,14 @@ impl Llama {
             linear_dx(&dg, &b.wg, n, f, d, &mut dh, false);
             linear_dx(&du, &b.wu, n, f, d, &mut dh, true);
             rmsnorm_backward(&t.x_mid, &b.mlp_norm, &t.rstd2, &dh, &mut dx); // dx is now d x_mid
-            // --- attention: x_mid = x_in + [post_norm](att @ Wo^T) ---
-            let d_out = post_norm_backward(&dx, b.post_attn_norm.as_deref(), &t.attn_out, &t.rstd_pa, &mut dpost);
+                                                                             // --- attention: x_mid = x_in + [post_norm](att @ Wo^T) ---
+            let d_out = post_norm_backward(
+                &dx,
+                b.post_attn_norm.as_deref(),
+                &t.attn_out,
+                &t.rstd_pa,
+                &mut dpost,
+            );
             linear_dx(d_out, &b.wo, n, d, qd, &mut datt, false); // datt[N, Hq*hd] = d_out[N, D] @ Wo[D, Hq*hd]
             self.attention_backward(l, t, &starts, caches, &datt, &mut dq, &mut dk, &mut dv);
             let rope = self.rope_of(b);
@@ -1239,7 +1272,12 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
     let s = 1.0 / (d as f32).sqrt();
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        put(format!("{p}.input_layernorm.weight"), vec![d], 0.2, norm_off);
+        put(
+            format!("{p}.input_layernorm.weight"),
+            vec![d],
+            0.2,
+            norm_off,
+        );
         put(
             format!("{p}.post_attention_layernorm.weight"),
             vec![d],
@@ -1252,8 +1290,18 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
             }
         }
         if cfg.qk_norm() {
-            put(format!("{p}.self_attn.q_norm.weight"), vec![hd], 0.2, norm_off);
-            put(format!("{p}.self_attn.k_norm.weight"), vec![hd], 0.2, norm_off);
+            put(
+                format!("{p}.self_attn.q_norm.weight"),
+                vec![hd],
+                0.2,
+                norm_off,
+            );
+            put(
+                format!("{p}.self_attn.k_norm.weight"),
+                vec![hd],
+                0.2,
+                norm_off,
+            );
         }
         put(
             format!("{p}.self_attn.q_proj.weight"),

@@ -63,12 +63,12 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
                 "SentencePiece tokenizers other than Gemma's (tokenizer.ggml.model = llama, e.g. Llama 2) are not supported yet",
             ));
         }
-        other => {
-            return Err(Error::unsupported(
-                path.display().to_string(),
-                format!("tokenizer.ggml.model = {other:?} is not supported (only byte-level BPE \"gpt2\")"),
-            ))
-        }
+        other => return Err(Error::unsupported(
+            path.display().to_string(),
+            format!(
+                "tokenizer.ggml.model = {other:?} is not supported (only byte-level BPE \"gpt2\")"
+            ),
+        )),
     }
     let pre = gguf.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
     let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
@@ -391,7 +391,10 @@ pub fn gemma_tokenizer(gguf: &GgufFile) -> Result<Tokenizer> {
                 Some(t) => Ok(Some((t.clone(), id as u32))),
                 None => Err(Error::format(
                     path,
-                    format!("{key} = {id} is outside the {}-token vocabulary", tokens.len()),
+                    format!(
+                        "{key} = {id} is outside the {}-token vocabulary",
+                        tokens.len()
+                    ),
                 )),
             },
         }
