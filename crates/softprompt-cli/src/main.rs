@@ -372,7 +372,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let m = load_model(&model)?;
             let sp = load_prompt(&m, &prompt)?;
-            let ids = m.encode(&text)?;
+            let ids = m.encode_input(&text)?; // with <bos> where the model expects one
             let lp = infer::score(
                 &m.llama,
                 sp.as_ref().map(|p| p.embeddings.data.as_slice()),
@@ -412,7 +412,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let m = load_model(&model)?;
             let sp = load_prompt(&m, &prompt)?;
-            let ids = m.encode(&text)?;
+            let ids = m.encode_input(&text)?; // with <bos> where the model expects one
             let s = Sampling {
                 max_new_tokens,
                 temperature,

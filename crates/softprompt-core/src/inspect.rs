@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::data::{self, Items, TaskSpec};
 use crate::kernels;
 use crate::model::FrozenModel;
-use crate::prompt::{self, SoftPrompt};
+use crate::prompt::SoftPrompt;
 use crate::train::eval::{self, EvalReport, Tokenized};
 use crate::train::plot;
 use crate::train::trainer::{self, Init, TrainConfig};
@@ -454,7 +454,14 @@ pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<Ins
     if k == 0 {
         return Err(Error::Input("--k must be at least 1".into()));
     }
-    let index = TokenIndex::new(&model.llama.embed)?;
+    // Compare in input space: Gemma scales token rows by sqrt(hidden) at the input (prompt
+    // rows enter as stored), so its table is scaled the same way here.
+    let scale = model.llama.embed_scale();
+    let scaled = (scale != 1.0).then(|| {
+        let e = &model.llama.embed;
+        crate::Tensor::new(e.shape.clone(), e.data.iter().map(|x| x * scale).collect())
+    });
+    let index = TokenIndex::new(scaled.as_ref().unwrap_or(&model.llama.embed))?;
     let (p, d) = dims(&prompt.embeddings, "the soft prompt")?;
     if d != index.d {
         return Err(Error::Mismatch(format!(
@@ -578,7 +585,7 @@ pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<Ins
 
 /// The hard-projected prompt as a soft prompt: exactly the embedding rows of `ids`.
 pub fn projected_embeddings(model: &FrozenModel, ids: &[u32]) -> Result<Tensor> {
-    prompt::from_vocab_rows(&model.llama.embed, ids)
+    model.prompt_from_tokens(ids)
 }
 
 /// Labelled data, tokenized for evaluation.

@@ -445,6 +445,51 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], da: &[f32], dg: &mut [f32], du: &mu
         });
 }
 
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_C: f32 = 0.044715;
+
+/// GELU, tanh approximation (PyTorch `gelu(approximate="tanh")`).
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh())
+}
+
+/// d gelu_tanh(x) / dx.
+#[inline]
+pub fn gelu_tanh_grad(x: f32) -> f32 {
+    let t = (SQRT_2_OVER_PI * (x + GELU_C * x * x * x)).tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x)
+}
+
+/// GeGLU (Gemma): `a = gelu_tanh(g) * u`, elementwise over `[rows, f]`.
+pub fn geglu_tanh(g: &[f32], u: &[f32], a: &mut [f32]) {
+    a.par_chunks_mut(4096)
+        .zip(g.par_chunks(4096))
+        .zip(u.par_chunks(4096))
+        .for_each(|((a, g), u)| {
+            for ((ai, gi), ui) in a.iter_mut().zip(g).zip(u) {
+                *ai = gelu_tanh(*gi) * ui;
+            }
+        });
+}
+
+/// GeGLU backward: from `da`, write `dg` and `du` (overwrite).
+pub fn geglu_tanh_backward(g: &[f32], u: &[f32], da: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    dg.par_chunks_mut(4096)
+        .zip(du.par_chunks_mut(4096))
+        .zip(
+            g.par_chunks(4096)
+                .zip(u.par_chunks(4096))
+                .zip(da.par_chunks(4096)),
+        )
+        .for_each(|((dg, du), ((g, u), da))| {
+            for i in 0..dg.len() {
+                du[i] = da[i] * gelu_tanh(g[i]);
+                dg[i] = da[i] * u[i] * gelu_tanh_grad(g[i]);
+            }
+        });
+}
+
 /// In-place softmax of one row. Entries set to -inf become 0.
 pub fn softmax_inplace(row: &mut [f32]) {
     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

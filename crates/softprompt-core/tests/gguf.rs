@@ -781,13 +781,20 @@ fn tiny_variants() {
 #[test]
 fn unsupported_architecture_and_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(dir.path(), "gemma.gguf", &tiny_llama("gemma3").bytes());
-    let e = load_gguf(&p).err().expect("gemma3 refused");
+    let p = write(dir.path(), "phi.gguf", &tiny_llama("phi3").bytes());
+    let e = load_gguf(&p).err().expect("phi3 refused");
     assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(
-        msg.contains("gemma.gguf") && msg.contains("gemma3 is not supported yet"),
+        msg.contains("phi.gguf") && msg.contains("phi3 is not supported yet"),
         "{msg}"
+    );
+    // A gemma3 file is accepted as an architecture but must carry Gemma's own tensors.
+    let p = write(dir.path(), "gemma.gguf", &tiny_llama("gemma3").bytes());
+    let e = load_gguf(&p).err().expect("llama-shaped gemma3 refused");
+    assert!(
+        e.to_string().contains("missing tensor") && e.to_string().contains("gemma.gguf"),
+        "{e}"
     );
 
     let mut g = tiny_llama("llama");

@@ -21,6 +21,56 @@ fn tiny_config(model_type: &str, tie: bool) -> LlamaConfig {
     .unwrap()
 }
 
+/// Gemma-3-shaped: QK-norm, sandwich norms, (1+w) norms, GELU-tanh, scaled embeddings, a
+/// local (window 4, RoPE base 10000) and a global layer (base 1e6), query_pre_attn_scalar
+/// differing from head_dim, and Hq*hd (64) != hidden (32).
+fn tiny_gemma3_config() -> LlamaConfig {
+    serde_json::from_value(serde_json::json!({
+        "model_type": "gemma3_text",
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 61,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "sliding_window": 4,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "query_pre_attn_scalar": 12,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": true,
+    }))
+    .unwrap()
+}
+
+/// Qwen3-shaped: QK-norm (plain w), no bias, explicit head_dim with Hq*hd != hidden.
+fn tiny_qwen3_config() -> LlamaConfig {
+    serde_json::from_value(serde_json::json!({
+        "model_type": "qwen3",
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 61,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": false,
+    }))
+    .unwrap()
+}
+
+fn tiny_from(cfg: LlamaConfig, seed: u64) -> Llama {
+    let w = random_weights(&cfg, seed);
+    Llama::new(cfg, w, "tiny").unwrap()
+}
+
 fn tiny(model_type: &str, tie: bool) -> Llama {
     let cfg = tiny_config(model_type, tie);
     let w = random_weights(&cfg, 7);
@@ -100,10 +150,73 @@ fn prompt_grad_matches_finite_differences_sliding_window() {
     check_fd(&Llama::new(cfg, w, "tiny").unwrap());
 }
 
+#[test]
+fn prompt_grad_matches_finite_differences_gemma3() {
+    check_fd(&tiny_from(tiny_gemma3_config(), 5));
+}
+
+#[test]
+fn prompt_grad_matches_finite_differences_qwen3() {
+    check_fd(&tiny_from(tiny_qwen3_config(), 5));
+}
+
+#[test]
+fn packed_batch_and_kv_cache_gemma3_qwen3() {
+    for cfg in [tiny_gemma3_config(), tiny_qwen3_config()] {
+        let m = tiny_from(cfg, 11);
+        check_packed(&m);
+        check_cached(&m);
+    }
+}
+
+/// Gemma 3's sliding window is live in the tiny model: changing a token more than 4
+/// positions back changes nothing in a local-only model, and something in the global one.
+#[test]
+fn gemma3_local_layers_see_only_the_window() {
+    let mut cfg = tiny_gemma3_config();
+    cfg.layer_types = Some(vec!["sliding_attention".into(); 2]);
+    let local = tiny_from(cfg, 2);
+    let global = tiny_from(tiny_gemma3_config(), 2);
+    // Two local layers: the last row sees 2 * 3 + 1 = 7 positions at most.
+    let a: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+    let mut b = a.clone();
+    b[0] = 40;
+    let last = |m: &Llama, ids: &[u32]| -> Vec<f32> {
+        let (mut x, lens) = m.embed_batch(&[SeqInput { prompt: None, ids }]).unwrap();
+        let mut c = vec![KvCache::new(m.n_layers())];
+        m.forward(&mut x, &lens, &mut c, false).unwrap();
+        x[(ids.len() - 1) * m.dims.d..].to_vec()
+    };
+    let diff = |m: &Llama| {
+        last(m, &a)
+            .iter()
+            .zip(last(m, &b))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert_eq!(diff(&local), 0.0, "a local-only model saw past its window");
+    assert!(
+        diff(&global) > 1e-4,
+        "the global layer should see the first token"
+    );
+    // The token embedding is scaled by sqrt(hidden), a prompt row is not.
+    let row = global.input_rows(&[7]).unwrap();
+    let want: Vec<f32> = global
+        .embed
+        .row(7)
+        .iter()
+        .map(|v| v * (32f32).sqrt())
+        .collect();
+    assert_eq!(row, want);
+}
+
 /// A packed batch of unequal lengths gives each sequence exactly what it gets alone.
 #[test]
 fn packed_batch_equals_single_sequences() {
-    let m = tiny("llama", true);
+    check_packed(&tiny("llama", true));
+}
+
+fn check_packed(m: &Llama) {
     let d = m.dims.d;
     let pr = prompt(3, d);
     let ids: [&[u32]; 3] = [&[3, 17, 42, 5, 60, 9, 11], &[8, 1, 30], &[2]];
@@ -135,7 +248,10 @@ fn packed_batch_equals_single_sequences() {
 /// Feeding a sequence in pieces through the KV cache equals one full forward.
 #[test]
 fn kv_cache_matches_full_forward() {
-    let m = tiny("llama", true);
+    check_cached(&tiny("llama", true));
+}
+
+fn check_cached(m: &Llama) {
     let d = m.dims.d;
     let pr = prompt(3, d);
     let ids: Vec<u32> = vec![3, 17, 42, 5, 60, 9, 11];

@@ -71,9 +71,39 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<TokenIds>,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
-    /// Sliding window (Mistral); `None` = full causal attention.
+    /// Sliding window (Mistral: every layer; Gemma 3: the `sliding_attention` layers);
+    /// `None` = full causal attention.
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// Gemma's name for the MLP activation (`gelu_pytorch_tanh`); wins over `hidden_act`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_activation: Option<String>,
+    /// Gemma: attention scores are scaled by `query_pre_attn_scalar^-0.5` (else head_dim^-0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma 3: RoPE base of the sliding-window (local) layers; global layers use `rope_theta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma 3: per layer, `"sliding_attention"` or `"full_attention"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
+    /// Gemma 3: every n-th layer is global when `layer_types` is absent (default 6).
+    #[serde(
+        default,
+        rename = "_sliding_window_pattern",
+        alias = "sliding_window_pattern",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sliding_window_pattern: Option<usize>,
+    /// Gemma 2 style soft-capping (`cap * tanh(x / cap)`); Gemma 3 has none. Refused if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
+    /// transformers 5 style RoPE settings (`{"full_attention": {"rope_theta": ..}, ..}` or a
+    /// flat `{"rope_theta": ..}`); read only for the bases, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
 }
 
 impl LlamaConfig {
@@ -87,6 +117,59 @@ impl LlamaConfig {
     /// Qwen2 configs carry no `attention_bias` flag but always use q/k/v bias.
     pub fn qkv_bias(&self) -> bool {
         self.attention_bias || self.model_type == "qwen2"
+    }
+    /// Gemma 3 text model (sandwich norms, (1+w) RMSNorm, scaled embeddings, local/global).
+    pub fn is_gemma3(&self) -> bool {
+        matches!(self.model_type.as_str(), "gemma3_text" | "gemma3")
+    }
+    /// Per-head RMSNorm on queries and keys before RoPE (Gemma 3, Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.is_gemma3() || self.model_type == "qwen3"
+    }
+    /// The MLP activation name (`hidden_activation` first, as Gemma configs use it).
+    pub fn activation(&self) -> &str {
+        self.hidden_activation
+            .as_deref()
+            .unwrap_or(&self.hidden_act)
+    }
+    /// Whether layer `l` uses the sliding window (and, for Gemma 3, the local RoPE base).
+    pub fn is_sliding_layer(&self, l: usize) -> bool {
+        if self.sliding_window.is_none() {
+            return false;
+        }
+        if let Some(t) = &self.layer_types {
+            return t.get(l).map(|s| s == "sliding_attention").unwrap_or(false);
+        }
+        match self.model_type.as_str() {
+            "mistral" => true,
+            _ if self.is_gemma3() => {
+                let p = self.sliding_window_pattern.unwrap_or(6).max(1);
+                (l + 1) % p != 0
+            }
+            _ => false,
+        }
+    }
+    /// RoPE base of the global (full-attention) layers.
+    pub fn rope_theta_global(&self) -> f64 {
+        self.rope_param("full_attention").unwrap_or(self.rope_theta)
+    }
+    /// RoPE base of the sliding-window layers (Gemma 3: `rope_local_base_freq`, 10000).
+    pub fn rope_theta_local(&self) -> f64 {
+        if let Some(t) = self.rope_param("sliding_attention") {
+            return t;
+        }
+        if self.is_gemma3() {
+            self.rope_local_base_freq.unwrap_or(10000.0)
+        } else {
+            self.rope_theta_global()
+        }
+    }
+    fn rope_param(&self, kind: &str) -> Option<f64> {
+        let rp = self.rope_parameters.as_ref()?;
+        rp.get(kind)
+            .and_then(|v| v.get("rope_theta"))
+            .or_else(|| rp.get("rope_theta"))
+            .and_then(|v| v.as_f64())
     }
     pub fn eos_ids(&self) -> Vec<u32> {
         self.eos_token_id

@@ -1,5 +1,12 @@
-//! The Llama family (Llama, SmolLM2, Mistral, Qwen2): GQA, RoPE, RMSNorm, SwiGLU, tied or
-//! untied embeddings, optional q/k/v bias.
+//! The Llama family (Llama, SmolLM2, Mistral, Qwen2, Qwen3, Gemma 3): GQA, RoPE, RMSNorm,
+//! SwiGLU or GELU-tanh gated MLP, tied or untied embeddings, optional q/k/v bias.
+//!
+//! Config-driven extras: per-head query/key RMSNorm before RoPE (Qwen3, Gemma 3); Gemma 3's
+//! "sandwich" norms (a second RMSNorm on the output of attention and of the MLP, before the
+//! residual add), its (1+w) RMSNorm weights (stored here as the effective multiplier 1+w),
+//! token embeddings scaled by sqrt(hidden) (soft-prompt rows are not), attention scale
+//! `query_pre_attn_scalar^-0.5`, and per-layer sliding-window ("local", own RoPE base) or
+//! global attention.
 //!
 //! The forward pass runs on a *packed* batch: the rows of all sequences are stacked into one
 //! `[N, D]` matrix (no padding anywhere) and attention runs per sequence. Every sequence has
@@ -33,6 +40,23 @@ struct Block {
     wg: Vec<f32>,         // [F, D]
     wu: Vec<f32>,         // [F, D]
     wd: Vec<f32>,         // [D, F]
+    /// Per-head RMSNorm of queries / keys before RoPE (Qwen3, Gemma 3): `[hd]` each.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    /// Gemma 3 sandwich norms on the attention / MLP outputs: `[D]` each.
+    post_attn_norm: Option<Vec<f32>>,
+    post_mlp_norm: Option<Vec<f32>>,
+    /// Keys older than this many positions are masked (Mistral; Gemma 3 local layers).
+    window: Option<usize>,
+    /// Uses the local RoPE table (Gemma 3 sliding-window layers).
+    local_rope: bool,
+}
+
+/// MLP activation of the gated MLP: `act(g) * u`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Act {
+    Silu,
+    GeluTanh,
 }
 
 /// Sizes used everywhere below.
@@ -83,6 +107,16 @@ struct BlockTape {
     rstd2: Vec<f32>,      // [N]
     g: Vec<f32>,          // [N, F] gate pre-activation
     u: Vec<f32>,          // [N, F] up projection
+    // QK-norm: queries / keys before their norm and the norms' 1/rms (empty when unused).
+    q_pre: Vec<f32>,  // [N, Hq*hd]
+    rstd_q: Vec<f32>, // [N*Hq]
+    k_pre: Vec<f32>,  // [N, Hkv*hd]
+    rstd_k: Vec<f32>, // [N*Hkv]
+    // Sandwich norms: the attention / MLP outputs before their post-norm (empty when unused).
+    attn_out: Vec<f32>, // [N, D]
+    rstd_pa: Vec<f32>,  // [N]
+    mlp_out: Vec<f32>,  // [N, D]
+    rstd_pm: Vec<f32>,  // [N]
 }
 
 /// Activations recorded by a training forward.
@@ -106,9 +140,14 @@ pub struct Llama {
     norm: Vec<f32>, // [D]
     blocks: Vec<Block>,
     rope: Rope,
+    /// RoPE of the sliding-window layers when its base differs (Gemma 3).
+    rope_local: Option<Rope>,
     eps: f32,
-    /// Mistral-style sliding window (keys older than this are masked).
-    window: Option<usize>,
+    /// Multiplier of token embedding rows at the input (Gemma: sqrt(hidden); else 1).
+    embed_scale: f32,
+    /// Attention score scale (1/sqrt(head_dim), or query_pre_attn_scalar^-0.5).
+    attn_scale: f32,
+    act: Act,
     /// Batch-invariant inference: every matrix product and attention row is computed in a
     /// fixed order per row, so a sequence's outputs are bit-identical whatever else shares
     /// its batch and whether its prefix came from a cache (the server sets this). Slower
@@ -138,13 +177,14 @@ pub struct Target {
     pub weight: f32,
 }
 
-/// inv_freq as transformers computes it (f32), with `linear` / `llama3` scaling.
-fn rope_inv_freq(cfg: &LlamaConfig, hd: usize) -> Result<Vec<f32>> {
-    let theta = cfg.rope_theta as f32;
+/// inv_freq as transformers computes it (f32), with `linear` / `llama3` scaling
+/// (`scaled = false`: the plain table of base `theta`, as Gemma 3's local layers use).
+fn rope_inv_freq(cfg: &LlamaConfig, hd: usize, theta: f64, scaled: bool) -> Result<Vec<f32>> {
+    let theta = theta as f32;
     let mut inv: Vec<f32> = (0..hd / 2)
         .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
         .collect();
-    let Some(sc) = cfg.rope_scaling.as_ref().filter(|v| !v.is_null()) else {
+    let Some(sc) = cfg.rope_scaling.as_ref().filter(|v| !v.is_null() && scaled) else {
         return Ok(inv);
     };
     let kind = sc
@@ -226,12 +266,35 @@ impl Llama {
                 ),
             ));
         }
-        if cfg.hidden_act != "silu" {
-            return Err(Error::unsupported(
-                source,
-                format!("hidden_act '{}' (only silu)", cfg.hidden_act),
-            ));
+        let act = match cfg.activation() {
+            "silu" => Act::Silu,
+            "gelu_pytorch_tanh" | "gelu_tanh" => Act::GeluTanh,
+            other => {
+                return Err(Error::unsupported(
+                    source,
+                    format!("hidden activation '{other}' (only silu and gelu_pytorch_tanh)"),
+                ))
+            }
+        };
+        for (name, v) in [
+            ("final_logit_softcapping", cfg.final_logit_softcapping),
+            ("attn_logit_softcapping", cfg.attn_logit_softcapping),
+        ] {
+            if v.is_some() {
+                return Err(Error::unsupported(
+                    source,
+                    format!("{name} (Gemma 2 style soft-capping is not implemented)"),
+                ));
+            }
         }
+        let gemma = cfg.is_gemma3();
+        // Gemma stores RMSNorm weights as w and multiplies by (1 + w).
+        let norm_w = |mut w: Vec<f32>| {
+            if gemma {
+                w.iter_mut().for_each(|x| *x += 1.0);
+            }
+            w
+        };
         let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
             let t = weights
                 .remove(name)
@@ -249,13 +312,50 @@ impl Llama {
             vec![dims.vocab, d],
             take("model.embed_tokens.weight", &[dims.vocab, d])?,
         );
-        let norm = take("model.norm.weight", &[d])?;
+        let norm = norm_w(take("model.norm.weight", &[d])?);
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         let bias = cfg.qkv_bias();
+        let sliding = cfg.sliding_window.filter(|&w| w > 0);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
+            let is_sliding = sliding.is_some() && cfg.is_sliding_layer(l);
+            let (mlp_norm_name, post_attn, post_mlp) = if gemma {
+                (
+                    format!("{p}.pre_feedforward_layernorm.weight"),
+                    Some(norm_w(take(
+                        &format!("{p}.post_attention_layernorm.weight"),
+                        &[d],
+                    )?)),
+                    Some(norm_w(take(
+                        &format!("{p}.post_feedforward_layernorm.weight"),
+                        &[d],
+                    )?)),
+                )
+            } else {
+                (format!("{p}.post_attention_layernorm.weight"), None, None)
+            };
+            let (q_norm, k_norm) = if cfg.qk_norm() {
+                (
+                    Some(norm_w(take(
+                        &format!("{p}.self_attn.q_norm.weight"),
+                        &[hd],
+                    )?)),
+                    Some(norm_w(take(
+                        &format!("{p}.self_attn.k_norm.weight"),
+                        &[hd],
+                    )?)),
+                )
+            } else {
+                (None, None)
+            };
             blocks.push(Block {
-                attn_norm: take(&format!("{p}.input_layernorm.weight"), &[d])?,
+                q_norm,
+                k_norm,
+                post_attn_norm: post_attn,
+                post_mlp_norm: post_mlp,
+                window: if is_sliding { sliding } else { None },
+                local_rope: gemma && is_sliding,
+                attn_norm: norm_w(take(&format!("{p}.input_layernorm.weight"), &[d])?),
                 wq: take(&format!("{p}.self_attn.q_proj.weight"), &[qd, d])?,
                 wk: take(&format!("{p}.self_attn.k_proj.weight"), &[kvd, d])?,
                 wv: take(&format!("{p}.self_attn.v_proj.weight"), &[kvd, d])?,
@@ -275,7 +375,7 @@ impl Llama {
                     None
                 },
                 wo: take(&format!("{p}.self_attn.o_proj.weight"), &[d, qd])?,
-                mlp_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                mlp_norm: norm_w(take(&mlp_norm_name, &[d])?),
                 wg: take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
                 wu: take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
                 wd: take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
@@ -300,16 +400,39 @@ impl Llama {
                 format!("tensors this architecture does not use (e.g. {left:?})"),
             ));
         }
+        let max_pos = cfg.max_position_embeddings.min(MAX_ROPE_TABLE);
         let rope = Rope::new(
-            rope_inv_freq(&cfg, hd)?,
-            cfg.max_position_embeddings.min(MAX_ROPE_TABLE),
+            rope_inv_freq(&cfg, hd, cfg.rope_theta_global(), true)?,
+            max_pos,
         );
-        let window = if cfg.model_type == "mistral" {
-            cfg.sliding_window
+        let rope_local = if blocks.iter().any(|b| b.local_rope) {
+            Some(Rope::new(
+                rope_inv_freq(&cfg, hd, cfg.rope_theta_local(), false)?,
+                max_pos,
+            ))
         } else {
             None
         };
+        let embed_scale = if gemma {
+            (cfg.hidden_size as f64).sqrt() as f32
+        } else {
+            1.0
+        };
+        let attn_scale = match cfg.query_pre_attn_scalar {
+            Some(s) if s > 0.0 => (1.0 / s.sqrt()) as f32,
+            Some(s) => {
+                return Err(Error::format(
+                    source,
+                    format!("query_pre_attn_scalar must be positive, got {s}"),
+                ))
+            }
+            None => 1.0 / (hd as f32).sqrt(),
+        };
         Ok(Llama {
+            rope_local,
+            embed_scale,
+            attn_scale,
+            act,
             eps: cfg.rms_norm_eps as f32,
             cfg,
             dims,
@@ -318,7 +441,6 @@ impl Llama {
             norm,
             blocks,
             rope,
-            window,
             exact: false,
         })
     }
@@ -330,6 +452,26 @@ impl Llama {
             kernels::linear_rows(x, w, m, n, k, y, acc);
         } else {
             linear(x, w, m, n, k, y, acc);
+        }
+    }
+
+    /// Multiplier applied to token embedding rows at the input (sqrt(hidden) for Gemma, else
+    /// 1). Soft-prompt rows enter as stored; to start a prompt from token `t`, use
+    /// `embed.row(t) * embed_scale()` ([`Llama::input_rows`]).
+    pub fn embed_scale(&self) -> f32 {
+        self.embed_scale
+    }
+
+    /// The input embeddings of tokens `ids` as the model sees them: `[ids.len(), D]`.
+    pub fn input_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let (x, _) = self.embed_batch(&[SeqInput { prompt: None, ids }])?;
+        Ok(x)
+    }
+
+    fn rope_of(&self, b: &Block) -> &Rope {
+        match (&self.rope_local, b.local_rope) {
+            (Some(r), true) => r,
+            _ => &self.rope,
         }
     }
 
@@ -366,6 +508,10 @@ impl Llama {
                 ("bq", &opt(&b.bq)),
                 ("bk", &opt(&b.bk)),
                 ("bv", &opt(&b.bv)),
+                ("q_norm", &opt(&b.q_norm)),
+                ("k_norm", &opt(&b.k_norm)),
+                ("post_attn_norm", &opt(&b.post_attn_norm)),
+                ("post_mlp_norm", &opt(&b.post_mlp_norm)),
             ] {
                 f(n, w);
             }
@@ -389,6 +535,10 @@ impl Llama {
                     + b.wg.len()
                     + b.wu.len()
                     + b.wd.len()
+                    + [&b.q_norm, &b.k_norm, &b.post_attn_norm, &b.post_mlp_norm]
+                        .iter()
+                        .map(|x| x.as_ref().map_or(0, |x| x.len()))
+                        .sum::<usize>()
             })
             .sum();
         b + self.embed.numel() + self.norm.len() + self.lm_head.as_ref().map_or(0, |t| t.numel())
@@ -422,7 +572,12 @@ impl Llama {
                         self.dims.vocab
                     )));
                 }
-                x.extend_from_slice(self.embed.row(id as usize));
+                let row = self.embed.row(id as usize);
+                if self.embed_scale == 1.0 {
+                    x.extend_from_slice(row);
+                } else {
+                    x.extend(row.iter().map(|v| v * self.embed_scale));
+                }
             }
             n += s.ids.len();
             lens.push(n);
@@ -470,6 +625,13 @@ impl Llama {
         let mut g = vec![0.0; n * f]; // [N, F]
         let mut u = vec![0.0; n * f]; // [N, F]
         let mut a = vec![0.0; n * f]; // [N, F]
+        let sandwich = self.blocks.iter().any(|b| b.post_attn_norm.is_some());
+        // [N, D] a sub-layer's output before its post-norm (Gemma 3 only)
+        let mut o = if sandwich {
+            vec![0.0; n * d]
+        } else {
+            Vec::new()
+        };
         for (l, b) in self.blocks.iter().enumerate() {
             let x_in = if record { Some(x.to_vec()) } else { None };
             // --- attention ---
@@ -481,8 +643,11 @@ impl Llama {
             add_bias(&mut q, b.bq.as_deref());
             add_bias(&mut k, b.bk.as_deref());
             add_bias(&mut v, b.bv.as_deref());
-            self.rope.apply(&mut q, nq, &pos, false);
-            self.rope.apply(&mut k, nkv, &pos, false);
+            let (q_pre, rstd_q) = self.head_norm(&mut q, b.q_norm.as_deref(), record);
+            let (k_pre, rstd_k) = self.head_norm(&mut k, b.k_norm.as_deref(), record);
+            let rope = self.rope_of(b);
+            rope.apply(&mut q, nq, &pos, false);
+            rope.apply(&mut k, nkv, &pos, false);
             let mut r0 = 0;
             for (len, c) in lens.iter().zip(caches.iter_mut()) {
                 c.k[l].extend_from_slice(&k[r0 * kvd..(r0 + len) * kvd]);
@@ -495,14 +660,28 @@ impl Llama {
             } else {
                 self.attention(l, &q, lens, caches, &mut att, record)
             };
-            self.linear(&att, &b.wo, n, d, qd, x, true); // x += att @ Wo^T
+            // x += post_norm(att @ Wo^T), or x += att @ Wo^T without a sandwich norm
+            let (attn_out, rstd_pa) = self.residual_out(
+                x,
+                &att,
+                &b.wo,
+                qd,
+                b.post_attn_norm.as_deref(),
+                &mut o,
+                record,
+            );
             let x_mid = if record { Some(x.to_vec()) } else { None };
             // --- MLP ---
             rmsnorm(x, &b.mlp_norm, self.eps, &mut h, &mut rstd);
             self.linear(&h, &b.wg, n, f, d, &mut g, false);
             self.linear(&h, &b.wu, n, f, d, &mut u, false);
-            kernels::swiglu(&g, &u, &mut a);
-            self.linear(&a, &b.wd, n, d, f, x, true); // x += a @ Wd^T
+            match self.act {
+                Act::Silu => kernels::swiglu(&g, &u, &mut a),
+                Act::GeluTanh => kernels::geglu_tanh(&g, &u, &mut a),
+            }
+            // x += post_norm(a @ Wd^T), or x += a @ Wd^T
+            let (mlp_out, rstd_pm) =
+                self.residual_out(x, &a, &b.wd, f, b.post_mlp_norm.as_deref(), &mut o, record);
             if record {
                 tapes.push(BlockTape {
                     x_in: x_in.unwrap_or_default(),
@@ -513,6 +692,14 @@ impl Llama {
                     rstd2: rstd.clone(),
                     g: g.clone(),
                     u: u.clone(),
+                    q_pre,
+                    rstd_q,
+                    k_pre,
+                    rstd_k,
+                    attn_out,
+                    rstd_pa,
+                    mlp_out,
+                    rstd_pm,
                 });
             }
         }
@@ -532,6 +719,56 @@ impl Llama {
         }))
     }
 
+    /// Per-head RMSNorm in place over `x[N, heads*hd]` (QK-norm); with `record`, returns the
+    /// input and the 1/rms per (row, head) for the backward. A no-op without weights.
+    fn head_norm(&self, x: &mut [f32], w: Option<&[f32]>, record: bool) -> (Vec<f32>, Vec<f32>) {
+        let Some(w) = w else {
+            return (Vec::new(), Vec::new());
+        };
+        let pre = x.to_vec();
+        let mut rstd = vec![0.0; x.len() / w.len()]; // [N*heads]
+        rmsnorm(&pre, w, self.eps, x, &mut rstd);
+        if record {
+            (pre, rstd)
+        } else {
+            (Vec::new(), Vec::new())
+        }
+    }
+
+    /// Residual add of a sub-layer: `x += post_norm(inp @ W^T)` (`W` is `[D, k]`), or
+    /// `x += inp @ W^T` without a post-norm. `o[N, D]` is scratch. With `record` and a
+    /// post-norm, returns the pre-norm output and its 1/rms for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_out(
+        &self,
+        x: &mut [f32],
+        inp: &[f32],
+        w: &[f32],
+        k: usize,
+        post: Option<&[f32]>,
+        o: &mut [f32],
+        record: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let d = self.dims.d;
+        let n = x.len() / d;
+        let Some(pw) = post else {
+            self.linear(inp, w, n, d, k, x, true);
+            return (Vec::new(), Vec::new());
+        };
+        self.linear(inp, w, n, d, k, o, false); // o = inp @ W^T   [N, D]
+        let mut normed = vec![0.0; n * d]; // [N, D]
+        let mut rstd = vec![0.0; n]; // [N]
+        rmsnorm(o, pw, self.eps, &mut normed, &mut rstd);
+        x.par_iter_mut()
+            .zip(normed.par_iter())
+            .for_each(|(a, b)| *a += b);
+        if record {
+            (o.to_vec(), rstd)
+        } else {
+            (Vec::new(), Vec::new())
+        }
+    }
+
     /// Causal attention of the new rows of every sequence over its cache (which already holds
     /// this step's keys/values). Writes `att[N, Hq*hd]`; returns the probabilities per
     /// (sequence, head) when `record`.
@@ -547,7 +784,8 @@ impl Llama {
         let Dims { hd, nq, nkv, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let group = nq / nkv;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = self.attn_scale;
+        let window = self.blocks[l].window;
         let mut starts = Vec::with_capacity(lens.len());
         let mut r0 = 0;
         for len in lens {
@@ -587,7 +825,7 @@ impl Llama {
                 );
                 for (j, row) in p.chunks_mut(t).enumerate() {
                     let qpos = past + j;
-                    let lo = self.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+                    let lo = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
                     for (c, val) in row.iter_mut().enumerate() {
                         *val = if c > qpos || c < lo {
                             f32::NEG_INFINITY
@@ -637,7 +875,7 @@ impl Llama {
         let Dims { hd, nq, nkv, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let group = nq / nkv;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let (scale, window) = (self.attn_scale, self.blocks[l].window);
         // (sequence, first packed row, row within the sequence) of every new row.
         let mut rows = Vec::with_capacity(att.len() / qd);
         let mut r0 = 0;
@@ -648,7 +886,7 @@ impl Llama {
         att.par_chunks_mut(qd).zip(rows).for_each(|(out, (s, r, j))| {
             let cache = &caches[s];
             let qpos = cache.len + j; // this row's position; keys 0..=qpos are visible
-            let lo = self.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+            let lo = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
             let mut p = vec![0.0f32; qpos + 1 - lo]; // [visible keys]
             for hq in 0..nq {
                 let kv_off = (hq / group) * hd;
@@ -766,18 +1004,39 @@ impl Llama {
                 (r0 - len, len)
             })
             .collect();
+        let mut dpost = Vec::new(); // [N, D] gradient w.r.t. a sub-layer output before its post-norm
         for (l, (b, t)) in self.blocks.iter().zip(&tape.blocks).enumerate().rev() {
-            // --- MLP: x_out = x_mid + (silu(g) * u) @ Wd^T ---
-            linear_dx(&dx, &b.wd, n, d, f, &mut da, false);
-            kernels::swiglu_backward(&t.g, &t.u, &da, &mut dg, &mut du);
+            // --- MLP: x_out = x_mid + [post_norm]((act(g) * u) @ Wd^T) ---
+            let d_out = post_norm_backward(
+                &dx,
+                b.post_mlp_norm.as_deref(),
+                &t.mlp_out,
+                &t.rstd_pm,
+                &mut dpost,
+            );
+            linear_dx(d_out, &b.wd, n, d, f, &mut da, false);
+            match self.act {
+                Act::Silu => kernels::swiglu_backward(&t.g, &t.u, &da, &mut dg, &mut du),
+                Act::GeluTanh => kernels::geglu_tanh_backward(&t.g, &t.u, &da, &mut dg, &mut du),
+            }
             linear_dx(&dg, &b.wg, n, f, d, &mut dh, false);
             linear_dx(&du, &b.wu, n, f, d, &mut dh, true);
             rmsnorm_backward(&t.x_mid, &b.mlp_norm, &t.rstd2, &dh, &mut dx); // dx is now d x_mid
-                                                                             // --- attention: x_mid = x_in + att @ Wo^T ---
-            linear_dx(&dx, &b.wo, n, qd, d, &mut datt, false);
+                                                                             // --- attention: x_mid = x_in + [post_norm](att @ Wo^T) ---
+            let d_out = post_norm_backward(
+                &dx,
+                b.post_attn_norm.as_deref(),
+                &t.attn_out,
+                &t.rstd_pa,
+                &mut dpost,
+            );
+            linear_dx(d_out, &b.wo, n, d, qd, &mut datt, false); // datt[N, Hq*hd] = d_out[N, D] @ Wo[D, Hq*hd]
             self.attention_backward(l, t, &starts, caches, &datt, &mut dq, &mut dk, &mut dv);
-            self.rope.apply(&mut dq, nq, &tape.pos, true);
-            self.rope.apply(&mut dk, nkv, &tape.pos, true);
+            let rope = self.rope_of(b);
+            rope.apply(&mut dq, nq, &tape.pos, true);
+            rope.apply(&mut dk, nkv, &tape.pos, true);
+            head_norm_backward(&mut dq, b.q_norm.as_deref(), &t.q_pre, &t.rstd_q);
+            head_norm_backward(&mut dk, b.k_norm.as_deref(), &t.k_pre, &t.rstd_k);
             linear_dx(&dq, &b.wq, n, qd, d, &mut dh, false);
             linear_dx(&dk, &b.wk, n, kvd, d, &mut dh, true);
             linear_dx(&dv, &b.wv, n, kvd, d, &mut dh, true);
@@ -803,7 +1062,7 @@ impl Llama {
         let Dims { hd, nq, nkv, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let group = nq / nkv;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = self.attn_scale;
         // Per task: dQ for each head of the group [group][n, hd], dK [n, hd], dV [n, hd].
         let results: Vec<(Vec<Vec<f32>>, Vec<f32>, Vec<f32>)> = (0..lens.len() * nkv)
             .into_par_iter()
@@ -991,6 +1250,34 @@ pub fn prompt_grad(dx: &[f32], lens: &[usize], p: usize, d: usize) -> Vec<f32> {
     grad
 }
 
+/// Backward of an optional post-norm `y = rmsnorm(o)`: with a norm, writes `d o` into
+/// `scratch` and returns it; without, returns `dy` itself.
+fn post_norm_backward<'a>(
+    dy: &'a [f32],
+    w: Option<&[f32]>,
+    o: &[f32],
+    rstd: &[f32],
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let Some(w) = w else {
+        return dy;
+    };
+    scratch.clear();
+    scratch.resize(dy.len(), 0.0);
+    rmsnorm_backward(o, w, rstd, dy, scratch);
+    scratch
+}
+
+/// Backward of the per-head RMSNorm in place: `dx[N, heads*hd]` from d(normed) to d(input).
+fn head_norm_backward(dx: &mut [f32], w: Option<&[f32]>, pre: &[f32], rstd: &[f32]) {
+    let Some(w) = w else {
+        return;
+    };
+    let dy = dx.to_vec();
+    dx.fill(0.0);
+    rmsnorm_backward(pre, w, rstd, &dy, dx);
+}
+
 fn weighted(nll: &[f64], targets: &[Target]) -> f64 {
     nll.iter()
         .zip(targets)
@@ -1032,21 +1319,48 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
             .collect();
         w.insert(name, Tensor::new(shape, data));
     };
+    let gemma = cfg.is_gemma3();
+    // Gemma's norms hold w of a (1 + w) multiplier: random around 0 instead of around 1.
+    let norm_off = if gemma { 0.0 } else { 1.0 };
     put("model.embed_tokens.weight".into(), vec![v, d], 1.0, 0.0);
-    put("model.norm.weight".into(), vec![d], 0.2, 1.0);
+    put("model.norm.weight".into(), vec![d], 0.2, norm_off);
     if !cfg.tie_word_embeddings {
         put("lm_head.weight".into(), vec![v, d], 0.3, 0.0);
     }
     let s = 1.0 / (d as f32).sqrt();
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        put(format!("{p}.input_layernorm.weight"), vec![d], 0.2, 1.0);
+        put(
+            format!("{p}.input_layernorm.weight"),
+            vec![d],
+            0.2,
+            norm_off,
+        );
         put(
             format!("{p}.post_attention_layernorm.weight"),
             vec![d],
             0.2,
-            1.0,
+            norm_off,
         );
+        if gemma {
+            for n in ["pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+                put(format!("{p}.{n}.weight"), vec![d], 0.2, norm_off);
+            }
+        }
+        if cfg.qk_norm() {
+            put(
+                format!("{p}.self_attn.q_norm.weight"),
+                vec![hd],
+                0.2,
+                norm_off,
+            );
+            put(
+                format!("{p}.self_attn.k_norm.weight"),
+                vec![hd],
+                0.2,
+                norm_off,
+            );
+        }
         put(
             format!("{p}.self_attn.q_proj.weight"),
             vec![qd, d],

@@ -65,6 +65,33 @@ impl FrozenModel {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of a model input: like [`FrozenModel::encode`], plus the special tokens the
+    /// tokenizer adds at the start of a text (Gemma's `<bos>`; nothing for SmolLM2). Use it for
+    /// the text a sequence starts with, never for continuations (labels, targets).
+    pub fn encode_input(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// A soft prompt `[ids.len(), D]` equal to the input embeddings of `ids` as the model sees
+    /// them (embedding rows times the model's input scale: sqrt(hidden) for Gemma, 1 else).
+    pub fn prompt_from_tokens(&self, ids: &[u32]) -> Result<crate::Tensor> {
+        let mut t = prompt::from_vocab_rows(&self.llama.embed, ids)?;
+        let s = self.llama.embed_scale();
+        if s != 1.0 {
+            t.data.iter_mut().for_each(|x| *x *= s);
+        }
+        Ok(t)
+    }
+
+    /// Ids the tokenizer puts before every input (`[<bos>]` for Gemma, empty for SmolLM2).
+    pub fn input_prefix(&self) -> Result<Vec<u32>> {
+        self.encode_input("")
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
             .decode(ids, false)

@@ -56,10 +56,16 @@ impl Tokenized {
     }
 }
 
-/// Keep the last `max_len` tokens (the end of a template holds the question).
-fn clip(mut ids: Vec<u32>, max_len: usize) -> Vec<u32> {
+/// Keep the last `max_len` tokens (the end of a template holds the question), after the
+/// tokenizer's input prefix (Gemma's `<bos>`), which is always kept.
+fn clip(mut ids: Vec<u32>, max_len: usize, prefix: &[u32]) -> Vec<u32> {
     if ids.len() > max_len {
-        ids.drain(..ids.len() - max_len);
+        let keep = if ids.starts_with(prefix) && prefix.len() < max_len {
+            prefix.len()
+        } else {
+            0
+        };
+        ids.drain(keep..keep + ids.len() - max_len);
     }
     ids
 }
@@ -67,6 +73,9 @@ fn clip(mut ids: Vec<u32>, max_len: usize) -> Vec<u32> {
 /// Tokenize items; texts longer than `max_len` tokens keep their last `max_len` tokens.
 /// Generation targets get the end-of-sequence token appended so the prompt learns to stop.
 pub fn tokenize(model: &FrozenModel, items: &Items, max_len: usize) -> Result<Tokenized> {
+    // Inputs start with the tokenizer's prefix (`<bos>` for Gemma, as transformers encodes
+    // them); candidates and targets are continuations and get none.
+    let prefix = model.input_prefix()?;
     Ok(match items {
         Items::Class(v) => Tokenized::Class(
             v.iter()
@@ -83,7 +92,7 @@ pub fn tokenize(model: &FrozenModel, items: &Items, max_len: usize) -> Result<To
                         )));
                     }
                     Ok(ClassExample {
-                        ids: clip(model.encode(&it.text)?, max_len),
+                        ids: clip(model.encode_input(&it.text)?, max_len, &prefix),
                         cands,
                         label: it.label,
                     })
@@ -103,7 +112,7 @@ pub fn tokenize(model: &FrozenModel, items: &Items, max_len: usize) -> Result<To
                             target.extend(eos);
                         }
                         Ok(GenExample {
-                            ids: clip(model.encode(&it.input)?, max_len),
+                            ids: clip(model.encode_input(&it.input)?, max_len, &prefix),
                             target,
                         })
                     })

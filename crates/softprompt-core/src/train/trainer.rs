@@ -233,13 +233,13 @@ pub fn init_embeddings(
     };
     match init {
         Init::Random { range } => Ok(prompt::random_uniform(p, d, *range, seed)),
-        Init::Vocab { top } => prompt::from_vocab_rows(&model.llama.embed, &sample(p, *top)),
+        Init::Vocab { top } => model.prompt_from_tokens(&sample(p, *top)),
         Init::Text(t) => {
             let ids = model.encode(t)?;
             if ids.is_empty() {
                 return Err(Error::Input("--init text: the text has no tokens".into()));
             }
-            prompt::from_vocab_rows(&model.llama.embed, &prompt::repeat_ids(&ids, p))
+            model.prompt_from_tokens(&prompt::repeat_ids(&ids, p))
         }
         Init::Labels => {
             let mut ids: Vec<u32> = Vec::new();
@@ -259,7 +259,7 @@ pub fn init_embeddings(
             ids.truncate(p);
             let rest = p - ids.len();
             ids.extend(sample(rest, 5000));
-            prompt::from_vocab_rows(&model.llama.embed, &ids)
+            model.prompt_from_tokens(&ids)
         }
         Init::File(dir) => {
             let sp = model.load_prompt(dir, false)?;

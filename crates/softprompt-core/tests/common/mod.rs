@@ -30,6 +30,15 @@ pub fn smollm() -> &'static (Llama, tokenizers::Tokenizer) {
     })
 }
 
+/// Gemma 3 270M (fetched on first use), loaded once per test binary.
+pub fn gemma() -> &'static (Llama, tokenizers::Tokenizer) {
+    static M: OnceLock<(Llama, tokenizers::Tokenizer)> = OnceLock::new();
+    M.get_or_init(|| {
+        let lw = softprompt_core::model::load("gemma3-270m").expect("load Gemma 3 270M");
+        split(lw)
+    })
+}
+
 pub fn split(lw: LoadedWeights) -> (Llama, tokenizers::Tokenizer) {
     let LoadedWeights {
         config,

@@ -20,7 +20,7 @@ use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
 /// Model types whose config.json and weight names the Llama implementation understands.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3_text"];
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";

@@ -27,11 +27,18 @@ use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
 /// GGUF `general.architecture` values loaded as the Llama family, with their HF class.
-const SUPPORTED_ARCHS: [(&str, &str); 3] = [
+const SUPPORTED_ARCHS: [(&str, &str); 5] = [
     ("llama", "LlamaForCausalLM"),
     ("mistral", "MistralForCausalLM"),
     ("qwen2", "Qwen2ForCausalLM"),
+    ("qwen3", "Qwen3ForCausalLM"),
+    ("gemma3", "Gemma3ForCausalLM"),
 ];
+
+/// llama.cpp's Gemma 3 constants that the GGUF does not record: every 6th layer is global,
+/// the local layers use RoPE base 10000.
+const GEMMA3_SLIDING_PATTERN: usize = 6;
+const GEMMA3_LOCAL_ROPE_BASE: f64 = 10000.0;
 
 /// Load a Llama-family GGUF: config from metadata, f32 weights under HF names (`[out, in]`
 /// row-major), tokenizer from `tokenizer.ggml.*`.
@@ -93,7 +100,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
             return Err(Error::unsupported(
                 what,
                 format!(
-                    "architecture {arch} is not supported yet (supported: llama, mistral, qwen2)"
+                    "architecture {arch} is not supported yet (supported: llama, mistral, qwen2, qwen3, gemma3)"
                 ),
             ))
         }
@@ -187,9 +194,34 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
         }
     };
 
+    let gemma = arch == "gemma3";
+    let sliding_window = g.opt_usize(&key("attention.sliding_window"))?;
+    let act = if gemma { "gelu_pytorch_tanh" } else { "silu" };
+    let layer_types = (gemma && sliding_window.is_some()).then(|| {
+        (0..n_layers)
+            .map(|l| {
+                if (l + 1) % GEMMA3_SLIDING_PATTERN == 0 {
+                    "full_attention".to_string()
+                } else {
+                    "sliding_attention".to_string()
+                }
+            })
+            .collect()
+    });
+    for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(v) = g.opt_f32(&key(k))? {
+            if v != 0.0 {
+                return Err(Error::unsupported(
+                    what,
+                    format!("{arch}.{k} = {v} (soft-capping is not implemented)"),
+                ));
+            }
+        }
+    }
+
     Ok(LlamaConfig {
         architectures: Some(vec![hf_class.to_string()]),
-        model_type: arch.to_string(),
+        model_type: if gemma { "gemma3_text" } else { arch }.to_string(),
         hidden_size: hidden,
         intermediate_size: ffn,
         num_hidden_layers: n_layers,
@@ -203,11 +235,21 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
         max_position_embeddings: max_pos,
         tie_word_embeddings: g.tensor_info("output.weight").is_none(),
         attention_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
-        hidden_act: "silu".into(),
+        hidden_act: act.into(),
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
         eos_token_id: token_id("tokenizer.ggml.eos_token_id")?.map(TokenIds::One),
         pad_token_id: token_id("tokenizer.ggml.padding_token_id")?,
-        sliding_window: g.opt_usize(&key("attention.sliding_window"))?,
+        sliding_window,
+        hidden_activation: gemma.then(|| act.to_string()),
+        // llama.cpp: 1/sqrt(head_dim) for every Gemma 3 size but 27B (which transformers'
+        // config spells as query_pre_attn_scalar = hidden/heads).
+        query_pre_attn_scalar: gemma.then_some(head_dim as f64),
+        rope_local_base_freq: gemma.then_some(GEMMA3_LOCAL_ROPE_BASE),
+        layer_types,
+        sliding_window_pattern: None,
+        final_logit_softcapping: None,
+        attn_logit_softcapping: None,
+        rope_parameters: None,
     })
 }
 
@@ -333,7 +375,9 @@ fn map_tensor(name: &str, c: &LlamaConfig) -> std::result::Result<Option<Mapped>
         c.head_dim(),
     );
     let (nq, nkv) = (c.num_attention_heads, c.num_kv_heads());
-    let permuted = c.model_type != "qwen2";
+    // llama.cpp permutes Q/K rows only for the Llama / Mistral converters.
+    let permuted = matches!(c.model_type.as_str(), "llama" | "mistral");
+    let gemma = c.is_gemma3();
     let plain = |hf: String, shape: Vec<usize>| {
         Ok(Some(Mapped {
             hf,
@@ -383,7 +427,12 @@ fn map_tensor(name: &str, c: &LlamaConfig) -> std::result::Result<Option<Mapped>
     // (HF module, weight shape, permute heads); biases have shape [rows].
     let (module, wshape, heads): (&str, Vec<usize>, Option<usize>) = match part {
         "attn_norm" if !bias => ("input_layernorm", vec![h], None),
+        "ffn_norm" if !bias && gemma => ("pre_feedforward_layernorm", vec![h], None),
         "ffn_norm" if !bias => ("post_attention_layernorm", vec![h], None),
+        "post_attention_norm" if !bias && gemma => ("post_attention_layernorm", vec![h], None),
+        "post_ffw_norm" if !bias && gemma => ("post_feedforward_layernorm", vec![h], None),
+        "attn_q_norm" if !bias && c.qk_norm() => ("self_attn.q_norm", vec![hd], None),
+        "attn_k_norm" if !bias && c.qk_norm() => ("self_attn.k_norm", vec![hd], None),
         "attn_q" => ("self_attn.q_proj", vec![nq * hd, h], permuted.then_some(nq)),
         "attn_k" => (
             "self_attn.k_proj",
@@ -428,6 +477,16 @@ fn required_tensors(c: &LlamaConfig) -> Vec<String> {
         if c.qkv_bias() {
             for p in ["attn_q", "attn_k", "attn_v"] {
                 v.push(format!("blk.{l}.{p}.bias"));
+            }
+        }
+        if c.qk_norm() {
+            for p in ["attn_q_norm", "attn_k_norm"] {
+                v.push(format!("blk.{l}.{p}.weight"));
+            }
+        }
+        if c.is_gemma3() {
+            for p in ["post_attention_norm", "post_ffw_norm"] {
+                v.push(format!("blk.{l}.{p}.weight"));
             }
         }
     }
@@ -494,6 +553,10 @@ fn load_weights(g: &GgufFile, c: &LlamaConfig) -> Result<HashMap<String, Tensor>
                 let rows = t.shape[0];
                 let cols = if t.shape.len() == 2 { t.shape[1] } else { 1 };
                 t.data = unpermute_qk(&t.data, n_head, rows, cols);
+            }
+            // llama.cpp stores Gemma's RMSNorm weights as 1 + w; HF names hold w.
+            if c.is_gemma3() && m.hf.ends_with("norm.weight") {
+                t.data.iter_mut().for_each(|x| *x -= 1.0);
             }
             (m.hf, t)
         })
