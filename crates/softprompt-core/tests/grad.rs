@@ -388,9 +388,15 @@ fn hidden_rows(model: &Llama, seqs: &[SeqInput], caches: &mut [KvCache]) -> Vec<
 /// the default blocked-GEMM mode to float error.
 #[test]
 fn exact_mode_is_batch_and_prefix_invariant() {
-    for ty in ["llama", "mistral"] {
-        let mut cfg = tiny_config(ty, true);
-        cfg.sliding_window = Some(5);
+    for ty in ["llama", "mistral", "gemma3", "qwen3"] {
+        let mut cfg = match ty {
+            "gemma3" => tiny_gemma3_config(),
+            "qwen3" => tiny_qwen3_config(),
+            _ => tiny_config(ty, true),
+        };
+        if ty != "gemma3" {
+            cfg.sliding_window = Some(5);
+        }
         let w = random_weights(&cfg, 11);
         let mut model = Llama::new(cfg, w, "tiny").unwrap();
         let d = model.dims.d;
