@@ -384,11 +384,11 @@ impl AppState {
         };
         let ids = match r.prompt {
             None => Vec::new(),
-            Some(PromptInput::Text(t)) => self.encode(&t)?,
+            Some(PromptInput::Text(t)) => self.encode(&t, true)?,
             Some(PromptInput::Ids(v)) => check_ids(v)?,
             Some(PromptInput::Texts(mut v)) => {
                 one(v.len())?;
-                self.encode(&v.remove(0))?
+                self.encode(&v.remove(0), true)?
             }
             Some(PromptInput::IdLists(mut v)) => {
                 one(v.len())?;
@@ -471,12 +471,20 @@ impl AppState {
         })
     }
 
-    fn encode(&self, t: &str) -> Result<Vec<u32>, ServeError> {
+    /// Token ids of a text. `input`: it starts a sequence, so it gets the tokenizer's start
+    /// tokens (Gemma's `<bos>`) like a PEFT input would; a rendered chat template already
+    /// holds them.
+    fn encode(&self, t: &str, input: bool) -> Result<Vec<u32>, ServeError> {
         // Refuse absurd texts before tokenizing them (the token limit applies after).
         if t.len() > self.cfg.max_input_tokens.saturating_mul(64) {
             return Err(invalid("prompt text is longer than --max-input-tokens allows"));
         }
-        self.model.encode(t).map_err(ServeError::from_core)
+        if input {
+            self.model.encode_input(t)
+        } else {
+            self.model.encode(t)
+        }
+        .map_err(ServeError::from_core)
     }
 
     /// Hand the job to the scheduler; events arrive on the returned channel.
@@ -878,7 +886,7 @@ impl AppState {
                 })
             })
             .map_err(|e| invalid(format!("chat template: {e}")))?;
-        Ok(self.encode(&text)?.into_iter().map(i64::from).collect())
+        Ok(self.encode(&text, false)?.into_iter().map(i64::from).collect())
     }
 }
 
