@@ -1032,3 +1032,104 @@ fn smollm_tokenizer_matches_fixture_ids() {
         "<|im_start|>user\nHi<|im_end|>"
     );
 }
+
+/// Gemma 3 and Qwen3 GGUFs: their extra tensors map to HF names, Q/K rows stay as stored (no
+/// permutation in llama.cpp's converters for them), Gemma's (1 + w) norms become HF's w, and
+/// the config carries Gemma's local/global layout.
+#[test]
+fn tiny_gemma3_and_qwen3_load_with_hf_conventions() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = HIDDEN as u64;
+    let add = |g: &mut Gguf, gemma: bool| {
+        g.tensor(
+            "blk.0.attn_q_norm.weight",
+            &[HEAD_DIM as u64],
+            GgmlType::F32,
+            f32_bytes(&[1.25; HEAD_DIM]),
+        )
+        .tensor(
+            "blk.0.attn_k_norm.weight",
+            &[HEAD_DIM as u64],
+            GgmlType::F32,
+            f32_bytes(&[0.75; HEAD_DIM]),
+        );
+        if gemma {
+            g.tensor(
+                "blk.0.post_attention_norm.weight",
+                &[h],
+                GgmlType::F32,
+                f32_bytes(&[3.0; HIDDEN]),
+            )
+            .tensor(
+                "blk.0.post_ffw_norm.weight",
+                &[h],
+                GgmlType::F32,
+                f32_bytes(&[4.0; HIDDEN]),
+            )
+            .kv_u32("gemma3.attention.sliding_window", 16);
+        }
+    };
+    let mut g = tiny_llama("gemma3");
+    add(&mut g, true);
+    let p = write(dir.path(), "gemma.gguf", &g.bytes());
+    let lw = load_gguf(&p).expect("load tiny gemma3");
+    let c = &lw.config;
+    assert_eq!(c.model_type, "gemma3_text");
+    assert_eq!(c.activation(), "gelu_pytorch_tanh");
+    assert_eq!(c.sliding_window, Some(16));
+    assert_eq!(c.layer_types, Some(vec!["sliding_attention".to_string()]));
+    assert_eq!(c.rope_theta_local(), 10000.0);
+    assert_eq!(c.rope_theta_global(), 50000.0);
+    assert_eq!(c.query_pre_attn_scalar, Some(HEAD_DIM as f64));
+    let w = |n: &str| lw.weights[n].data.clone();
+    assert_eq!(
+        w("model.layers.0.input_layernorm.weight"),
+        vec![-0.5; HIDDEN]
+    );
+    assert_eq!(
+        w("model.layers.0.pre_feedforward_layernorm.weight"),
+        vec![1.0; HIDDEN]
+    );
+    assert_eq!(
+        w("model.layers.0.post_attention_layernorm.weight"),
+        vec![2.0; HIDDEN]
+    );
+    assert_eq!(
+        w("model.layers.0.post_feedforward_layernorm.weight"),
+        vec![3.0; HIDDEN]
+    );
+    assert_eq!(
+        w("model.layers.0.self_attn.q_norm.weight"),
+        vec![0.25; HEAD_DIM]
+    );
+    assert_eq!(
+        w("model.layers.0.self_attn.k_norm.weight"),
+        vec![-0.25; HEAD_DIM]
+    );
+    assert_eq!(w("model.norm.weight"), vec![0.0; HIDDEN]);
+    assert_eq!(
+        w("model.layers.0.self_attn.q_proj.weight"),
+        row_coded(HEADS * HEAD_DIM, HIDDEN)
+    );
+    softprompt_core::model::FrozenModel::from_loaded(lw).expect("bind gemma3");
+
+    let mut g = tiny_llama("qwen3");
+    add(&mut g, false);
+    let p = write(dir.path(), "qwen3.gguf", &g.bytes());
+    let lw = load_gguf(&p).expect("load tiny qwen3");
+    assert_eq!(lw.config.model_type, "qwen3");
+    let w = |n: &str| lw.weights[n].data.clone();
+    assert_eq!(
+        w("model.layers.0.post_attention_layernorm.weight"),
+        vec![2.0; HIDDEN]
+    );
+    assert_eq!(
+        w("model.layers.0.self_attn.q_norm.weight"),
+        vec![1.25; HEAD_DIM]
+    );
+    assert_eq!(
+        w("model.layers.0.self_attn.k_proj.weight"),
+        row_coded(KV_HEADS * HEAD_DIM, HIDDEN)
+    );
+    softprompt_core::model::FrozenModel::from_loaded(lw).expect("bind qwen3");
+}

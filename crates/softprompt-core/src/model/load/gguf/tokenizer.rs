@@ -63,12 +63,14 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
                 "SentencePiece tokenizers other than Gemma's (tokenizer.ggml.model = llama, e.g. Llama 2) are not supported yet",
             ));
         }
-        other => return Err(Error::unsupported(
-            path.display().to_string(),
-            format!(
+        other => {
+            return Err(Error::unsupported(
+                path.display().to_string(),
+                format!(
                 "tokenizer.ggml.model = {other:?} is not supported (only byte-level BPE \"gpt2\")"
             ),
-        )),
+            ))
+        }
     }
     let pre = gguf.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
     let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
