@@ -15,7 +15,11 @@ use softprompt_core::scheduler::{
 };
 
 fn model() -> Arc<FrozenModel> {
-    let mut m = FrozenModel::load("smollm2-135m").expect("load the default model");
+    load("smollm2-135m")
+}
+
+fn load(alias: &str) -> Arc<FrozenModel> {
+    let mut m = FrozenModel::load(alias).expect("load the model");
     m.llama.exact = true;
     Arc::new(m)
 }
@@ -23,7 +27,7 @@ fn model() -> Arc<FrozenModel> {
 fn served(m: &FrozenModel, seed: u64) -> Arc<ServedPrompt> {
     let d = m.llama.dims.d;
     let ids = prompt::sample_vocab_ids(m.llama.dims.vocab, 5000, 8, seed);
-    let emb = prompt::from_vocab_rows(&m.llama.embed, &ids).unwrap();
+    let emb = m.prompt_from_tokens(&ids).unwrap();
     assert_eq!(emb.shape, vec![8, d]);
     let sp = m.new_prompt(emb);
     Arc::new(ServedPrompt::new(&m.llama, &format!("p{seed}"), "sha", Some(sp)).unwrap())
@@ -42,7 +46,7 @@ fn run_all(
             sched
                 .generate(GenRequest {
                     prompt: p.clone(),
-                    ids: m.encode(text).unwrap(),
+                    ids: m.encode_input(text).unwrap(),
                     sampling: s.clone(),
                     cancel: Cancel::default(),
                     sink: Box::new(move |e| tx.send(e).is_ok()),
@@ -101,7 +105,7 @@ fn mixed_prompts_in_one_batch_match_each_request_alone() {
         let alone = run_all(&sched, &m, std::slice::from_ref(r));
         assert_eq!(&alone[0], got, "{} {:?}: mixed batch != alone", r.0.name, r.1);
         // Reference: a plain generate over prompt + text, no prefix cache, no scheduler.
-        let ids = m.encode(r.1).unwrap();
+        let ids = m.encode_input(r.1).unwrap();
         let reference = infer::generate(&m.llama, r.0.rows(), &ids, &r.2, |_| true).unwrap();
         assert_eq!(got.0, reference, "{} {:?}: prefix cache != full forward", r.0.name, r.1);
         assert_eq!(got.1, Finish::Length);
@@ -143,5 +147,32 @@ fn cancelled_request_stops_and_others_continue() {
     assert_eq!(events.len(), 4, "{events:?}");
     assert!(matches!(events[3], Event::Done(Finish::Cancelled)));
     assert_eq!(sched.stats.active.load(std::sync::atomic::Ordering::Relaxed), 0);
+    sched.shutdown();
+}
+
+/// The same on Gemma 3 (sandwich norms, local/global layers, 262k vocabulary, <bos> inputs).
+#[test]
+fn gemma3_mixed_batch_matches_alone_and_full_forward() {
+    let m = load("gemma3-270m");
+    let prompts: Vec<_> = (0..2).map(|s| served(&m, s)).collect();
+    let s = Sampling {
+        max_new_tokens: 6,
+        ..Sampling::default()
+    };
+    let texts = ["The capital of France is", "I loved this movie"];
+    let reqs: Vec<_> = prompts
+        .iter()
+        .flat_map(|p| texts.iter().map(|t| (p.clone(), *t, s.clone())))
+        .collect();
+    let sched = Scheduler::start(m.clone(), SchedulerConfig::default());
+    let together = run_all(&sched, &m, &reqs);
+    for (r, got) in reqs.iter().zip(&together) {
+        let alone = run_all(&sched, &m, std::slice::from_ref(r));
+        assert_eq!(&alone[0], got, "{} {:?}: mixed batch != alone", r.0.name, r.1);
+        let ids = m.encode_input(r.1).unwrap();
+        assert_eq!(ids[0], 2, "Gemma inputs start with <bos>");
+        let reference = infer::generate(&m.llama, r.0.rows(), &ids, &r.2, |_| true).unwrap();
+        assert_eq!(got.0, reference, "{} {:?}: prefix cache != full forward", r.0.name, r.1);
+    }
     sched.shutdown();
 }
