@@ -32,7 +32,10 @@ fn tiny_model(dir: &Path) -> PathBuf {
     for split in [DemoSplit::Train, DemoSplit::Validation] {
         for r in demo_records(split) {
             let s = r.fields["sentence"].as_str().unwrap_or("").to_string();
-            for w in s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+            for w in s
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+            {
                 if !words.iter().any(|x| x == w) {
                     words.push(w.to_string());
                 }
@@ -74,9 +77,30 @@ fn train(model: &Path, out: &Path, keep: &str) -> Command {
     c.args(["train", "--quiet", "--task", "demo", "--model"])
         .arg(model)
         .args(["--steps", &STEPS.to_string()])
-        .args(["--virtual-tokens", "4", "--batch-size", "4", "--init", "random"])
-        .args(["--eval-every", "10", "--eval-limit", "8", "--checkpoint-every", "1"])
-        .args(["--schedule", "cosine", "--warmup", "3", "--keep-checkpoints", keep])
+        .args([
+            "--virtual-tokens",
+            "4",
+            "--batch-size",
+            "4",
+            "--init",
+            "random",
+        ])
+        .args([
+            "--eval-every",
+            "10",
+            "--eval-limit",
+            "8",
+            "--checkpoint-every",
+            "1",
+        ])
+        .args([
+            "--schedule",
+            "cosine",
+            "--warmup",
+            "3",
+            "--keep-checkpoints",
+            keep,
+        ])
         .arg("--out")
         .arg(out)
         .stdout(Stdio::null())
@@ -104,7 +128,10 @@ fn same_tensors(a: &Checkpoint, b: &Checkpoint) -> bool {
             x.0 == y.0
                 && x.1 == y.1
                 && x.2.len() == y.2.len()
-                && x.2.iter().zip(&y.2).all(|(p, q)| p.to_bits() == q.to_bits())
+                && x.2
+                    .iter()
+                    .zip(&y.2)
+                    .all(|(p, q)| p.to_bits() == q.to_bits())
         })
 }
 
@@ -140,7 +167,10 @@ fn sigkill_at_random_moments_then_resume_is_bit_exact() {
     // The uninterrupted run, keeping every checkpoint for comparison.
     let a = tmp.path().join("a");
     let t = Instant::now();
-    let run = train(&model, &a, "1000").stderr(Stdio::piped()).output().unwrap();
+    let run = train(&model, &a, "1000")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     let full = t.elapsed();
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{err}");
@@ -227,14 +257,25 @@ fn sigkill_at_random_moments_then_resume_is_bit_exact() {
         "{kills} kills: {mid_run} landed mid-run, {mid_save} interrupted a checkpoint save (left a .tmp- entry); \
          checkpoint steps after each kill: {steps_seen:?}"
     );
-    assert!(mid_run >= 10, "too few kills landed mid-run ({mid_run}); the schedule is off");
+    assert!(
+        mid_run >= 10,
+        "too few kills landed mid-run ({mid_run}); the schedule is off"
+    );
 
     // Finish and compare with the uninterrupted run.
     let mut cmd = train(&model, &b, "2");
     assert!(cmd.arg("--resume").status().unwrap().success());
-    assert_eq!(log_lines(&a), log_lines(&b), "resumed run's log differs (seed {seed})");
+    assert_eq!(
+        log_lines(&a),
+        log_lines(&b),
+        "resumed run's log differs (seed {seed})"
+    );
     // The final prompt (last/) and the best one (saved at evaluations, beside the log).
-    for f in ["last/adapter_model.safetensors", "last/adapter_config.json", "adapter_model.safetensors"] {
+    for f in [
+        "last/adapter_model.safetensors",
+        "last/adapter_config.json",
+        "adapter_model.safetensors",
+    ] {
         let pa = std::fs::read(a.join(f)).unwrap();
         let pb = std::fs::read(b.join(f)).unwrap();
         assert_eq!(pa, pb, "{f} differs (seed {seed})");

@@ -551,9 +551,7 @@ fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
     })?;
     // A regular file's size is known: refuse it before reading anything. (The `take`
     // below still bounds what is read from a pipe or a file that grows.)
-    let too_big = f
-        .metadata()
-        .is_ok_and(|m| m.is_file() && m.len() > max);
+    let too_big = f.metadata().is_ok_and(|m| m.is_file() && m.len() > max);
     let mut buf = Vec::new();
     if !too_big {
         f.take(max + 1)

@@ -78,7 +78,10 @@ fn not_json() {
 #[test]
 fn truncated_json() {
     let full = good_config().to_string();
-    refused(&full.as_bytes()[..full.len() / 2], &["malformed JSON", "EOF"]);
+    refused(
+        &full.as_bytes()[..full.len() / 2],
+        &["malformed JSON", "EOF"],
+    );
 }
 
 #[test]
@@ -102,13 +105,23 @@ fn larger_than_the_cap() {
 
 #[test]
 fn peft_type_lora() {
-    let e = refused(&with("peft_type", json!("LORA")), &["peft_type is LORA", "changes the model's weights", "only PROMPT_TUNING"]);
+    let e = refused(
+        &with("peft_type", json!("LORA")),
+        &[
+            "peft_type is LORA",
+            "changes the model's weights",
+            "only PROMPT_TUNING",
+        ],
+    );
     assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
 }
 
 #[test]
 fn peft_type_prefix_tuning() {
-    refused(&with("peft_type", json!("PREFIX_TUNING")), &["peft_type is PREFIX_TUNING", "prefix tuning"]);
+    refused(
+        &with("peft_type", json!("PREFIX_TUNING")),
+        &["peft_type is PREFIX_TUNING", "prefix tuning"],
+    );
 }
 
 #[test]
@@ -118,32 +131,50 @@ fn peft_type_missing() {
 
 #[test]
 fn peft_type_not_a_string() {
-    refused(&with("peft_type", json!(7)), &["peft_type must be a string, found 7"]);
+    refused(
+        &with("peft_type", json!(7)),
+        &["peft_type must be a string, found 7"],
+    );
 }
 
 #[test]
 fn task_type_seq2seq() {
-    refused(&with("task_type", json!("SEQ_2_SEQ_LM")), &["task_type is SEQ_2_SEQ_LM", "encoder-decoder"]);
+    refused(
+        &with("task_type", json!("SEQ_2_SEQ_LM")),
+        &["task_type is SEQ_2_SEQ_LM", "encoder-decoder"],
+    );
 }
 
 #[test]
 fn num_virtual_tokens_zero() {
-    refused(&with("num_virtual_tokens", json!(0)), &["num_virtual_tokens is 0"]);
+    refused(
+        &with("num_virtual_tokens", json!(0)),
+        &["num_virtual_tokens is 0"],
+    );
 }
 
 #[test]
 fn num_virtual_tokens_absurd() {
-    refused(&with("num_virtual_tokens", json!(1u64 << 40)), &["num_virtual_tokens is 1099511627776", "at most 4096"]);
+    refused(
+        &with("num_virtual_tokens", json!(1u64 << 40)),
+        &["num_virtual_tokens is 1099511627776", "at most 4096"],
+    );
 }
 
 #[test]
 fn num_virtual_tokens_negative() {
-    refused(&with("num_virtual_tokens", json!(-5)), &["invalid prompt-tuning config", "-5"]);
+    refused(
+        &with("num_virtual_tokens", json!(-5)),
+        &["invalid prompt-tuning config", "-5"],
+    );
 }
 
 #[test]
 fn num_virtual_tokens_missing() {
-    refused(&with("num_virtual_tokens", json!(null)), &["missing field `num_virtual_tokens`"]);
+    refused(
+        &with("num_virtual_tokens", json!(null)),
+        &["missing field `num_virtual_tokens`"],
+    );
 }
 
 #[test]
@@ -151,14 +182,18 @@ fn num_virtual_tokens_differs_from_the_tensor() {
     // The config is valid on its own; the 2-row tensor does not match it.
     let (dir, _) = folder(&with("num_virtual_tokens", json!(3)));
     let w = dir.path().join("adapter_model.safetensors");
-    expect_err(&w, &["has shape [2, 4]", "calls for [3, 4]"], || SoftPrompt::load(dir.path()));
+    expect_err(&w, &["has shape [2, 4]", "calls for [3, 4]"], || {
+        SoftPrompt::load(dir.path())
+    });
 }
 
 #[test]
 fn token_dim_differs_from_the_tensor() {
     let (dir, _) = folder(&with("token_dim", json!(8)));
     let w = dir.path().join("adapter_model.safetensors");
-    expect_err(&w, &["has shape [2, 4]", "token_dim 8"], || SoftPrompt::load(dir.path()));
+    expect_err(&w, &["has shape [2, 4]", "token_dim 8"], || {
+        SoftPrompt::load(dir.path())
+    });
 }
 
 #[test]
@@ -168,7 +203,10 @@ fn token_dim_zero() {
 
 #[test]
 fn token_dim_absurd() {
-    refused(&with("token_dim", json!(1u64 << 33)), &["token_dim is 8589934592"]);
+    refused(
+        &with("token_dim", json!(1u64 << 33)),
+        &["token_dim is 8589934592"],
+    );
 }
 
 #[test]
@@ -176,21 +214,32 @@ fn token_dim_differs_from_the_model() {
     // Loads (the prompt itself is consistent), but cannot be used with a 576-wide model.
     let (dir, _) = folder(good_config().to_string().as_bytes());
     let p = SoftPrompt::load(dir.path()).unwrap();
-    let e = p.check_compatible(576, "sha256:0000000000000000", false).unwrap_err();
+    let e = p
+        .check_compatible(576, "sha256:0000000000000000", false)
+        .unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, Error::Mismatch(_)), "{e:?}");
     assert!(msg.contains(&*dir.path().to_string_lossy()), "{msg}");
-    assert!(msg.contains("token dimension 4, but the model's hidden size is 576"), "{msg}");
+    assert!(
+        msg.contains("token dimension 4, but the model's hidden size is 576"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn encoder_decoder_submodules() {
-    refused(&with("num_transformer_submodules", json!(2)), &["num_transformer_submodules is 2"]);
+    refused(
+        &with("num_transformer_submodules", json!(2)),
+        &["num_transformer_submodules is 2"],
+    );
 }
 
 #[test]
 fn modules_to_save_set() {
-    refused(&with("modules_to_save", json!(["lm_head"])), &["modules_to_save is set"]);
+    refused(
+        &with("modules_to_save", json!(["lm_head"])),
+        &["modules_to_save is set"],
+    );
 }
 
 // --- softprompt.json beside a valid adapter.
@@ -219,7 +268,10 @@ fn meta_not_json() {
 
 #[test]
 fn meta_hidden_size_differs_from_the_tensor() {
-    meta_refused(&meta(576, 1), &["hidden_size 576 does not match the 4-wide prompt_embeddings"]);
+    meta_refused(
+        &meta(576, 1),
+        &["hidden_size 576 does not match the 4-wide prompt_embeddings"],
+    );
 }
 
 #[test]

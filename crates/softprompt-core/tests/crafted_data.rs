@@ -33,7 +33,9 @@ fn prepare_refused(name: &str, content: &[u8], needles: &[&str]) {
     let p = write(dir.path(), name, content);
     let (recs, _) = read_records(&p, false).unwrap();
     let spec = builtin_task("sst2").unwrap();
-    expect_err(&p, needles, || prepare(&spec, &recs, &p, false).map(|(i, _)| i.len()));
+    expect_err(&p, needles, || {
+        prepare(&spec, &recs, &p, false).map(|(i, _)| i.len())
+    });
 }
 
 #[test]
@@ -47,7 +49,11 @@ fn bad_json_line() {
 
 #[test]
 fn line_is_not_an_object() {
-    read_refused("list.jsonl", b"{\"a\": 1}\n[1, 2]\n", &["line 2", "expected a JSON object, got a list"]);
+    read_refused(
+        "list.jsonl",
+        b"{\"a\": 1}\n[1, 2]\n",
+        &["line 2", "expected a JSON object, got a list"],
+    );
 }
 
 #[test]
@@ -98,32 +104,56 @@ fn only_blank_lines() {
 
 #[test]
 fn csv_header_only() {
-    read_refused("header.csv", b"sentence,label\n", &["no records (only a header)"]);
+    read_refused(
+        "header.csv",
+        b"sentence,label\n",
+        &["no records (only a header)"],
+    );
 }
 
 #[test]
 fn csv_wrong_column_count() {
-    read_refused("cols.csv", b"sentence,label\ngood,1\nbad,1,extra\n", &["line 3", "3 columns, expected 2"]);
+    read_refused(
+        "cols.csv",
+        b"sentence,label\ngood,1\nbad,1,extra\n",
+        &["line 3", "3 columns, expected 2"],
+    );
 }
 
 #[test]
 fn csv_unclosed_quote() {
-    read_refused("quote.csv", b"sentence,label\n\"never closed,1\n", &["line 2", "quoted field never closed"]);
+    read_refused(
+        "quote.csv",
+        b"sentence,label\n\"never closed,1\n",
+        &["line 2", "quoted field never closed"],
+    );
 }
 
 #[test]
 fn csv_duplicate_header_column() {
-    read_refused("dup.csv", b"label,label\n1,0\n", &["line 1", "column name 'label' appears twice"]);
+    read_refused(
+        "dup.csv",
+        b"label,label\n1,0\n",
+        &["line 1", "column name 'label' appears twice"],
+    );
 }
 
 #[test]
 fn tsv_wrong_column_count() {
-    read_refused("cols.tsv", b"sentence\tlabel\ngood\n", &["line 2", "1 columns, expected 2"]);
+    read_refused(
+        "cols.tsv",
+        b"sentence\tlabel\ngood\n",
+        &["line 2", "1 columns, expected 2"],
+    );
 }
 
 #[test]
 fn invalid_utf8() {
-    read_refused("latin1.jsonl", b"{\"sentence\": \"caf\xE9\", \"label\": 1}\n", &["line 1", "not valid UTF-8"]);
+    read_refused(
+        "latin1.jsonl",
+        b"{\"sentence\": \"caf\xE9\", \"label\": 1}\n",
+        &["line 1", "not valid UTF-8"],
+    );
 }
 
 #[test]
@@ -141,10 +171,17 @@ fn huge_line_in_a_sparse_8_gib_file() {
     let p = dir.path().join("sparse.jsonl");
     std::fs::File::create(&p).unwrap().set_len(8 << 30).unwrap();
     let t = Instant::now();
-    expect_err_with_limit(&p, &["line 1", "longer than 16 MiB"], LINE_ALLOC_LIMIT, || {
-        read_records(&p, true)
-    });
-    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    expect_err_with_limit(
+        &p,
+        &["line 1", "longer than 16 MiB"],
+        LINE_ALLOC_LIMIT,
+        || read_records(&p, true),
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -153,10 +190,18 @@ fn huge_csv_row_in_a_sparse_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("sparse.csv");
     std::fs::write(&p, b"text,label\n\"").unwrap();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(4 << 30).unwrap();
-    expect_err_with_limit(&p, &["line 2", "longer than 16 MiB"], LINE_ALLOC_LIMIT, || {
-        read_records(&p, true)
-    });
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    expect_err_with_limit(
+        &p,
+        &["line 2", "longer than 16 MiB"],
+        LINE_ALLOC_LIMIT,
+        || read_records(&p, true),
+    );
 }
 
 #[test]
@@ -186,9 +231,12 @@ fn huge_line_from_an_endless_pipe() {
         }
         sent
     });
-    expect_err_with_limit(&p, &["line 1", "longer than 16 MiB"], LINE_ALLOC_LIMIT, || {
-        read_records(&p, false)
-    });
+    expect_err_with_limit(
+        &p,
+        &["line 1", "longer than 16 MiB"],
+        LINE_ALLOC_LIMIT,
+        || read_records(&p, false),
+    );
     let sent = writer.join().unwrap();
     assert!(
         sent <= (MAX_LINE_BYTES as u64) + (8 << 20),

@@ -103,7 +103,11 @@ fn the_valid_base_file_opens() {
 #[test]
 fn truncated_inside_the_header() {
     let (b, _) = valid();
-    refused("cut_header.gguf", &b[..13], &["truncated GGUF header", "needs 24"]);
+    refused(
+        "cut_header.gguf",
+        &b[..13],
+        &["truncated GGUF header", "needs 24"],
+    );
 }
 
 #[test]
@@ -112,13 +116,21 @@ fn truncated_inside_a_metadata_key() {
     // tensors gets to the key itself.)
     let mut b = header(0, 1);
     string(&mut b, "general.architecture");
-    refused("cut_key.gguf", &b[..24 + 8 + 12], &["metadata key #0", "claims 20 bytes but only 12 remain"]);
+    refused(
+        "cut_key.gguf",
+        &b[..24 + 8 + 12],
+        &["metadata key #0", "claims 20 bytes but only 12 remain"],
+    );
 }
 
 #[test]
 fn truncated_before_the_counts_can_fit() {
     let (b, [kv, _, _]) = valid();
-    refused("cut_early.gguf", &b[..kv + 12], &["metadata count 1 cannot fit in the remaining 12 bytes"]);
+    refused(
+        "cut_early.gguf",
+        &b[..kv + 12],
+        &["metadata count 1 cannot fit in the remaining 12 bytes"],
+    );
 }
 
 #[test]
@@ -137,13 +149,21 @@ fn truncated_inside_the_tensor_directory() {
     let mut b = header(1, 0);
     tensor_info(&mut b, "w", &[8, 1, 1, 1], GgmlType::F32.id(), 0);
     // name (8 + 1) + n_dims (4) + two dims + 3 bytes of the third.
-    refused("cut_info.gguf", &b[..24 + 9 + 4 + 16 + 3], &["truncated GGUF: tensor \"w\" needs 8 bytes at offset 53"]);
+    refused(
+        "cut_info.gguf",
+        &b[..24 + 9 + 4 + 16 + 3],
+        &["truncated GGUF: tensor \"w\" needs 8 bytes at offset 53"],
+    );
 }
 
 #[test]
 fn truncated_before_the_tensor_directory() {
     let (b, [_, info, _]) = valid();
-    refused("cut_dir.gguf", &b[..info + 16], &["tensor count 1 cannot fit in the remaining 16 bytes"]);
+    refused(
+        "cut_dir.gguf",
+        &b[..info + 16],
+        &["tensor count 1 cannot fit in the remaining 16 bytes"],
+    );
 }
 
 #[test]
@@ -193,14 +213,22 @@ fn huge_string_value_length() {
     string(&mut b, "general.name");
     u32le(&mut b, T_STRING);
     u64le(&mut b, 1 << 40);
-    refused("strlen.gguf", &padded(b, 4096), &["general.name", "claims 1099511627776 bytes"]);
+    refused(
+        "strlen.gguf",
+        &padded(b, 4096),
+        &["general.name", "claims 1099511627776 bytes"],
+    );
 }
 
 #[test]
 fn huge_tensor_name_length() {
     let mut b = header(1, 0);
     u64le(&mut b, 1 << 50);
-    refused("namelen.gguf", &padded(b, 4096), &["tensor name #0", "claims 1125899906842624 bytes"]);
+    refused(
+        "namelen.gguf",
+        &padded(b, 4096),
+        &["tensor name #0", "claims 1125899906842624 bytes"],
+    );
 }
 
 #[test]
@@ -210,7 +238,11 @@ fn huge_array_of_u64() {
     u32le(&mut b, T_ARRAY);
     u32le(&mut b, 10); // u64 elements
     u64le(&mut b, 1 << 59);
-    refused("array.gguf", &padded(b, 4096), &["tokenizer.ggml.scores", "cannot fit"]);
+    refused(
+        "array.gguf",
+        &padded(b, 4096),
+        &["tokenizer.ggml.scores", "cannot fit"],
+    );
 }
 
 #[test]
@@ -220,7 +252,11 @@ fn huge_array_of_strings() {
     u32le(&mut b, T_ARRAY);
     u32le(&mut b, T_STRING);
     u64le(&mut b, u64::MAX);
-    refused("strings.gguf", &padded(b, 4096), &["tokenizer.ggml.tokens", "cannot fit"]);
+    refused(
+        "strings.gguf",
+        &padded(b, 4096),
+        &["tokenizer.ggml.tokens", "cannot fit"],
+    );
 }
 
 // --- Nested array bombs.
@@ -265,7 +301,11 @@ fn nested_array_bomb_many_small_arrays() {
         u32le(&mut b, 0);
         u64le(&mut b, 0);
     }
-    refused("many.gguf", &b, &["\"many\"", "array of 1048576 elements", "cannot fit"]);
+    refused(
+        "many.gguf",
+        &b,
+        &["\"many\"", "array of 1048576 elements", "cannot fit"],
+    );
 }
 
 // --- Alignment.
@@ -322,14 +362,22 @@ fn alignment_not_an_integer() {
 fn tensor_offset_past_eof() {
     let mut b = header(1, 0);
     tensor_info(&mut b, "w", &[8], GgmlType::F32.id(), 1 << 30);
-    refused("eof.gguf", &padded(b, 256), &["tensor \"w\"", "runs past the end of the file"]);
+    refused(
+        "eof.gguf",
+        &padded(b, 256),
+        &["tensor \"w\"", "runs past the end of the file"],
+    );
 }
 
 #[test]
 fn tensor_offset_overflows_u64() {
     let mut b = header(1, 0);
     tensor_info(&mut b, "w", &[8], GgmlType::F32.id(), u64::MAX - 31);
-    refused("offset_overflow.gguf", &padded(b, 256), &["runs past the end of the file"]);
+    refused(
+        "offset_overflow.gguf",
+        &padded(b, 256),
+        &["runs past the end of the file"],
+    );
 }
 
 #[test]
@@ -347,7 +395,11 @@ fn tensor_offset_misaligned() {
 fn dims_product_overflows_usize() {
     let mut b = header(1, 0);
     tensor_info(&mut b, "w", &[1 << 32, 1 << 32], GgmlType::F32.id(), 0);
-    refused("overflow.gguf", &padded(b, 256), &["element count overflows usize"]);
+    refused(
+        "overflow.gguf",
+        &padded(b, 256),
+        &["element count overflows usize"],
+    );
 }
 
 #[test]
@@ -355,7 +407,11 @@ fn dims_byte_size_overflows() {
     // 2^62 elements fit in usize, but 2^62 f32 values do not fit in u64 bytes.
     let mut b = header(1, 0);
     tensor_info(&mut b, "w", &[1 << 31, 1 << 31], GgmlType::F32.id(), 0);
-    refused("bytes_overflow.gguf", &padded(b, 256), &["byte size overflows"]);
+    refused(
+        "bytes_overflow.gguf",
+        &padded(b, 256),
+        &["byte size overflows"],
+    );
 }
 
 #[test]
@@ -363,14 +419,22 @@ fn dims_huge_but_no_data() {
     // The byte size fits in u64 but not in the file.
     let mut b = header(1, 0);
     tensor_info(&mut b, "w", &[1 << 20, 1 << 20], GgmlType::F16.id(), 0);
-    refused("bigdims.gguf", &padded(b, 256), &["runs past the end of the file"]);
+    refused(
+        "bigdims.gguf",
+        &padded(b, 256),
+        &["runs past the end of the file"],
+    );
 }
 
 #[test]
 fn more_than_four_dims() {
     let mut b = header(1, 0);
     tensor_info(&mut b, "w", &[1, 1, 1, 1, 1], GgmlType::F32.id(), 0);
-    refused("dims5.gguf", &padded(b, 256), &["has 5 dimensions (at most 4)"]);
+    refused(
+        "dims5.gguf",
+        &padded(b, 256),
+        &["has 5 dimensions (at most 4)"],
+    );
 }
 
 #[test]
@@ -378,28 +442,44 @@ fn n_dims_u32_max() {
     let mut b = header(1, 0);
     string(&mut b, "w");
     u32le(&mut b, u32::MAX);
-    refused("dims_max.gguf", &padded(b, 256), &["has 4294967295 dimensions (at most 4)"]);
+    refused(
+        "dims_max.gguf",
+        &padded(b, 256),
+        &["has 4294967295 dimensions (at most 4)"],
+    );
 }
 
 #[test]
 fn unknown_tensor_type() {
     let mut b = header(1, 0);
     tensor_info(&mut b, "w", &[32], 1000, 0);
-    refused("type1000.gguf", &padded(b, 512), &["unknown ggml type 1000"]);
+    refused(
+        "type1000.gguf",
+        &padded(b, 512),
+        &["unknown ggml type 1000"],
+    );
 }
 
 #[test]
 fn unsupported_quant_type() {
     let mut b = header(1, 0);
     tensor_info(&mut b, "w", &[256], 16, 0);
-    refused("iq2.gguf", &padded(b, 512), &["IQ2_XXS (id 16)", "cannot read"]);
+    refused(
+        "iq2.gguf",
+        &padded(b, 512),
+        &["IQ2_XXS (id 16)", "cannot read"],
+    );
 }
 
 #[test]
 fn row_not_a_multiple_of_the_block_size() {
     let mut b = header(1, 0);
     tensor_info(&mut b, "w", &[33], GgmlType::Q8_0.id(), 0);
-    refused("block.gguf", &padded(b, 512), &["row length 33 is not a multiple of the Q8_0 block size 32"]);
+    refused(
+        "block.gguf",
+        &padded(b, 512),
+        &["row length 33 is not a multiple of the Q8_0 block size 32"],
+    );
 }
 
 #[test]
@@ -407,7 +487,11 @@ fn duplicate_tensor_names() {
     let mut b = header(2, 0);
     tensor_info(&mut b, "w", &[8], GgmlType::F32.id(), 0);
     tensor_info(&mut b, "w", &[8], GgmlType::F32.id(), 32);
-    refused("dup_tensor.gguf", &padded(b, 512), &["duplicate tensor name \"w\""]);
+    refused(
+        "dup_tensor.gguf",
+        &padded(b, 512),
+        &["duplicate tensor name \"w\""],
+    );
 }
 
 #[test]
@@ -415,7 +499,11 @@ fn overlapping_tensors() {
     let mut b = header(2, 0);
     tensor_info(&mut b, "a", &[32], GgmlType::F32.id(), 0);
     tensor_info(&mut b, "b", &[8], GgmlType::F32.id(), 64);
-    refused("overlap.gguf", &padded(b, 512), &["tensors \"a\" and \"b\" overlap"]);
+    refused(
+        "overlap.gguf",
+        &padded(b, 512),
+        &["tensors \"a\" and \"b\" overlap"],
+    );
 }
 
 // --- Metadata values.
@@ -425,7 +513,11 @@ fn unknown_kv_value_type() {
     let mut b = header(0, 1);
     string(&mut b, "general.name");
     u32le(&mut b, 13);
-    refused("kvtype.gguf", &padded(b, 128), &["\"general.name\" has unknown value type 13"]);
+    refused(
+        "kvtype.gguf",
+        &padded(b, 128),
+        &["\"general.name\" has unknown value type 13"],
+    );
 }
 
 #[test]
@@ -435,7 +527,11 @@ fn unknown_array_element_type() {
     u32le(&mut b, T_ARRAY);
     u32le(&mut b, 77);
     u64le(&mut b, 1);
-    refused("elemtype.gguf", &padded(b, 128), &["\"general.tags\": array of unknown value type 77"]);
+    refused(
+        "elemtype.gguf",
+        &padded(b, 128),
+        &["\"general.tags\": array of unknown value type 77"],
+    );
 }
 
 #[test]
@@ -443,7 +539,11 @@ fn key_not_utf8() {
     let mut b = header(0, 1);
     u64le(&mut b, 2);
     b.extend_from_slice(&[0xC3, 0x28]);
-    refused("utf8.gguf", &padded(b, 128), &["metadata key #0", "not valid UTF-8"]);
+    refused(
+        "utf8.gguf",
+        &padded(b, 128),
+        &["metadata key #0", "not valid UTF-8"],
+    );
 }
 
 #[test]
@@ -454,7 +554,11 @@ fn duplicate_metadata_key() {
         u32le(&mut b, T_U32);
         u32le(&mut b, 1);
     }
-    refused("dupkey.gguf", &padded(b, 128), &["duplicate metadata key \"general.name\""]);
+    refused(
+        "dupkey.gguf",
+        &padded(b, 128),
+        &["duplicate metadata key \"general.name\""],
+    );
 }
 
 // --- Not GGUF at all.

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use crafted_common::expect_err;
 use softprompt_core::model::load::hf::load_hf_folder;
-use softprompt_core::train::checkpoint::{load_checkpoint, load_latest, save_checkpoint, Checkpoint};
+use softprompt_core::train::checkpoint::{
+    load_checkpoint, load_latest, save_checkpoint, Checkpoint,
+};
 
 const CONFIG: &str = r#"{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16,
   "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 4,
@@ -40,7 +42,9 @@ fn st(header: &str, data: &[u8]) -> Vec<u8> {
 
 #[track_caller]
 fn hf_refused(dir: &Path, file: &Path, needles: &[&str]) {
-    expect_err(file, needles, || load_hf_folder(dir).map(|lw| lw.weights.len()));
+    expect_err(file, needles, || {
+        load_hf_folder(dir).map(|lw| lw.weights.len())
+    });
 }
 
 #[test]
@@ -64,7 +68,11 @@ fn config_json_missing_fields() {
     let d = folder();
     let c = d.path().join("config.json");
     std::fs::write(&c, r#"{"model_type": "llama", "hidden_size": 8}"#).unwrap();
-    hf_refused(d.path(), &c, &["not a usable llama config", "missing field"]);
+    hf_refused(
+        d.path(),
+        &c,
+        &["not a usable llama config", "missing field"],
+    );
 }
 
 #[test]
@@ -87,7 +95,10 @@ fn tokenizer_json_malformed() {
 fn weights_header_length_huge() {
     let d = folder();
     let w = d.path().join("model.safetensors");
-    let mut b = st(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]);
+    let mut b = st(
+        r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+        &[0; 4],
+    );
     b[..8].copy_from_slice(&(1u64 << 60).to_le_bytes());
     std::fs::write(&w, b).unwrap();
     hf_refused(d.path(), &w, &["not a valid safetensors file"]);
@@ -97,7 +108,14 @@ fn weights_header_length_huge() {
 fn weights_unsupported_dtype() {
     let d = folder();
     let w = d.path().join("model.safetensors");
-    std::fs::write(&w, st(r#"{"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#, &[0; 8])).unwrap();
+    std::fs::write(
+        &w,
+        st(
+            r#"{"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#,
+            &[0; 8],
+        ),
+    )
+    .unwrap();
     hf_refused(d.path(), &w, &["tensor a", "dtype I64"]);
 }
 
@@ -106,7 +124,11 @@ fn weights_only_as_a_pickle() {
     let d = folder();
     std::fs::write(d.path().join("pytorch_model.bin"), b"\x80\x02}q\x00.").unwrap();
     let w = d.path().join("model.safetensors");
-    hf_refused(d.path(), &w, &["only pytorch_model.bin is present", "safetensors only"]);
+    hf_refused(
+        d.path(),
+        &w,
+        &["only pytorch_model.bin is present", "safetensors only"],
+    );
 }
 
 #[test]
@@ -114,7 +136,11 @@ fn index_shard_path_leaves_the_folder() {
     let d = folder();
     let i = d.path().join("model.safetensors.index.json");
     std::fs::write(&i, r#"{"weight_map": {"a": "../../etc/passwd"}}"#).unwrap();
-    hf_refused(d.path(), &i, &["leaves the model folder", "refusing to read it"]);
+    hf_refused(
+        d.path(),
+        &i,
+        &["leaves the model folder", "refusing to read it"],
+    );
 }
 
 #[test]
@@ -151,7 +177,9 @@ fn checkpoint_state_json_of_1_gib() {
     let (_d, p) = saved();
     let s = p.join("state.json");
     sparse(&s, 1 << 30);
-    expect_err(&s, &["state.json is larger than 268435456 bytes"], || load_checkpoint(&p));
+    expect_err(&s, &["state.json is larger than 268435456 bytes"], || {
+        load_checkpoint(&p)
+    });
 }
 
 #[test]
@@ -162,7 +190,9 @@ fn checkpoint_tensors_damaged() {
     let n = b.len();
     b[n - 1] ^= 0x40;
     std::fs::write(&t, b).unwrap();
-    expect_err(&t, &["checksum mismatch", "damaged"], || load_checkpoint(&p));
+    expect_err(&t, &["checksum mismatch", "damaged"], || {
+        load_checkpoint(&p)
+    });
 }
 
 #[test]
@@ -182,7 +212,11 @@ fn checkpoint_state_claims_a_huge_tensors_file() {
     v["tensors_bytes"] = serde_json::json!(u64::MAX);
     std::fs::write(&s, v.to_string()).unwrap();
     let t = p.join("tensors.safetensors");
-    expect_err(&t, &["state.json records 18446744073709551615 bytes"], || load_checkpoint(&p));
+    expect_err(
+        &t,
+        &["state.json records 18446744073709551615 bytes"],
+        || load_checkpoint(&p),
+    );
 }
 
 #[test]
@@ -200,6 +234,9 @@ fn checkpoint_all_damaged() {
     let (d, p) = saved();
     std::fs::write(p.join("state.json"), "{").unwrap();
     let e = load_latest(d.path()).unwrap_err().to_string();
-    assert!(e.contains(&*d.path().to_string_lossy()) && e.contains("no valid checkpoint"), "{e}");
+    assert!(
+        e.contains(&*d.path().to_string_lossy()) && e.contains("no valid checkpoint"),
+        "{e}"
+    );
     assert!(e.contains("malformed JSON"), "{e}");
 }

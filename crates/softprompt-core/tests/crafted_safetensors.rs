@@ -63,7 +63,9 @@ fn refused(weights: &[u8], needles: &[&str]) -> Error {
     let (dir, w) = folder(weights);
     let e = expect_err(&w, needles, || SoftPrompt::load(dir.path()));
     let bytes = weights.to_vec();
-    let e2 = expect_err(&w, needles, || parse_prompt_safetensors(&w, &bytes, P, Some(D)));
+    let e2 = expect_err(&w, needles, || {
+        parse_prompt_safetensors(&w, &bytes, P, Some(D))
+    });
     assert_eq!(e.to_string(), e2.to_string());
     e
 }
@@ -100,7 +102,10 @@ fn header_length_huge() {
 #[test]
 fn header_not_json() {
     let h = "{\"prompt_embeddings\": not json at all, padding padding padding padding padding padding padding}";
-    refused(&st(h, &f32s(&good_values())), &["corrupt safetensors header"]);
+    refused(
+        &st(h, &f32s(&good_values())),
+        &["corrupt safetensors header"],
+    );
 }
 
 #[test]
@@ -112,25 +117,40 @@ fn header_not_utf8() {
 
 #[test]
 fn header_is_a_json_array() {
-    refused(&st("[1, 2, 3]", &f32s(&good_values())), &["corrupt safetensors header"]);
+    refused(
+        &st("[1, 2, 3]", &f32s(&good_values())),
+        &["corrupt safetensors header"],
+    );
 }
 
 #[test]
 fn data_offsets_out_of_range() {
     let h = r#"{"prompt_embeddings":{"dtype":"F32","shape":[2,4],"data_offsets":[0,4096]}}"#;
-    refused(&st(h, &f32s(&good_values())), &["corrupt safetensors header"]);
+    refused(
+        &st(h, &f32s(&good_values())),
+        &["corrupt safetensors header"],
+    );
 }
 
 #[test]
 fn data_offsets_reversed() {
     let h = r#"{"prompt_embeddings":{"dtype":"F32","shape":[2,4],"data_offsets":[32,0]}}"#;
-    refused(&st(h, &f32s(&good_values())), &["corrupt safetensors header", "invalid offset for tensor `prompt_embeddings`"]);
+    refused(
+        &st(h, &f32s(&good_values())),
+        &[
+            "corrupt safetensors header",
+            "invalid offset for tensor `prompt_embeddings`",
+        ],
+    );
 }
 
 #[test]
 fn data_offsets_overlapping() {
     let h = r#"{"prompt_embeddings":{"dtype":"F32","shape":[2,4],"data_offsets":[0,32]},"other":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}}"#;
-    refused(&st(h, &f32s(&good_values())), &["corrupt safetensors header"]);
+    refused(
+        &st(h, &f32s(&good_values())),
+        &["corrupt safetensors header"],
+    );
 }
 
 #[test]
@@ -139,7 +159,10 @@ fn data_offsets_huge() {
         r#"{{"prompt_embeddings":{{"dtype":"F32","shape":[2,4],"data_offsets":[0,{}]}}}}"#,
         u64::MAX
     );
-    refused(&st(&h, &f32s(&good_values())), &["corrupt safetensors header"]);
+    refused(
+        &st(&h, &f32s(&good_values())),
+        &["corrupt safetensors header"],
+    );
 }
 
 #[test]
@@ -149,13 +172,22 @@ fn shape_overflows() {
         u64::MAX,
         u64::MAX
     );
-    refused(&st(&h, &f32s(&good_values())), &["corrupt safetensors header"]);
+    refused(
+        &st(&h, &f32s(&good_values())),
+        &["corrupt safetensors header"],
+    );
 }
 
 #[test]
 fn wrong_dtype_i64() {
     let h = r#"{"prompt_embeddings":{"dtype":"I64","shape":[2,4],"data_offsets":[0,64]}}"#;
-    let e = refused(&st(h, &[0u8; 64]), &["`prompt_embeddings` has dtype I64", "supported: F32, F16, BF16"]);
+    let e = refused(
+        &st(h, &[0u8; 64]),
+        &[
+            "`prompt_embeddings` has dtype I64",
+            "supported: F32, F16, BF16",
+        ],
+    );
     assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
 }
 
@@ -168,19 +200,28 @@ fn wrong_dtype_f64() {
 #[test]
 fn wrong_shape_rank() {
     let h = r#"{"prompt_embeddings":{"dtype":"F32","shape":[2,2,2],"data_offsets":[0,32]}}"#;
-    refused(&st(h, &f32s(&good_values())), &["has shape [2, 2, 2]", "calls for [2, 4]"]);
+    refused(
+        &st(h, &f32s(&good_values())),
+        &["has shape [2, 2, 2]", "calls for [2, 4]"],
+    );
 }
 
 #[test]
 fn wrong_number_of_rows() {
     let h = r#"{"prompt_embeddings":{"dtype":"F32","shape":[1,8],"data_offsets":[0,32]}}"#;
-    refused(&st(h, &f32s(&good_values())), &["has shape [1, 8]", "num_virtual_tokens"]);
+    refused(
+        &st(h, &f32s(&good_values())),
+        &["has shape [1, 8]", "num_virtual_tokens"],
+    );
 }
 
 #[test]
 fn token_dim_differs_from_the_config() {
     let h = r#"{"prompt_embeddings":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}"#;
-    refused(&st(h, &f32s(&[0.0; 6])), &["has shape [2, 3]", "token_dim 4"]);
+    refused(
+        &st(h, &f32s(&[0.0; 6])),
+        &["has shape [2, 3]", "token_dim 4"],
+    );
 }
 
 #[test]
@@ -188,7 +229,13 @@ fn nan_value() {
     let mut v = good_values();
     v[5] = f32::NAN;
     let h = r#"{"prompt_embeddings":{"dtype":"F32","shape":[2,4],"data_offsets":[0,32]}}"#;
-    refused(&st(h, &f32s(&v)), &["row 1 (virtual token 1) holds NaN at column 1", "must be finite"]);
+    refused(
+        &st(h, &f32s(&v)),
+        &[
+            "row 1 (virtual token 1) holds NaN at column 1",
+            "must be finite",
+        ],
+    );
 }
 
 #[test]
@@ -196,7 +243,10 @@ fn infinite_value() {
     let mut v = good_values();
     v[2] = f32::NEG_INFINITY;
     let h = r#"{"prompt_embeddings":{"dtype":"F32","shape":[2,4],"data_offsets":[0,32]}}"#;
-    refused(&st(h, &f32s(&v)), &["row 0 (virtual token 0) holds -inf at column 2"]);
+    refused(
+        &st(h, &f32s(&v)),
+        &["row 0 (virtual token 0) holds -inf at column 2"],
+    );
 }
 
 #[test]
@@ -205,7 +255,10 @@ fn infinite_value_in_f16() {
     let mut data = vec![0u8; 16];
     data[14..16].copy_from_slice(&0x7C00u16.to_le_bytes());
     let h = r#"{"prompt_embeddings":{"dtype":"F16","shape":[2,4],"data_offsets":[0,16]}}"#;
-    refused(&st(h, &data), &["row 1 (virtual token 1) holds inf at column 3"]);
+    refused(
+        &st(h, &data),
+        &["row 1 (virtual token 1) holds inf at column 3"],
+    );
 }
 
 #[test]
@@ -213,18 +266,27 @@ fn extra_tensor() {
     let h = r#"{"prompt_embeddings":{"dtype":"F32","shape":[2,4],"data_offsets":[0,32]},"lora_A":{"dtype":"F32","shape":[1],"data_offsets":[32,36]}}"#;
     let mut data = f32s(&good_values());
     data.extend_from_slice(&[0; 4]);
-    refused(&st(h, &data), &["holds tensors besides `prompt_embeddings` (lora_A)"]);
+    refused(
+        &st(h, &data),
+        &["holds tensors besides `prompt_embeddings` (lora_A)"],
+    );
 }
 
 #[test]
 fn missing_prompt_tensor() {
     let h = r#"{"embedding":{"dtype":"F32","shape":[2,4],"data_offsets":[0,32]}}"#;
-    refused(&st(h, &f32s(&good_values())), &["no tensor `prompt_embeddings` (found: embedding)"]);
+    refused(
+        &st(h, &f32s(&good_values())),
+        &["no tensor `prompt_embeddings` (found: embedding)"],
+    );
 }
 
 #[test]
 fn no_tensors_at_all() {
-    refused(&st(r#"{"__metadata__":{"format":"pt"}}"#, &[]), &["no tensor `prompt_embeddings` (found: none)"]);
+    refused(
+        &st(r#"{"__metadata__":{"format":"pt"}}"#, &[]),
+        &["no tensor `prompt_embeddings` (found: none)"],
+    );
 }
 
 #[test]
@@ -254,6 +316,8 @@ fn pickle_weights_are_never_loaded() {
     // A pickle that would run code if unpickled: it must not even be opened.
     let pickle = dir.path().join("adapter_model.bin");
     std::fs::write(&pickle, b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.").unwrap();
-    let e = expect_err(&pickle, &["pickle", "safetensors"], || SoftPrompt::load(dir.path()));
+    let e = expect_err(&pickle, &["pickle", "safetensors"], || {
+        SoftPrompt::load(dir.path())
+    });
     assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
 }

@@ -231,9 +231,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     // A regular file's size is known: refuse it before reading anything.
-    let too_big = f
-        .metadata()
-        .is_ok_and(|m| m.is_file() && m.len() > cap);
+    let too_big = f.metadata().is_ok_and(|m| m.is_file() && m.len() > cap);
     let mut buf = Vec::new();
     if !too_big {
         f.take(cap + 1)

@@ -78,9 +78,7 @@ pub const MAX_INDEX_JSON_BYTES: u64 = 64 << 20;
 fn read_capped(path: &Path, file: File, cap: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     // A regular file's size is known: refuse it before reading anything.
-    let too_big = file
-        .metadata()
-        .is_ok_and(|m| m.is_file() && m.len() > cap);
+    let too_big = file.metadata().is_ok_and(|m| m.is_file() && m.len() > cap);
     let mut buf = Vec::new();
     if !too_big {
         file.take(cap + 1)
