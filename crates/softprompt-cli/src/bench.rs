@@ -139,18 +139,26 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
         for exact in [true, false] {
             m.llama.exact = exact;
             let b = 32;
-            let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(m.llama.n_layers())).collect();
+            let mut caches: Vec<KvCache> =
+                (0..b).map(|_| KvCache::new(m.llama.n_layers())).collect();
             for (i, c) in caches.iter_mut().enumerate() {
                 let t = ids(16, i as u32);
-                let (mut x, lens) = m.llama.embed_batch(&[SeqInput { prompt: Some(&prompt), ids: &t }])?;
-                m.llama.forward(&mut x, &lens, std::slice::from_mut(c), false)?;
+                let (mut x, lens) = m.llama.embed_batch(&[SeqInput {
+                    prompt: Some(&prompt),
+                    ids: &t,
+                }])?;
+                m.llama
+                    .forward(&mut x, &lens, std::slice::from_mut(c), false)?;
             }
             let toks = ids(b, 3);
             let mut times = Vec::new();
             for _ in 0..runs.max(3) {
                 let seqs: Vec<SeqInput> = toks
                     .iter()
-                    .map(|t| SeqInput { prompt: None, ids: std::slice::from_ref(t) })
+                    .map(|t| SeqInput {
+                        prompt: None,
+                        ids: std::slice::from_ref(t),
+                    })
                     .collect();
                 let t = Instant::now();
                 let (mut x, lens) = m.llama.embed_batch(&seqs)?;

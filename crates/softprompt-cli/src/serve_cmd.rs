@@ -65,7 +65,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if admin_key.as_ref().is_some_and(|k| k.len() < 16) {
         anyhow::bail!("the admin key must be at least 16 characters");
     }
-    anyhow::ensure!(a.max_concurrent > 0 && a.max_batch > 0, "--max-concurrent and --max-batch must be > 0");
+    anyhow::ensure!(
+        a.max_concurrent > 0 && a.max_batch > 0,
+        "--max-concurrent and --max-batch must be > 0"
+    );
     let model = load_model(&a.model)?;
     let cfg = ServeConfig {
         bind: a.bind,
@@ -232,7 +235,8 @@ pub fn init(a: InitArgs) -> Result<()> {
         let emb = trainer::init_embeddings(&model, &init, a.virtual_tokens, seed, &spec)?;
         let mut p = model.new_prompt(emb);
         if let Some(m) = p.meta.as_mut() {
-            m.training = Some(serde_json::json!({ "init": a.init, "seed": seed, "trained_steps": 0 }));
+            m.training =
+                Some(serde_json::json!({ "init": a.init, "seed": seed, "trained_steps": 0 }));
             if matches!(init, Init::Labels) {
                 m.task = serde_json::to_value(&spec).ok();
             }

@@ -66,6 +66,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
         tokenizer,
         source: "tiny".into(),
         stored_dtype: "f32".into(),
+        chat_template: None,
     };
     let p = dir.join("tiny-model");
     softprompt_core::model::load::hf::save_hf_folder(&p, &lw, None).unwrap();

@@ -62,14 +62,29 @@ fn start(args: &[&str]) -> Server {
 /// `n` prompts `p000..` made by `softprompt init` (vocabulary rows, seeds 0..n).
 fn make_prompts(dir: &Path, n: usize, extra: &[&str]) {
     // One prompt: --out is the prompt folder itself.
-    let target = if n == 1 { dir.join("p000") } else { dir.to_path_buf() };
+    let target = if n == 1 {
+        dir.join("p000")
+    } else {
+        dir.to_path_buf()
+    };
     let out = bin()
-        .args(["init", "--count", &n.to_string(), "--virtual-tokens", "8", "--out"])
+        .args([
+            "init",
+            "--count",
+            &n.to_string(),
+            "--virtual-tokens",
+            "8",
+            "--out",
+        ])
         .arg(target)
         .args(extra)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn agent() -> ureq::Agent {
@@ -169,7 +184,11 @@ fn mixed_prompt_batches_answer_exactly_as_lone_requests() {
     let dir = tempfile::tempdir().unwrap();
     make_prompts(&dir.path().join("prompts"), 4, &[]);
     let s = start(&["--prompts", dir.path().join("prompts").to_str().unwrap()]);
-    let texts = ["The capital of France is", "Once upon a time", "I loved this movie"];
+    let texts = [
+        "The capital of France is",
+        "Once upon a time",
+        "I loved this movie",
+    ];
     let mut cases = Vec::new();
     for p in ["p000", "p001", "p002", "p003", "base"] {
         for (i, t) in texts.iter().enumerate() {
@@ -199,7 +218,10 @@ fn mixed_prompt_batches_answer_exactly_as_lone_requests() {
     });
     let mean_batch = (metric(&s.url, "softprompt_decode_rows_total") - rows0)
         / (metric(&s.url, "softprompt_decode_steps_total") - steps0);
-    assert!(mean_batch > 3.0, "requests did not share batches: mean batch {mean_batch}");
+    assert!(
+        mean_batch > 3.0,
+        "requests did not share batches: mean batch {mean_batch}"
+    );
     for ((c, a), t) in cases.iter().zip(&alone).zip(&together) {
         assert_eq!(
             a["softprompt"]["token_ids"], t["softprompt"]["token_ids"],
@@ -237,7 +259,10 @@ fn mixed_prompt_batches_answer_exactly_as_lone_requests() {
     let (_, models) = get(&format!("{}/v1/models", s.url), None);
     let models: Value = serde_json::from_str(&models).unwrap();
     assert_eq!(models["data"].as_array().unwrap().len(), 5);
-    assert_eq!(models["data"][1]["softprompt"]["sha256"], alone[0]["softprompt"]["sha256"]);
+    assert_eq!(
+        models["data"][1]["softprompt"]["sha256"],
+        alone[0]["softprompt"]["sha256"]
+    );
 }
 
 #[test]
@@ -264,39 +289,86 @@ fn bad_requests_get_4xx_and_change_nothing() {
     };
     let cases: Vec<(&str, Value, u16)> = vec![
         ("unknown prompt", with("model", json!("nope")), 404),
-        ("path traversal name", with("model", json!("../../etc/passwd")), 404),
+        (
+            "path traversal name",
+            with("model", json!("../../etc/passwd")),
+            404,
+        ),
         ("negative max_tokens", with("max_tokens", json!(-1)), 422),
         ("zero max_tokens", with("max_tokens", json!(0)), 422),
-        ("huge max_tokens", with("max_tokens", json!(1u64 << 40)), 422),
-        ("max_tokens over the flag", with("max_tokens", json!(33)), 422),
-        ("negative temperature", with("temperature", json!(-0.5)), 422),
+        (
+            "huge max_tokens",
+            with("max_tokens", json!(1u64 << 40)),
+            422,
+        ),
+        (
+            "max_tokens over the flag",
+            with("max_tokens", json!(33)),
+            422,
+        ),
+        (
+            "negative temperature",
+            with("temperature", json!(-0.5)),
+            422,
+        ),
         ("top_p zero", with("top_p", json!(0.0)), 422),
         ("top_p above one", with("top_p", json!(1.5)), 422),
         ("negative top_k", with("top_k", json!(-3)), 422),
-        ("token id past the vocabulary", with("prompt", json!([1, 2, 49152])), 422),
+        (
+            "token id past the vocabulary",
+            with("prompt", json!([1, 2, 49152])),
+            422,
+        ),
         ("negative token id", with("prompt", json!([1, -2])), 422),
         ("two prompts", with("prompt", json!(["a", "b"])), 422),
         ("n = 2", with("n", json!(2)), 422),
         ("logprobs", with("logprobs", json!(5)), 422),
-        ("input over --max-input-tokens", with("prompt", json!("word ".repeat(100))), 422),
-        ("empty base prompt", json!({ "model": "base", "prompt": "" }), 422),
+        (
+            "input over --max-input-tokens",
+            with("prompt", json!("word ".repeat(100))),
+            422,
+        ),
+        (
+            "empty base prompt",
+            json!({ "model": "base", "prompt": "" }),
+            422,
+        ),
         ("model missing", json!({ "prompt": "x" }), 422),
-        ("max_tokens not a number", with("max_tokens", json!("ten")), 422),
-        ("body over --max-body-bytes", with("prompt", json!("x".repeat(5000))), 413),
+        (
+            "max_tokens not a number",
+            with("max_tokens", json!("ten")),
+            422,
+        ),
+        (
+            "body over --max-body-bytes",
+            with("prompt", json!("x".repeat(5000))),
+            413,
+        ),
     ];
     for (what, body, code) in &cases {
         let (got, v) = post(&u, body);
         assert_eq!(got, *code, "{what}: {v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {v}"
+        );
     }
     // Not JSON at all.
     let r = agent()
         .post(&u)
         .set("Content-Type", "application/json")
         .send_string("{not json");
-    assert!(matches!(r, Err(ureq::Error::Status(400, _))), "malformed JSON");
+    assert!(
+        matches!(r, Err(ureq::Error::Status(400, _))),
+        "malformed JSON"
+    );
     // Nothing changed: the same request still gets the same answer; no 5xx counted.
-    assert_eq!(post(&u, &good).1["softprompt"]["token_ids"], before["softprompt"]["token_ids"]);
+    assert_eq!(
+        post(&u, &good).1["softprompt"]["token_ids"],
+        before["softprompt"]["token_ids"]
+    );
     assert_eq!(metric(&s.url, "softprompt_errors_total"), 0.0);
     assert_eq!(get(&format!("{}/health", s.url), None).0, 200);
 }
@@ -331,7 +403,14 @@ fn admin_loads_and_unloads_prompts_inside_the_folder_only() {
     let late = completion(&s, "late", "Hello", json!({}));
     assert_eq!(late["softprompt"]["sha256"], v["softprompt"]["sha256"]);
     // Names that are not plain folder names.
-    for bad in ["../spare/p000", "..", ".hidden", "a/b", "", "p000/../../spare"] {
+    for bad in [
+        "../spare/p000",
+        "..",
+        ".hidden",
+        "a/b",
+        "",
+        "p000/../../spare",
+    ] {
         let (code, v) = post_with(&admin, &json!({ "name": bad }), Some(key));
         assert_eq!(code, 422, "name {bad:?}: {v}");
     }
@@ -341,19 +420,32 @@ fn admin_loads_and_unloads_prompts_inside_the_folder_only() {
         std::os::unix::fs::symlink(spare.join("p000"), prompts.join("escape")).unwrap();
         let (code, v) = post_with(&admin, &json!({ "name": "escape" }), Some(key));
         assert_eq!(code, 422, "{v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains("outside"), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("outside"),
+            "{v}"
+        );
     }
     // A prompt made for another base model (its fingerprint differs).
     copy_dir(&spare.join("p000"), &prompts.join("other"));
     let meta_path = prompts.join("other/softprompt.json");
-    let mut meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    let mut meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
     meta["model_fingerprint"] = json!("sha256:0000000000000000");
     std::fs::write(&meta_path, meta.to_string()).unwrap();
     let (code, v) = post_with(&admin, &json!({ "name": "other" }), Some(key));
     assert_eq!(code, 422, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("fingerprint"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fingerprint"),
+        "{v}"
+    );
     // Missing folder.
-    assert_eq!(post_with(&admin, &json!({ "name": "absent" }), Some(key)).0, 404);
+    assert_eq!(
+        post_with(&admin, &json!({ "name": "absent" }), Some(key)).0,
+        404
+    );
     // Unload while a request uses the prompt: the request finishes with it (pinned).
     let mut r = open_stream(
         &s.url,
@@ -407,12 +499,19 @@ fn overload_gets_immediate_429_and_a_gone_client_stops_its_generation() {
         &json!({ "model": "base", "prompt": "Hi" }),
     );
     assert_eq!(code, 429, "{v}");
-    assert!(t.elapsed() < Duration::from_secs(2), "429 took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "429 took {:?}",
+        t.elapsed()
+    );
     // The client leaves: its generation stops long before 400 tokens.
     drop(r);
     let t = Instant::now();
     while metric(&s.url, "softprompt_active_sequences") > 0.0 {
-        assert!(t.elapsed() < Duration::from_secs(20), "generation kept running");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "generation kept running"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric(&s.url, "softprompt_cancelled_total"), 1.0);
@@ -442,7 +541,11 @@ fn sigterm_drains_requests_in_flight() {
     );
     assert!(next_data(&mut r).is_some());
     let pid = s.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let mut n = 1;
     let mut done = false;
     while let Some(d) = next_data(&mut r) {
@@ -485,7 +588,11 @@ fn classify_uses_the_prompts_task_and_matches_the_cli() {
         .arg(prompts.join("p000"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["label"], cli["label"]);
     for (l, p) in cli["probabilities"].as_object().unwrap() {
@@ -523,8 +630,14 @@ fn chat_completions_render_the_models_template() {
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
     );
     let plain = completion(&s, "base", &rendered, json!({ "max_tokens": 12 }));
-    assert_eq!(plain["usage"]["prompt_tokens"], chat["usage"]["prompt_tokens"]);
-    assert_eq!(plain["softprompt"]["token_ids"], chat["softprompt"]["token_ids"]);
+    assert_eq!(
+        plain["usage"]["prompt_tokens"],
+        chat["usage"]["prompt_tokens"]
+    );
+    assert_eq!(
+        plain["softprompt"]["token_ids"],
+        chat["softprompt"]["token_ids"]
+    );
     // Bad messages are the client's fault.
     let (code, _) = post(
         &format!("{}/v1/chat/completions", s.url),
@@ -551,7 +664,10 @@ fn timeout_and_oversized_headers_are_refused_cleanly() {
     // The timed-out generation stops.
     let t = Instant::now();
     while metric(&s.url, "softprompt_active_sequences") > 0.0 {
-        assert!(t.elapsed() < Duration::from_secs(20), "timed-out generation kept running");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "timed-out generation kept running"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric(&s.url, "softprompt_timeouts_total"), 1.0);
@@ -559,10 +675,17 @@ fn timeout_and_oversized_headers_are_refused_cleanly() {
     let addr = s.url.trim_start_matches("http://");
     let mut sock = std::net::TcpStream::connect(addr).unwrap();
     let big = "a".repeat(1 << 20);
-    let _ = write!(sock, "GET /health HTTP/1.1\r\nHost: {addr}\r\nX-Big: {big}\r\n\r\n");
+    let _ = write!(
+        sock,
+        "GET /health HTTP/1.1\r\nHost: {addr}\r\nX-Big: {big}\r\n\r\n"
+    );
     let mut resp = String::new();
     let _ = BufReader::new(sock).read_line(&mut resp);
-    let code: u16 = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code: u16 = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     assert!((400..500).contains(&code), "status line {resp:?}");
     assert_eq!(get(&format!("{}/health", s.url), None).0, 200);
 }

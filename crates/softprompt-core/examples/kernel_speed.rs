@@ -18,7 +18,11 @@ fn main() {
                 }
             }
             let s = t.elapsed().as_secs_f64() / reps as f64;
-            println!("m={m:3} {name:7} {:8.1} us  {:6.1} GFLOP/s", s * 1e6, 2.0 * (m * n * k) as f64 / s / 1e9);
+            println!(
+                "m={m:3} {name:7} {:8.1} us  {:6.1} GFLOP/s",
+                s * 1e6,
+                2.0 * (m * n * k) as f64 / s / 1e9
+            );
         }
     }
 }

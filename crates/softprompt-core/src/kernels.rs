@@ -599,8 +599,12 @@ mod tests {
     #[test]
     fn linear_rows_is_batch_invariant() {
         let (n, k) = (70, 203); // k: 6 blocks of 32, a 16-block and a scalar tail
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.3).collect();
-        let x: Vec<f32> = (0..9 * k).map(|i| ((i * 5 % 17) as f32 - 8.0) / 9.1).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.3)
+            .collect();
+        let x: Vec<f32> = (0..9 * k)
+            .map(|i| ((i * 5 % 17) as f32 - 8.0) / 9.1)
+            .collect();
         let mut all = vec![0.0; 9 * n];
         linear_rows(&x, &w, 9, n, k, &mut all, false);
         for i in 0..9 {

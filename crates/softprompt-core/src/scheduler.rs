@@ -344,7 +344,9 @@ impl Worker {
                 }
             }
         }
-        self.stats.active.store(self.active.len(), Ordering::Relaxed);
+        self.stats
+            .active
+            .store(self.active.len(), Ordering::Relaxed);
     }
 
     /// Run a new request's text over its prompt's cached prefix and pick its first token.
@@ -454,7 +456,9 @@ impl Worker {
             Ok(llama.logits(&x, &rows)) // [B, V]
         });
         self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
-        self.stats.decode_rows.fetch_add(b as u64, Ordering::Relaxed);
+        self.stats
+            .decode_rows
+            .fetch_add(b as u64, Ordering::Relaxed);
         self.stats.last_batch.store(b, Ordering::Relaxed);
         let logits = match res {
             Ok(l) => l,
@@ -485,7 +489,9 @@ impl Worker {
         for (_, f) in &finished {
             self.count(*f);
         }
-        self.stats.active.store(self.active.len(), Ordering::Relaxed);
+        self.stats
+            .active
+            .store(self.active.len(), Ordering::Relaxed);
         for (mut a, f) in finished {
             (a.req.sink)(Event::Done(f));
         }

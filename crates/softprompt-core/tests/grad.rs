@@ -406,13 +406,19 @@ fn exact_mode_is_batch_and_prefix_invariant() {
         let b: Vec<u32> = vec![8, 1, 30];
         let default_mode = hidden_rows(
             &model,
-            &[SeqInput { prompt: Some(&pr), ids: &a }],
+            &[SeqInput {
+                prompt: Some(&pr),
+                ids: &a,
+            }],
             &mut [KvCache::new(nl)],
         );
         model.exact = true;
         let alone = hidden_rows(
             &model,
-            &[SeqInput { prompt: Some(&pr), ids: &a }],
+            &[SeqInput {
+                prompt: Some(&pr),
+                ids: &a,
+            }],
             &mut [KvCache::new(nl)],
         );
         let max = alone
@@ -425,34 +431,79 @@ fn exact_mode_is_batch_and_prefix_invariant() {
         let packed = hidden_rows(
             &model,
             &[
-                SeqInput { prompt: None, ids: &b },
-                SeqInput { prompt: Some(&pr), ids: &a },
+                SeqInput {
+                    prompt: None,
+                    ids: &b,
+                },
+                SeqInput {
+                    prompt: Some(&pr),
+                    ids: &a,
+                },
             ],
             &mut [KvCache::new(nl), KvCache::new(nl)],
         );
-        assert_eq!(&packed[b.len() * d..], &alone[..], "{ty}: packing changed the rows");
+        assert_eq!(
+            &packed[b.len() * d..],
+            &alone[..],
+            "{ty}: packing changed the rows"
+        );
         // The prompt's keys/values computed once, then the text on top of that cache.
         let mut cache = KvCache::new(nl);
-        hidden_rows(&model, &[SeqInput { prompt: Some(&pr), ids: &[] }], std::slice::from_mut(&mut cache));
+        hidden_rows(
+            &model,
+            &[SeqInput {
+                prompt: Some(&pr),
+                ids: &[],
+            }],
+            std::slice::from_mut(&mut cache),
+        );
         let mut reused = cache.clone();
-        let text = hidden_rows(&model, &[SeqInput { prompt: None, ids: &a }], std::slice::from_mut(&mut reused));
-        assert_eq!(&text[..], &alone[4 * d..], "{ty}: prefix cache changed the rows");
+        let text = hidden_rows(
+            &model,
+            &[SeqInput {
+                prompt: None,
+                ids: &a,
+            }],
+            std::slice::from_mut(&mut reused),
+        );
+        assert_eq!(
+            &text[..],
+            &alone[4 * d..],
+            "{ty}: prefix cache changed the rows"
+        );
         // Decoding one row at a time beside an unrelated sequence: the same as all at once.
         let mut c1 = cache.clone();
         let mut other = KvCache::new(nl);
-        hidden_rows(&model, &[SeqInput { prompt: None, ids: &b }], std::slice::from_mut(&mut other));
+        hidden_rows(
+            &model,
+            &[SeqInput {
+                prompt: None,
+                ids: &b,
+            }],
+            std::slice::from_mut(&mut other),
+        );
         for (t, tok) in a.iter().enumerate() {
             let mut cs = [other, c1];
             let rows = hidden_rows(
                 &model,
                 &[
-                    SeqInput { prompt: None, ids: &[5] },
-                    SeqInput { prompt: None, ids: std::slice::from_ref(tok) },
+                    SeqInput {
+                        prompt: None,
+                        ids: &[5],
+                    },
+                    SeqInput {
+                        prompt: None,
+                        ids: std::slice::from_ref(tok),
+                    },
                 ],
                 &mut cs,
             );
             [other, c1] = cs;
-            assert_eq!(&rows[d..], &alone[(4 + t) * d..(5 + t) * d], "{ty}: decode row {t}");
+            assert_eq!(
+                &rows[d..],
+                &alone[(4 + t) * d..(5 + t) * d],
+                "{ty}: decode row {t}"
+            );
         }
     }
 }

@@ -122,7 +122,10 @@ fn tiny_model() -> LoadedWeights {
 
 fn assert_same(a: &LoadedWeights, b: &LoadedWeights) {
     assert_eq!(a.config, b.config);
-    assert_eq!(a.chat_template, b.chat_template, "chat template lost in the round trip");
+    assert_eq!(
+        a.chat_template, b.chat_template,
+        "chat template lost in the round trip"
+    );
     let mut names_a: Vec<_> = a.weights.keys().collect();
     let mut names_b: Vec<_> = b.weights.keys().collect();
     names_a.sort();
@@ -172,7 +175,12 @@ fn round_trip_single_file() {
     save_hf_folder(&dir, &lw, None).unwrap();
     assert_eq!(
         file_names(&dir),
-        ["chat_template.jinja", "config.json", "model.safetensors", "tokenizer.json"]
+        [
+            "chat_template.jinja",
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json"
+        ]
     );
     // Nothing but the folder itself is left in the parent (the temp folder was renamed).
     assert_eq!(file_names(tmp.path()), ["tiny"]);

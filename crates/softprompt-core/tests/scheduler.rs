@@ -85,7 +85,11 @@ fn mixed_prompts_in_one_batch_match_each_request_alone() {
         seed: 42,
         ..Sampling::default()
     };
-    let texts = ["The capital of France is", "Once upon a time", "def add(a, b):"];
+    let texts = [
+        "The capital of France is",
+        "Once upon a time",
+        "def add(a, b):",
+    ];
     let mut reqs = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
         for (j, t) in texts.iter().enumerate() {
@@ -97,17 +101,34 @@ fn mixed_prompts_in_one_batch_match_each_request_alone() {
 
     let sched = Scheduler::start(m.clone(), SchedulerConfig::default());
     let together = run_all(&sched, &m, &reqs);
-    let mean_batch = sched.stats.decode_rows.load(std::sync::atomic::Ordering::Relaxed) as f64
-        / sched.stats.decode_steps.load(std::sync::atomic::Ordering::Relaxed) as f64;
-    assert!(mean_batch > 4.0, "requests did not share batches (mean {mean_batch})");
+    let mean_batch = sched
+        .stats
+        .decode_rows
+        .load(std::sync::atomic::Ordering::Relaxed) as f64
+        / sched
+            .stats
+            .decode_steps
+            .load(std::sync::atomic::Ordering::Relaxed) as f64;
+    assert!(
+        mean_batch > 4.0,
+        "requests did not share batches (mean {mean_batch})"
+    );
     for (r, got) in reqs.iter().zip(&together) {
         // Alone through the scheduler.
         let alone = run_all(&sched, &m, std::slice::from_ref(r));
-        assert_eq!(&alone[0], got, "{} {:?}: mixed batch != alone", r.0.name, r.1);
+        assert_eq!(
+            &alone[0], got,
+            "{} {:?}: mixed batch != alone",
+            r.0.name, r.1
+        );
         // Reference: a plain generate over prompt + text, no prefix cache, no scheduler.
         let ids = m.encode_input(r.1).unwrap();
         let reference = infer::generate(&m.llama, r.0.rows(), &ids, &r.2, |_| true).unwrap();
-        assert_eq!(got.0, reference, "{} {:?}: prefix cache != full forward", r.0.name, r.1);
+        assert_eq!(
+            got.0, reference,
+            "{} {:?}: prefix cache != full forward",
+            r.0.name, r.1
+        );
         assert_eq!(got.1, Finish::Length);
     }
     sched.shutdown();
@@ -146,7 +167,13 @@ fn cancelled_request_stops_and_others_continue() {
     let events: Vec<Event> = rx.iter().collect();
     assert_eq!(events.len(), 4, "{events:?}");
     assert!(matches!(events[3], Event::Done(Finish::Cancelled)));
-    assert_eq!(sched.stats.active.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        sched
+            .stats
+            .active
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     sched.shutdown();
 }
 
@@ -168,11 +195,19 @@ fn gemma3_mixed_batch_matches_alone_and_full_forward() {
     let together = run_all(&sched, &m, &reqs);
     for (r, got) in reqs.iter().zip(&together) {
         let alone = run_all(&sched, &m, std::slice::from_ref(r));
-        assert_eq!(&alone[0], got, "{} {:?}: mixed batch != alone", r.0.name, r.1);
+        assert_eq!(
+            &alone[0], got,
+            "{} {:?}: mixed batch != alone",
+            r.0.name, r.1
+        );
         let ids = m.encode_input(r.1).unwrap();
         assert_eq!(ids[0], 2, "Gemma inputs start with <bos>");
         let reference = infer::generate(&m.llama, r.0.rows(), &ids, &r.2, |_| true).unwrap();
-        assert_eq!(got.0, reference, "{} {:?}: prefix cache != full forward", r.0.name, r.1);
+        assert_eq!(
+            got.0, reference,
+            "{} {:?}: prefix cache != full forward",
+            r.0.name, r.1
+        );
     }
     sched.shutdown();
 }

@@ -368,7 +368,9 @@ impl AppState {
             v.into_iter()
                 .map(|t| {
                     if t < 0 || t as u64 >= vocab as u64 {
-                        Err(invalid(format!("token id {t} is outside the vocabulary (0..{vocab})")))
+                        Err(invalid(format!(
+                            "token id {t} is outside the vocabulary (0..{vocab})"
+                        )))
                     } else {
                         Ok(t as u32)
                     }
@@ -397,7 +399,9 @@ impl AppState {
         };
         let p = entry.served.num_virtual_tokens();
         if ids.is_empty() && p == 0 {
-            return Err(invalid("empty prompt: the base model needs some input text"));
+            return Err(invalid(
+                "empty prompt: the base model needs some input text",
+            ));
         }
         let input = p + ids.len();
         if input > self.cfg.max_input_tokens {
@@ -409,7 +413,10 @@ impl AppState {
         }
         let ctx = self.model.llama.max_positions();
         let max_tokens = r.max_tokens.unwrap_or(if r.until_eos {
-            self.cfg.max_output_tokens.min(ctx.saturating_sub(input)).max(1) as i64
+            self.cfg
+                .max_output_tokens
+                .min(ctx.saturating_sub(input))
+                .max(1) as i64
         } else {
             16
         });
@@ -427,11 +434,15 @@ impl AppState {
         }
         let min_tokens = r.min_tokens.unwrap_or(0);
         if min_tokens < 0 || min_tokens > max_tokens as i64 {
-            return Err(invalid(format!("min_tokens must be in 0..=max_tokens, got {min_tokens}")));
+            return Err(invalid(format!(
+                "min_tokens must be in 0..=max_tokens, got {min_tokens}"
+            )));
         }
         let temperature = r.temperature.unwrap_or(1.0);
         if !(temperature.is_finite() && (0.0..=100.0).contains(&temperature)) {
-            return Err(invalid(format!("temperature must be in [0, 100], got {temperature}")));
+            return Err(invalid(format!(
+                "temperature must be in [0, 100], got {temperature}"
+            )));
         }
         let top_p = r.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
@@ -447,7 +458,9 @@ impl AppState {
             Some(StopInput::Many(v)) => v,
         };
         if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
-            return Err(invalid("stop: at most 4 non-empty strings of at most 256 bytes"));
+            return Err(invalid(
+                "stop: at most 4 non-empty strings of at most 256 bytes",
+            ));
         }
         let seed = r
             .seed
@@ -461,7 +474,11 @@ impl AppState {
                 top_k: top_k as usize,
                 top_p: top_p as f32,
                 seed,
-                eos: if r.ignore_eos { Vec::new() } else { self.model.eos_ids() },
+                eos: if r.ignore_eos {
+                    Vec::new()
+                } else {
+                    self.model.eos_ids()
+                },
                 min_new_tokens: min_tokens as usize,
                 no_cache: false,
             },
@@ -477,7 +494,9 @@ impl AppState {
     fn encode(&self, t: &str, input: bool) -> Result<Vec<u32>, ServeError> {
         // Refuse absurd texts before tokenizing them (the token limit applies after).
         if t.len() > self.cfg.max_input_tokens.saturating_mul(64) {
-            return Err(invalid("prompt text is longer than --max-input-tokens allows"));
+            return Err(invalid(
+                "prompt text is longer than --max-input-tokens allows",
+            ));
         }
         if input {
             self.model.encode_input(t)
@@ -488,7 +507,10 @@ impl AppState {
     }
 
     /// Hand the job to the scheduler; events arrive on the returned channel.
-    fn submit(&self, job: &Job) -> Result<(mpsc::UnboundedReceiver<Event>, CancelOnDrop), ServeError> {
+    fn submit(
+        &self,
+        job: &Job,
+    ) -> Result<(mpsc::UnboundedReceiver<Event>, CancelOnDrop), ServeError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = Cancel::default();
         job.entry.requests.fetch_add(1, Ordering::Relaxed);
@@ -533,14 +555,12 @@ impl Detok {
         self.ids.push(tok);
         let text = model.decode(&self.ids).unwrap_or_default();
         // Stop strings: cut at the earliest match not already sent.
-        if let Some(cut) = self
-            .stop
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
-        {
+        if let Some(cut) = self.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
             self.stopped = true;
-            let out = text.get(self.sent..cut.max(self.sent)).unwrap_or("").to_string();
+            let out = text
+                .get(self.sent..cut.max(self.sent))
+                .unwrap_or("")
+                .to_string();
             self.sent = cut.max(self.sent);
             return out;
         }
@@ -581,18 +601,18 @@ impl Detok {
     }
 }
 
-async fn completions(
-    State(s): St,
-    b: Result<Json<CompletionRequest>, JsonRejection>,
-) -> Response {
+async fn completions(State(s): St, b: Result<Json<CompletionRequest>, JsonRejection>) -> Response {
     let r = body(b).and_then(|r| {
         let slot = s.admit()?;
         Ok((slot, s.validate(r)?))
     });
-    finish_response(&s, match r {
-        Ok((slot, job)) => run_job(s.clone(), slot, job).await,
-        Err(e) => Err(e),
-    })
+    finish_response(
+        &s,
+        match r {
+            Ok((slot, job)) => run_job(s.clone(), slot, job).await,
+            Err(e) => Err(e),
+        },
+    )
 }
 
 fn finish_response(s: &AppState, r: Result<Response, ServeError>) -> Response {
@@ -621,7 +641,9 @@ async fn run_job(s: Arc<AppState>, slot: Slot, job: Job) -> Result<Response, Ser
     let (rx, cancel) = s.submit(&job)?;
     let deadline = tokio::time::Instant::now() + s.cfg.timeout;
     if job.stream {
-        return Ok(stream_response(s, job, id, created, rx, cancel, slot, deadline));
+        return Ok(stream_response(
+            s, job, id, created, rx, cancel, slot, deadline,
+        ));
     }
     let mut rx = rx;
     let eos = s.model.eos_ids();
@@ -629,12 +651,14 @@ async fn run_job(s: Arc<AppState>, slot: Slot, job: Job) -> Result<Response, Ser
     let mut text = String::new();
     let mut ids = Vec::new();
     let finish = loop {
-        let ev = tokio::time::timeout_at(deadline, rx.recv()).await.map_err(|_| {
-            ServeError::Timeout(format!(
-                "no answer within --timeout-s {}",
-                s.cfg.timeout.as_secs()
-            ))
-        })?;
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| {
+                ServeError::Timeout(format!(
+                    "no answer within --timeout-s {}",
+                    s.cfg.timeout.as_secs()
+                ))
+            })?;
         match ev {
             Some(Event::Token(t)) => {
                 ids.push(t);
@@ -649,7 +673,11 @@ async fn run_job(s: Arc<AppState>, slot: Slot, job: Job) -> Result<Response, Ser
                 break f.as_str();
             }
             Some(Event::Error(e)) => return Err(ServeError::Invalid(e)),
-            None => return Err(ServeError::Internal("the scheduler dropped the request".into())),
+            None => {
+                return Err(ServeError::Internal(
+                    "the scheduler dropped the request".into(),
+                ))
+            }
         }
     };
     job.entry
@@ -730,7 +758,10 @@ fn stream_response(
         }
         if st.done {
             st.sent_done = true;
-            return Some((Ok::<_, std::convert::Infallible>(SseEvent::default().data("[DONE]")), st));
+            return Some((
+                Ok::<_, std::convert::Infallible>(SseEvent::default().data("[DONE]")),
+                st,
+            ));
         }
         let chunk = |st: &StreamState, text: &str, finish: Option<&str>| {
             let sp = &st.job.entry.served;
@@ -792,7 +823,8 @@ fn stream_response(
                 }
                 Some(Event::Error(msg)) => {
                     st.done = true;
-                    let e = SseEvent::default().data(json!({ "error": { "message": msg } }).to_string());
+                    let e = SseEvent::default()
+                        .data(json!({ "error": { "message": msg } }).to_string());
                     return Some((Ok(e), st));
                 }
                 None => {
@@ -818,9 +850,15 @@ fn chat_env(template: &str) -> Result<minijinja::Environment<'static>, minijinja
     env.set_recursion_limit(64);
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
     env.add_template_owned("chat", template.to_string())?;
     Ok(env)
 }
@@ -868,13 +906,20 @@ impl AppState {
                     .iter()
                     .map(|p| p["text"].as_str().map(String::from))
                     .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| invalid(format!("messages[{i}].content: only text parts are supported")))?
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "messages[{i}].content: only text parts are supported"
+                        ))
+                    })?
                     .join(""),
                 _ => return Err(invalid(format!("messages[{i}].content must be a string"))),
             };
             msgs.push(json!({ "role": role, "content": content }));
         }
-        let tok = |id: Option<u32>| id.and_then(|i| self.model.tokenizer.id_to_token(i)).unwrap_or_default();
+        let tok = |id: Option<u32>| {
+            id.and_then(|i| self.model.tokenizer.id_to_token(i))
+                .unwrap_or_default()
+        };
         let text = env
             .get_template("chat")
             .and_then(|t| {
@@ -886,7 +931,11 @@ impl AppState {
                 })
             })
             .map_err(|e| invalid(format!("chat template: {e}")))?;
-        Ok(self.encode(&text, false)?.into_iter().map(i64::from).collect())
+        Ok(self
+            .encode(&text, false)?
+            .into_iter()
+            .map(i64::from)
+            .collect())
     }
 }
 
@@ -917,10 +966,13 @@ async fn chat_completions(State(s): St, b: Result<Json<ChatRequest>, JsonRejecti
         job.chat = true;
         Ok((slot, job))
     });
-    finish_response(&s, match r {
-        Ok((slot, job)) => run_job(s.clone(), slot, job).await,
-        Err(e) => Err(e),
-    })
+    finish_response(
+        &s,
+        match r {
+            Ok((slot, job)) => run_job(s.clone(), slot, job).await,
+            Err(e) => Err(e),
+        },
+    )
 }
 
 // ---------------------------------------------------------------- classify
@@ -961,7 +1013,9 @@ async fn classify_inner(
             .and_then(|p| p.meta.as_ref())
             .and_then(|m| m.task.clone())
             .ok_or_else(|| invalid(format!("'{}' has no trained task: give \"task\"", r.model)))
-            .and_then(|t| serde_json::from_value(t).map_err(|e| invalid(format!("stored task: {e}"))))?,
+            .and_then(|t| {
+                serde_json::from_value(t).map_err(|e| invalid(format!("stored task: {e}")))
+            })?,
     };
     spec.validate().map_err(invalid)?;
     let length_norm = r.length_norm.unwrap_or(false);
@@ -974,9 +1028,14 @@ async fn classify_inner(
     .await
     .map_err(|e| ServeError::Internal(e.to_string()))?
     .map_err(ServeError::from_core)?;
-    let n = entry.served.num_virtual_tokens() + example.ids.len() + example.cands.iter().map(Vec::len).max().unwrap_or(0);
+    let n = entry.served.num_virtual_tokens()
+        + example.ids.len()
+        + example.cands.iter().map(Vec::len).max().unwrap_or(0);
     if n > s.cfg.max_input_tokens {
-        return Err(invalid(format!("{n} tokens exceed --max-input-tokens {}", s.cfg.max_input_tokens)));
+        return Err(invalid(format!(
+            "{n} tokens exceed --max-input-tokens {}",
+            s.cfg.max_input_tokens
+        )));
     }
     entry.requests.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -1033,7 +1092,9 @@ fn authorize(s: &AppState, h: &HeaderMap) -> Result<(), ServeError> {
         diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
     }
     if diff != 0 {
-        return Err(ServeError::Unauthorized("missing or wrong admin key".into()));
+        return Err(ServeError::Unauthorized(
+            "missing or wrong admin key".into(),
+        ));
     }
     Ok(())
 }
@@ -1076,7 +1137,9 @@ async fn admin_unload(
 ) -> Result<Json<Value>, ServeError> {
     authorize(&s, &h)?;
     let e = s.registry.unload(&name)?;
-    Ok(Json(json!({ "id": name, "unloaded": true, "sha256": e.served.sha256 })))
+    Ok(Json(
+        json!({ "id": name, "unloaded": true, "sha256": e.served.sha256 }),
+    ))
 }
 
 // ---------------------------------------------------------------- metrics
@@ -1092,34 +1155,138 @@ async fn metrics(State(s): St) -> Response {
     let mut m = |name: &str, kind: &str, help: &str, v: f64| {
         let _ = writeln!(o, "# HELP softprompt_{name} {help}\n# TYPE softprompt_{name} {kind}\nsoftprompt_{name} {v}");
     };
-    m("requests_total", "counter", "Requests to completions and classify.", c(&s.requests) as f64);
-    m("rejected_total", "counter", "Requests refused with 429 (--max-concurrent).", c(&s.rejected) as f64);
-    m("errors_total", "counter", "Requests failed with a 5xx.", c(&s.errors) as f64);
-    m("timeouts_total", "counter", "Requests past --timeout-s.", c(&s.timeouts) as f64);
-    m("in_flight", "gauge", "Admitted requests not yet answered.", g(&s.in_flight) as f64);
-    m("queue_depth", "gauge", "Requests waiting for the scheduler.", g(&st.queued) as f64);
-    m("active_sequences", "gauge", "Sequences decoding.", g(&st.active) as f64);
-    m("batch_size", "gauge", "Rows in the last decode step.", g(&st.last_batch) as f64);
-    m("decode_steps_total", "counter", "Decode steps.", c(&st.decode_steps) as f64);
-    m("decode_rows_total", "counter", "Rows over all decode steps (mean batch = rows / steps).", c(&st.decode_rows) as f64);
-    m("prefill_tokens_total", "counter", "Text tokens prefilled.", c(&st.prefill_tokens) as f64);
-    m("generated_tokens_total", "counter", "Tokens generated.", c(&st.generated_tokens) as f64);
-    m("classified_total", "counter", "Classification requests scored.", c(&st.classified) as f64);
-    m("cancelled_total", "counter", "Generations cancelled (client gone, stop string, timeout).", c(&st.cancelled) as f64);
-    m("busy_seconds_total", "counter", "Seconds the scheduler spent computing.", busy);
-    m("tokens_per_second", "gauge", "Generated tokens per busy second since start.", if busy > 0.0 { c(&st.generated_tokens) as f64 / busy } else { 0.0 });
+    m(
+        "requests_total",
+        "counter",
+        "Requests to completions and classify.",
+        c(&s.requests) as f64,
+    );
+    m(
+        "rejected_total",
+        "counter",
+        "Requests refused with 429 (--max-concurrent).",
+        c(&s.rejected) as f64,
+    );
+    m(
+        "errors_total",
+        "counter",
+        "Requests failed with a 5xx.",
+        c(&s.errors) as f64,
+    );
+    m(
+        "timeouts_total",
+        "counter",
+        "Requests past --timeout-s.",
+        c(&s.timeouts) as f64,
+    );
+    m(
+        "in_flight",
+        "gauge",
+        "Admitted requests not yet answered.",
+        g(&s.in_flight) as f64,
+    );
+    m(
+        "queue_depth",
+        "gauge",
+        "Requests waiting for the scheduler.",
+        g(&st.queued) as f64,
+    );
+    m(
+        "active_sequences",
+        "gauge",
+        "Sequences decoding.",
+        g(&st.active) as f64,
+    );
+    m(
+        "batch_size",
+        "gauge",
+        "Rows in the last decode step.",
+        g(&st.last_batch) as f64,
+    );
+    m(
+        "decode_steps_total",
+        "counter",
+        "Decode steps.",
+        c(&st.decode_steps) as f64,
+    );
+    m(
+        "decode_rows_total",
+        "counter",
+        "Rows over all decode steps (mean batch = rows / steps).",
+        c(&st.decode_rows) as f64,
+    );
+    m(
+        "prefill_tokens_total",
+        "counter",
+        "Text tokens prefilled.",
+        c(&st.prefill_tokens) as f64,
+    );
+    m(
+        "generated_tokens_total",
+        "counter",
+        "Tokens generated.",
+        c(&st.generated_tokens) as f64,
+    );
+    m(
+        "classified_total",
+        "counter",
+        "Classification requests scored.",
+        c(&st.classified) as f64,
+    );
+    m(
+        "cancelled_total",
+        "counter",
+        "Generations cancelled (client gone, stop string, timeout).",
+        c(&st.cancelled) as f64,
+    );
+    m(
+        "busy_seconds_total",
+        "counter",
+        "Seconds the scheduler spent computing.",
+        busy,
+    );
+    m(
+        "tokens_per_second",
+        "gauge",
+        "Generated tokens per busy second since start.",
+        if busy > 0.0 {
+            c(&st.generated_tokens) as f64 / busy
+        } else {
+            0.0
+        },
+    );
     m("uptime_seconds", "gauge", "Seconds since start.", uptime);
-    m("prompts_loaded", "gauge", "Soft prompts loaded.", s.registry.len() as f64);
+    m(
+        "prompts_loaded",
+        "gauge",
+        "Soft prompts loaded.",
+        s.registry.len() as f64,
+    );
     let _ = writeln!(o, "# HELP softprompt_prompt_requests_total Requests per prompt.\n# TYPE softprompt_prompt_requests_total counter");
     let list = s.registry.list();
     for (n, e) in &list {
-        let _ = writeln!(o, "softprompt_prompt_requests_total{{prompt=\"{n}\"}} {}", c(&e.requests));
+        let _ = writeln!(
+            o,
+            "softprompt_prompt_requests_total{{prompt=\"{n}\"}} {}",
+            c(&e.requests)
+        );
     }
     let _ = writeln!(o, "# HELP softprompt_prompt_tokens_total Tokens generated per prompt.\n# TYPE softprompt_prompt_tokens_total counter");
     for (n, e) in &list {
-        let _ = writeln!(o, "softprompt_prompt_tokens_total{{prompt=\"{n}\"}} {}", c(&e.tokens));
+        let _ = writeln!(
+            o,
+            "softprompt_prompt_tokens_total{{prompt=\"{n}\"}} {}",
+            c(&e.tokens)
+        );
     }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], o).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        o,
+    )
+        .into_response()
 }
 
 /// Run a server to completion on its own runtime: bind, report through `on_ready` (address,

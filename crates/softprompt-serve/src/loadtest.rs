@@ -135,6 +135,9 @@ fn body(cfg: &LoadConfig, c: &Case) -> Value {
     b
 }
 
+/// One answered request: its case, the generated ids, latency in ms.
+type Answer = (Case, Vec<u64>, f64);
+
 enum Outcome {
     Ok(Vec<u64>),
     Rejected,
@@ -142,7 +145,10 @@ enum Outcome {
 }
 
 fn post(agent: &ureq::Agent, url: &str, b: &Value) -> Outcome {
-    match agent.post(&format!("{url}/v1/completions")).send_json(b.clone()) {
+    match agent
+        .post(&format!("{url}/v1/completions"))
+        .send_json(b.clone())
+    {
         Ok(r) => match r.into_json::<Value>() {
             Ok(v) => match v["softprompt"]["token_ids"].as_array() {
                 Some(a) => Outcome::Ok(a.iter().filter_map(Value::as_u64).collect()),
@@ -151,15 +157,21 @@ fn post(agent: &ureq::Agent, url: &str, b: &Value) -> Outcome {
             Err(e) => Outcome::Error(format!("bad body: {e}")),
         },
         Err(ureq::Error::Status(429, _)) => Outcome::Rejected,
-        Err(ureq::Error::Status(code, r)) => {
-            Outcome::Error(format!("HTTP {code}: {}", r.into_string().unwrap_or_default()))
-        }
+        Err(ureq::Error::Status(code, r)) => Outcome::Error(format!(
+            "HTTP {code}: {}",
+            r.into_string().unwrap_or_default()
+        )),
         Err(e) => Outcome::Error(e.to_string()),
     }
 }
 
 fn metric(agent: &ureq::Agent, url: &str, name: &str) -> Option<f64> {
-    let text = agent.get(&format!("{url}/metrics")).call().ok()?.into_string().ok()?;
+    let text = agent
+        .get(&format!("{url}/metrics"))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
@@ -180,7 +192,7 @@ pub fn run(cfg: &LoadConfig, mut progress: impl FnMut(&str)) -> Result<LoadRepor
     let steps0 = metric(&agent, &url, "softprompt_decode_steps_total");
     let rows0 = metric(&agent, &url, "softprompt_decode_rows_total");
 
-    let results: Arc<Mutex<Vec<(Case, Vec<u64>, f64)>>> = Arc::default();
+    let results: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let rejected = Arc::new(AtomicUsize::new(0));
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let issued = Arc::new(AtomicUsize::new(0));
@@ -219,7 +231,10 @@ pub fn run(cfg: &LoadConfig, mut progress: impl FnMut(&str)) -> Result<LoadRepor
                     match post(&agent, &url, &body(cfg, &case)) {
                         Outcome::Ok(ids) => {
                             let ms = t0.elapsed().as_secs_f64() * 1e3;
-                            results.lock().unwrap_or_else(|p| p.into_inner()).push((case, ids, ms));
+                            results
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((case, ids, ms));
                         }
                         Outcome::Rejected => {
                             rejected.fetch_add(1, Ordering::Relaxed);
@@ -283,7 +298,10 @@ pub fn run(cfg: &LoadConfig, mut progress: impl FnMut(&str)) -> Result<LoadRepor
             reference.entry(c.clone()).or_default();
         }
         rep.distinct_cases = reference.len();
-        progress(&format!("checking: {} distinct cases, each alone", reference.len()));
+        progress(&format!(
+            "checking: {} distinct cases, each alone",
+            reference.len()
+        ));
         for (c, ids) in reference.iter_mut() {
             match post(&agent, &url, &body(cfg, c)) {
                 Outcome::Ok(v) => *ids = v,

@@ -14,7 +14,9 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 use softprompt_core::model::FrozenModel;
-use softprompt_core::prompt::{ADAPTER_CONFIG_FILE as ADAPTER_CONFIG, ADAPTER_WEIGHTS_FILE as ADAPTER_WEIGHTS, META_FILE};
+use softprompt_core::prompt::{
+    ADAPTER_CONFIG_FILE as ADAPTER_CONFIG, ADAPTER_WEIGHTS_FILE as ADAPTER_WEIGHTS, META_FILE,
+};
 use softprompt_core::scheduler::ServedPrompt;
 
 use crate::error::ServeError;
@@ -63,12 +65,13 @@ impl Registry {
         base_name: &str,
         max_prompts: usize,
     ) -> Result<Self, ServeError> {
-        let dir = match dir {
-            Some(d) => Some(d.canonicalize().map_err(|e| {
-                ServeError::Invalid(format!("prompt folder {}: {e}", d.display()))
-            })?),
-            None => None,
-        };
+        let dir =
+            match dir {
+                Some(d) => Some(d.canonicalize().map_err(|e| {
+                    ServeError::Invalid(format!("prompt folder {}: {e}", d.display()))
+                })?),
+                None => None,
+            };
         let base = ServedPrompt::new(&model.llama, base_name, &model.fingerprint, None)
             .map_err(ServeError::from_core)?;
         Ok(Registry {
@@ -107,10 +110,9 @@ impl Registry {
         if name == self.base_name {
             return Ok(self.base.clone());
         }
-        self.read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ServeError::NotFound(format!("no prompt named '{}' is loaded", clip(name))))
+        self.read().get(name).cloned().ok_or_else(|| {
+            ServeError::NotFound(format!("no prompt named '{}' is loaded", clip(name)))
+        })
     }
 
     /// Every loaded prompt, base model first.
@@ -158,19 +160,17 @@ impl Registry {
             }
             let p = inside(dir, &p, name)?;
             // Adapter files are KBs; the loader below applies its own size caps again.
-            let bytes = std::fs::read(&p).map_err(|e| {
-                ServeError::Invalid(format!("prompt '{name}': {f}: {e}"))
-            })?;
+            let bytes = std::fs::read(&p)
+                .map_err(|e| ServeError::Invalid(format!("prompt '{name}': {f}: {e}")))?;
             hash.update((f.len() as u64).to_le_bytes());
             hash.update(f.as_bytes());
             hash.update((bytes.len() as u64).to_le_bytes());
             hash.update(&bytes);
         }
         let sha = format!("{:x}", hash.finalize());
-        let prompt = self
-            .model
-            .load_prompt(&folder, false)
-            .map_err(|e| ServeError::Invalid(format!("prompt '{name}': {}", redact(&e.to_string(), dir))))?;
+        let prompt = self.model.load_prompt(&folder, false).map_err(|e| {
+            ServeError::Invalid(format!("prompt '{name}': {}", redact(&e.to_string(), dir)))
+        })?;
         {
             let map = self.read();
             if !map.contains_key(name) && map.len() >= self.max_prompts {
@@ -196,7 +196,9 @@ impl Registry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
-            .ok_or_else(|| ServeError::NotFound(format!("no prompt named '{}' is loaded", clip(name))))
+            .ok_or_else(|| {
+                ServeError::NotFound(format!("no prompt named '{}' is loaded", clip(name)))
+            })
     }
 }
 

@@ -871,7 +871,14 @@ impl Llama {
     /// [`Self::attention`] in exact mode: each query row scores only its visible keys with
     /// [`kernels::dot`], a softmax over exactly those, and `sum_c p_c v_c` in key order, so a
     /// row's result does not depend on how many rows are computed with it.
-    fn attention_rows(&self, l: usize, q: &[f32], lens: &[usize], caches: &[KvCache], att: &mut [f32]) {
+    fn attention_rows(
+        &self,
+        l: usize,
+        q: &[f32],
+        lens: &[usize],
+        caches: &[KvCache],
+        att: &mut [f32],
+    ) {
         let Dims { hd, nq, nkv, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let group = nq / nkv;
@@ -883,26 +890,30 @@ impl Llama {
             rows.extend((0..len).map(|j| (s, r0 + j, j)));
             r0 += len;
         }
-        att.par_chunks_mut(qd).zip(rows).for_each(|(out, (s, r, j))| {
-            let cache = &caches[s];
-            let qpos = cache.len + j; // this row's position; keys 0..=qpos are visible
-            let lo = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
-            let mut p = vec![0.0f32; qpos + 1 - lo]; // [visible keys]
-            for hq in 0..nq {
-                let kv_off = (hq / group) * hd;
-                let qh = &q[r * qd + hq * hd..r * qd + (hq + 1) * hd]; // [hd]
-                for (c, pc) in (lo..=qpos).zip(p.iter_mut()) {
-                    *pc = kernels::dot(qh, &cache.k[l][c * kvd + kv_off..c * kvd + kv_off + hd]) * scale;
+        att.par_chunks_mut(qd)
+            .zip(rows)
+            .for_each(|(out, (s, r, j))| {
+                let cache = &caches[s];
+                let qpos = cache.len + j; // this row's position; keys 0..=qpos are visible
+                let lo = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+                let mut p = vec![0.0f32; qpos + 1 - lo]; // [visible keys]
+                for hq in 0..nq {
+                    let kv_off = (hq / group) * hd;
+                    let qh = &q[r * qd + hq * hd..r * qd + (hq + 1) * hd]; // [hd]
+                    for (c, pc) in (lo..=qpos).zip(p.iter_mut()) {
+                        *pc =
+                            kernels::dot(qh, &cache.k[l][c * kvd + kv_off..c * kvd + kv_off + hd])
+                                * scale;
+                    }
+                    kernels::softmax_inplace(&mut p);
+                    let o = &mut out[hq * hd..(hq + 1) * hd]; // [hd]
+                    o.fill(0.0);
+                    for (c, &pc) in (lo..=qpos).zip(p.iter()) {
+                        let vc = &cache.v[l][c * kvd + kv_off..c * kvd + kv_off + hd];
+                        o.iter_mut().zip(vc).for_each(|(o, v)| *o += pc * v);
+                    }
                 }
-                kernels::softmax_inplace(&mut p);
-                let o = &mut out[hq * hd..(hq + 1) * hd]; // [hd]
-                o.fill(0.0);
-                for (c, &pc) in (lo..=qpos).zip(p.iter()) {
-                    let vc = &cache.v[l][c * kvd + kv_off..c * kvd + kv_off + hd];
-                    o.iter_mut().zip(vc).for_each(|(o, v)| *o += pc * v);
-                }
-            }
-        });
+            });
     }
 
     /// Logits `[rows.len(), V]` for the chosen rows of the final hidden states `hidden[N, D]`.

@@ -116,8 +116,13 @@ impl FrozenModel {
             Some(self.fingerprint.clone()),
             Some(self.tokenizer_fingerprint.clone()),
         );
-        SoftPrompt::new(embeddings, &self.source, c.num_hidden_layers, c.num_attention_heads)
-            .with_meta(meta)
+        SoftPrompt::new(
+            embeddings,
+            &self.source,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+        )
+        .with_meta(meta)
     }
 
     /// SHA-256 over every weight's bytes, in a fixed order: proof that training a prompt

@@ -143,17 +143,27 @@ pub fn class_example(
             m.insert(names[0].clone(), serde_json::Value::String(t));
             m
         }
-        _ => return Err(Error::Input("the input must be a text or an object of fields".into())),
+        _ => {
+            return Err(Error::Input(
+                "the input must be a text or an object of fields".into(),
+            ))
+        }
     };
     let rec = crate::data::Record { line: 1, fields };
     let (items, _) = crate::data::prepare(spec, &[rec], std::path::Path::new("<input>"), false)?;
     let Items::Class(ci) = &items else {
-        return Err(Error::Input(format!("task {} is not a classification task", spec.name)));
+        return Err(Error::Input(format!(
+            "task {} is not a classification task",
+            spec.name
+        )));
     };
     let cands = ci[0].candidates.clone();
     match tokenize(model, &items, usize::MAX)? {
         Tokenized::Class(mut ex) => Ok((ex.remove(0), cands)),
-        Tokenized::Gen(_) => Err(Error::Input(format!("task {} is not a classification task", spec.name))),
+        Tokenized::Gen(_) => Err(Error::Input(format!(
+            "task {} is not a classification task",
+            spec.name
+        ))),
     }
 }
 

@@ -200,7 +200,13 @@ pub fn load_split(
 
 /// The initial prompt `[P, D]` of a run.
 pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
-    init_embeddings(model, &cfg.init, cfg.num_virtual_tokens, cfg.seed, &cfg.task)
+    init_embeddings(
+        model,
+        &cfg.init,
+        cfg.num_virtual_tokens,
+        cfg.seed,
+        &cfg.task,
+    )
 }
 
 /// `p` prompt rows `[p, D]` made by `init` (`task` gives the label words of `Init::Labels`).
