@@ -549,22 +549,8 @@ fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
             Error::io(path, e)
         }
     })?;
-    // A regular file's size is known: refuse it before reading anything. (The `take`
-    // below still bounds what is read from a pipe or a file that grows.)
-    let too_big = f.metadata().is_ok_and(|m| m.is_file() && m.len() > max);
-    let mut buf = Vec::new();
-    if !too_big {
-        f.take(max + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io(path, e))?;
-    }
-    if too_big || buf.len() as u64 > max {
-        return Err(Error::format(
-            path,
-            format!("larger than {max} bytes: not a {what}"),
-        ));
-    }
-    Ok(buf)
+    crate::error::read_at_most(path, f, max)?
+        .ok_or_else(|| Error::format(path, format!("larger than {max} bytes: not a {what}")))
 }
 
 /// What another `peft_type` is, for the error message.

@@ -114,23 +114,13 @@ pub const MAX_TASK_FILE_BYTES: u64 = 1 << 20;
 
 /// Read and check a task spec file (at most [`MAX_TASK_FILE_BYTES`]).
 pub fn load_task_file(path: &Path) -> Result<TaskSpec> {
-    use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let too_big = file
-        .metadata()
-        .is_ok_and(|m| m.is_file() && m.len() > MAX_TASK_FILE_BYTES);
-    let mut bytes = Vec::new();
-    if !too_big {
-        file.take(MAX_TASK_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(path, e))?;
-    }
-    if too_big || bytes.len() as u64 > MAX_TASK_FILE_BYTES {
-        return Err(Error::format(
+    let bytes = crate::error::read_at_most(path, file, MAX_TASK_FILE_BYTES)?.ok_or_else(|| {
+        Error::format(
             path,
             format!("larger than {MAX_TASK_FILE_BYTES} bytes: not a task spec"),
-        ));
-    }
+        )
+    })?;
     let spec: TaskSpec = serde_json::from_slice(&bytes)
         .map_err(|e| Error::format(path, format!("not a valid task spec: {e}")))?;
     spec.validate().map_err(|e| Error::format(path, e))?;

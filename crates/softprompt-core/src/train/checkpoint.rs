@@ -30,7 +30,7 @@
 
 use std::cell::Cell;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -230,21 +230,8 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Read at most `cap` bytes of `path`; a larger file is a format error.
 fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    // A regular file's size is known: refuse it before reading anything.
-    let too_big = f.metadata().is_ok_and(|m| m.is_file() && m.len() > cap);
-    let mut buf = Vec::new();
-    if !too_big {
-        f.take(cap + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io(path, e))?;
-    }
-    if too_big || buf.len() as u64 > cap {
-        return Err(Error::format(
-            path,
-            format!("{what} is larger than {cap} bytes"),
-        ));
-    }
-    Ok(buf)
+    crate::error::read_at_most(path, f, cap)?
+        .ok_or_else(|| Error::format(path, format!("{what} is larger than {cap} bytes")))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -76,22 +76,12 @@ pub const MAX_INDEX_JSON_BYTES: u64 = 64 << 20;
 /// Read an opened JSON side file whole, refusing more than `cap` bytes (a larger regular
 /// file without reading it; anything else after reading at most `cap + 1` bytes).
 fn read_capped(path: &Path, file: File, cap: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    // A regular file's size is known: refuse it before reading anything.
-    let too_big = file.metadata().is_ok_and(|m| m.is_file() && m.len() > cap);
-    let mut buf = Vec::new();
-    if !too_big {
-        file.take(cap + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io(path, e))?;
-    }
-    if too_big || buf.len() as u64 > cap {
-        return Err(Error::format(
+    crate::error::read_at_most(path, file, cap)?.ok_or_else(|| {
+        Error::format(
             path,
             format!("larger than {} MiB; refusing to read it", cap >> 20),
-        ));
-    }
-    Ok(buf)
+        )
+    })
 }
 
 /// Load a Hugging Face model folder (Llama, Mistral or Qwen2 architecture).
