@@ -15,7 +15,7 @@ use softprompt_core::data::{
 
 fn shared_data() -> Option<PathBuf> {
     let dir = match std::env::var_os("SOFTPROMPT_SHARED").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
+        Some(d) => PathBuf::from(d).join("data"),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
     };
     if dir.is_dir() {
