@@ -147,9 +147,10 @@ pub fn linear_rows(
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
         .map(|b| {
-            let rows = (b * BLOCK..((b + 1) * BLOCK).min(n)).collect::<Vec<_>>();
-            let mut out = vec![0.0f32; m * rows.len()];
-            for (j, &r) in rows.iter().enumerate() {
+            let (r0, r1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+            let width = r1 - r0;
+            let mut out = vec![0.0f32; m * width]; // [m, width]
+            for (j, r) in (r0..r1).enumerate() {
                 let wr = &w[r * k..(r + 1) * k];
                 let mut i = 0;
                 // Four input rows share each load of the weight row; each result is still
@@ -163,12 +164,12 @@ pub fn linear_rows(
                     ];
                     let d4 = dot4(xs, wr);
                     for (t, v) in d4.into_iter().enumerate() {
-                        out[(i + t) * rows.len() + j] = v;
+                        out[(i + t) * width + j] = v;
                     }
                     i += 4;
                 }
                 for i in i..m {
-                    out[i * rows.len() + j] = dot(&x[i * k..(i + 1) * k], wr);
+                    out[i * width + j] = dot(&x[i * k..(i + 1) * k], wr);
                 }
             }
             out

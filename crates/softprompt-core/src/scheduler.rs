@@ -187,7 +187,6 @@ pub struct Stats {
     pub prefill_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub classified: AtomicU64,
-    pub finished: AtomicU64,
     pub cancelled: AtomicU64,
     /// Microseconds spent computing (prefill + decode + classify).
     pub busy_us: AtomicU64,
@@ -198,7 +197,7 @@ pub struct Stats {
 pub struct Scheduler {
     tx: mpsc::Sender<Job>,
     pub stats: Arc<Stats>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Scheduler {
@@ -215,7 +214,7 @@ impl Scheduler {
         Scheduler {
             tx,
             stats,
-            thread: Some(thread),
+            thread,
         }
     }
 
@@ -236,12 +235,10 @@ impl Scheduler {
     }
 
     /// Finish the held requests and stop the thread.
-    pub fn shutdown(mut self) {
-        let (tx, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.tx, tx));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn shutdown(self) {
+        let Scheduler { tx, thread, .. } = self;
+        drop(tx);
+        let _ = thread.join();
     }
 }
 
@@ -428,8 +425,6 @@ impl Worker {
     fn count(&self, f: Finish) {
         if f == Finish::Cancelled {
             self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.finished.fetch_add(1, Ordering::Relaxed);
         }
     }
 

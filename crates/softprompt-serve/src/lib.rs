@@ -445,9 +445,6 @@ impl AppState {
             )));
         }
         let top_p = r.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(invalid(format!("top_p must be in (0, 1], got {top_p}")));
-        }
         let top_k = r.top_k.unwrap_or(0);
         if top_k < 0 {
             return Err(invalid(format!("top_k must be >= 0, got {top_k}")));
@@ -465,23 +462,26 @@ impl AppState {
         let seed = r
             .seed
             .unwrap_or_else(|| self.next_id.load(Ordering::Relaxed) ^ now_unix());
+        let sampling = Sampling {
+            max_new_tokens: max_tokens,
+            temperature: temperature as f32,
+            top_k: top_k as usize,
+            top_p: top_p as f32,
+            seed,
+            eos: if r.ignore_eos {
+                Vec::new()
+            } else {
+                self.model.eos_ids()
+            },
+            min_new_tokens: min_tokens as usize,
+            no_cache: false,
+        };
+        // top_p's range (and temperature's lower bound) as every sampler checks them.
+        sampling.validate().map_err(ServeError::from_core)?;
         Ok(Job {
             entry,
             ids,
-            sampling: Sampling {
-                max_new_tokens: max_tokens,
-                temperature: temperature as f32,
-                top_k: top_k as usize,
-                top_p: top_p as f32,
-                seed,
-                eos: if r.ignore_eos {
-                    Vec::new()
-                } else {
-                    self.model.eos_ids()
-                },
-                min_new_tokens: min_tokens as usize,
-                no_cache: false,
-            },
+            sampling,
             stop,
             stream: r.stream,
             chat: false,
@@ -865,24 +865,13 @@ fn chat_env(template: &str) -> Result<minijinja::Environment<'static>, minijinja
 
 #[derive(Deserialize)]
 struct ChatRequest {
-    model: String,
     messages: Vec<Value>,
-    max_tokens: Option<i64>,
+    /// OpenAI's newer name for `max_tokens`; wins when both are given.
     max_completion_tokens: Option<i64>,
-    min_tokens: Option<i64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<i64>,
-    seed: Option<u64>,
-    #[serde(default)]
-    stream: bool,
-    stop: Option<StopInput>,
-    n: Option<i64>,
-    logprobs: Option<Value>,
-    presence_penalty: Option<f64>,
-    frequency_penalty: Option<f64>,
-    #[serde(default)]
-    ignore_eos: bool,
+    /// Every completion field (model, sampling, limits, stream, stop, ...); its `prompt` is
+    /// replaced by the rendered messages.
+    #[serde(flatten)]
+    completion: CompletionRequest,
 }
 
 impl AppState {
@@ -943,26 +932,11 @@ async fn chat_completions(State(s): St, b: Result<Json<ChatRequest>, JsonRejecti
     let r = body(b).and_then(|r| {
         let slot = s.admit()?;
         let ids = s.render_chat(&r.messages)?;
-        let mut job = s.validate(CompletionRequest {
-            model: r.model,
-            prompt: Some(PromptInput::Ids(ids)),
-            max_tokens: r.max_completion_tokens.or(r.max_tokens),
-            min_tokens: r.min_tokens,
-            temperature: r.temperature,
-            top_p: r.top_p,
-            top_k: r.top_k,
-            seed: r.seed,
-            stream: r.stream,
-            stop: r.stop,
-            n: r.n,
-            best_of: None,
-            echo: false,
-            logprobs: r.logprobs,
-            presence_penalty: r.presence_penalty,
-            frequency_penalty: r.frequency_penalty,
-            ignore_eos: r.ignore_eos,
-            until_eos: true,
-        })?;
+        let mut c = r.completion;
+        c.prompt = Some(PromptInput::Ids(ids));
+        c.max_tokens = r.max_completion_tokens.or(c.max_tokens);
+        c.until_eos = true;
+        let mut job = s.validate(c)?;
         job.chat = true;
         Ok((slot, job))
     });
@@ -989,10 +963,8 @@ struct ClassifyBody {
 }
 
 async fn classify(State(s): St, b: Result<Json<ClassifyBody>, JsonRejection>) -> Response {
-    match classify_inner(s, b).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    let r = classify_inner(s.clone(), b).await;
+    finish_response(&s, r)
 }
 
 async fn classify_inner(

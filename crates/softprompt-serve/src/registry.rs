@@ -151,6 +151,16 @@ impl Registry {
                 "'{name}' names the base model"
             )));
         }
+        // Capacity first: no file is read for a load that cannot be kept.
+        {
+            let map = self.read();
+            if !map.contains_key(name) && map.len() >= self.max_prompts {
+                return Err(ServeError::Invalid(format!(
+                    "{} prompts are loaded (--max-prompts); unload one first",
+                    map.len()
+                )));
+            }
+        }
         let folder = inside(dir, &dir.join(name), name)?;
         let mut hash = Sha256::new();
         for f in [ADAPTER_CONFIG, ADAPTER_WEIGHTS, META_FILE] {
@@ -171,15 +181,6 @@ impl Registry {
         let prompt = self.model.load_prompt(&folder, false).map_err(|e| {
             ServeError::Invalid(format!("prompt '{name}': {}", redact(&e.to_string(), dir)))
         })?;
-        {
-            let map = self.read();
-            if !map.contains_key(name) && map.len() >= self.max_prompts {
-                return Err(ServeError::Invalid(format!(
-                    "{} prompts are loaded (--max-prompts); unload one first",
-                    map.len()
-                )));
-            }
-        }
         let served = ServedPrompt::new(&self.model.llama, name, &sha, Some(prompt))
             .map_err(ServeError::from_core)?;
         let e = entry(served);
