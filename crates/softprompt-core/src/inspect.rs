@@ -457,11 +457,11 @@ pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<Ins
     // Compare in input space: Gemma scales token rows by sqrt(hidden) at the input (prompt
     // rows enter as stored), so its table is scaled the same way here.
     let scale = model.llama.embed_scale();
-    let scaled = (scale != 1.0).then(|| {
-        let e = &model.llama.embed;
-        crate::Tensor::new(e.shape.clone(), e.data.iter().map(|x| x * scale).collect())
-    });
-    let index = TokenIndex::new(scaled.as_ref().unwrap_or(&model.llama.embed))?;
+    let mut table = model.llama.embed.to_f32(); // [V, D]
+    if scale != 1.0 {
+        table.to_mut().data.iter_mut().for_each(|x| *x *= scale);
+    }
+    let index = TokenIndex::new(&table)?;
     let (p, d) = dims(&prompt.embeddings, "the soft prompt")?;
     if d != index.d {
         return Err(Error::Mismatch(format!(

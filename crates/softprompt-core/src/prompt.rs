@@ -40,6 +40,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::model::weight::Weight;
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
@@ -1021,8 +1022,36 @@ pub const FINGERPRINT_CHUNK_BYTES: usize = 4 << 20;
 ///    the byte length and the leaf count as u64 LE, then the leaves in order.
 /// 3. Result: `"sha256:"` + the first 16 hex digits of the root.
 pub fn model_fingerprint(config: &LlamaConfig, embed_tokens: &Tensor) -> String {
-    let shape = embed_tokens
-        .shape
+    fingerprint_of(
+        config,
+        &embed_tokens.shape,
+        embed_tokens.data.len(),
+        |a, b| std::borrow::Cow::Borrowed(&embed_tokens.data[a..b]),
+    )
+}
+
+/// [`model_fingerprint`] of a table kept as f32 or in GGUF blocks (same result for both:
+/// the blocks are hashed as the f32 values they hold).
+pub fn model_fingerprint_weight(config: &LlamaConfig, embed: &Weight) -> String {
+    match embed.as_f32() {
+        Some(t) => model_fingerprint(config, t),
+        None => fingerprint_of(
+            config,
+            &[embed.rows(), embed.cols()],
+            embed.numel(),
+            |a, b| std::borrow::Cow::Owned(embed.read_flat(a, b)),
+        ),
+    }
+}
+
+/// The fingerprint of a `shape` table of `len` values; `values(a, b)` gives values `a..b`.
+fn fingerprint_of<'a>(
+    config: &LlamaConfig,
+    shape: &[usize],
+    len: usize,
+    values: impl Fn(usize, usize) -> std::borrow::Cow<'a, [f32]> + Sync,
+) -> String {
+    let shape = shape
         .iter()
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
@@ -1041,10 +1070,10 @@ pub fn model_fingerprint(config: &LlamaConfig, embed_tokens: &Tensor) -> String 
         shape
     );
     const FLOATS_PER_CHUNK: usize = FINGERPRINT_CHUNK_BYTES / 4;
-    let leaves: Vec<[u8; 32]> = embed_tokens
-        .data
-        .par_chunks(FLOATS_PER_CHUNK)
-        .map(|chunk| {
+    let leaves: Vec<[u8; 32]> = (0..len.div_ceil(FLOATS_PER_CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let chunk = values(c * FLOATS_PER_CHUNK, ((c + 1) * FLOATS_PER_CHUNK).min(len));
             let mut h = Sha256::new();
             // Convert through a small stack buffer: no allocation, endian-independent.
             let mut buf = [0u8; 4096];
@@ -1060,7 +1089,7 @@ pub fn model_fingerprint(config: &LlamaConfig, embed_tokens: &Tensor) -> String 
     let mut root = Sha256::new();
     root.update(b"softprompt-model-fingerprint-v1\n");
     root.update(desc.as_bytes());
-    root.update(((embed_tokens.data.len() * 4) as u64).to_le_bytes());
+    root.update(((len * 4) as u64).to_le_bytes());
     root.update((leaves.len() as u64).to_le_bytes());
     for l in &leaves {
         root.update(l);
@@ -1126,15 +1155,8 @@ pub fn random_uniform(p: usize, d: usize, range: f32, seed: u64) -> Tensor {
 
 /// A `[ids.len(), D]` prompt whose rows are copies of the embedding-table rows `ids`
 /// (init from class labels, a text, or sampled vocabulary). `embed` is `[vocab, D]`.
-pub fn from_vocab_rows(embed: &Tensor, ids: &[u32]) -> Result<Tensor> {
-    let (vocab, d) = match embed.shape.as_slice() {
-        [v, d] => (*v, *d),
-        s => {
-            return Err(Error::Input(format!(
-                "embedding table must be 2-D [vocab, hidden], got {s:?}"
-            )))
-        }
-    };
+pub fn from_vocab_rows(embed: &Weight, ids: &[u32]) -> Result<Tensor> {
+    let (vocab, d) = (embed.rows(), embed.cols());
     if ids.is_empty() {
         return Err(Error::Input(
             "no token ids to initialise the soft prompt from".into(),
@@ -1148,7 +1170,7 @@ pub fn from_vocab_rows(embed: &Tensor, ids: &[u32]) -> Result<Tensor> {
                 "token id {id} is outside the vocabulary (size {vocab})"
             )));
         }
-        data.extend_from_slice(&embed.data[i * d..(i + 1) * d]);
+        data.extend_from_slice(&embed.row(i));
     }
     Ok(Tensor {
         shape: vec![ids.len(), d],

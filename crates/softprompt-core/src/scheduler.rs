@@ -211,11 +211,7 @@ impl Scheduler {
             .name("softprompt-scheduler".into())
             .spawn(move || Worker::new(model, cfg, st).run(rx))
             .expect("spawning the scheduler thread");
-        Scheduler {
-            tx,
-            stats,
-            thread,
-        }
+        Scheduler { tx, stats, thread }
     }
 
     pub fn generate(&self, req: GenRequest) -> Result<()> {

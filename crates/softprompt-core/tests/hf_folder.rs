@@ -113,6 +113,7 @@ fn tiny_model() -> LoadedWeights {
     LoadedWeights {
         config: cfg,
         weights,
+        quantized: Default::default(),
         tokenizer: tokenizer(),
         source: "test".into(),
         stored_dtype: "f32".into(),

@@ -107,7 +107,7 @@ fn brute(embed: &Tensor, x: &[f32], by_cos: bool) -> Vec<(u32, f64, f64)> {
 #[test]
 fn nearest_matches_brute_force_on_random_vectors() {
     let m = tiny_demo_model(2);
-    let embed = &m.llama.embed;
+    let embed = m.llama.embed.as_f32().expect("f32 model");
     let d = m.llama.dims.d;
     let index = TokenIndex::new(embed).unwrap();
     assert_eq!(index.vocab, embed.shape[0]);
@@ -162,7 +162,7 @@ fn nearest_matches_brute_force_on_random_vectors() {
 #[test]
 fn norm_percentile_bounds() {
     let m = tiny_demo_model(3);
-    let index = TokenIndex::new(&m.llama.embed).unwrap();
+    let index = TokenIndex::new(m.llama.embed.as_f32().expect("f32 model")).unwrap();
     let s = index.norm_stats();
     assert_eq!(s.count, index.vocab);
     assert!(s.min <= s.p05 && s.p05 <= s.median && s.median <= s.p95 && s.p95 <= s.max);

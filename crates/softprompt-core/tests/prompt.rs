@@ -1099,7 +1099,10 @@ fn random_uniform_is_seeded_and_in_range() {
 
 #[test]
 fn vocab_row_init() {
-    let embed = Tensor::new(vec![4, 3], (0..12).map(|i| i as f32).collect());
+    let embed = softprompt_core::model::weight::Weight::F32(Tensor::new(
+        vec![4, 3],
+        (0..12).map(|i| i as f32).collect(),
+    ));
     let t = from_vocab_rows(&embed, &[2, 0, 2]).unwrap();
     assert_eq!(t.shape, vec![3, 3]);
     assert_eq!(t.data, vec![6.0, 7.0, 8.0, 0.0, 1.0, 2.0, 6.0, 7.0, 8.0]);

@@ -22,24 +22,25 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use crate::kernels::{self, gemm, linear, linear_dx, rmsnorm, rmsnorm_backward, Rope, View};
+use crate::kernels::{self, gemm, rmsnorm, rmsnorm_backward, Rope, View};
+use crate::model::weight::{QMatrix, Weight};
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
 /// One decoder block's weights, HF layout (`[out, in]` for linear layers).
 struct Block {
     attn_norm: Vec<f32>,  // [D]
-    wq: Vec<f32>,         // [Hq*hd, D]
-    wk: Vec<f32>,         // [Hkv*hd, D]
-    wv: Vec<f32>,         // [Hkv*hd, D]
+    wq: Weight,           // [Hq*hd, D]
+    wk: Weight,           // [Hkv*hd, D]
+    wv: Weight,           // [Hkv*hd, D]
     bq: Option<Vec<f32>>, // [Hq*hd]
     bk: Option<Vec<f32>>, // [Hkv*hd]
     bv: Option<Vec<f32>>, // [Hkv*hd]
-    wo: Vec<f32>,         // [D, Hq*hd]
+    wo: Weight,           // [D, Hq*hd]
     mlp_norm: Vec<f32>,   // [D]
-    wg: Vec<f32>,         // [F, D]
-    wu: Vec<f32>,         // [F, D]
-    wd: Vec<f32>,         // [D, F]
+    wg: Weight,           // [F, D]
+    wu: Weight,           // [F, D]
+    wd: Weight,           // [D, F]
     /// Per-head RMSNorm of queries / keys before RoPE (Qwen3, Gemma 3): `[hd]` each.
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
@@ -50,6 +51,25 @@ struct Block {
     window: Option<usize>,
     /// Uses the local RoPE table (Gemma 3 sliding-window layers).
     local_rope: bool,
+}
+
+impl Block {
+    /// The block's vectors (norm weights, biases), the ones it has.
+    fn vectors(&self) -> impl Iterator<Item = &Vec<f32>> {
+        [&self.attn_norm, &self.mlp_norm].into_iter().chain(
+            [
+                &self.bq,
+                &self.bk,
+                &self.bv,
+                &self.q_norm,
+                &self.k_norm,
+                &self.post_attn_norm,
+                &self.post_mlp_norm,
+            ]
+            .into_iter()
+            .flatten(),
+        )
+    }
 }
 
 /// MLP activation of the gated MLP: `act(g) * u`.
@@ -134,9 +154,9 @@ pub struct Llama {
     pub cfg: LlamaConfig,
     pub dims: Dims,
     /// Token embeddings `[V, D]`.
-    pub embed: Tensor,
+    pub embed: Weight,
     /// Output projection `[V, D]`; `None` when tied to `embed`.
-    lm_head: Option<Tensor>,
+    lm_head: Option<Weight>,
     norm: Vec<f32>, // [D]
     blocks: Vec<Block>,
     rope: Rope,
@@ -243,9 +263,15 @@ const MAX_ROPE_TABLE: usize = 32768;
 
 impl Llama {
     /// Bind HF weight names to blocks, checking every shape.
-    pub fn new(
+    pub fn new(cfg: LlamaConfig, weights: HashMap<String, Tensor>, source: &str) -> Result<Self> {
+        Self::with_quantized(cfg, weights, HashMap::new(), source)
+    }
+
+    /// Like [`Llama::new`], with some matrices kept in GGUF blocks (`quant`, HF names).
+    pub fn with_quantized(
         cfg: LlamaConfig,
         mut weights: HashMap<String, Tensor>,
+        mut quant: HashMap<String, QMatrix>,
         source: &str,
     ) -> Result<Self> {
         let hd = cfg.head_dim();
@@ -307,11 +333,31 @@ impl Llama {
             }
             Ok(t.data)
         };
+        // A matrix, from the quantized set when it is there.
+        let mut take_w = |take: &mut dyn FnMut(&str, &[usize]) -> Result<Vec<f32>>,
+                          name: &str,
+                          shape: [usize; 2]|
+         -> Result<Weight> {
+            if let Some(q) = quant.remove(name) {
+                let w = Weight::Quant(q);
+                if [w.rows(), w.cols()] != shape {
+                    return Err(Error::format(
+                        source,
+                        format!(
+                            "tensor {name} has shape {:?}, expected {shape:?}",
+                            [w.rows(), w.cols()]
+                        ),
+                    ));
+                }
+                return Ok(w);
+            }
+            Ok(Weight::F32(Tensor::new(
+                shape.to_vec(),
+                take(name, &shape)?,
+            )))
+        };
         let (d, qd, kvd, f) = (dims.d, dims.qdim(), dims.kvdim(), dims.f);
-        let embed = Tensor::new(
-            vec![dims.vocab, d],
-            take("model.embed_tokens.weight", &[dims.vocab, d])?,
-        );
+        let embed = take_w(&mut take, "model.embed_tokens.weight", [dims.vocab, d])?;
         let norm = norm_w(take("model.norm.weight", &[d])?);
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         let bias = cfg.qkv_bias();
@@ -356,9 +402,9 @@ impl Llama {
                 window: if is_sliding { sliding } else { None },
                 local_rope: gemma && is_sliding,
                 attn_norm: norm_w(take(&format!("{p}.input_layernorm.weight"), &[d])?),
-                wq: take(&format!("{p}.self_attn.q_proj.weight"), &[qd, d])?,
-                wk: take(&format!("{p}.self_attn.k_proj.weight"), &[kvd, d])?,
-                wv: take(&format!("{p}.self_attn.v_proj.weight"), &[kvd, d])?,
+                wq: take_w(&mut take, &format!("{p}.self_attn.q_proj.weight"), [qd, d])?,
+                wk: take_w(&mut take, &format!("{p}.self_attn.k_proj.weight"), [kvd, d])?,
+                wv: take_w(&mut take, &format!("{p}.self_attn.v_proj.weight"), [kvd, d])?,
                 bq: if bias {
                     Some(take(&format!("{p}.self_attn.q_proj.bias"), &[qd])?)
                 } else {
@@ -374,25 +420,23 @@ impl Llama {
                 } else {
                     None
                 },
-                wo: take(&format!("{p}.self_attn.o_proj.weight"), &[d, qd])?,
+                wo: take_w(&mut take, &format!("{p}.self_attn.o_proj.weight"), [d, qd])?,
                 mlp_norm: norm_w(take(&mlp_norm_name, &[d])?),
-                wg: take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
-                wu: take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
-                wd: take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
+                wg: take_w(&mut take, &format!("{p}.mlp.gate_proj.weight"), [f, d])?,
+                wu: take_w(&mut take, &format!("{p}.mlp.up_proj.weight"), [f, d])?,
+                wd: take_w(&mut take, &format!("{p}.mlp.down_proj.weight"), [d, f])?,
             });
         }
         let lm_head = if cfg.tie_word_embeddings {
             // Some checkpoints store the tied copy too; it is the same matrix.
             weights.remove("lm_head.weight");
+            quant.remove("lm_head.weight");
             None
         } else {
-            Some(Tensor::new(
-                vec![dims.vocab, d],
-                take("lm_head.weight", &[dims.vocab, d])?,
-            ))
+            Some(take_w(&mut take, "lm_head.weight", [dims.vocab, d])?)
         };
-        if !weights.is_empty() {
-            let mut left: Vec<&String> = weights.keys().collect();
+        if !weights.is_empty() || !quant.is_empty() {
+            let mut left: Vec<&String> = weights.keys().chain(quant.keys()).collect();
             left.sort();
             left.truncate(5);
             return Err(Error::unsupported(
@@ -446,13 +490,8 @@ impl Llama {
     }
 
     /// `y[m, n] (+)= x[m, k] @ w[n, k]^T` on the kernel this model's mode asks for.
-    #[allow(clippy::too_many_arguments)]
-    fn linear(&self, x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32], acc: bool) {
-        if self.exact {
-            kernels::linear_rows(x, w, m, n, k, y, acc);
-        } else {
-            linear(x, w, m, n, k, y, acc);
-        }
+    fn linear(&self, x: &[f32], w: &Weight, m: usize, y: &mut [f32], acc: bool) {
+        w.linear(x, m, y, acc, self.exact);
     }
 
     /// Multiplier applied to token embedding rows at the input (sqrt(hidden) for Gemma, else
@@ -483,28 +522,58 @@ impl Llama {
         self.rope.max_pos
     }
     /// The output projection `[V, D]` (the embedding table when tied).
-    pub fn lm_head(&self) -> &Tensor {
+    pub fn lm_head(&self) -> &Weight {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
-    /// Visit every weight (name, values) in a fixed order.
-    pub fn for_each_weight(&self, mut f: impl FnMut(&str, &[f32])) {
-        f("embed", &self.embed.data);
-        f("norm", &self.norm);
+    /// Bytes the frozen weights hold in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let mut total = 0;
+        self.for_each_matrix(|_, w| total += w.bytes());
+        let vecs: usize = self
+            .blocks
+            .iter()
+            .map(|b| b.vectors().map(|v| v.len()).sum::<usize>())
+            .sum();
+        total + (vecs + self.norm.len()) * 4
+    }
+    /// Visit every matrix (name, weight) in a fixed order.
+    pub fn for_each_matrix(&self, mut f: impl FnMut(&str, &Weight)) {
+        f("embed", &self.embed);
         if let Some(h) = &self.lm_head {
-            f("lm_head", &h.data);
+            f("lm_head", h);
         }
         for b in &self.blocks {
-            let opt = |x: &Option<Vec<f32>>| x.as_deref().unwrap_or(&[]).to_vec();
             for (n, w) in [
-                ("attn_norm", &b.attn_norm),
                 ("wq", &b.wq),
                 ("wk", &b.wk),
                 ("wv", &b.wv),
                 ("wo", &b.wo),
-                ("mlp_norm", &b.mlp_norm),
                 ("wg", &b.wg),
                 ("wu", &b.wu),
                 ("wd", &b.wd),
+            ] {
+                f(n, w);
+            }
+        }
+    }
+    /// Visit every weight (name, values as f32, in row chunks) in a fixed order.
+    pub fn for_each_weight(&self, mut f: impl FnMut(&str, &[f32])) {
+        self.embed.for_each_rows(|_, v| f("embed", v));
+        f("norm", &self.norm);
+        if let Some(h) = &self.lm_head {
+            h.for_each_rows(|_, v| f("lm_head", v));
+        }
+        for b in &self.blocks {
+            let opt = |x: &Option<Vec<f32>>| x.as_deref().unwrap_or(&[]).to_vec();
+            f("attn_norm", &b.attn_norm);
+            for (n, w) in [("wq", &b.wq), ("wk", &b.wk), ("wv", &b.wv), ("wo", &b.wo)] {
+                w.for_each_rows(|_, v| f(n, v));
+            }
+            f("mlp_norm", &b.mlp_norm);
+            for (n, w) in [("wg", &b.wg), ("wu", &b.wu), ("wd", &b.wd)] {
+                w.for_each_rows(|_, v| f(n, v));
+            }
+            for (n, w) in [
                 ("bq", &opt(&b.bq)),
                 ("bk", &opt(&b.bk)),
                 ("bv", &opt(&b.bv)),
@@ -523,22 +592,11 @@ impl Llama {
             .blocks
             .iter()
             .map(|b| {
-                b.attn_norm.len()
-                    + b.wq.len()
-                    + b.wk.len()
-                    + b.wv.len()
-                    + b.wo.len()
-                    + b.bq.as_ref().map_or(0, |x| x.len())
-                    + b.bk.as_ref().map_or(0, |x| x.len())
-                    + b.bv.as_ref().map_or(0, |x| x.len())
-                    + b.mlp_norm.len()
-                    + b.wg.len()
-                    + b.wu.len()
-                    + b.wd.len()
-                    + [&b.q_norm, &b.k_norm, &b.post_attn_norm, &b.post_mlp_norm]
-                        .iter()
-                        .map(|x| x.as_ref().map_or(0, |x| x.len()))
-                        .sum::<usize>()
+                [&b.wq, &b.wk, &b.wv, &b.wo, &b.wg, &b.wu, &b.wd]
+                    .iter()
+                    .map(|w| w.numel())
+                    .sum::<usize>()
+                    + b.vectors().map(|v| v.len()).sum::<usize>()
             })
             .sum();
         b + self.embed.numel() + self.norm.len() + self.lm_head.as_ref().map_or(0, |t| t.numel())
@@ -574,7 +632,7 @@ impl Llama {
                 }
                 let row = self.embed.row(id as usize);
                 if self.embed_scale == 1.0 {
-                    x.extend_from_slice(row);
+                    x.extend_from_slice(&row);
                 } else {
                     x.extend(row.iter().map(|v| v * self.embed_scale));
                 }
@@ -637,9 +695,9 @@ impl Llama {
             // --- attention ---
             rmsnorm(x, &b.attn_norm, self.eps, &mut h, &mut rstd);
             let rstd1 = if record { Some(rstd.clone()) } else { None };
-            self.linear(&h, &b.wq, n, qd, d, &mut q, false);
-            self.linear(&h, &b.wk, n, kvd, d, &mut k, false);
-            self.linear(&h, &b.wv, n, kvd, d, &mut v, false);
+            self.linear(&h, &b.wq, n, &mut q, false);
+            self.linear(&h, &b.wk, n, &mut k, false);
+            self.linear(&h, &b.wv, n, &mut v, false);
             add_bias(&mut q, b.bq.as_deref());
             add_bias(&mut k, b.bk.as_deref());
             add_bias(&mut v, b.bv.as_deref());
@@ -661,27 +719,20 @@ impl Llama {
                 self.attention(l, &q, lens, caches, &mut att, record)
             };
             // x += post_norm(att @ Wo^T), or x += att @ Wo^T without a sandwich norm
-            let (attn_out, rstd_pa) = self.residual_out(
-                x,
-                &att,
-                &b.wo,
-                qd,
-                b.post_attn_norm.as_deref(),
-                &mut o,
-                record,
-            );
+            let (attn_out, rstd_pa) =
+                self.residual_out(x, &att, &b.wo, b.post_attn_norm.as_deref(), &mut o, record);
             let x_mid = if record { Some(x.to_vec()) } else { None };
             // --- MLP ---
             rmsnorm(x, &b.mlp_norm, self.eps, &mut h, &mut rstd);
-            self.linear(&h, &b.wg, n, f, d, &mut g, false);
-            self.linear(&h, &b.wu, n, f, d, &mut u, false);
+            self.linear(&h, &b.wg, n, &mut g, false);
+            self.linear(&h, &b.wu, n, &mut u, false);
             match self.act {
                 Act::Silu => kernels::swiglu(&g, &u, &mut a),
                 Act::GeluTanh => kernels::geglu_tanh(&g, &u, &mut a),
             }
             // x += post_norm(a @ Wd^T), or x += a @ Wd^T
             let (mlp_out, rstd_pm) =
-                self.residual_out(x, &a, &b.wd, f, b.post_mlp_norm.as_deref(), &mut o, record);
+                self.residual_out(x, &a, &b.wd, b.post_mlp_norm.as_deref(), &mut o, record);
             if record {
                 tapes.push(BlockTape {
                     x_in: x_in.unwrap_or_default(),
@@ -743,8 +794,7 @@ impl Llama {
         &self,
         x: &mut [f32],
         inp: &[f32],
-        w: &[f32],
-        k: usize,
+        w: &Weight,
         post: Option<&[f32]>,
         o: &mut [f32],
         record: bool,
@@ -752,10 +802,10 @@ impl Llama {
         let d = self.dims.d;
         let n = x.len() / d;
         let Some(pw) = post else {
-            self.linear(inp, w, n, d, k, x, true);
+            self.linear(inp, w, n, x, true);
             return (Vec::new(), Vec::new());
         };
-        self.linear(inp, w, n, d, k, o, false); // o = inp @ W^T   [N, D]
+        self.linear(inp, w, n, o, false); // o = inp @ W^T   [N, D]
         let mut normed = vec![0.0; n * d]; // [N, D]
         let mut rstd = vec![0.0; n]; // [N]
         rmsnorm(o, pw, self.eps, &mut normed, &mut rstd);
@@ -925,7 +975,7 @@ impl Llama {
         }
         let v = self.dims.vocab;
         let mut out = vec![0.0; rows.len() * v];
-        self.linear(&hs, &self.lm_head().data, rows.len(), v, d, &mut out, false);
+        self.linear(&hs, self.lm_head(), rows.len(), &mut out, false);
         out
     }
 
@@ -941,7 +991,7 @@ impl Llama {
         const CHUNK: usize = 64;
         let d = self.dims.d;
         let v = self.dims.vocab;
-        let w = &self.lm_head().data;
+        let w = self.lm_head();
         let mut nll = Vec::with_capacity(targets.len());
         let mut dh = if want_grad {
             vec![0.0; hidden.len()]
@@ -970,7 +1020,7 @@ impl Llama {
             nll.extend(parts);
             if want_grad {
                 let mut dhs = vec![0.0; rows.len() * d]; // [r, D] = dlogits @ W
-                linear_dx(&logits, w, rows.len(), v, d, &mut dhs, false);
+                w.linear_dx(&logits, rows.len(), &mut dhs, false);
                 for (i, &r) in rows.iter().enumerate() {
                     for (o, g) in dh[r * d..(r + 1) * d]
                         .iter_mut()
@@ -1025,13 +1075,13 @@ impl Llama {
                 &t.rstd_pm,
                 &mut dpost,
             );
-            linear_dx(d_out, &b.wd, n, d, f, &mut da, false);
+            b.wd.linear_dx(d_out, n, &mut da, false);
             match self.act {
                 Act::Silu => kernels::swiglu_backward(&t.g, &t.u, &da, &mut dg, &mut du),
                 Act::GeluTanh => kernels::geglu_tanh_backward(&t.g, &t.u, &da, &mut dg, &mut du),
             }
-            linear_dx(&dg, &b.wg, n, f, d, &mut dh, false);
-            linear_dx(&du, &b.wu, n, f, d, &mut dh, true);
+            b.wg.linear_dx(&dg, n, &mut dh, false);
+            b.wu.linear_dx(&du, n, &mut dh, true);
             rmsnorm_backward(&t.x_mid, &b.mlp_norm, &t.rstd2, &dh, &mut dx); // dx is now d x_mid
                                                                              // --- attention: x_mid = x_in + [post_norm](att @ Wo^T) ---
             let d_out = post_norm_backward(
@@ -1041,16 +1091,16 @@ impl Llama {
                 &t.rstd_pa,
                 &mut dpost,
             );
-            linear_dx(d_out, &b.wo, n, d, qd, &mut datt, false); // datt[N, Hq*hd] = d_out[N, D] @ Wo[D, Hq*hd]
+            b.wo.linear_dx(d_out, n, &mut datt, false); // datt[N, Hq*hd] = d_out[N, D] @ Wo[D, Hq*hd]
             self.attention_backward(l, t, &starts, caches, &datt, &mut dq, &mut dk, &mut dv);
             let rope = self.rope_of(b);
             rope.apply(&mut dq, nq, &tape.pos, true);
             rope.apply(&mut dk, nkv, &tape.pos, true);
             head_norm_backward(&mut dq, b.q_norm.as_deref(), &t.q_pre, &t.rstd_q);
             head_norm_backward(&mut dk, b.k_norm.as_deref(), &t.k_pre, &t.rstd_k);
-            linear_dx(&dq, &b.wq, n, qd, d, &mut dh, false);
-            linear_dx(&dk, &b.wk, n, kvd, d, &mut dh, true);
-            linear_dx(&dv, &b.wv, n, kvd, d, &mut dh, true);
+            b.wq.linear_dx(&dq, n, &mut dh, false);
+            b.wk.linear_dx(&dk, n, &mut dh, true);
+            b.wv.linear_dx(&dv, n, &mut dh, true);
             rmsnorm_backward(&t.x_in, &b.attn_norm, &t.rstd1, &dh, &mut dx); // dx is now d x_in
         }
         dx

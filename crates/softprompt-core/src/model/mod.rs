@@ -3,6 +3,7 @@
 pub mod config;
 pub mod llama;
 pub mod load;
+pub mod weight;
 
 use std::path::Path;
 
@@ -33,17 +34,23 @@ impl FrozenModel {
         Self::from_loaded(load(spec)?)
     }
 
+    /// [`FrozenModel::load`] keeping the matrices as `format` says.
+    pub fn load_with(spec: &str, format: weight::WeightFormat) -> Result<Self> {
+        Self::from_loaded(load::load_with(spec, format)?)
+    }
+
     pub fn from_loaded(lw: LoadedWeights) -> Result<Self> {
         let LoadedWeights {
             config,
             weights,
+            quantized,
             tokenizer,
             source,
             stored_dtype,
             chat_template,
         } = lw;
-        let llama = llama::Llama::new(config, weights, &source)?;
-        let fingerprint = prompt::model_fingerprint(&llama.cfg, &llama.embed);
+        let llama = llama::Llama::with_quantized(config, weights, quantized, &source)?;
+        let fingerprint = prompt::model_fingerprint_weight(&llama.cfg, &llama.embed);
         let tokenizer_fingerprint = prompt::tokenizer_fingerprint(&tokenizer);
         Ok(FrozenModel {
             llama,

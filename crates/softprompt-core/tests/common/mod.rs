@@ -43,12 +43,13 @@ pub fn split(lw: LoadedWeights) -> (Llama, tokenizers::Tokenizer) {
     let LoadedWeights {
         config,
         weights,
+        quantized,
         tokenizer,
         source,
         ..
     } = lw;
     (
-        Llama::new(config, weights, &source).expect("bind weights"),
+        Llama::with_quantized(config, weights, quantized, &source).expect("bind weights"),
         tokenizer,
     )
 }
@@ -124,6 +125,7 @@ pub fn tiny_demo_model(seed: u64) -> softprompt_core::model::FrozenModel {
     softprompt_core::model::FrozenModel::from_loaded(LoadedWeights {
         config,
         weights,
+        quantized: Default::default(),
         tokenizer,
         source: "tiny-demo".into(),
         stored_dtype: "f32".into(),

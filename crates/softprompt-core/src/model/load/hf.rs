@@ -152,6 +152,7 @@ pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
     Ok(LoadedWeights {
         config,
         weights,
+        quantized: Default::default(),
         tokenizer,
         source: dir.display().to_string(),
         stored_dtype,

@@ -8,6 +8,7 @@ pub mod hub;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::model::weight::{QMatrix, WeightFormat};
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
@@ -16,6 +17,8 @@ pub struct LoadedWeights {
     pub config: LlamaConfig,
     /// HF tensor names (`model.layers.0.self_attn.q_proj.weight`, ...), f32.
     pub weights: HashMap<String, Tensor>,
+    /// Matrices kept in their GGUF block type (`--weights quantized`), HF names; else empty.
+    pub quantized: HashMap<String, QMatrix>,
     pub tokenizer: tokenizers::Tokenizer,
     /// Human-readable origin, e.g. the file path.
     pub source: String,
@@ -90,9 +93,23 @@ impl ModelSource {
 
 /// Resolve and load a model spec (alias, `.gguf` path, HF folder, hub id).
 pub fn load(spec: &str) -> Result<LoadedWeights> {
-    match ModelSource::parse(spec)? {
-        ModelSource::Alias(a) => gguf::load_gguf(&crate::fetch::fetch_alias(&a)?),
-        ModelSource::Gguf(p) => gguf::load_gguf(&p),
+    load_with(spec, WeightFormat::F32)
+}
+
+/// [`load`] with a choice of how the matrices are kept ([`WeightFormat::Quantized`] needs a
+/// GGUF model: HF folders hold f32/f16/bf16 tensors, not blocks).
+pub fn load_with(spec: &str, format: WeightFormat) -> Result<LoadedWeights> {
+    let source = ModelSource::parse(spec)?;
+    let gguf = matches!(source, ModelSource::Alias(_) | ModelSource::Gguf(_));
+    if format == WeightFormat::Quantized && !gguf {
+        return Err(Error::Input(format!(
+            "--weights quantized keeps a GGUF model's quantized blocks; '{spec}' is not a GGUF \
+             model (use --weights f32)"
+        )));
+    }
+    match source {
+        ModelSource::Alias(a) => gguf::load_gguf_with(&crate::fetch::fetch_alias(&a)?, format),
+        ModelSource::Gguf(p) => gguf::load_gguf_with(&p, format),
         ModelSource::HfFolder(p) => hf::load_hf_folder(&p),
         ModelSource::Hub { repo, revision } => hub::load_hub(&repo, revision.as_deref()),
     }

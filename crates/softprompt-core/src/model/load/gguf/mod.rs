@@ -23,6 +23,7 @@ pub use tokenizer::tokenizer_from_gguf;
 
 use super::LoadedWeights;
 use crate::model::config::TokenIds;
+use crate::model::weight::{QMatrix, WeightFormat};
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
@@ -43,13 +44,20 @@ const GEMMA3_LOCAL_ROPE_BASE: f64 = 10000.0;
 /// Load a Llama-family GGUF: config from metadata, f32 weights under HF names (`[out, in]`
 /// row-major), tokenizer from `tokenizer.ggml.*`.
 pub fn load_gguf(path: &Path) -> Result<LoadedWeights> {
+    load_gguf_with(path, WeightFormat::F32)
+}
+
+/// [`load_gguf`]; with [`WeightFormat::Quantized`] the matrices stored in a block type stay
+/// in it ([`LoadedWeights::quantized`]) and only vectors and f32 matrices are f32.
+pub fn load_gguf_with(path: &Path, format: WeightFormat) -> Result<LoadedWeights> {
     let gguf = GgufFile::open(path)?;
     let config = config_from_gguf(&gguf)?;
+    let keep = format == WeightFormat::Quantized;
     let (tokenizer, weights) = rayon::join(
         || tokenizer_from_gguf(&gguf),
-        || load_weights(&gguf, &config),
+        || load_weights(&gguf, &config, keep),
     );
-    let (tokenizer, weights) = (tokenizer?, weights?);
+    let (tokenizer, (weights, quantized)) = (tokenizer?, weights?);
     let tok_vocab = tokenizer.get_vocab_size(true);
     if tok_vocab > config.vocab_size {
         return Err(Error::format(
@@ -63,6 +71,7 @@ pub fn load_gguf(path: &Path) -> Result<LoadedWeights> {
     Ok(LoadedWeights {
         config,
         weights,
+        quantized,
         tokenizer,
         source: path.display().to_string(),
         stored_dtype: stored_dtype(&gguf),
@@ -513,8 +522,13 @@ pub fn unpermute_qk(w: &[f32], n_head: usize, rows: usize, cols: usize) -> Vec<f
     out
 }
 
-/// Dequantize every tensor (in parallel), rename to HF, un-permute Q/K.
-fn load_weights(g: &GgufFile, c: &LlamaConfig) -> Result<HashMap<String, Tensor>> {
+/// Dequantize every tensor (in parallel), rename to HF, un-permute Q/K. With `keep_quant`,
+/// matrices in a non-f32 type are returned as [`QMatrix`] instead (rows un-permuted).
+fn load_weights(
+    g: &GgufFile,
+    c: &LlamaConfig,
+    keep_quant: bool,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, QMatrix>)> {
     let path = g.path();
     let mut plan = Vec::with_capacity(g.tensors().len());
     for info in g.tensors() {
@@ -545,6 +559,36 @@ fn load_weights(g: &GgufFile, c: &LlamaConfig) -> Result<HashMap<String, Tensor>
     }
     // Big tensors first so the parallel loop does not end on a straggler.
     plan.sort_by_key(|(info, _)| std::cmp::Reverse(info.n_bytes));
+    let (quant_plan, plan): (Vec<_>, Vec<_>) = plan.into_iter().partition(|(info, _)| {
+        keep_quant && info.shape().len() == 2 && info.ggml_type != GgmlType::F32
+    });
+    let quantized = quant_plan
+        .into_par_iter()
+        .map(|(info, m)| {
+            let shape = info.shape();
+            let q = QMatrix::new(
+                info.ggml_type,
+                shape[0],
+                shape[1],
+                g.tensor_bytes(info).to_vec(),
+            )
+            .map_err(|e| Error::format(path, format!("tensor {}: {e}", info.name)))?;
+            let q = match m.unpermute_heads {
+                Some(n_head) => {
+                    let hd = shape[0] / n_head;
+                    let half = hd / 2;
+                    // HF row h·hd + j·half + i is GGUF row h·hd + 2i + j (see unpermute_qk).
+                    q.permute_rows(|r| {
+                        let (h, w) = (r / hd, r % hd);
+                        let (j, i) = (w / half, w % half);
+                        h * hd + 2 * i + j
+                    })
+                }
+                None => q,
+            };
+            Ok((m.hf, q))
+        })
+        .collect::<Result<HashMap<_, _>>>()?;
     let weights = plan
         .into_par_iter()
         .map(|(info, m)| {
@@ -561,7 +605,7 @@ fn load_weights(g: &GgufFile, c: &LlamaConfig) -> Result<HashMap<String, Tensor>
             (m.hf, t)
         })
         .collect();
-    Ok(weights)
+    Ok((weights, quantized))
 }
 
 #[cfg(test)]

@@ -1,0 +1,411 @@
+//! A frozen weight matrix `[rows, cols]` (HF `[out, in]` layout) and the two products a
+//! prompt-tuning pass needs from it: `y = x @ W^T` (forward) and `dx = dy @ W` (the input
+//! gradient). The matrix is kept either as f32 or, for a GGUF base loaded with
+//! `--weights quantized`, in its GGUF block quantization: then both products dequantize a
+//! tile of rows at a time (about 1 MiB of f32) and run the f32 kernels on it, so the model
+//! holds a quarter to an eighth of the f32 bytes and never a full f32 copy.
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use crate::kernels::{self, gemm, View};
+use crate::model::load::gguf::dequant::{dequantize_blocks, GgmlType};
+use crate::Tensor;
+
+/// How the frozen base keeps its matrices in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Everything dequantized to f32 at load (exact reference path).
+    #[default]
+    F32,
+    /// GGUF matrices stay in their stored block type (Q4_0, Q4_1, Q4_K, Q8_0, ...), dequantized
+    /// tile by tile inside each product. GGUF models only.
+    Quantized,
+}
+
+impl WeightFormat {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" => Some(Self::F32),
+            "quantized" | "q" => Some(Self::Quantized),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Quantized => "quantized",
+        }
+    }
+}
+
+/// GGUF blocks of a row-major `[rows, cols]` matrix: row `r` is
+/// `data[r * row_bytes .. (r + 1) * row_bytes]`, `cols / block_size` blocks.
+#[derive(Clone, Debug)]
+pub struct QMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl QMatrix {
+    /// Checks that rows are whole blocks and `data` holds exactly `rows` rows.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, String> {
+        let bs = ty.block_size();
+        if cols % bs != 0 {
+            return Err(format!(
+                "{} rows of {cols} values are not whole blocks of {bs}",
+                ty.name()
+            ));
+        }
+        let row_bytes = cols / bs * ty.type_size();
+        if data.len() != rows * row_bytes {
+            return Err(format!(
+                "{} matrix [{rows}, {cols}] needs {} bytes, got {}",
+                ty.name(),
+                rows * row_bytes,
+                data.len()
+            ));
+        }
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
+    }
+
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// The same matrix with its rows reordered: new row `r` is old row `src(r)`.
+    pub fn permute_rows(&self, src: impl Fn(usize) -> usize) -> Self {
+        let rb = self.row_bytes;
+        let mut data = Vec::with_capacity(self.data.len());
+        for r in 0..self.rows {
+            let s = src(r);
+            data.extend_from_slice(&self.data[s * rb..(s + 1) * rb]);
+        }
+        QMatrix { data, ..*self }
+    }
+
+    /// Dequantize rows `r0..r0 + out.len() / cols` into `out` (`[n, cols]`).
+    pub fn dequant_rows(&self, r0: usize, out: &mut [f32]) {
+        let n = out.len() / self.cols;
+        let src = &self.data[r0 * self.row_bytes..(r0 + n) * self.row_bytes];
+        dequantize_blocks(self.ty, src, out);
+    }
+
+    /// Like [`QMatrix::dequant_rows`], split over the rayon pool by rows.
+    fn dequant_rows_par(&self, r0: usize, out: &mut [f32]) {
+        const ROWS_PER_TASK: usize = 32;
+        out.par_chunks_mut(ROWS_PER_TASK * self.cols)
+            .enumerate()
+            .for_each(|(i, o)| self.dequant_rows(r0 + i * ROWS_PER_TASK, o));
+    }
+
+    /// Rows per tile: about 1 MiB of f32, a multiple of 16.
+    fn tile_rows(&self) -> usize {
+        ((TILE_FLOATS / self.cols.max(1)) / 16 * 16).clamp(16, self.rows.max(16))
+    }
+}
+
+/// f32 values per dequantized tile (1 MiB: stays in L2 while the product reads it).
+const TILE_FLOATS: usize = 1 << 18;
+
+/// A frozen matrix `[rows, cols]` in f32 or in GGUF blocks.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    F32(Tensor),
+    Quant(QMatrix),
+}
+
+impl From<Tensor> for Weight {
+    fn from(t: Tensor) -> Self {
+        Weight::F32(t)
+    }
+}
+
+impl Weight {
+    pub fn rows(&self) -> usize {
+        match self {
+            Weight::F32(t) => t.shape[0],
+            Weight::Quant(q) => q.rows,
+        }
+    }
+    pub fn cols(&self) -> usize {
+        match self {
+            Weight::F32(t) => t.shape.get(1).copied().unwrap_or(1),
+            Weight::Quant(q) => q.cols,
+        }
+    }
+    pub fn numel(&self) -> usize {
+        self.rows() * self.cols()
+    }
+    /// Bytes held in memory.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Weight::F32(t) => t.data.len() * 4,
+            Weight::Quant(q) => q.data.len(),
+        }
+    }
+    /// How it is stored: "f32" or the GGML type name.
+    pub fn dtype(&self) -> &'static str {
+        match self {
+            Weight::F32(_) => "f32",
+            Weight::Quant(q) => q.ty.name(),
+        }
+    }
+    /// The f32 tensor, when kept as f32.
+    pub fn as_f32(&self) -> Option<&Tensor> {
+        match self {
+            Weight::F32(t) => Some(t),
+            Weight::Quant(_) => None,
+        }
+    }
+    /// Row `i` as f32 (borrowed when stored as f32).
+    pub fn row(&self, i: usize) -> Cow<'_, [f32]> {
+        match self {
+            Weight::F32(t) => Cow::Borrowed(t.row(i)),
+            Weight::Quant(q) => {
+                let mut out = vec![0.0; q.cols];
+                q.dequant_rows(i, &mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+    /// The whole matrix as f32 (a dequantized copy for a quantized weight).
+    pub fn to_f32(&self) -> Cow<'_, Tensor> {
+        match self {
+            Weight::F32(t) => Cow::Borrowed(t),
+            Weight::Quant(q) => {
+                let mut data = vec![0.0; q.rows * q.cols];
+                q.dequant_rows_par(0, &mut data);
+                Cow::Owned(Tensor::new(vec![q.rows, q.cols], data))
+            }
+        }
+    }
+    /// Values `a..b` of the row-major matrix as f32.
+    pub fn read_flat(&self, a: usize, b: usize) -> Vec<f32> {
+        match self {
+            Weight::F32(t) => t.data[a..b].to_vec(),
+            Weight::Quant(q) => {
+                let (r0, r1) = (a / q.cols, b.div_ceil(q.cols));
+                let mut rows = vec![0.0; (r1 - r0) * q.cols];
+                q.dequant_rows(r0, &mut rows);
+                let off = r0 * q.cols;
+                rows[a - off..b - off].to_vec()
+            }
+        }
+    }
+    /// Visit the matrix as f32 in row-major chunks of whole rows (`(first_row, values)`),
+    /// without a full f32 copy of a quantized matrix.
+    pub fn for_each_rows(&self, mut f: impl FnMut(usize, &[f32])) {
+        match self {
+            Weight::F32(t) => f(0, &t.data),
+            Weight::Quant(q) => {
+                let t = q.tile_rows();
+                let mut buf = vec![0.0; t * q.cols];
+                for r0 in (0..q.rows).step_by(t) {
+                    let n = t.min(q.rows - r0);
+                    let tile = &mut buf[..n * q.cols];
+                    q.dequant_rows_par(r0, tile);
+                    f(r0, tile);
+                }
+            }
+        }
+    }
+
+    /// `y[m, rows] (+)= x[m, cols] @ W^T`. `exact`: every element one fixed-order dot product
+    /// ([`kernels::linear_rows`]), so a row's result does not depend on `m`.
+    pub fn linear(&self, x: &[f32], m: usize, y: &mut [f32], accumulate: bool, exact: bool) {
+        let (n, k) = (self.rows(), self.cols());
+        match self {
+            Weight::F32(t) if exact => kernels::linear_rows(x, &t.data, m, n, k, y, accumulate),
+            Weight::F32(t) => kernels::linear(x, &t.data, m, n, k, y, accumulate),
+            Weight::Quant(q) => {
+                assert!(x.len() >= m * k && y.len() >= m * n, "linear: bad sizes");
+                let t = q.tile_rows();
+                let mut tile = vec![0.0f32; t * k]; // [t, k] dequantized rows r0..r0+t
+                let mut out = Vec::new(); // [m, t] (row-exact path)
+                for r0 in (0..n).step_by(t) {
+                    let w = t.min(n - r0);
+                    let tile = &mut tile[..w * k];
+                    q.dequant_rows_par(r0, tile);
+                    if exact || m <= 4 {
+                        out.resize(m * w, 0.0);
+                        kernels::linear_rows(x, tile, m, w, k, &mut out, false);
+                        for i in 0..m {
+                            let dst = &mut y[i * n + r0..i * n + r0 + w];
+                            let src = &out[i * w..(i + 1) * w];
+                            if accumulate {
+                                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                            } else {
+                                dst.copy_from_slice(src);
+                            }
+                        }
+                    } else {
+                        // y[:, r0..r0+w] (+)= x @ tile^T, written in place (row stride n).
+                        let dst = &mut y[r0..(m - 1) * n + r0 + w];
+                        gemm(
+                            m,
+                            w,
+                            k,
+                            View::rm(x, k),
+                            View::t(tile, k),
+                            dst,
+                            n,
+                            accumulate,
+                            true,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dx[m, cols] (+)= dy[m, rows] @ W`.
+    pub fn linear_dx(&self, dy: &[f32], m: usize, dx: &mut [f32], accumulate: bool) {
+        let (n, k) = (self.rows(), self.cols());
+        match self {
+            Weight::F32(t) => kernels::linear_dx(dy, &t.data, m, n, k, dx, accumulate),
+            Weight::Quant(q) => {
+                assert!(
+                    dy.len() >= m * n && dx.len() >= m * k,
+                    "linear_dx: bad sizes"
+                );
+                if m == 0 {
+                    return;
+                }
+                let t = q.tile_rows();
+                let mut tile = vec![0.0f32; t * k]; // [t, k]
+                for r0 in (0..n).step_by(t) {
+                    let w = t.min(n - r0);
+                    let tile = &mut tile[..w * k];
+                    q.dequant_rows_par(r0, tile);
+                    // dx (+)= dy[:, r0..r0+w] @ tile; dy columns read with row stride n.
+                    let a = View {
+                        data: &dy[r0..(m - 1) * n + r0 + w],
+                        rs: n,
+                        cs: 1,
+                    };
+                    gemm(
+                        m,
+                        k,
+                        w,
+                        a,
+                        View::rm(tile, k),
+                        dx,
+                        k,
+                        accumulate || r0 > 0,
+                        true,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// A random Q8_0 matrix (blocks: f16 scale + 32 i8) and a Q4_1 one (f16 d, f16 m, 16 bytes).
+    fn random_q(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> QMatrix {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let blocks = rows * cols / ty.block_size();
+        let mut data = Vec::with_capacity(blocks * ty.type_size());
+        for _ in 0..blocks {
+            let scale = half::f16::from_f32(rng.gen_range(0.001..0.02)).to_le_bytes();
+            data.extend_from_slice(&scale);
+            if ty == GgmlType::Q4_1 {
+                let min = half::f16::from_f32(rng.gen_range(-0.1..0.0)).to_le_bytes();
+                data.extend_from_slice(&min);
+            }
+            while data.len() % ty.type_size() != 0 {
+                data.push(rng.gen());
+            }
+        }
+        QMatrix::new(ty, rows, cols, data).unwrap()
+    }
+
+    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+        a.iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    /// Both products of a quantized matrix equal those of its f32 copy, on every path (blocked
+    /// GEMM, few rows, exact) and across tile edges (4100 rows: a full tile and a partial one).
+    #[test]
+    fn quantized_products_match_dequantized_f32() {
+        for (ty, rows, cols) in [(GgmlType::Q8_0, 4100, 64), (GgmlType::Q4_1, 300, 96)] {
+            let q = Weight::Quant(random_q(ty, rows, cols, 7));
+            let f = Weight::F32(q.to_f32().into_owned());
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+            for m in [1, 3, 37] {
+                let x: Vec<f32> = (0..m * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let dy: Vec<f32> = (0..m * rows).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                for exact in [false, true] {
+                    for acc in [false, true] {
+                        let init: Vec<f32> = (0..m * rows).map(|i| i as f32 * 1e-3).collect();
+                        let (mut y1, mut y2) = (init.clone(), init);
+                        q.linear(&x, m, &mut y1, acc, exact);
+                        f.linear(&x, m, &mut y2, acc, exact);
+                        let e = max_rel(&y1, &y2);
+                        assert!(e < 1e-5, "{ty:?} m={m} exact={exact} acc={acc}: {e}");
+                        if exact {
+                            assert_eq!(y1, y2, "exact path is the same dot per element");
+                        }
+                    }
+                }
+                for acc in [false, true] {
+                    let init: Vec<f32> = (0..m * cols).map(|i| i as f32 * 1e-3).collect();
+                    let (mut d1, mut d2) = (init.clone(), init);
+                    q.linear_dx(&dy, m, &mut d1, acc);
+                    f.linear_dx(&dy, m, &mut d2, acc);
+                    let e = max_rel(&d1, &d2);
+                    assert!(e < 1e-5, "{ty:?} dx m={m} acc={acc}: {e}");
+                }
+            }
+            // Rows, flat reads and chunked visits see the same values.
+            let t = f.as_f32().unwrap();
+            assert_eq!(&*q.row(rows - 1), t.row(rows - 1));
+            assert_eq!(
+                q.read_flat(5, cols * 2 + 7),
+                t.data[5..cols * 2 + 7].to_vec()
+            );
+            let mut seen = Vec::new();
+            q.for_each_rows(|r0, v| {
+                assert_eq!(r0 * cols, seen.len());
+                seen.extend_from_slice(v)
+            });
+            assert_eq!(seen, t.data);
+            assert!(q.bytes() * 3 < f.bytes());
+        }
+    }
+
+    #[test]
+    fn permuted_rows() {
+        let q = random_q(GgmlType::Q8_0, 4, 32, 3);
+        let p = Weight::Quant(q.permute_rows(|r| 3 - r));
+        let q = Weight::Quant(q);
+        for r in 0..4 {
+            assert_eq!(p.row(r), q.row(3 - r));
+        }
+    }
+
+    #[test]
+    fn bad_block_shapes_are_refused() {
+        assert!(QMatrix::new(GgmlType::Q8_0, 2, 33, vec![0; 68]).is_err());
+        assert!(QMatrix::new(GgmlType::Q8_0, 2, 32, vec![0; 67]).is_err());
+    }
+}
