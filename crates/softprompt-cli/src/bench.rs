@@ -185,7 +185,8 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
     Ok(rows)
 }
 
-pub fn print(rows: &[Row], json_out: bool) {
+/// `weights`: how the frozen model is held (e.g. its stored dtype and size in memory).
+pub fn print(rows: &[Row], json_out: bool, weights: &str) {
     let rss = peak_rss_mib();
     if json_out {
         let v: Vec<_> = rows
@@ -194,7 +195,7 @@ pub fn print(rows: &[Row], json_out: bool) {
             .collect();
         println!(
             "{}",
-            json!({ "rows": v, "peak_rss_mib": rss, "threads": rayon_threads() })
+            json!({ "rows": v, "peak_rss_mib": rss, "threads": rayon_threads(), "weights": weights })
         );
         return;
     }
@@ -207,7 +208,7 @@ pub fn print(rows: &[Row], json_out: bool) {
         );
     }
     println!(
-        "\npeak RSS {:.0} MiB, {} threads",
+        "\npeak RSS {:.0} MiB, {} threads, weights: {weights}",
         rss.unwrap_or(f64::NAN),
         rayon_threads()
     );

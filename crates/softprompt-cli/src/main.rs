@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use softprompt_core::data::{self, TaskSpec};
 use softprompt_core::infer::{self, Sampling};
+use softprompt_core::model::weight::WeightFormat;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::{self, optim, trainer};
@@ -35,6 +36,15 @@ struct ModelArgs {
     /// Face model folder, or a hub id (`org/name[@rev]` or `hf:org/name`).
     #[arg(long, short, default_value = "smollm2-135m")]
     model: String,
+    /// How the frozen matrices are kept: `f32` (dequantized at load, the reference path) or
+    /// `quantized` (a GGUF model's blocks, dequantized tile by tile inside each product:
+    /// about 1/5 of the memory, slower products).
+    #[arg(long, default_value = "f32", value_parser = parse_weights)]
+    weights: WeightFormat,
+}
+
+fn parse_weights(s: &str) -> std::result::Result<WeightFormat, String> {
+    WeightFormat::parse(s).ok_or_else(|| format!("'{s}': expected f32 or quantized"))
 }
 
 #[derive(Args, Clone)]
@@ -171,6 +181,19 @@ enum Cmd {
         only: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Write a model (e.g. a GGUF) as a Hugging Face folder: config.json, f32 safetensors,
+    /// tokenizer.json, for PyTorch/transformers or any other tool.
+    Export {
+        /// Base model: alias, .gguf file, HF folder or hub id.
+        #[arg(long, short, default_value = "smollm2-135m")]
+        model: String,
+        /// New folder (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Split the weights into shards of at most this many MB.
+        #[arg(long)]
+        shard_mb: Option<usize>,
     },
     /// Describe a model and/or a soft prompt: architecture, sizes, dtype, fingerprints.
     Info {
@@ -328,12 +351,13 @@ struct TrainArgs {
 
 fn load_model(m: &ModelArgs) -> Result<FrozenModel> {
     let t = std::time::Instant::now();
-    let model =
-        FrozenModel::load(&m.model).with_context(|| format!("loading model '{}'", m.model))?;
+    let model = FrozenModel::load_with(&m.model, m.weights)
+        .with_context(|| format!("loading model '{}'", m.model))?;
     eprintln!(
-        "softprompt: loaded {} ({}) in {:.1}s",
+        "softprompt: loaded {} ({}, {:.0} MB of weights) in {:.1}s",
         model.source,
         model.stored_dtype,
+        model.llama.weight_bytes() as f64 / 1e6,
         t.elapsed().as_secs_f32()
     );
     Ok(model)
@@ -473,7 +497,12 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let mut m = load_model(&model)?;
             let rows = bench::run(&mut m, runs, only.as_deref())?;
-            bench::print(&rows, json);
+            let weights = format!(
+                "{} ({:.0} MB)",
+                m.stored_dtype,
+                m.llama.weight_bytes() as f64 / 1e6
+            );
+            bench::print(&rows, json, &weights);
         }
         Cmd::Eval {
             model,
@@ -605,6 +634,19 @@ fn run(cli: Cli) -> Result<()> {
                 println!("=> {} {:?}", labels[best], cands[best]);
             }
         }
+        Cmd::Export {
+            model,
+            out,
+            shard_mb,
+        } => {
+            let lw = softprompt_core::model::load(&model)
+                .with_context(|| format!("loading model '{model}'"))?;
+            softprompt_core::model::load::hf::save_hf_folder(&out, &lw, shard_mb.map(|m| m << 20))?;
+            eprintln!(
+                "softprompt: wrote {} (Hugging Face folder, f32)",
+                out.display()
+            );
+        }
         Cmd::Info {
             model,
             prompt,
@@ -619,6 +661,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(spec) = &model {
                 let m = load_model(&ModelArgs {
                     model: spec.clone(),
+                    weights: WeightFormat::F32,
                 })?;
                 let c = &m.llama.cfg;
                 report.insert(

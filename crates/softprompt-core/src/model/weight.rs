@@ -316,7 +316,8 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// A random Q8_0 matrix (blocks: f16 scale + 32 i8) and a Q4_1 one (f16 d, f16 m, 16 bytes).
+    /// A random matrix of block type `ty`: its f16 scale (and Q4_1/Q4_K min) in range, the
+    /// rest random bytes.
     fn random_q(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> QMatrix {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let blocks = rows * cols / ty.block_size();
@@ -324,7 +325,7 @@ mod tests {
         for _ in 0..blocks {
             let scale = half::f16::from_f32(rng.gen_range(0.001..0.02)).to_le_bytes();
             data.extend_from_slice(&scale);
-            if ty == GgmlType::Q4_1 {
+            if matches!(ty, GgmlType::Q4_1 | GgmlType::Q4_K) {
                 let min = half::f16::from_f32(rng.gen_range(-0.1..0.0)).to_le_bytes();
                 data.extend_from_slice(&min);
             }
@@ -347,7 +348,12 @@ mod tests {
     /// GEMM, few rows, exact) and across tile edges (4100 rows: a full tile and a partial one).
     #[test]
     fn quantized_products_match_dequantized_f32() {
-        for (ty, rows, cols) in [(GgmlType::Q8_0, 4100, 64), (GgmlType::Q4_1, 300, 96)] {
+        for (ty, rows, cols) in [
+            (GgmlType::Q8_0, 4100, 64),
+            (GgmlType::Q4_1, 300, 96),
+            (GgmlType::Q4_0, 70, 64),
+            (GgmlType::Q4_K, 40, 512),
+        ] {
             let q = Weight::Quant(random_q(ty, rows, cols, 7));
             let f = Weight::F32(q.to_f32().into_owned());
             let mut rng = rand::rngs::StdRng::seed_from_u64(1);

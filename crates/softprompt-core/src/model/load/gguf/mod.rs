@@ -74,7 +74,11 @@ pub fn load_gguf_with(path: &Path, format: WeightFormat) -> Result<LoadedWeights
         quantized,
         tokenizer,
         source: path.display().to_string(),
-        stored_dtype: stored_dtype(&gguf),
+        stored_dtype: if keep {
+            stored_dtype(&gguf).replace("dequantized to f32", "matrices kept quantized")
+        } else {
+            stored_dtype(&gguf)
+        },
         chat_template: gguf.opt_str("tokenizer.chat_template")?.map(String::from),
     })
 }
