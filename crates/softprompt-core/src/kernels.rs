@@ -410,9 +410,15 @@ impl Rope {
     }
 }
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// `s[i] = sigmoid(g[i])` with the vector exp.
+fn sigmoid_into(g: &[f32], s: &mut [f32]) {
+    for (si, gi) in s.iter_mut().zip(g) {
+        *si = -gi;
+    }
+    exp_shift(s, 0.0, 1.0);
+    for si in s.iter_mut() {
+        *si = 1.0 / (1.0 + *si);
+    }
 }
 
 /// SwiGLU: `a = silu(g) * u`, elementwise over `[rows, f]`.
@@ -421,8 +427,9 @@ pub fn swiglu(g: &[f32], u: &[f32], a: &mut [f32]) {
         .zip(g.par_chunks(4096))
         .zip(u.par_chunks(4096))
         .for_each(|((a, g), u)| {
+            sigmoid_into(g, a);
             for ((ai, gi), ui) in a.iter_mut().zip(g).zip(u) {
-                *ai = gi * sigmoid(*gi) * ui;
+                *ai *= gi * ui;
             }
         });
 }
@@ -437,8 +444,9 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], da: &[f32], dg: &mut [f32], du: &mu
                 .zip(da.par_chunks(4096)),
         )
         .for_each(|((dg, du), ((g, u), da))| {
+            sigmoid_into(g, dg); // dg = s for now
             for i in 0..dg.len() {
-                let s = sigmoid(g[i]);
+                let s = dg[i];
                 let silu = g[i] * s;
                 du[i] = da[i] * silu;
                 dg[i] = da[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
@@ -494,27 +502,124 @@ pub fn geglu_tanh_backward(g: &[f32], u: &[f32], da: &[f32], dg: &mut [f32], du:
 /// In-place softmax of one row. Entries set to -inf become 0.
 pub fn softmax_inplace(row: &mut [f32]) {
     let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in row.iter_mut() {
-        *v = (*v - m).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    let sum = exp_shift(row, m, 1.0);
+    let inv = (1.0 / sum) as f32;
     for v in row.iter_mut() {
         *v *= inv;
     }
 }
 
-/// log-sum-exp of a row, accumulated in f64 (as the reference computes log_softmax).
+/// log-sum-exp of a row: exponentials in f32 (within 2 ulp), their sum in f64.
 pub fn logsumexp(row: &[f32]) -> f64 {
-    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
-    m + s.ln()
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    if !m.is_finite() {
+        return m as f64;
+    }
+    let mut s = 0.0f64;
+    for c in row.chunks(4096) {
+        let mut buf = [0.0f32; 4096];
+        let b = &mut buf[..c.len()];
+        b.copy_from_slice(c);
+        s += exp_shift(b, m, 1.0);
+    }
+    m as f64 + s.ln()
+}
+
+/// `row[i] = exp(row[i] - shift) * scale` in place; returns the sum of `exp(row[i] - shift)`
+/// in f64. AVX-512 when present (the vector exp is within 2 ulp of `f32::exp`).
+pub fn exp_shift(row: &mut [f32], shift: f32, scale: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected at run time.
+            return unsafe { exp_shift_avx512(row, shift, scale) };
+        }
+    }
+    let mut sum = 0.0f64;
+    for v in row.iter_mut() {
+        let e = (*v - shift).exp();
+        sum += e as f64;
+        *v = e * scale;
+    }
+    sum
+}
+
+/// 16 lanes of `exp(x)`: `x = n ln2 + r` (Cody-Waite, |r| <= ln2/2), a degree-6 polynomial
+/// for `exp(r)`, then `scalef` by `2^n` (which flushes large negative `x` to 0).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_min_ps(x, _mm512_set1_ps(88.72));
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
+    let n = _mm512_roundscale_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x); // ln2 high part
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r); // ln2 low part
+    let mut p = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shift_avx512(row: &mut [f32], shift: f32, scale: f32) -> f64 {
+    use std::arch::x86_64::*;
+    let n = row.len();
+    let p = row.as_mut_ptr();
+    let (vs, vc) = (_mm512_set1_ps(shift), _mm512_set1_ps(scale));
+    let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(16);
+        let mask: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+        let x = _mm512_maskz_loadu_ps(mask, p.add(i));
+        let e = _mm512_maskz_mov_ps(mask, exp16(_mm512_sub_ps(x, vs)));
+        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        hi = _mm512_add_pd(
+            hi,
+            _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
+                _mm512_castps_pd(e),
+                1,
+            ))),
+        );
+        _mm512_mask_storeu_ps(p.add(i), mask, _mm512_mul_ps(e, vc));
+        i += 16;
+    }
+    _mm512_reduce_add_pd(_mm512_add_pd(lo, hi))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vector_exp_matches_libm() {
+        let xs: Vec<f32> = (0..19800).map(|i| -110.0 + i as f32 * 0.01).collect(); // up to 88
+        let mut got = xs.clone();
+        let sum = exp_shift(&mut got, 0.0, 1.0);
+        let mut want_sum = 0.0f64;
+        for (x, g) in xs.iter().zip(&got) {
+            let w = x.exp();
+            want_sum += w as f64;
+            let tol = 3.0 * f32::EPSILON * w.max(f32::MIN_POSITIVE);
+            assert!((g - w).abs() <= tol, "exp({x}) = {g}, libm {w}");
+        }
+        assert!(((sum - want_sum) / want_sum).abs() < 1e-6);
+        let row: Vec<f32> = (0..49153)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let exact = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        assert!((logsumexp(&row) - exact).abs() < 1e-6);
+        let mut sm = vec![1.0f32, 2.0, 3.0];
+        softmax_inplace(&mut sm);
+        assert!((sm.iter().sum::<f32>() - 1.0).abs() < 1e-6 && sm[2] > sm[1]);
+    }
 
     fn naive(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         let mut o = vec![0.0; m * n];

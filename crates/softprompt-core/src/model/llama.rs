@@ -1009,9 +1009,7 @@ impl Llama {
                     let nll = lse - lg[t.token as usize] as f64;
                     if want_grad {
                         // d/dlogits of w * (lse - logit[tok]) = w * (softmax - onehot)
-                        for x in lg.iter_mut() {
-                            *x = ((*x as f64 - lse).exp() as f32) * t.weight;
-                        }
+                        kernels::exp_shift(lg, lse as f32, t.weight);
                         lg[t.token as usize] -= t.weight;
                     }
                     nll
