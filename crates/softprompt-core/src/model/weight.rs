@@ -109,10 +109,140 @@ impl QMatrix {
             .for_each(|(i, o)| self.dequant_rows(r0 + i * ROWS_PER_TASK, o));
     }
 
+    /// `y[m, rows] (+)= x[m, cols] @ W^T` with every element one dot product computed the
+    /// same way whatever `m` is (batch-invariant), reading each weight row once for up to
+    /// four input rows. Q4_0, Q4_1 and Q8_0 blocks are dequantized in registers inside the
+    /// dot product (AVX-512); other types dequantize the row to a buffer first. This is the
+    /// decoding path: memory-bound on the quantized bytes.
+    pub fn linear_rows(&self, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
+        const BLOCK: usize = 32; // weight rows per task
+        let (n, k) = (self.rows, self.cols);
+        assert!(x.len() >= m * k && y.len() >= m * n, "linear_rows: bad sizes");
+        // out[b] = [m, rows of block b]
+        let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
+            .into_par_iter()
+            .map(|b| {
+                let (r0, r1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+                let width = r1 - r0;
+                let mut out = vec![0.0f32; m * width]; // [m, width]
+                let mut buf = vec![0.0f32; k]; // one dequantized row (generic types)
+                for (j, r) in (r0..r1).enumerate() {
+                    let wr = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
+                    let mut i = 0;
+                    while i < m {
+                        let g = (m - i).min(4);
+                        let xs: Vec<&[f32]> =
+                            (i..i + g).map(|t| &x[t * k..(t + 1) * k]).collect();
+                        let d = self.row_dot(wr, &xs, &mut buf);
+                        for (t, v) in d[..g].iter().enumerate() {
+                            out[(i + t) * width + j] = *v;
+                        }
+                        i += g;
+                    }
+                }
+                out
+            })
+            .collect();
+        for (b, out) in blocks.iter().enumerate() {
+            let c0 = b * BLOCK;
+            let width = out.len() / m.max(1);
+            for i in 0..m {
+                let dst = &mut y[i * n + c0..i * n + c0 + width];
+                let src = &out[i * width..(i + 1) * width];
+                if accumulate {
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                } else {
+                    dst.copy_from_slice(src);
+                }
+            }
+        }
+    }
+
+    /// Dot products of one quantized row `wr` with up to 4 input rows. Each result depends
+    /// only on its own input row (the same operations whether 1 or 4 rows are given).
+    fn row_dot(&self, wr: &[u8], xs: &[&[f32]], buf: &mut [f32]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+                && std::arch::is_x86_feature_detected!("avx512f")
+            {
+                // SAFETY: the feature was detected; `wr` is one row of whole blocks and every
+                // input row has `cols` values (checked by the caller's size assert).
+                return unsafe { qdot_avx512(self.ty, wr, xs, self.cols) };
+            }
+        }
+        dequantize_blocks(self.ty, wr, buf);
+        let mut out = [0.0; 4];
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = kernels::dot(x, buf);
+        }
+        out
+    }
+
     /// Rows per tile: about 1 MiB of f32, a multiple of 16.
     fn tile_rows(&self) -> usize {
         ((TILE_FLOATS / self.cols.max(1)) / 16 * 16).clamp(16, self.rows.max(16))
     }
+}
+
+/// One quantized row (Q4_0, Q4_1 or Q8_0: 32 values per block) dotted with up to four
+/// f32 rows: each block is expanded to two vectors of 16 f32 in registers, then one FMA per
+/// input row and half-block into that row's own two accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn qdot_avx512(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    // An f16 at b[i..i+2] broadcast to 16 f32 lanes (vcvtph2ps).
+    let f16 = |b: &[u8], i: usize| {
+        _mm512_cvtph_ps(_mm256_set1_epi16(
+            u16::from_le_bytes([b[i], b[i + 1]]) as i16,
+        ))
+    };
+    let ts = ty.type_size();
+    let g = xs.len().min(4);
+    let mut acc0 = [_mm512_setzero_ps(); 4];
+    let mut acc1 = [_mm512_setzero_ps(); 4];
+    for blk in 0..cols / 32 {
+        let b = &wr[blk * ts..(blk + 1) * ts];
+        let (w0, w1) = match ty {
+            GgmlType::Q8_0 => {
+                let d = f16(b, 0);
+                let q0 = _mm_loadu_si128(b.as_ptr().add(2) as *const __m128i);
+                let q1 = _mm_loadu_si128(b.as_ptr().add(18) as *const __m128i);
+                (
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d),
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d),
+                )
+            }
+            _ => {
+                // Q4_0: (q - 8)·d; Q4_1: q·d + m. Low nibbles are values 0..16, high 16..32.
+                let (vd, vm, off) = if ty == GgmlType::Q4_1 {
+                    (f16(b, 0), f16(b, 2), 4)
+                } else {
+                    let d = f16(b, 0);
+                    (d, _mm512_mul_ps(d, _mm512_set1_ps(-8.0)), 2)
+                };
+                let qs = _mm_loadu_si128(b.as_ptr().add(off) as *const __m128i);
+                let mask = _mm_set1_epi8(0x0F);
+                let lo = _mm_and_si128(qs, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+                (
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), vd, vm),
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), vd, vm),
+                )
+            }
+        };
+        for t in 0..g {
+            let px = xs[t].as_ptr().add(blk * 32);
+            acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), acc0[t]);
+            acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(16)), acc1[t]);
+        }
+    }
+    let mut out = [0.0f32; 4];
+    for t in 0..g {
+        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+    }
+    out
 }
 
 /// f32 values per dequantized tile (1 MiB: stays in L2 while the product reads it).
@@ -228,28 +358,16 @@ impl Weight {
         match self {
             Weight::F32(t) if exact => kernels::linear_rows(x, &t.data, m, n, k, y, accumulate),
             Weight::F32(t) => kernels::linear(x, &t.data, m, n, k, y, accumulate),
+            Weight::Quant(q) if exact || m <= 4 => q.linear_rows(x, m, y, accumulate),
             Weight::Quant(q) => {
                 assert!(x.len() >= m * k && y.len() >= m * n, "linear: bad sizes");
                 let t = q.tile_rows();
                 let mut tile = vec![0.0f32; t * k]; // [t, k] dequantized rows r0..r0+t
-                let mut out = Vec::new(); // [m, t] (row-exact path)
                 for r0 in (0..n).step_by(t) {
                     let w = t.min(n - r0);
                     let tile = &mut tile[..w * k];
                     q.dequant_rows_par(r0, tile);
-                    if exact || m <= 4 {
-                        out.resize(m * w, 0.0);
-                        kernels::linear_rows(x, tile, m, w, k, &mut out, false);
-                        for i in 0..m {
-                            let dst = &mut y[i * n + r0..i * n + r0 + w];
-                            let src = &out[i * w..(i + 1) * w];
-                            if accumulate {
-                                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                            } else {
-                                dst.copy_from_slice(src);
-                            }
-                        }
-                    } else {
+                    {
                         // y[:, r0..r0+w] (+)= x @ tile^T, written in place (row stride n).
                         let dst = &mut y[r0..(m - 1) * n + r0 + w];
                         gemm(
