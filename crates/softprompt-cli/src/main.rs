@@ -36,15 +36,16 @@ struct ModelArgs {
     /// Face model folder, or a hub id (`org/name[@rev]` or `hf:org/name`).
     #[arg(long, short, default_value = "smollm2-135m")]
     model: String,
-    /// How the frozen matrices are kept: `f32` (dequantized at load, the reference path) or
-    /// `quantized` (a GGUF model's blocks, dequantized tile by tile inside each product:
-    /// about 1/5 of the memory, slower products).
+    /// How the frozen matrices are kept: `f32` (dequantized at load, the reference path),
+    /// `quantized` (a GGUF model's blocks, dequantized inside each product: about 1/5 of the
+    /// memory, fastest decoding) or `bf16` (rounded to bf16 and packed for AMX matrix tiles,
+    /// f32 accumulation: fastest training where the CPU has AMX).
     #[arg(long, default_value = "f32", value_parser = parse_weights)]
     weights: WeightFormat,
 }
 
 fn parse_weights(s: &str) -> std::result::Result<WeightFormat, String> {
-    WeightFormat::parse(s).ok_or_else(|| format!("'{s}': expected f32 or quantized"))
+    WeightFormat::parse(s).ok_or_else(|| format!("'{s}': expected f32, quantized or bf16"))
 }
 
 #[derive(Args, Clone)]

@@ -10,6 +10,7 @@ use softprompt_serve::loadtest::{self, LoadConfig};
 use softprompt_serve::ServeConfig;
 
 use crate::{load_model, ModelArgs, TaskArgs};
+use softprompt_core::model::weight::WeightFormat;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -68,6 +69,12 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     anyhow::ensure!(
         a.max_concurrent > 0 && a.max_batch > 0,
         "--max-concurrent and --max-batch must be > 0"
+    );
+    // The server promises answers independent of batch mates: f32 and quantized weights have
+    // a row-exact product, the bf16 tiles do not.
+    anyhow::ensure!(
+        a.model.weights != WeightFormat::Bf16,
+        "serve: --weights bf16 is not batch-invariant; use f32 or quantized"
     );
     let model = load_model(&a.model)?;
     let cfg = ServeConfig {

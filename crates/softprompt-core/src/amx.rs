@@ -127,6 +127,7 @@ fn flat_mut(t: &mut [Tile]) -> &mut [u16] {
 }
 
 /// The right operand `B[K, N]` of a product, bf16 in VNNI tiles (see the module doc).
+#[derive(Clone)]
 struct BTiles {
     /// Logical N (output columns) and K (reduction).
     n: usize,
@@ -177,6 +178,7 @@ impl BTiles {
 
 /// A frozen weight `w[n, k]` (HF `[out, in]` layout) stored as bf16, packed for both products:
 /// `fwd` is `B = W^T [k, n]` for `y = x W^T`, `bwd` is `B = W [n, k]` for `dx = dy W`.
+#[derive(Clone)]
 pub struct PackedBf16 {
     n: usize,
     k: usize,
@@ -184,6 +186,12 @@ pub struct PackedBf16 {
     fwd: BTiles,
     /// B[n, k] = W
     bwd: BTiles,
+}
+
+impl std::fmt::Debug for PackedBf16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedBf16[{}, {}]", self.n, self.k)
+    }
 }
 
 impl PackedBf16 {
@@ -207,6 +215,13 @@ impl PackedBf16 {
     /// k (input features).
     pub fn cols(&self) -> usize {
         self.k
+    }
+
+    /// Row `r` of the (bf16-rounded) weight as f32: `out[k]`.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        for (c, o) in out.iter_mut().enumerate().take(self.k) {
+            *o = self.fwd.get(c, r);
+        }
     }
 
     /// Memory held by the packed weights.

@@ -159,3 +159,37 @@ fn quantized_gemma_matches_the_fixture_and_the_f32_path() {
     assert!(((lq - lf) / lf).abs() < 1e-5);
     assert!(rel_fix < 1e-3 && rel_f32 < 1e-4);
 }
+
+/// `--weights bf16`: matrices rounded to bf16 and multiplied on AMX tiles (f32 accumulation).
+/// A lower-precision mode: its error against the f32 path is measured and bounded here.
+#[test]
+fn bf16_base_error_against_f32_is_small() {
+    let mut m = split(softprompt_core::model::load("smollm2-135m").expect("load")).0;
+    m.pack_bf16();
+    let (f, _) = smollm();
+    let (prompt, batch, want_loss, _, ids) = fixture_batch("smollm2-135m");
+    let (lb, gb) = m.prompt_loss_and_grad(&prompt, &batch).unwrap();
+    let (lf, gf) = f.prompt_loss_and_grad(&prompt, &batch).unwrap();
+    let gf64: Vec<f64> = gf.iter().map(|&x| x as f64).collect();
+    let rel = rel_l2(&gb, &gf64);
+    let mut lp_err = 0.0f64;
+    for ids in &ids {
+        let a = infer::score(&m, Some(&prompt), ids).unwrap();
+        let b = infer::score(f, Some(&prompt), ids).unwrap();
+        lp_err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(lp_err, f64::max);
+    }
+    eprintln!(
+        "bf16: loss {lb} vs f32 {lf} (PyTorch {want_loss}), rel {:.2e}; prompt grad rel L2 {rel:.2e}; max |logprob diff| {lp_err:.3}; weights {} bytes (f32 {})",
+        ((lb - lf) / lf).abs(),
+        m.weight_bytes(),
+        f.weight_bytes()
+    );
+    assert!(((lb - lf) / lf).abs() < 1e-2, "bf16 loss {lb} vs f32 {lf}");
+    assert!(rel < 0.1, "bf16 prompt gradient relative L2 error {rel}");
+    assert!(lp_err < 0.5, "bf16 max |logprob diff| {lp_err}");
+    assert_eq!(m.num_parameters(), f.num_parameters());
+}

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
+use crate::amx::PackedBf16;
 use crate::kernels::{self, gemm, rmsnorm, rmsnorm_backward, Rope, View};
 use crate::model::weight::{QMatrix, Weight};
 use crate::model::LlamaConfig;
@@ -525,6 +526,30 @@ impl Llama {
     pub fn lm_head(&self) -> &Weight {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+    /// Round every f32 matrix to bf16, packed for AMX ([`WeightFormat::Bf16`]).
+    ///
+    /// [`WeightFormat::Bf16`]: crate::model::weight::WeightFormat::Bf16
+    pub fn pack_bf16(&mut self) {
+        let pack = |w: &mut Weight| {
+            if let Weight::F32(t) = w {
+                *w = Weight::Bf16(PackedBf16::pack(&t.data, t.shape[0], t.shape[1]));
+            }
+        };
+        for b in &mut self.blocks {
+            for w in [
+                &mut b.wq, &mut b.wk, &mut b.wv, &mut b.wo, &mut b.wg, &mut b.wu, &mut b.wd,
+            ] {
+                pack(w);
+            }
+        }
+        // The token table too: input rows are read back from the packed copy (rounded to
+        // bf16 like every other weight), and a tied LM head is that same copy.
+        pack(&mut self.embed);
+        if let Some(h) = &mut self.lm_head {
+            pack(h);
+        }
+    }
+
     /// Bytes the frozen weights hold in memory.
     pub fn weight_bytes(&self) -> usize {
         let mut total = 0;

@@ -36,7 +36,15 @@ impl FrozenModel {
 
     /// [`FrozenModel::load`] keeping the matrices as `format` says.
     pub fn load_with(spec: &str, format: weight::WeightFormat) -> Result<Self> {
-        Self::from_loaded(load::load_with(spec, format)?)
+        let mut m = Self::from_loaded(load::load_with(spec, format)?)?;
+        if format == weight::WeightFormat::Bf16 {
+            m.llama.pack_bf16();
+            m.stored_dtype = m
+                .stored_dtype
+                .replace("dequantized to f32", "packed as bf16")
+                .replace("converted to f32", "packed as bf16");
+        }
+        Ok(m)
     }
 
     pub fn from_loaded(lw: LoadedWeights) -> Result<Self> {

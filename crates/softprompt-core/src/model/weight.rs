@@ -9,6 +9,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
+use crate::amx::PackedBf16;
 use crate::kernels::{self, gemm, View};
 use crate::model::load::gguf::dequant::{dequantize_blocks, GgmlType};
 use crate::Tensor;
@@ -22,6 +23,9 @@ pub enum WeightFormat {
     /// GGUF matrices stay in their stored block type (Q4_0, Q4_1, Q4_K, Q8_0, ...), dequantized
     /// tile by tile inside each product. GGUF models only.
     Quantized,
+    /// Matrices rounded to bf16 and packed for AMX tiles (f32 accumulation; activations
+    /// rounded to bf16 per product). The token table stays f32 for input rows.
+    Bf16,
 }
 
 impl WeightFormat {
@@ -29,6 +33,7 @@ impl WeightFormat {
         match s {
             "f32" => Some(Self::F32),
             "quantized" | "q" => Some(Self::Quantized),
+            "bf16" => Some(Self::Bf16),
             _ => None,
         }
     }
@@ -36,6 +41,7 @@ impl WeightFormat {
         match self {
             Self::F32 => "f32",
             Self::Quantized => "quantized",
+            Self::Bf16 => "bf16",
         }
     }
 }
@@ -117,7 +123,10 @@ impl QMatrix {
     pub fn linear_rows(&self, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
         const BLOCK: usize = 32; // weight rows per task
         let (n, k) = (self.rows, self.cols);
-        assert!(x.len() >= m * k && y.len() >= m * n, "linear_rows: bad sizes");
+        assert!(
+            x.len() >= m * k && y.len() >= m * n,
+            "linear_rows: bad sizes"
+        );
         // out[b] = [m, rows of block b]
         let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
             .into_par_iter()
@@ -131,8 +140,7 @@ impl QMatrix {
                     let mut i = 0;
                     while i < m {
                         let g = (m - i).min(4);
-                        let xs: Vec<&[f32]> =
-                            (i..i + g).map(|t| &x[t * k..(t + 1) * k]).collect();
+                        let xs: Vec<&[f32]> = (i..i + g).map(|t| &x[t * k..(t + 1) * k]).collect();
                         let d = self.row_dot(wr, &xs, &mut buf);
                         for (t, v) in d[..g].iter().enumerate() {
                             out[(i + t) * width + j] = *v;
@@ -195,7 +203,7 @@ unsafe fn qdot_avx512(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> [f
     // An f16 at b[i..i+2] broadcast to 16 f32 lanes (vcvtph2ps).
     let f16 = |b: &[u8], i: usize| {
         _mm512_cvtph_ps(_mm256_set1_epi16(
-            u16::from_le_bytes([b[i], b[i + 1]]) as i16,
+            u16::from_le_bytes([b[i], b[i + 1]]) as i16
         ))
     };
     let ts = ty.type_size();
@@ -253,6 +261,7 @@ const TILE_FLOATS: usize = 1 << 18;
 pub enum Weight {
     F32(Tensor),
     Quant(QMatrix),
+    Bf16(PackedBf16),
 }
 
 impl From<Tensor> for Weight {
@@ -266,12 +275,14 @@ impl Weight {
         match self {
             Weight::F32(t) => t.shape[0],
             Weight::Quant(q) => q.rows,
+            Weight::Bf16(b) => b.rows(),
         }
     }
     pub fn cols(&self) -> usize {
         match self {
             Weight::F32(t) => t.shape.get(1).copied().unwrap_or(1),
             Weight::Quant(q) => q.cols,
+            Weight::Bf16(b) => b.cols(),
         }
     }
     pub fn numel(&self) -> usize {
@@ -282,6 +293,7 @@ impl Weight {
         match self {
             Weight::F32(t) => t.data.len() * 4,
             Weight::Quant(q) => q.data.len(),
+            Weight::Bf16(b) => b.bytes(),
         }
     }
     /// How it is stored: "f32" or the GGML type name.
@@ -289,22 +301,23 @@ impl Weight {
         match self {
             Weight::F32(_) => "f32",
             Weight::Quant(q) => q.ty.name(),
+            Weight::Bf16(_) => "bf16",
         }
     }
     /// The f32 tensor, when kept as f32.
     pub fn as_f32(&self) -> Option<&Tensor> {
         match self {
             Weight::F32(t) => Some(t),
-            Weight::Quant(_) => None,
+            _ => None,
         }
     }
     /// Row `i` as f32 (borrowed when stored as f32).
     pub fn row(&self, i: usize) -> Cow<'_, [f32]> {
         match self {
             Weight::F32(t) => Cow::Borrowed(t.row(i)),
-            Weight::Quant(q) => {
-                let mut out = vec![0.0; q.cols];
-                q.dequant_rows(i, &mut out);
+            _ => {
+                let mut out = vec![0.0; self.cols()];
+                self.rows_into(i, &mut out);
                 Cow::Owned(out)
             }
         }
@@ -313,10 +326,10 @@ impl Weight {
     pub fn to_f32(&self) -> Cow<'_, Tensor> {
         match self {
             Weight::F32(t) => Cow::Borrowed(t),
-            Weight::Quant(q) => {
-                let mut data = vec![0.0; q.rows * q.cols];
-                q.dequant_rows_par(0, &mut data);
-                Cow::Owned(Tensor::new(vec![q.rows, q.cols], data))
+            _ => {
+                let mut data = vec![0.0; self.numel()];
+                self.rows_into(0, &mut data);
+                Cow::Owned(Tensor::new(vec![self.rows(), self.cols()], data))
             }
         }
     }
@@ -324,12 +337,12 @@ impl Weight {
     pub fn read_flat(&self, a: usize, b: usize) -> Vec<f32> {
         match self {
             Weight::F32(t) => t.data[a..b].to_vec(),
-            Weight::Quant(q) => {
-                let (r0, r1) = (a / q.cols, b.div_ceil(q.cols));
-                let mut rows = vec![0.0; (r1 - r0) * q.cols];
-                q.dequant_rows(r0, &mut rows);
-                let off = r0 * q.cols;
-                rows[a - off..b - off].to_vec()
+            _ => {
+                let k = self.cols();
+                let (r0, r1) = (a / k, b.div_ceil(k));
+                let mut rows = vec![0.0; (r1 - r0) * k];
+                self.rows_into(r0, &mut rows);
+                rows[a - r0 * k..b - r0 * k].to_vec()
             }
         }
     }
@@ -338,15 +351,29 @@ impl Weight {
     pub fn for_each_rows(&self, mut f: impl FnMut(usize, &[f32])) {
         match self {
             Weight::F32(t) => f(0, &t.data),
-            Weight::Quant(q) => {
-                let t = q.tile_rows();
-                let mut buf = vec![0.0; t * q.cols];
-                for r0 in (0..q.rows).step_by(t) {
-                    let n = t.min(q.rows - r0);
-                    let tile = &mut buf[..n * q.cols];
-                    q.dequant_rows_par(r0, tile);
+            _ => {
+                let (rows, k) = (self.rows(), self.cols());
+                let t = ((TILE_FLOATS / k.max(1)) / 16 * 16).max(16);
+                let mut buf = vec![0.0; t * k];
+                for r0 in (0..rows).step_by(t) {
+                    let tile = &mut buf[..t.min(rows - r0) * k];
+                    self.rows_into(r0, tile);
                     f(r0, tile);
                 }
+            }
+        }
+    }
+
+    /// Rows `r0..` into `out` (`[n, cols]`), as f32 (not for an f32 weight: borrow it).
+    fn rows_into(&self, r0: usize, out: &mut [f32]) {
+        match self {
+            Weight::F32(t) => out.copy_from_slice(&t.data[r0 * t.shape[1]..][..out.len()]),
+            Weight::Quant(q) => q.dequant_rows_par(r0, out),
+            Weight::Bf16(b) => {
+                let k = b.cols();
+                out.par_chunks_mut(k)
+                    .enumerate()
+                    .for_each(|(i, o)| b.row(r0 + i, o));
             }
         }
     }
@@ -358,6 +385,7 @@ impl Weight {
         match self {
             Weight::F32(t) if exact => kernels::linear_rows(x, &t.data, m, n, k, y, accumulate),
             Weight::F32(t) => kernels::linear(x, &t.data, m, n, k, y, accumulate),
+            Weight::Bf16(b) => b.linear(x, m, y, accumulate),
             Weight::Quant(q) if exact || m <= 4 => q.linear_rows(x, m, y, accumulate),
             Weight::Quant(q) => {
                 assert!(x.len() >= m * k && y.len() >= m * n, "linear: bad sizes");
@@ -392,6 +420,7 @@ impl Weight {
         let (n, k) = (self.rows(), self.cols());
         match self {
             Weight::F32(t) => kernels::linear_dx(dy, &t.data, m, n, k, dx, accumulate),
+            Weight::Bf16(b) => b.linear_dx(dy, m, dx, accumulate),
             Weight::Quant(q) => {
                 assert!(
                     dy.len() >= m * n && dx.len() >= m * k,
