@@ -1013,7 +1013,9 @@ impl Llama {
         targets: &[Target],
         want_grad: bool,
     ) -> (Vec<f64>, Vec<f32>) {
-        const CHUNK: usize = 64;
+        // Rows per LM-head pass: each pass streams the whole [V, D] head (forward and
+        // backward), so fewer, larger passes; the logits buffer is [CHUNK, V].
+        const CHUNK: usize = 128;
         let d = self.dims.d;
         let v = self.dims.vocab;
         let w = self.lm_head();
