@@ -5,6 +5,7 @@
 //! input-gradient-only backward. A [`prompt::SoftPrompt`] (PEFT adapter layout) is prepended to
 //! the token embeddings; [`infer`] scores and generates with it.
 
+pub mod compare;
 pub mod data;
 pub mod error;
 pub mod fetch;

@@ -2,6 +2,7 @@
 //! trainer loop.
 
 pub mod checkpoint;
+pub mod finetune;
 pub mod eval;
 pub mod optim;
 pub mod plot;
