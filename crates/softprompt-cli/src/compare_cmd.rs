@@ -162,7 +162,9 @@ pub fn run(a: CompareArgs) -> Result<()> {
             if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 std::process::exit(130);
             }
-            eprintln!("\nsoftprompt: stopping after this step (Ctrl-C again to kill); --resume continues");
+            eprintln!(
+                "\nsoftprompt: stopping after this step (Ctrl-C again to kill); --resume continues"
+            );
         })
         .context("installing the Ctrl-C handler")?;
     }

@@ -118,12 +118,9 @@ pub fn finetune(
             let batch = train_data.select(&batches[batch_in_epoch]);
             batch_in_epoch += 1;
             let r = match &batch {
-                Tokenized::Class(b) => objective::classify_batch_weights(
-                    &model.llama,
-                    b,
-                    cfg.length_norm,
-                    &mut grads,
-                )?,
+                Tokenized::Class(b) => {
+                    objective::classify_batch_weights(&model.llama, b, cfg.length_norm, &mut grads)?
+                }
                 Tokenized::Gen(b) => objective::lm_batch_weights(&model.llama, b, &mut grads)?,
             };
             loss += r.loss / cfg.grad_accum as f64;

@@ -2,8 +2,8 @@
 //! trainer loop.
 
 pub mod checkpoint;
-pub mod finetune;
 pub mod eval;
+pub mod finetune;
 pub mod optim;
 pub mod plot;
 pub mod trainer;
