@@ -99,3 +99,24 @@ fn comparison_writes_its_files_and_measures_forgetting() {
         c.full_finetuning.general_ppl_after
     );
 }
+
+/// Full fine-tuning needs f32 weights: the default model loaded with its GGUF blocks kept
+/// is refused with an error that says what to do.
+#[test]
+fn quantized_weights_are_refused_for_full_finetuning() {
+    use softprompt_core::model::weight::WeightFormat;
+    let mut m = FrozenModel::load_with("smollm2-135m", WeightFormat::Quantized).unwrap();
+    let mut cfg = demo_config(1);
+    cfg.validation_file = None;
+    let tmp = tempfile::tempdir().unwrap();
+    let e = finetune(
+        &mut m,
+        &cfg,
+        tmp.path(),
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("needs f32 weights"), "{e}");
+    assert!(e.to_string().contains("--weights quantized"), "{e}");
+}
