@@ -2,6 +2,7 @@
 //! A thin layer over softprompt-core: argument parsing, printing, exit codes.
 
 mod bench;
+mod compare_cmd;
 mod inspect_cmd;
 mod serve_cmd;
 
@@ -168,6 +169,10 @@ enum Cmd {
     /// Load-test a running server: N clients over M prompts, latency and throughput, and a
     /// check of every answer against the same request sent alone.
     Loadtest(serve_cmd::LoadtestArgs),
+    /// Hard prompt vs prompt tuning vs full fine-tuning on one task, measured: trainable
+    /// parameters, artifact size, training time, peak memory, accuracy, inference cost and
+    /// forgetting (compare.md, compare.png, compare.json).
+    Compare(Box<compare_cmd::CompareArgs>),
     /// Write a soft prompt without training (vocabulary rows, a text, random, label words).
     Init(Box<serve_cmd::InitArgs>),
     /// Speed and memory benchmarks (median of several runs): W1 training step, decode, classification.
@@ -503,6 +508,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Train(a) => cmd_train(*a)?,
+        Cmd::Compare(a) => compare_cmd::run(*a)?,
         Cmd::Inspect(a) => inspect_cmd::run(*a)?,
         Cmd::Bench {
             model,

@@ -2,10 +2,12 @@
 //!
 //! A model source (GGUF file, Hugging Face folder, hub id, or the default alias) becomes
 //! [`model::LoadedWeights`], then a [`model::llama::Llama`] with an explicit forward and an
-//! input-gradient-only backward. A [`prompt::SoftPrompt`] (PEFT adapter layout) is prepended to
-//! the token embeddings; [`infer`] scores and generates with it.
+//! input-gradient backward (weight gradients only on request, for the full fine-tuning baseline
+//! of [`compare`]). A [`prompt::SoftPrompt`] (PEFT adapter layout) is prepended to the token
+//! embeddings; [`infer`] scores and generates with it.
 
 pub mod amx;
+pub mod compare;
 pub mod data;
 pub mod error;
 pub mod fetch;

@@ -2,6 +2,7 @@
 //! rank classification over candidate texts, and language modelling on target tokens.
 //! Each returns the loss, per-example results and (optionally) d loss / d prompt.
 
+use crate::model::llama::grads::Grads;
 use crate::model::llama::{self, KvCache, Llama, SeqInput, Target};
 use crate::{Error, Result};
 
@@ -36,6 +37,16 @@ pub struct BatchResult {
 /// Sets each target's weight from the per-target NLLs.
 type WeightsOf<'a> = Box<dyn FnOnce(&[f64], &mut [Target]) + 'a>;
 
+/// Which gradient a batch computes.
+enum Want<'g> {
+    /// None (evaluation).
+    Nothing,
+    /// d loss / d prompt (prompt tuning).
+    Prompt,
+    /// Every weight's gradient, accumulated into the buffers (full fine-tuning).
+    Weights(&'g mut Grads),
+}
+
 /// Run the packed forward, the loss head at `targets`, and the backward when `want_grad`.
 /// With `weights_of`, the targets' weights are set from their NLLs (a first, gradient-free
 /// pass); without, the weights given are used in a single pass.
@@ -44,14 +55,15 @@ fn run(
     prompt: Option<&[f32]>,
     seqs: &[Vec<u32>],
     targets: &mut [Target],
-    want_grad: bool,
+    want: Want,
     weights_of: Option<WeightsOf>,
 ) -> Result<(Vec<f64>, Option<Vec<f32>>, usize)> {
     let d = model.dims.d;
     let p = prompt.map_or(0, |x| x.len() / d);
-    if want_grad && p == 0 {
+    if matches!(want, Want::Prompt) && p == 0 {
         return Err(Error::Input("a prompt gradient needs a soft prompt".into()));
     }
+    let want_grad = !matches!(want, Want::Nothing);
     let inputs: Vec<SeqInput> = seqs.iter().map(|ids| SeqInput { prompt, ids }).collect();
     let (mut x, lens) = model.embed_batch(&inputs)?;
     let n = x.len() / d;
@@ -59,23 +71,42 @@ fn run(
         .iter()
         .map(|_| KvCache::new(model.n_layers()))
         .collect();
-    let tape = model.forward(&mut x, &lens, &mut caches, want_grad)?;
+    let tape = match want {
+        Want::Weights(_) => Some(model.forward_full(&mut x, &lens, &mut caches)?),
+        _ => model.forward(&mut x, &lens, &mut caches, want_grad)?,
+    };
     let hidden = tape.as_ref().map_or(&x, |t| &t.hidden);
+    let mut want = want;
+    // The loss head with its gradient (and the output projection's, for full fine-tuning).
+    let mut head = |targets: &[Target]| match &mut want {
+        Want::Weights(g) => model.loss_head_grads(hidden, targets, g.head_mut()),
+        _ => model.loss_head(hidden, targets, true),
+    };
     let (nll, dh) = match weights_of {
         // Weights that depend on the NLLs need a first pass without gradient.
         Some(weights_of) if want_grad => {
             let (nll, _) = model.loss_head(hidden, targets, false);
             weights_of(&nll, targets);
-            (nll, model.loss_head(hidden, targets, true).1)
+            (nll, head(targets).1)
         }
-        _ => model.loss_head(hidden, targets, want_grad),
+        _ if want_grad => head(targets),
+        _ => model.loss_head(hidden, targets, false),
     };
     if !want_grad {
         return Ok((nll, None, n));
     }
     let tape = tape.ok_or_else(|| Error::Input("no tape recorded".into()))?;
-    let dx = model.backward(&tape, &caches, &dh);
-    Ok((nll, Some(llama::prompt_grad(&dx, &lens, p, d)), n))
+    match want {
+        Want::Weights(g) => {
+            let dx = model.backward_grads(&tape, &caches, &dh, g)?;
+            g.scatter_embed(model, &dx, &inputs);
+            Ok((nll, None, n))
+        }
+        _ => {
+            let dx = model.backward(&tape, &caches, &dh);
+            Ok((nll, Some(llama::prompt_grad(&dx, &lens, p, d)), n))
+        }
+    }
 }
 
 /// Rank classification: score every candidate by its log-likelihood after the text, and
@@ -88,6 +119,32 @@ pub fn classify_batch(
     batch: &[ClassExample],
     length_norm: bool,
     want_grad: bool,
+) -> Result<BatchResult> {
+    let want = if want_grad {
+        Want::Prompt
+    } else {
+        Want::Nothing
+    };
+    classify_impl(model, prompt, batch, length_norm, want)
+}
+
+/// [`classify_batch`] without a prompt, accumulating every weight's gradient into `grads`
+/// (full fine-tuning).
+pub fn classify_batch_weights(
+    model: &Llama,
+    batch: &[ClassExample],
+    length_norm: bool,
+    grads: &mut Grads,
+) -> Result<BatchResult> {
+    classify_impl(model, None, batch, length_norm, Want::Weights(grads))
+}
+
+fn classify_impl(
+    model: &Llama,
+    prompt: Option<&[f32]>,
+    batch: &[ClassExample],
+    length_norm: bool,
+    want: Want,
 ) -> Result<BatchResult> {
     let p = prompt.map_or(0, |x| x.len() / model.dims.d);
     let mut seqs: Vec<Vec<u32>> = Vec::new();
@@ -164,14 +221,7 @@ pub fn classify_batch(
             };
         }
     });
-    let (nll, grad, rows) = run(
-        model,
-        prompt,
-        &seqs,
-        &mut targets,
-        want_grad,
-        Some(weights_of),
-    )?;
+    let (nll, grad, rows) = run(model, prompt, &seqs, &mut targets, want, Some(weights_of))?;
     let scores = scores_of(&nll);
     let mut loss = 0.0;
     for (ex, s) in batch.iter().zip(&scores) {
@@ -203,6 +253,29 @@ pub fn lm_batch(
     batch: &[GenExample],
     want_grad: bool,
 ) -> Result<BatchResult> {
+    let want = if want_grad {
+        Want::Prompt
+    } else {
+        Want::Nothing
+    };
+    lm_impl(model, prompt, batch, want)
+}
+
+/// [`lm_batch`] without a prompt, accumulating every weight's gradient into `grads`.
+pub fn lm_batch_weights(
+    model: &Llama,
+    batch: &[GenExample],
+    grads: &mut Grads,
+) -> Result<BatchResult> {
+    lm_impl(model, None, batch, Want::Weights(grads))
+}
+
+fn lm_impl(
+    model: &Llama,
+    prompt: Option<&[f32]>,
+    batch: &[GenExample],
+    want: Want,
+) -> Result<BatchResult> {
     let p = prompt.map_or(0, |x| x.len() / model.dims.d);
     let mut seqs = Vec::with_capacity(batch.len());
     let mut targets = Vec::new();
@@ -231,7 +304,7 @@ pub fn lm_batch(
         r0 += p + ids.len();
         seqs.push(ids);
     }
-    let (nll, grad, rows) = run(model, prompt, &seqs, &mut targets, want_grad, None)?;
+    let (nll, grad, rows) = run(model, prompt, &seqs, &mut targets, want, None)?;
     let mut scores = vec![vec![0.0]; batch.len()];
     for (l, &e) in nll.iter().zip(&owner) {
         scores[e][0] -= l;

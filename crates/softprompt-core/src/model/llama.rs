@@ -14,14 +14,21 @@
 //! serves scoring, generation (cache kept between calls) and training (a [`Tape`] records what
 //! the backward needs).
 //!
-//! The backward computes only the gradient with respect to the input embeddings (what prompt
+//! The backward computes the gradient with respect to the input embeddings (what prompt
 //! tuning needs): no weight gradient, so a linear layer's backward is one product `dy @ W`
 //! and its input need not be kept. It is the forward read in reverse, layer by layer.
+//! Full fine-tuning (the `compare` command) opts in to weight gradients: a forward that also
+//! keeps every linear layer's input ([`Llama::forward_full`]) and the same backward with a
+//! [`grads::Grads`] accumulator, which adds `dW += dy^T @ x` beside every `dy @ W`
+//! (see `llama/grads.rs`).
+
+pub mod grads;
 
 use std::collections::HashMap;
 
 use rayon::prelude::*;
 
+use self::grads::{dw_acc, rmsnorm_dw, BlockGrads, Grads};
 use crate::amx::PackedBf16;
 use crate::kernels::{self, gemm, rmsnorm, rmsnorm_backward, Rope, View};
 use crate::model::weight::{QMatrix, Weight};
@@ -138,6 +145,11 @@ struct BlockTape {
     rstd_pa: Vec<f32>,  // [N]
     mlp_out: Vec<f32>,  // [N, D]
     rstd_pm: Vec<f32>,  // [N]
+    // Inputs of the linear layers, for weight gradients (empty unless a full forward).
+    h1: Vec<f32>,  // [N, D] attention norm output (input of Wq, Wk, Wv)
+    att: Vec<f32>, // [N, Hq*hd] attention output (input of Wo)
+    h2: Vec<f32>,  // [N, D] MLP norm output (input of Wg, Wu)
+    a: Vec<f32>,   // [N, F] act(g) * u (input of Wd)
 }
 
 /// Activations recorded by a training forward.
@@ -678,6 +690,30 @@ impl Llama {
         caches: &mut [KvCache],
         record: bool,
     ) -> Result<Option<Tape>> {
+        self.forward_impl(x, lens, caches, record, false)
+    }
+
+    /// [`Llama::forward`] recording a tape that also keeps every linear layer's input, so
+    /// that [`Llama::backward_grads`] can compute weight gradients (full fine-tuning).
+    pub fn forward_full(
+        &self,
+        x: &mut [f32],
+        lens: &[usize],
+        caches: &mut [KvCache],
+    ) -> Result<Tape> {
+        self.forward_impl(x, lens, caches, true, true)?
+            .ok_or_else(|| Error::Input("no tape".into()))
+    }
+
+    fn forward_impl(
+        &self,
+        x: &mut [f32],
+        lens: &[usize],
+        caches: &mut [KvCache],
+        record: bool,
+        full: bool,
+    ) -> Result<Option<Tape>> {
+        let keep = |v: &[f32]| if full { v.to_vec() } else { Vec::new() };
         let Dims { d, nq, nkv, f, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let n: usize = lens.iter().sum();
@@ -743,6 +779,7 @@ impl Llama {
             } else {
                 self.attention(l, &q, lens, caches, &mut att, record)
             };
+            let (h1, att_in) = (keep(&h), keep(&att));
             // x += post_norm(att @ Wo^T), or x += att @ Wo^T without a sandwich norm
             let (attn_out, rstd_pa) =
                 self.residual_out(x, &att, &b.wo, b.post_attn_norm.as_deref(), &mut o, record);
@@ -755,6 +792,7 @@ impl Llama {
                 Act::Silu => kernels::swiglu(&g, &u, &mut a),
                 Act::GeluTanh => kernels::geglu_tanh(&g, &u, &mut a),
             }
+            let (h2, a_in) = (keep(&h), keep(&a));
             // x += post_norm(a @ Wd^T), or x += a @ Wd^T
             let (mlp_out, rstd_pm) =
                 self.residual_out(x, &a, &b.wd, b.post_mlp_norm.as_deref(), &mut o, record);
@@ -776,6 +814,10 @@ impl Llama {
                     rstd_pa,
                     mlp_out,
                     rstd_pm,
+                    h1,
+                    att: att_in,
+                    h2,
+                    a: a_in,
                 });
             }
         }
@@ -1013,6 +1055,27 @@ impl Llama {
         targets: &[Target],
         want_grad: bool,
     ) -> (Vec<f64>, Vec<f32>) {
+        self.loss_head_impl(hidden, targets, want_grad, None)
+    }
+
+    /// [`Llama::loss_head`] with the gradient, also accumulating the output projection's
+    /// weight gradient into `dw_head[V, D]` (`dW += dlogits^T @ hidden` at the target rows).
+    pub fn loss_head_grads(
+        &self,
+        hidden: &[f32],
+        targets: &[Target],
+        dw_head: &mut [f32],
+    ) -> (Vec<f64>, Vec<f32>) {
+        self.loss_head_impl(hidden, targets, true, Some(dw_head))
+    }
+
+    fn loss_head_impl(
+        &self,
+        hidden: &[f32],
+        targets: &[Target],
+        want_grad: bool,
+        mut dw_head: Option<&mut [f32]>,
+    ) -> (Vec<f64>, Vec<f32>) {
         // Rows per LM-head pass: each pass streams the whole [V, D] head (forward and
         // backward), so fewer, larger passes; the logits buffer is [CHUNK, V].
         const CHUNK: usize = 128;
@@ -1044,6 +1107,13 @@ impl Llama {
                 .collect();
             nll.extend(parts);
             if want_grad {
+                if let Some(dw) = dw_head.as_deref_mut() {
+                    let mut hs = Vec::with_capacity(rows.len() * d); // [r, D]
+                    for &r in &rows {
+                        hs.extend_from_slice(&hidden[r * d..(r + 1) * d]);
+                    }
+                    dw_acc(&logits, &hs, rows.len(), dw); // dW[V, D] += dlogits^T @ hs
+                }
                 let mut dhs = vec![0.0; rows.len() * d]; // [r, D] = dlogits @ W
                 w.linear_dx(&logits, rows.len(), &mut dhs, false);
                 for (i, &r) in rows.iter().enumerate() {
@@ -1062,10 +1132,43 @@ impl Llama {
     /// Backward from `d_hidden[N, D]` (gradient w.r.t. the final hidden states) to the input
     /// embeddings: returns `dx[N, D]`. `caches` are those filled by the recording forward.
     pub fn backward(&self, tape: &Tape, caches: &[KvCache], d_hidden: &[f32]) -> Vec<f32> {
+        self.backward_impl(tape, caches, d_hidden, None)
+    }
+
+    /// [`Llama::backward`] that also accumulates every weight gradient of the blocks and the
+    /// final norm into `grads` (the tape must come from [`Llama::forward_full`]). The output
+    /// projection's gradient comes from [`Llama::loss_head_grads`], the embedding rows' from
+    /// [`Grads::scatter_embed`] on the returned `dx`.
+    pub fn backward_grads(
+        &self,
+        tape: &Tape,
+        caches: &[KvCache],
+        d_hidden: &[f32],
+        grads: &mut Grads,
+    ) -> Result<Vec<f32>> {
+        grads.check_fits(self)?;
+        if tape.blocks.first().is_some_and(|t| t.h1.is_empty()) {
+            return Err(Error::Input(
+                "weight gradients need a tape from forward_full".into(),
+            ));
+        }
+        Ok(self.backward_impl(tape, caches, d_hidden, Some(grads)))
+    }
+
+    fn backward_impl(
+        &self,
+        tape: &Tape,
+        caches: &[KvCache],
+        d_hidden: &[f32],
+        mut grads: Option<&mut Grads>,
+    ) -> Vec<f32> {
         let Dims { d, nq, nkv, f, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let n: usize = tape.lens.iter().sum();
         let mut dx = vec![0.0; n * d]; // [N, D] gradient w.r.t. the residual stream
+        if let Some(g) = grads.as_deref_mut() {
+            rmsnorm_dw(&tape.x_final, &tape.rstd_final, d_hidden, &mut g.norm);
+        }
         rmsnorm_backward(
             &tape.x_final,
             &self.norm,
@@ -1092,7 +1195,12 @@ impl Llama {
             .collect();
         let mut dpost = Vec::new(); // [N, D] gradient w.r.t. a sub-layer output before its post-norm
         for (l, (b, t)) in self.blocks.iter().zip(&tape.blocks).enumerate().rev() {
+            // Weight gradients of this block, when asked for.
+            let mut gb: Option<&mut BlockGrads> = grads.as_deref_mut().map(|g| &mut g.blocks[l]);
             // --- MLP: x_out = x_mid + [post_norm]((act(g) * u) @ Wd^T) ---
+            if let Some(gw) = gb.as_deref_mut().and_then(|g| g.post_mlp_norm.as_mut()) {
+                rmsnorm_dw(&t.mlp_out, &t.rstd_pm, &dx, gw);
+            }
             let d_out = post_norm_backward(
                 &dx,
                 b.post_mlp_norm.as_deref(),
@@ -1100,15 +1208,29 @@ impl Llama {
                 &t.rstd_pm,
                 &mut dpost,
             );
+            if let Some(g) = gb.as_deref_mut() {
+                dw_acc(d_out, &t.a, n, &mut g.wd); // dWd[D, F] += d_out^T @ a
+            }
             b.wd.linear_dx(d_out, n, &mut da, false);
             match self.act {
                 Act::Silu => kernels::swiglu_backward(&t.g, &t.u, &da, &mut dg, &mut du),
                 Act::GeluTanh => kernels::geglu_tanh_backward(&t.g, &t.u, &da, &mut dg, &mut du),
             }
+            if let Some(g) = gb.as_deref_mut() {
+                dw_acc(&dg, &t.h2, n, &mut g.wg); // dWg[F, D] += dg^T @ h2
+                dw_acc(&du, &t.h2, n, &mut g.wu); // dWu[F, D] += du^T @ h2
+            }
             b.wg.linear_dx(&dg, n, &mut dh, false);
             b.wu.linear_dx(&du, n, &mut dh, true);
+            if let Some(g) = gb.as_deref_mut() {
+                rmsnorm_dw(&t.x_mid, &t.rstd2, &dh, &mut g.mlp_norm);
+            }
             rmsnorm_backward(&t.x_mid, &b.mlp_norm, &t.rstd2, &dh, &mut dx); // dx is now d x_mid
-                                                                             // --- attention: x_mid = x_in + [post_norm](att @ Wo^T) ---
+
+            // --- attention: x_mid = x_in + [post_norm](att @ Wo^T) ---
+            if let Some(gw) = gb.as_deref_mut().and_then(|g| g.post_attn_norm.as_mut()) {
+                rmsnorm_dw(&t.attn_out, &t.rstd_pa, &dx, gw);
+            }
             let d_out = post_norm_backward(
                 &dx,
                 b.post_attn_norm.as_deref(),
@@ -1116,16 +1238,41 @@ impl Llama {
                 &t.rstd_pa,
                 &mut dpost,
             );
+            if let Some(g) = gb.as_deref_mut() {
+                dw_acc(d_out, &t.att, n, &mut g.wo); // dWo[D, Hq*hd] += d_out^T @ att
+            }
             b.wo.linear_dx(d_out, n, &mut datt, false); // datt[N, Hq*hd] = d_out[N, D] @ Wo[D, Hq*hd]
             self.attention_backward(l, t, &starts, caches, &datt, &mut dq, &mut dk, &mut dv);
             let rope = self.rope_of(b);
             rope.apply(&mut dq, nq, &tape.pos, true);
             rope.apply(&mut dk, nkv, &tape.pos, true);
+            if let Some(g) = gb.as_deref_mut() {
+                // QK-norm weights [hd]: rows are (position, head) pairs.
+                if let Some(gw) = g.q_norm.as_mut() {
+                    rmsnorm_dw(&t.q_pre, &t.rstd_q, &dq, gw);
+                }
+                if let Some(gw) = g.k_norm.as_mut() {
+                    rmsnorm_dw(&t.k_pre, &t.rstd_k, &dk, gw);
+                }
+            }
             head_norm_backward(&mut dq, b.q_norm.as_deref(), &t.q_pre, &t.rstd_q);
             head_norm_backward(&mut dk, b.k_norm.as_deref(), &t.k_pre, &t.rstd_k);
+            if let Some(g) = gb.as_deref_mut() {
+                dw_acc(&dq, &t.h1, n, &mut g.wq); // dWq[Hq*hd, D] += dq^T @ h1
+                dw_acc(&dk, &t.h1, n, &mut g.wk); // dWk[Hkv*hd, D] += dk^T @ h1
+                dw_acc(&dv, &t.h1, n, &mut g.wv); // dWv[Hkv*hd, D] += dv^T @ h1
+                for (gbias, dy) in [(&mut g.bq, &dq), (&mut g.bk, &dk), (&mut g.bv, &dv)] {
+                    if let Some(gbias) = gbias.as_mut() {
+                        grads::bias_acc(dy, gbias); // db[out] += column sums of dy[N, out]
+                    }
+                }
+            }
             b.wq.linear_dx(&dq, n, &mut dh, false);
             b.wk.linear_dx(&dk, n, &mut dh, true);
             b.wv.linear_dx(&dv, n, &mut dh, true);
+            if let Some(g) = gb.as_deref_mut() {
+                rmsnorm_dw(&t.x_in, &t.rstd1, &dh, &mut g.attn_norm);
+            }
             rmsnorm_backward(&t.x_in, &b.attn_norm, &t.rstd1, &dh, &mut dx); // dx is now d x_in
         }
         dx

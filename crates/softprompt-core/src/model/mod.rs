@@ -13,7 +13,8 @@ pub use load::{load, LoadedWeights, ModelSource};
 use crate::prompt::{self, SoftPrompt};
 use crate::{Error, Result};
 
-/// A loaded base model with its tokenizer and identity. Never modified after loading.
+/// A loaded base model with its tokenizer and identity. Never modified after loading, except
+/// by full fine-tuning ([`crate::train::finetune`]), which trains the weights of a model it owns.
 pub struct FrozenModel {
     pub llama: llama::Llama,
     pub tokenizer: tokenizers::Tokenizer,

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod eval;
+pub mod finetune;
 pub mod optim;
 pub mod plot;
 pub mod trainer;

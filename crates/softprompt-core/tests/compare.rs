@@ -1,0 +1,122 @@
+//! Full fine-tuning and the comparison on a tiny random model over the built-in demo task:
+//! the fine-tuning loss goes down, the saved HF folder reloads to the trained weights, and a
+//! whole comparison writes its files with prompt tuning's forgetting exactly zero and full
+//! fine-tuning's measured.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+
+use common::{demo_config, tiny_demo_model};
+use softprompt_core::compare::{self, CompareConfig};
+use softprompt_core::model::FrozenModel;
+use softprompt_core::train::finetune::finetune;
+use softprompt_core::train::optim::OptimizerKind;
+use softprompt_core::train::Quiet;
+
+#[test]
+fn full_finetuning_lowers_the_loss_and_saves_a_loadable_model() {
+    let mut m = tiny_demo_model(5);
+    let before = m.weights_digest();
+    let mut cfg = demo_config(40);
+    cfg.lr = 3e-3;
+    cfg.warmup_steps = 0;
+    cfg.validation_file = None;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ft");
+    let s = finetune(&mut m, &cfg, &out, &AtomicBool::new(false), &mut Quiet).unwrap();
+    assert_eq!(s.steps_done, 40);
+    assert_eq!(s.trainable_parameters, m.llama.num_parameters());
+    let losses: Vec<f64> = common::step_losses(&out).iter().map(|x| x.1).collect();
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    let (first, last) = (mean(&losses[..8]), mean(&losses[32..]));
+    assert!(
+        last < 0.8 * first,
+        "fine-tuning loss did not go down: first 8 steps {first:.4}, last 8 {last:.4}"
+    );
+    assert_ne!(m.weights_digest(), before, "the weights did not change");
+    // The saved folder is the trained model.
+    let saved = FrozenModel::load(out.join("model").to_str().unwrap()).unwrap();
+    assert_eq!(saved.weights_digest(), m.weights_digest());
+}
+
+#[test]
+fn finetuning_refuses_zero_steps() {
+    let mut m = tiny_demo_model(1);
+    let mut cfg = demo_config(0);
+    cfg.validation_file = None;
+    let tmp = tempfile::tempdir().unwrap();
+    let e = finetune(
+        &mut m,
+        &cfg,
+        tmp.path(),
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("--steps"), "{e}");
+}
+
+#[test]
+fn comparison_writes_its_files_and_measures_forgetting() {
+    let mut m = tiny_demo_model(2);
+    let mut pcfg = demo_config(6);
+    pcfg.eval_limit = Some(24);
+    pcfg.train_limit = Some(64);
+    let cfg = CompareConfig {
+        model: "tiny-demo".into(),
+        prompt: pcfg,
+        ft_lr: 1e-3,
+        ft_optimizer: OptimizerKind::adamw_default(),
+        shots: 2,
+        second_task: None,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cmp");
+    let stop = AtomicBool::new(false);
+    let c = compare::run(&mut m, &cfg, &out, false, &stop, &mut Quiet).unwrap();
+    for f in ["compare.md", "compare.png", "compare.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // Prompt tuning: the base model is byte-identical, so the perplexity is exactly the same.
+    assert_eq!(c.prompt_tuning.weights_digest_after, c.base.weights_digest);
+    assert_eq!(c.prompt_tuning.general_ppl_after, c.base.general_ppl);
+    assert_eq!(c.prompt_tuning.trainable_parameters, 4 * 32);
+    // Full fine-tuning changed the weights and the perplexity.
+    assert_ne!(
+        c.full_finetuning.weights_digest_after,
+        c.base.weights_digest
+    );
+    assert_ne!(c.full_finetuning.general_ppl_after, c.base.general_ppl);
+    assert!(c.full_finetuning.artifact_bytes > 10 * c.prompt_tuning.artifact_bytes);
+    assert_eq!(c.hard.zero_shot.len(), 2);
+    assert_eq!(c.hard.few_shot.len(), 1);
+    // A second run needs --resume; with it, every stage is read back, nothing recomputed.
+    assert!(compare::run(&mut m, &cfg, &out, false, &stop, &mut Quiet).is_err());
+    let c2 = compare::run(&mut m, &cfg, &out, true, &stop, &mut Quiet).unwrap();
+    assert_eq!(
+        c2.full_finetuning.general_ppl_after,
+        c.full_finetuning.general_ppl_after
+    );
+}
+
+/// Full fine-tuning needs f32 weights: the default model loaded with its GGUF blocks kept
+/// is refused with an error that says what to do.
+#[test]
+fn quantized_weights_are_refused_for_full_finetuning() {
+    use softprompt_core::model::weight::WeightFormat;
+    let mut m = FrozenModel::load_with("smollm2-135m", WeightFormat::Quantized).unwrap();
+    let mut cfg = demo_config(1);
+    cfg.validation_file = None;
+    let tmp = tempfile::tempdir().unwrap();
+    let e = finetune(
+        &mut m,
+        &cfg,
+        tmp.path(),
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("needs f32 weights"), "{e}");
+    assert!(e.to_string().contains("--weights quantized"), "{e}");
+}
