@@ -118,5 +118,5 @@ fn quantized_weights_are_refused_for_full_finetuning() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("needs f32 weights"), "{e}");
-    assert!(e.to_string().contains("--weights quantized"), "{e}");
+    assert!(e.to_string().contains("--weights f32"), "{e}");
 }
