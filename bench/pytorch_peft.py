@@ -32,15 +32,17 @@ def ids(n, salt):
     return [300 + ((t * 2654435761 + salt * 977) & 0xFFFFFFFF) % 20000 for t in range(n)]
 
 
-def run_softprompt(binary, model, runs):
-    out = subprocess.run(
-        [binary, "bench", "--model", model, "--runs", str(runs), "--json",
-         "--only", "train"], capture_output=True, text=True, check=True)
-    rows = {r["workload"]: r for r in json.loads(out.stdout)["rows"]}
-    for only in ["decode", "classify"]:
-        o = subprocess.run([binary, "bench", "--model", model, "--runs", str(runs), "--json",
-                            "--only", only], capture_output=True, text=True, check=True)
-        rows.update({r["workload"]: r for r in json.loads(o.stdout)["rows"]})
+def run_softprompt(binary, model, runs, weights):
+    """`softprompt bench` per workload (one process each, so each peak RSS is its own)."""
+    rows = {}
+    for only in ["train", "decode", "classify"]:
+        o = subprocess.run([binary, "bench", "--model", model, "--weights", weights,
+                            "--runs", str(runs), "--json", "--only", only],
+                           capture_output=True, text=True, check=True)
+        v = json.loads(o.stdout)
+        for r in v["rows"]:
+            r["peak_rss_mib"] = v["peak_rss_mib"]
+            rows[r["workload"]] = r
     return rows
 
 
@@ -51,7 +53,7 @@ def torch_side(hf_dir, runs, threads):
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     cfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=20)
     model = get_peft_model(base, cfg)
     res = {}
@@ -114,27 +116,34 @@ def main():
                     help="HF folder of the same model (default: exported into /tmp)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--weights", default="f32,bf16,quantized",
+                    help="softprompt --weights formats to run, comma-separated")
     a = ap.parse_args()
+    load0 = os.getloadavg()[0]
     hf = a.hf_dir or f"/tmp/softprompt-bench-hf-{os.getpid()}"
     if a.hf_dir is None:
         subprocess.run([a.softprompt, "export", "--model", a.model, "--out", hf], check=True)
-    ours = run_softprompt(a.softprompt, a.model, a.runs)
+    ours = {w: run_softprompt(a.softprompt, a.model, a.runs, w) for w in a.weights.split(",")}
     theirs = torch_side(hf, a.runs, a.threads)
 
-    w1 = ours["W1 train step (8 x 128 + 20 virtual)"]["median"]
-    dec = ours["decode, batch 1, 20 virtual tokens"]["throughput"]
-    cls = ours["classify 64 x 64 tokens, 2 labels"]["throughput"]
-    print(f"| workload | softprompt | PyTorch+PEFT | softprompt / PyTorch |")
+    print("| workload | softprompt | PyTorch+PEFT | softprompt / PyTorch |")
     print("|---|---|---|---|")
-    for name in ["fp32", "bf16"]:
-        t = theirs[f"W1 {name}"]
-        print(f"| W1 train step vs {name} | {w1:.2f} s | {t:.2f} s | {w1 / t:.2f}x time |")
-    print(f"| decode batch 1 | {dec:.1f} tok/s | {theirs['decode']:.1f} tok/s | "
-          f"{dec / theirs['decode']:.2f}x speed |")
-    print(f"| classify 64 x 64 | {cls:.1f} inputs/s | {theirs['classify']:.1f} inputs/s | "
-          f"{cls / theirs['classify']:.2f}x speed |")
-    print(f"\nPyTorch peak RSS {theirs['peak_rss_mib']:.0f} MiB (whole run); "
-          f"softprompt: see `softprompt bench`. threads {a.threads}")
+    for w, rows in ours.items():
+        r = rows["W1 train step (8 x 128 + 20 virtual)"]
+        for name in ["fp32", "bf16"]:
+            t = theirs[f"W1 {name}"]
+            print(f"| W1 step, softprompt {w} (peak {r['peak_rss_mib']:.0f} MiB) vs torch "
+                  f"{name} | {r['median']:.2f} s | {t:.2f} s | {r['median'] / t:.2f}x time |")
+    for w, rows in ours.items():
+        dec = rows["decode, batch 1, 20 virtual tokens"]["throughput"]
+        print(f"| decode batch 1, softprompt {w} | {dec:.1f} tok/s | {theirs['decode']:.1f} "
+              f"tok/s | {dec / theirs['decode']:.2f}x speed |")
+    for w, rows in ours.items():
+        cls = rows["classify 64 x 64 tokens, 2 labels"]["throughput"]
+        print(f"| classify 64 x 64, softprompt {w} | {cls:.1f} inputs/s | "
+              f"{theirs['classify']:.1f} inputs/s | {cls / theirs['classify']:.2f}x speed |")
+    print(f"\nPyTorch peak RSS {theirs['peak_rss_mib']:.0f} MiB (whole run, fp32 and bf16 "
+          f"steps); threads {a.threads}; load average at start: {load0:.2f}")
 
 
 if __name__ == "__main__":

@@ -140,8 +140,9 @@ impl QMatrix {
                     let mut i = 0;
                     while i < m {
                         let g = (m - i).min(4);
-                        let xs: Vec<&[f32]> = (i..i + g).map(|t| &x[t * k..(t + 1) * k]).collect();
-                        let d = self.row_dot(wr, &xs, &mut buf);
+                        let xs: [&[f32]; 4] =
+                            std::array::from_fn(|t| &x[(i + t.min(g - 1)) * k..][..k]);
+                        let d = self.row_dot(wr, &xs[..g], &mut buf);
                         for (t, v) in d[..g].iter().enumerate() {
                             out[(i + t) * width + j] = *v;
                         }
