@@ -512,18 +512,19 @@ fn required_tensors(c: &LlamaConfig) -> Vec<String> {
 /// (i < hd/2, j ∈ {0, 1}). `w` is `[rows, cols]` row-major; a bias is `cols = 1`.
 pub fn unpermute_qk(w: &[f32], n_head: usize, rows: usize, cols: usize) -> Vec<f32> {
     let hd = rows / n_head;
-    let half = hd / 2;
     let mut out = vec![0f32; w.len()];
-    for h in 0..n_head {
-        for j in 0..2 {
-            for i in 0..half {
-                let dst = h * hd + j * half + i;
-                let src = h * hd + 2 * i + j;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
-        }
+    for dst in 0..rows {
+        let src = qk_gguf_row(dst, hd);
+        out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
     }
     out
+}
+
+/// The GGUF row holding HF row `r` of a permuted Q/K matrix with heads of `hd` rows.
+fn qk_gguf_row(r: usize, hd: usize) -> usize {
+    let (h, w) = (r / hd, r % hd);
+    let (j, i) = (w / (hd / 2), w % (hd / 2));
+    h * hd + 2 * i + j
 }
 
 /// Dequantize every tensor (in parallel), rename to HF, un-permute Q/K. With `keep_quant`,
@@ -578,16 +579,7 @@ fn load_weights(
             )
             .map_err(|e| Error::format(path, format!("tensor {}: {e}", info.name)))?;
             let q = match m.unpermute_heads {
-                Some(n_head) => {
-                    let hd = shape[0] / n_head;
-                    let half = hd / 2;
-                    // HF row h·hd + j·half + i is GGUF row h·hd + 2i + j (see unpermute_qk).
-                    q.permute_rows(|r| {
-                        let (h, w) = (r / hd, r % hd);
-                        let (j, i) = (w / half, w % half);
-                        h * hd + 2 * i + j
-                    })
-                }
+                Some(n_head) => q.permute_rows(|r| qk_gguf_row(r, shape[0] / n_head)),
                 None => q,
             };
             Ok((m.hf, q))
