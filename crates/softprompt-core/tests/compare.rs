@@ -92,7 +92,12 @@ fn comparison_writes_its_files_and_measures_forgetting() {
     assert_eq!(c.hard.zero_shot.len(), 2);
     assert_eq!(c.hard.few_shot.len(), 1);
     let t = &c.timing;
-    for ms in [t.zero_shot_ms, t.few_shot_ms.unwrap(), t.prompt_tuning_ms, t.full_finetuning_ms] {
+    for ms in [
+        t.zero_shot_ms,
+        t.few_shot_ms.unwrap(),
+        t.prompt_tuning_ms,
+        t.full_finetuning_ms,
+    ] {
         assert!(ms.is_finite() && ms > 0.0, "{t:?}");
     }
     // A second run needs --resume; with it, every stage is read back, nothing recomputed.
