@@ -61,6 +61,7 @@ fn compare_on_the_demo_task_writes_the_table_chart_and_json() {
     assert!(ft["artifact_bytes"].as_u64().unwrap() > 400_000_000);
     assert!(pt["artifact_bytes"].as_u64().unwrap() < 100_000);
     assert!(out.join("full_finetune/model/model.safetensors").is_file());
+    assert!(v["timing"]["prompt_tuning_ms"].as_f64().unwrap() > 0.0);
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
     assert!(md.contains("| trainable parameters |"), "{md}");
     assert!(md.contains("byte-identical"), "{md}");

@@ -91,6 +91,15 @@ fn comparison_writes_its_files_and_measures_forgetting() {
     assert!(c.full_finetuning.artifact_bytes > 10 * c.prompt_tuning.artifact_bytes);
     assert_eq!(c.hard.zero_shot.len(), 2);
     assert_eq!(c.hard.few_shot.len(), 1);
+    let t = &c.timing;
+    for ms in [
+        t.zero_shot_ms,
+        t.few_shot_ms.unwrap(),
+        t.prompt_tuning_ms,
+        t.full_finetuning_ms,
+    ] {
+        assert!(ms.is_finite() && ms > 0.0, "{t:?}");
+    }
     // A second run needs --resume; with it, every stage is read back, nothing recomputed.
     assert!(compare::run(&mut m, &cfg, &out, false, &stop, &mut Quiet).is_err());
     let c2 = compare::run(&mut m, &cfg, &out, true, &stop, &mut Quiet).unwrap();

@@ -56,10 +56,10 @@ fn targets() -> Vec<Target> {
     let mut t = Vec::new();
     let mut r0 = 0;
     for s in SEQS {
-        for i in 1..s.len() {
+        for (i, &token) in s.iter().enumerate().skip(1) {
             t.push(Target {
                 row: r0 + i - 1,
-                token: s[i],
+                token,
                 weight: 1.0 / count as f32,
             });
         }

@@ -1270,7 +1270,7 @@ impl Llama {
             b.wq.linear_dx(&dq, n, &mut dh, false);
             b.wk.linear_dx(&dk, n, &mut dh, true);
             b.wv.linear_dx(&dv, n, &mut dh, true);
-            if let Some(g) = gb.as_deref_mut() {
+            if let Some(g) = gb {
                 rmsnorm_dw(&t.x_in, &t.rstd1, &dh, &mut g.attn_norm);
             }
             rmsnorm_backward(&t.x_in, &b.attn_norm, &t.rstd1, &dh, &mut dx); // dx is now d x_in

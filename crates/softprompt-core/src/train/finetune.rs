@@ -169,7 +169,7 @@ pub fn finetune(
         obs.on_step(&s);
         let last = step == cfg.steps;
         if let Some(v) = &val {
-            if (cfg.eval_every > 0 && step % cfg.eval_every == 0) || last {
+            if (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) || last {
                 let rep = eval::evaluate(model, None, v, cfg.eval_batch_size, cfg.length_norm)?;
                 writeln!(log, "{}", json!({"type": "eval", "step": step, "metric": rep.metric, "value": rep.value, "loss": rep.loss}))
                     .map_err(|e| Error::io(&log_path, e))?;
