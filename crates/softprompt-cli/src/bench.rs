@@ -16,10 +16,7 @@ use softprompt_core::train::optim::{Optimizer, OptimizerKind};
 
 /// Peak resident set size of this process so far, in MiB (Linux `VmHWM`).
 pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    softprompt_core::compare::peak_rss().map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

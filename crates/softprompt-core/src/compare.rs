@@ -145,20 +145,22 @@ pub struct Comparison {
     pub seconds: f64,
 }
 
-/// Resident-set high-water mark of this process, in bytes (Linux).
-pub fn peak_rss() -> Option<u64> {
+/// A `/proc/self/status` line (`VmHWM`, `VmRSS`, ...) in bytes (Linux).
+fn status_bytes(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
+/// Resident-set high-water mark of this process, in bytes (Linux).
+pub fn peak_rss() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
 /// Current resident set, in bytes (Linux).
 pub fn current_rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    status_bytes("VmRSS:")
 }
 
 /// Reset the high-water mark to the current resident set (Linux `clear_refs` 5); false when
