@@ -239,3 +239,31 @@ fn info_reports_model_and_prompt() {
     assert_eq!(v["prompt"]["num_virtual_tokens"], 20);
     assert_eq!(v["prompt"]["compatible_with_model"], true);
 }
+
+/// `--weights` is checked before anything is loaded: an unknown format, `quantized` on a
+/// non-GGUF model, and `bf16` for the server (its tiles are not batch-invariant) are refused
+/// with one clear line.
+#[test]
+fn weight_formats_are_refused_where_they_do_not_apply() {
+    let out = bin()
+        .args(["score", "--weights", "int3", "--text", "hi"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected f32, quantized or bf16"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["score", "--weights", "quantized", "--text", "hi", "--model"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a GGUF model"), "{err}");
+
+    let out = bin().args(["serve", "--weights", "bf16"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not batch-invariant"), "{err}");
+}
