@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::eval::{self, EvalReport, Tokenized};
 use super::optim::{self, Optimizer};
-use super::trainer::{load_split, EvalLog, Observer, StepLog, TrainConfig};
+use super::trainer::{load_train_val, EvalLog, Observer, StepLog, TrainConfig};
 use crate::data;
 use crate::model::llama::grads::Grads;
 use crate::model::load::hf::save_hf_folder;
@@ -67,23 +67,7 @@ pub fn finetune(
     // Refuses quantized matrices before any work.
     let sizes: Vec<usize> = model.llama.params()?.iter().map(|p| p.len()).collect();
     let trainable_parameters = sizes.iter().sum();
-    let (mut train_data, train_name) = load_split(model, &cfg.task, &cfg.train_file, cfg)?;
-    if let Some(n) = cfg.train_limit {
-        train_data.truncate(n);
-    }
-    if train_data.is_empty() {
-        return Err(Error::Input(format!("{train_name}: no training examples")));
-    }
-    let val = match &cfg.validation_file {
-        Some(f) => {
-            let (mut v, _) = load_split(model, &cfg.task, f, cfg)?;
-            if let Some(n) = cfg.eval_limit {
-                v.truncate(n);
-            }
-            Some(v)
-        }
-        None => None,
-    };
+    let (train_data, train_name, val) = load_train_val(model, cfg)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let log_path = out.join("train_log.jsonl");
     let mut log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;

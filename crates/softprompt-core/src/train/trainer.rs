@@ -198,6 +198,32 @@ pub fn load_split(
     Ok((eval::tokenize(model, &items, cfg.max_len)?, name))
 }
 
+/// The run's training split (cut to `train_limit`, never empty), its name, and the
+/// validation split (cut to `eval_limit`) when there is one.
+pub(crate) fn load_train_val(
+    model: &FrozenModel,
+    cfg: &TrainConfig,
+) -> Result<(Tokenized, String, Option<Tokenized>)> {
+    let (mut train_data, train_name) = load_split(model, &cfg.task, &cfg.train_file, cfg)?;
+    if let Some(n) = cfg.train_limit {
+        train_data.truncate(n);
+    }
+    if train_data.is_empty() {
+        return Err(Error::Input(format!("{train_name}: no training examples")));
+    }
+    let val = match &cfg.validation_file {
+        Some(f) => {
+            let (mut v, _) = load_split(model, &cfg.task, f, cfg)?;
+            if let Some(n) = cfg.eval_limit {
+                v.truncate(n);
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    Ok((train_data, train_name, val))
+}
+
 /// The initial prompt `[P, D]` of a run.
 pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
     init_embeddings(
@@ -320,23 +346,7 @@ pub fn train(
     }
     cfg.optimizer.validate()?;
     let t_load = Instant::now();
-    let (mut train_data, train_name) = load_split(model, &cfg.task, &cfg.train_file, cfg)?;
-    if let Some(n) = cfg.train_limit {
-        train_data.truncate(n);
-    }
-    if train_data.is_empty() {
-        return Err(Error::Input(format!("{train_name}: no training examples")));
-    }
-    let val = match &cfg.validation_file {
-        Some(f) => {
-            let (mut v, _) = load_split(model, &cfg.task, f, cfg)?;
-            if let Some(n) = cfg.eval_limit {
-                v.truncate(n);
-            }
-            Some(v)
-        }
-        None => None,
-    };
+    let (train_data, train_name, val) = load_train_val(model, cfg)?;
     obs.on_message(&format!(
         "{} training examples from {train_name}, {} validation examples; tokenized in {:.1}s",
         train_data.len(),
