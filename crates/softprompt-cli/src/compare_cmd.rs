@@ -9,7 +9,7 @@ use softprompt_core::compare::{self, CompareConfig};
 use softprompt_core::data::{self, TaskKind, TaskSpec};
 use softprompt_core::train::{optim, trainer};
 
-use crate::{load_model, task_by_name, ModelArgs, Progress, TaskArgs};
+use crate::{load_model, stop_on_ctrl_c, task_by_name, ModelArgs, Progress, TaskArgs};
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -155,37 +155,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("compare-{}", spec.name)));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\nsoftprompt: stopping after this step (Ctrl-C again to kill); --resume continues"
-            );
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
-    let bar = if a.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        None
-    } else {
-        let b = indicatif::ProgressBar::new(a.steps);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps | {msg} | ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(b)
-    };
-    let mut obs = Progress {
-        bar,
-        ema: None,
-        tokens: 0,
-        secs: 0.0,
-    };
+    let stop = stop_on_ctrl_c("; --resume continues")?;
+    let mut obs = Progress::new(a.steps, a.quiet);
     eprintln!(
         "softprompt: comparing on task '{}' ({} steps x batch {} per trained method, {}-shot hard prompt) -> {}",
         spec.name,

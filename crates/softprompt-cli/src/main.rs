@@ -768,7 +768,44 @@ struct Progress {
     secs: f64,
 }
 
+/// Ctrl-C / SIGTERM sets the returned flag (the run finishes its step, checkpoints and exits
+/// cleanly); a second one kills. `hint` is appended to the message.
+fn stop_on_ctrl_c(hint: &'static str) -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nsoftprompt: stopping after this step (Ctrl-C again to kill){hint}");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
 impl Progress {
+    /// A progress bar over `steps` on a terminal, log lines otherwise or with `quiet`.
+    fn new(steps: u64, quiet: bool) -> Self {
+        let bar = if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            None
+        } else {
+            let b = indicatif::ProgressBar::new(steps);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps | {msg} | ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            Some(b)
+        };
+        Progress {
+            bar,
+            ema: None,
+            tokens: 0,
+            secs: 0.0,
+        }
+    }
+
     fn println(&self, msg: &str) {
         match &self.bar {
             Some(b) => b.println(msg),
@@ -883,36 +920,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             .find(|p| !p.exists())
             .unwrap_or(base)
     });
-    // Ctrl-C / SIGTERM: finish the current step, checkpoint, exit cleanly. A second one kills.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\nsoftprompt: stopping after this step (Ctrl-C again to kill)");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
-    let bar = if a.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        None
-    } else {
-        let b = indicatif::ProgressBar::new(cfg.steps);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps | {msg} | ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(b)
-    };
-    let mut obs = Progress {
-        bar,
-        ema: None,
-        tokens: 0,
-        secs: 0.0,
-    };
+    let stop = stop_on_ctrl_c("")?;
+    let mut obs = Progress::new(cfg.steps, a.quiet);
     eprintln!(
         "softprompt: training {} virtual tokens on task '{}' ({} init, {} lr {lr}, {} steps x batch {} x accum {}) -> {}",
         cfg.num_virtual_tokens,
