@@ -40,21 +40,20 @@ fn full_finetuning_lowers_the_loss_and_saves_a_loadable_model() {
     assert_eq!(saved.weights_digest(), m.weights_digest());
 }
 
-#[test]
-fn finetuning_refuses_zero_steps() {
-    let mut m = tiny_demo_model(1);
-    let mut cfg = demo_config(0);
+/// The error of a demo-task fine-tuning run of `steps` steps without validation.
+fn finetune_error(m: &mut FrozenModel, steps: u64) -> String {
+    let mut cfg = demo_config(steps);
     cfg.validation_file = None;
     let tmp = tempfile::tempdir().unwrap();
-    let e = finetune(
-        &mut m,
-        &cfg,
-        tmp.path(),
-        &AtomicBool::new(false),
-        &mut Quiet,
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("--steps"), "{e}");
+    finetune(m, &cfg, tmp.path(), &AtomicBool::new(false), &mut Quiet)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn finetuning_refuses_zero_steps() {
+    let e = finetune_error(&mut tiny_demo_model(1), 0);
+    assert!(e.contains("--steps"), "{e}");
 }
 
 #[test]
@@ -115,17 +114,7 @@ fn comparison_writes_its_files_and_measures_forgetting() {
 fn quantized_weights_are_refused_for_full_finetuning() {
     use softprompt_core::model::weight::WeightFormat;
     let mut m = FrozenModel::load_with("smollm2-135m", WeightFormat::Quantized).unwrap();
-    let mut cfg = demo_config(1);
-    cfg.validation_file = None;
-    let tmp = tempfile::tempdir().unwrap();
-    let e = finetune(
-        &mut m,
-        &cfg,
-        tmp.path(),
-        &AtomicBool::new(false),
-        &mut Quiet,
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("needs f32 weights"), "{e}");
-    assert!(e.to_string().contains("--weights f32"), "{e}");
+    let e = finetune_error(&mut m, 1);
+    assert!(e.contains("needs f32 weights"), "{e}");
+    assert!(e.contains("--weights f32"), "{e}");
 }
