@@ -143,41 +143,56 @@ pub fn linear_rows(
         x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
         "linear_rows: bad sizes"
     );
-    // out[b] = [m, rows of block b]
-    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
+    column_blocks(m, n, BLOCK, y, accumulate, |r0, r1, out| {
+        let width = r1 - r0;
+        for (j, r) in (r0..r1).enumerate() {
+            let wr = &w[r * k..(r + 1) * k];
+            let mut i = 0;
+            // Four input rows share each load of the weight row; each result is still
+            // exactly `dot(x_i, w_r)`.
+            while i + 4 <= m {
+                let xs = [
+                    &x[i * k..(i + 1) * k],
+                    &x[(i + 1) * k..(i + 2) * k],
+                    &x[(i + 2) * k..(i + 3) * k],
+                    &x[(i + 3) * k..(i + 4) * k],
+                ];
+                let d4 = dot4(xs, wr);
+                for (t, v) in d4.into_iter().enumerate() {
+                    out[(i + t) * width + j] = v;
+                }
+                i += 4;
+            }
+            for i in i..m {
+                out[i * width + j] = dot(&x[i * k..(i + 1) * k], wr);
+            }
+        }
+    });
+}
+
+/// `y[m, n] (+)= ` an output computed in blocks of `block` columns, in parallel:
+/// `fill(c0, c1, out)` writes columns `c0..c1` of every row into `out[m, c1 - c0]`.
+pub fn column_blocks(
+    m: usize,
+    n: usize,
+    block: usize,
+    y: &mut [f32],
+    accumulate: bool,
+    fill: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    // out[b] = [m, columns of block b]
+    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(block))
         .into_par_iter()
         .map(|b| {
-            let (r0, r1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
-            let width = r1 - r0;
-            let mut out = vec![0.0f32; m * width]; // [m, width]
-            for (j, r) in (r0..r1).enumerate() {
-                let wr = &w[r * k..(r + 1) * k];
-                let mut i = 0;
-                // Four input rows share each load of the weight row; each result is still
-                // exactly `dot(x_i, w_r)`.
-                while i + 4 <= m {
-                    let xs = [
-                        &x[i * k..(i + 1) * k],
-                        &x[(i + 1) * k..(i + 2) * k],
-                        &x[(i + 2) * k..(i + 3) * k],
-                        &x[(i + 3) * k..(i + 4) * k],
-                    ];
-                    let d4 = dot4(xs, wr);
-                    for (t, v) in d4.into_iter().enumerate() {
-                        out[(i + t) * width + j] = v;
-                    }
-                    i += 4;
-                }
-                for i in i..m {
-                    out[i * width + j] = dot(&x[i * k..(i + 1) * k], wr);
-                }
-            }
+            let (c0, c1) = (b * block, ((b + 1) * block).min(n));
+            let mut out = vec![0.0f32; m * (c1 - c0)];
+            fill(c0, c1, &mut out);
             out
         })
         .collect();
     for (b, out) in blocks.iter().enumerate() {
-        let c0 = b * BLOCK;
-        let width = out.len() / m;
+        let c0 = b * block;
+        let width = out.len() / m.max(1);
         for i in 0..m {
             let dst = &mut y[i * n + c0..i * n + c0 + width];
             let src = &out[i * width..(i + 1) * width];

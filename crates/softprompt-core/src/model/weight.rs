@@ -127,44 +127,24 @@ impl QMatrix {
             x.len() >= m * k && y.len() >= m * n,
             "linear_rows: bad sizes"
         );
-        // out[b] = [m, rows of block b]
-        let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
-            .into_par_iter()
-            .map(|b| {
-                let (r0, r1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
-                let width = r1 - r0;
-                let mut out = vec![0.0f32; m * width]; // [m, width]
-                let mut buf = vec![0.0f32; k]; // one dequantized row (generic types)
-                for (j, r) in (r0..r1).enumerate() {
-                    let wr = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
-                    let mut i = 0;
-                    while i < m {
-                        let g = (m - i).min(4);
-                        let xs: [&[f32]; 4] =
-                            std::array::from_fn(|t| &x[(i + t.min(g - 1)) * k..][..k]);
-                        let d = self.row_dot(wr, &xs[..g], &mut buf);
-                        for (t, v) in d[..g].iter().enumerate() {
-                            out[(i + t) * width + j] = *v;
-                        }
-                        i += g;
+        kernels::column_blocks(m, n, BLOCK, y, accumulate, |r0, r1, out| {
+            let width = r1 - r0;
+            let mut buf = vec![0.0f32; k]; // one dequantized row (generic types)
+            for (j, r) in (r0..r1).enumerate() {
+                let wr = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
+                let mut i = 0;
+                while i < m {
+                    let g = (m - i).min(4);
+                    let xs: [&[f32]; 4] =
+                        std::array::from_fn(|t| &x[(i + t.min(g - 1)) * k..][..k]);
+                    let d = self.row_dot(wr, &xs[..g], &mut buf);
+                    for (t, v) in d[..g].iter().enumerate() {
+                        out[(i + t) * width + j] = *v;
                     }
-                }
-                out
-            })
-            .collect();
-        for (b, out) in blocks.iter().enumerate() {
-            let c0 = b * BLOCK;
-            let width = out.len() / m.max(1);
-            for i in 0..m {
-                let dst = &mut y[i * n + c0..i * n + c0 + width];
-                let src = &out[i * width..(i + 1) * width];
-                if accumulate {
-                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                } else {
-                    dst.copy_from_slice(src);
+                    i += g;
                 }
             }
-        }
+        });
     }
 
     /// Dot products of one quantized row `wr` with up to 4 input rows. Each result depends
@@ -186,11 +166,6 @@ impl QMatrix {
             *o = kernels::dot(x, buf);
         }
         out
-    }
-
-    /// Rows per tile: about 1 MiB of f32, a multiple of 16.
-    fn tile_rows(&self) -> usize {
-        ((TILE_FLOATS / self.cols.max(1)) / 16 * 16).clamp(16, self.rows.max(16))
     }
 }
 
@@ -256,6 +231,11 @@ unsafe fn qdot_avx512(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> [f
 
 /// f32 values per dequantized tile (1 MiB: stays in L2 while the product reads it).
 const TILE_FLOATS: usize = 1 << 18;
+
+/// Rows per dequantized tile of a `[rows, cols]` matrix: about 1 MiB of f32, a multiple of 16.
+fn tile_rows(rows: usize, cols: usize) -> usize {
+    ((TILE_FLOATS / cols.max(1)) / 16 * 16).clamp(16, rows.max(16))
+}
 
 /// A frozen matrix `[rows, cols]` in f32 or in GGUF blocks.
 #[derive(Clone, Debug)]
@@ -354,7 +334,7 @@ impl Weight {
             Weight::F32(t) => f(0, &t.data),
             _ => {
                 let (rows, k) = (self.rows(), self.cols());
-                let t = ((TILE_FLOATS / k.max(1)) / 16 * 16).max(16);
+                let t = tile_rows(rows, k);
                 let mut buf = vec![0.0; t * k];
                 for r0 in (0..rows).step_by(t) {
                     let tile = &mut buf[..t.min(rows - r0) * k];
@@ -390,27 +370,25 @@ impl Weight {
             Weight::Quant(q) if exact || m <= 4 => q.linear_rows(x, m, y, accumulate),
             Weight::Quant(q) => {
                 assert!(x.len() >= m * k && y.len() >= m * n, "linear: bad sizes");
-                let t = q.tile_rows();
+                let t = tile_rows(q.rows, q.cols);
                 let mut tile = vec![0.0f32; t * k]; // [t, k] dequantized rows r0..r0+t
                 for r0 in (0..n).step_by(t) {
                     let w = t.min(n - r0);
                     let tile = &mut tile[..w * k];
                     q.dequant_rows_par(r0, tile);
-                    {
-                        // y[:, r0..r0+w] (+)= x @ tile^T, written in place (row stride n).
-                        let dst = &mut y[r0..(m - 1) * n + r0 + w];
-                        gemm(
-                            m,
-                            w,
-                            k,
-                            View::rm(x, k),
-                            View::t(tile, k),
-                            dst,
-                            n,
-                            accumulate,
-                            true,
-                        );
-                    }
+                    // y[:, r0..r0+w] (+)= x @ tile^T, written in place (row stride n).
+                    let dst = &mut y[r0..(m - 1) * n + r0 + w];
+                    gemm(
+                        m,
+                        w,
+                        k,
+                        View::rm(x, k),
+                        View::t(tile, k),
+                        dst,
+                        n,
+                        accumulate,
+                        true,
+                    );
                 }
             }
         }
@@ -430,7 +408,7 @@ impl Weight {
                 if m == 0 {
                     return;
                 }
-                let t = q.tile_rows();
+                let t = tile_rows(q.rows, q.cols);
                 let mut tile = vec![0.0f32; t * k]; // [t, k]
                 for r0 in (0..n).step_by(t) {
                     let w = t.min(n - r0);
