@@ -51,6 +51,32 @@ pub fn available() -> bool {
     *AVAIL.get_or_init(detect)
 }
 
+/// The instructions a bf16 product runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AMX tiles (`tdpbf16ps`): Intel Sapphire Rapids and later.
+    Amx,
+    /// AVX512-BF16 (`vdpbf16ps` on zmm registers): AMD Zen 4 and later, Intel Cooper Lake.
+    Dpbf16,
+    /// Dequantized chunks through the f32 GEMM.
+    Portable,
+}
+
+/// The fastest kernel this process can run. Cached.
+pub fn kernel() -> Kernel {
+    static K: OnceLock<Kernel> = OnceLock::new();
+    *K.get_or_init(|| {
+        if available() {
+            return Kernel::Amx;
+        }
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+            return Kernel::Dpbf16;
+        }
+        Kernel::Portable
+    })
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn detect() -> bool {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
@@ -232,31 +258,31 @@ impl PackedBf16 {
 
     /// `y[m, n] (+)= x[m, k] @ W^T`; x is f32, converted to bf16 on the fly; f32 accumulation.
     pub fn linear(&self, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
-        self.linear_with(x, m, y, accumulate, available());
+        self.linear_with(x, m, y, accumulate, true);
     }
 
     /// `dx[m, k] (+)= dy[m, n] @ W`; same precision rules.
     pub fn linear_dx(&self, dy: &[f32], m: usize, dx: &mut [f32], accumulate: bool) {
-        self.linear_dx_with(dy, m, dx, accumulate, available());
+        self.linear_dx_with(dy, m, dx, accumulate, true);
     }
 
-    /// [`Self::linear`] with the AMX path on or off (off: the portable fallback).
-    fn linear_with(&self, x: &[f32], m: usize, y: &mut [f32], accumulate: bool, amx: bool) {
+    /// [`Self::linear`] on the fastest kernel ([`kernel`]) or on the portable fallback.
+    fn linear_with(&self, x: &[f32], m: usize, y: &mut [f32], accumulate: bool, fast: bool) {
         assert!(x.len() >= m * self.k, "linear: x too short");
         assert!(y.len() >= m * self.n, "linear: y too short");
-        product(&self.fwd, x, m, y, accumulate, amx);
+        product(&self.fwd, x, m, y, accumulate, fast);
     }
 
-    /// [`Self::linear_dx`] with the AMX path on or off.
-    fn linear_dx_with(&self, dy: &[f32], m: usize, dx: &mut [f32], accumulate: bool, amx: bool) {
+    /// [`Self::linear_dx`] on the fastest kernel or on the portable fallback.
+    fn linear_dx_with(&self, dy: &[f32], m: usize, dx: &mut [f32], accumulate: bool, fast: bool) {
         assert!(dy.len() >= m * self.n, "linear_dx: dy too short");
         assert!(dx.len() >= m * self.k, "linear_dx: dx too short");
-        product(&self.bwd, dy, m, dx, accumulate, amx);
+        product(&self.bwd, dy, m, dx, accumulate, fast);
     }
 }
 
 /// `c[m, b.n] (+)= a[m, b.k] @ B`, bf16 inputs (a rounded here), f32 accumulation.
-fn product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool, amx: bool) {
+fn product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool, fast: bool) {
     if m == 0 || b.n == 0 {
         return;
     }
@@ -266,12 +292,11 @@ fn product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool, amx
         }
         return;
     }
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if amx && available() {
-        return amx_product(b, a, m, c, accumulate);
+    match if fast { kernel() } else { Kernel::Portable } {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        k @ (Kernel::Amx | Kernel::Dpbf16) => tiled_product(b, a, m, c, accumulate, k),
+        _ => fallback_product(b, a, m, c, accumulate),
     }
-    let _ = amx;
-    fallback_product(b, a, m, c, accumulate);
 }
 
 /// Portable path: dequantize B in chunks of K rows and multiply with the f32 gemm.
@@ -383,7 +408,7 @@ fn pack_a(
     }
 }
 
-/// `c[m, b.n] (+)= a[m, b.k] @ B` with AMX.
+/// `c[m, b.n] (+)= a[m, b.k] @ B` with AMX tiles or AVX512-BF16 (`kern`).
 ///
 /// Work is split into tasks, each a group of 32-row blocks x a group of 32-column blocks. A
 /// task accumulates its output in an aligned thread-local buffer (`[rows/32][cols/32][32][32]`
@@ -395,7 +420,8 @@ fn pack_a(
 /// A (bf16 tiles) is packed once per call for all rows when K <= [`KC_MAX`]; for longer K (the
 /// LM head backward, K = 49152) each task packs its own rows [`KC`] columns at a time.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn amx_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool) {
+fn tiled_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool, kern: Kernel) {
+    let amx = kern == Kernel::Amx;
     let (n, k) = (b.n, b.k);
     let mb = m.div_ceil(BLK); // 32-row blocks
     let nb = b.nt / 2; // 32-column blocks
@@ -466,6 +492,10 @@ fn amx_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool)
                                         let a0 = ap.add((2 * i * a_stride + s0) * TILE);
                                         let a1 = a0.add(a_stride * TILE);
                                         let cp = block(i, j);
+                                        if !amx {
+                                            dpbf16::block(a0, a1, b0, b1, len, cp, first);
+                                            continue;
+                                        }
                                         if first {
                                             tiles::zero_c();
                                         } else {
@@ -481,7 +511,9 @@ fn amx_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool)
                     };
                     // SAFETY: the tile configuration is loaded on this thread before any tile
                     // instruction and released after.
-                    unsafe { tiles::configure() };
+                    if amx {
+                        unsafe { tiles::configure() };
+                    }
                     if global {
                         // SAFETY: row tile 2*bi0 is inside apack.
                         let ap = unsafe { apack.as_ptr().add(2 * bi0 * b.kt * TILE) };
@@ -498,7 +530,10 @@ fn amx_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool)
                             }
                         });
                     }
-                    unsafe { tiles::release() };
+                    if amx {
+                        // SAFETY: configured above on this thread.
+                        unsafe { tiles::release() };
+                    }
                     // Copy out: rows bi0*32.., columns bj0*32.., clipped to [m, n].
                     let o = out.ptr();
                     for i in 0..rows {
@@ -574,6 +609,76 @@ fn cvt_row_generic(src: &[f32], dst: &mut [u16]) {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn cvt_row_avx512(src: &[f32], dst: &mut [u16]) {
     cvt_row_generic(src, dst)
+}
+
+/// The AVX512-BF16 block kernel: the same packed tiles as AMX, read with `vdpbf16ps`. A B
+/// tile row (16 columns x a bf16 pair, 64 bytes) is one zmm; an A row's pair is broadcast.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod dpbf16 {
+    use super::{BLK, TILE, TK};
+    use std::arch::x86_64::*;
+
+    /// `C[32, 32] (=|+=) A[32, len*32] B[len*32, 32]`: `c` is a 32 x 32 f32 block (rows
+    /// `BLK` floats apart), overwritten when `first`; `a0`/`a1` the A tiles of rows 0..16 /
+    /// 16..32, `b0`/`b1` the B tiles of columns 0..16 / 16..32, each a run of `len` tiles.
+    /// Four passes of 8 rows x 32 columns (16 accumulators); B stays in L1 across them.
+    ///
+    /// # Safety
+    /// AVX512-F and AVX512-BF16 present; the pointers as described, B tiles 64-byte aligned.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn block(
+        a0: *const u16,
+        a1: *const u16,
+        b0: *const u16,
+        b1: *const u16,
+        len: usize,
+        c: *mut f32,
+        first: bool,
+    ) {
+        for (half, a) in [a0, a1].into_iter().enumerate() {
+            for q in 0..2 {
+                rows8(a.add(q * 8 * TK), b0, b1, len, c.add((half * 16 + q * 8) * BLK), first);
+            }
+        }
+    }
+
+    /// 8 rows of the block: `a` points at the first row inside its A tile.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn rows8(
+        a: *const u16,
+        b0: *const u16,
+        b1: *const u16,
+        len: usize,
+        c: *mut f32,
+        first: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; 8]; // [8 rows][2 x 16 columns]
+        if !first {
+            for (i, row) in acc.iter_mut().enumerate() {
+                row[0] = _mm512_loadu_ps(c.add(i * BLK));
+                row[1] = _mm512_loadu_ps(c.add(i * BLK + 16));
+            }
+        }
+        for s in 0..len {
+            let (ap, p0, p1) = (a.add(s * TILE), b0.add(s * TILE), b1.add(s * TILE));
+            for r in 0..TK / 2 {
+                // B rows 2r, 2r+1 of this K tile for 16 columns each: [16][2] bf16.
+                let x0: __m512bh = std::mem::transmute(_mm512_load_si512(p0.add(r * TK).cast()));
+                let x1: __m512bh = std::mem::transmute(_mm512_load_si512(p1.add(r * TK).cast()));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    // A[i, 2r..2r+2] broadcast to every column.
+                    let pair = (ap.add(i * TK + 2 * r) as *const i32).read_unaligned();
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    row[0] = _mm512_dpbf16_ps(row[0], av, x0);
+                    row[1] = _mm512_dpbf16_ps(row[1], av, x1);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(i * BLK), row[0]);
+            _mm512_storeu_ps(c.add(i * BLK + 16), row[1]);
+        }
+    }
 }
 
 /// The AMX instructions (inline asm; stable Rust has no AMX intrinsics). Tile registers are
@@ -748,7 +853,7 @@ mod tests {
         assert!(worst.is_finite(), "{what}: non-finite");
     }
 
-    fn run_case(m: usize, n: usize, k: usize, amx: bool) {
+    fn run_case(m: usize, n: usize, k: usize, fast: bool) {
         let w = fill(n * k, (m * 1000 + n * 10 + k) as u64);
         let x = fill(m * k, 7 + m as u64);
         let dy = fill(m * n, 11 + n as u64);
@@ -759,12 +864,12 @@ mod tests {
             // y = x W^T: b(r, j) = W[j, r]
             let y0 = fill(m * n, 3);
             let mut y = y0.clone();
-            p.linear_with(&x, m, &mut y, acc, amx);
+            p.linear_with(&x, m, &mut y, acc, fast);
             check("linear", &x, |r, j| wr[j * k + r], m, k, n, &y0, &y, acc);
             // dx = dy W: b(r, j) = W[r, j]
             let dx0 = fill(m * k, 5);
             let mut dx = dx0.clone();
-            p.linear_dx_with(&dy, m, &mut dx, acc, amx);
+            p.linear_dx_with(&dy, m, &mut dx, acc, fast);
             check(
                 "linear_dx",
                 &dy,
@@ -779,26 +884,33 @@ mod tests {
         }
     }
 
-    fn awkward(amx: bool) {
+    fn awkward(fast: bool) {
         for &m in &[1usize, 3, 17, 33, 64, 100] {
             for &n in &[1usize, 15, 16, 17, 40, 576] {
                 for &k in &[1usize, 15, 16, 17, 33, 40, 100] {
-                    run_case(m, n, k, amx);
+                    run_case(m, n, k, fast);
                 }
             }
         }
-        run_case(5, 0, 7, amx);
-        run_case(0, 5, 7, amx);
-        run_case(4, 5, 0, amx);
+        run_case(5, 0, 7, fast);
+        run_case(0, 5, 7, fast);
+        run_case(4, 5, 0, fast);
+    }
+
+    /// True when this machine has a fast kernel (AMX or AVX512-BF16) to test; says so if not.
+    fn fast_kernel(test: &str) -> bool {
+        let k = kernel();
+        if k == Kernel::Portable {
+            eprintln!("skipping {test}: neither AMX-BF16 nor AVX512-BF16 on this machine");
+        }
+        k != Kernel::Portable
     }
 
     #[test]
-    fn amx_awkward_shapes() {
-        if !available() {
-            eprintln!("skipping amx_awkward_shapes: AMX-BF16 not available on this machine");
-            return;
+    fn fast_kernel_awkward_shapes() {
+        if fast_kernel("fast_kernel_awkward_shapes") {
+            awkward(true);
         }
-        awkward(true);
     }
 
     #[test]
@@ -807,22 +919,20 @@ mod tests {
     }
 
     /// SmolLM2-135M weight shapes at small m.
-    fn real(amx: bool) {
+    fn real(fast: bool) {
         for &(n, k) in &[(576usize, 576usize), (192, 576), (1536, 576), (576, 1536)] {
             for &m in &[1usize, 8, 37] {
-                run_case(m, n, k, amx);
+                run_case(m, n, k, fast);
             }
         }
-        run_case(3, 49152, 576, amx);
+        run_case(3, 49152, 576, fast);
     }
 
     #[test]
-    fn amx_real_shapes() {
-        if !available() {
-            eprintln!("skipping amx_real_shapes: AMX-BF16 not available on this machine");
-            return;
+    fn fast_kernel_real_shapes() {
+        if fast_kernel("fast_kernel_real_shapes") {
+            real(true);
         }
-        real(true);
     }
 
     #[test]
@@ -833,9 +943,8 @@ mod tests {
     /// Long reduction (per-task K chunks) and many rows (row groups), AMX against the exact
     /// reference for dx at long K and against the fallback path for both products.
     #[test]
-    fn amx_matches_fallback_large() {
-        if !available() {
-            eprintln!("skipping amx_matches_fallback_large: AMX-BF16 not available");
+    fn fast_kernel_matches_fallback_large() {
+        if !fast_kernel("fast_kernel_matches_fallback_large") {
             return;
         }
         for &(m, n, k) in &[
@@ -871,7 +980,7 @@ mod tests {
                     .zip(&d2)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
-                assert!(diff < 1e-3, "dx {m}x{n}x{k}: amx vs fallback {diff}");
+                assert!(diff < 1e-3, "dx {m}x{n}x{k}: fast kernel vs fallback {diff}");
                 let y0 = fill(m * n, 8);
                 let (mut y1, mut y2) = (y0.clone(), y0.clone());
                 p.linear_with(&x, m, &mut y1, acc, true);
@@ -881,7 +990,7 @@ mod tests {
                     .zip(&y2)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
-                assert!(diff < 1e-3, "y {m}x{n}x{k}: amx vs fallback {diff}");
+                assert!(diff < 1e-3, "y {m}x{n}x{k}: fast kernel vs fallback {diff}");
             }
         }
     }
