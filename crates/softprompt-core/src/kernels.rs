@@ -5,6 +5,17 @@
 
 use rayon::prelude::*;
 
+/// Runs `f` on a thread of the rayon pool (directly when already on one). A model pass makes
+/// hundreds of parallel calls; from outside the pool each one is a hand-off to a sleeping
+/// worker and a wait on a latch (tens of microseconds each, most of a batch-1 decoding step's
+/// overhead), from inside it the caller works on its share at once.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
+}
+
 /// Below this many multiply-adds a product runs on the calling thread.
 const PAR_THRESHOLD: usize = 1 << 18;
 
@@ -171,7 +182,10 @@ pub fn linear_rows(
 }
 
 /// `y[m, n] (+)= ` an output computed in blocks of `block` columns, in parallel:
-/// `fill(c0, c1, out)` writes columns `c0..c1` of every row into `out[m, c1 - c0]`.
+/// `fill(c0, c1, out)` writes columns `c0..c1` of every row into `out[m, c1 - c0]`, a
+/// per-thread scratch buffer that the task then copies (or adds) into its columns of `y`.
+/// No allocation per call: a decoding step makes hundreds of these calls, and per-block
+/// vectors made the threads contend on the allocator's lock.
 pub fn column_blocks(
     m: usize,
     n: usize,
@@ -180,28 +194,42 @@ pub fn column_blocks(
     accumulate: bool,
     fill: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
-    // out[b] = [m, columns of block b]
-    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(block))
-        .into_par_iter()
-        .map(|b| {
-            let (c0, c1) = (b * block, ((b + 1) * block).min(n));
-            let mut out = vec![0.0f32; m * (c1 - c0)];
-            fill(c0, c1, &mut out);
-            out
-        })
-        .collect();
-    for (b, out) in blocks.iter().enumerate() {
-        let c0 = b * block;
-        let width = out.len() / m.max(1);
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    assert!(y.len() >= m * n, "column_blocks: y too short");
+    let dst = SyncPtr(y.as_mut_ptr());
+    (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
+        let (c0, c1) = (b * block, ((b + 1) * block).min(n));
+        let width = c1 - c0;
+        let mut out = SCRATCH.with(|c| c.take());
+        out.clear();
+        out.resize(m * width, 0.0);
+        fill(c0, c1, &mut out);
         for i in 0..m {
-            let dst = &mut y[i * n + c0..i * n + c0 + width];
+            // SAFETY: i < m and c1 <= n, inside y (asserted); tasks write disjoint columns.
+            let d = unsafe { std::slice::from_raw_parts_mut(dst.get().add(i * n + c0), width) };
             let src = &out[i * width..(i + 1) * width];
             if accumulate {
-                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                d.iter_mut().zip(src).for_each(|(d, s)| *d += s);
             } else {
-                dst.copy_from_slice(src);
+                d.copy_from_slice(src);
             }
         }
+        SCRATCH.with(|c| c.set(out));
+    });
+}
+
+/// A raw pointer shared by parallel tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: only used by tasks that write disjoint elements.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 

@@ -690,7 +690,7 @@ impl Llama {
         caches: &mut [KvCache],
         record: bool,
     ) -> Result<Option<Tape>> {
-        self.forward_impl(x, lens, caches, record, false)
+        kernels::in_pool(|| self.forward_impl(x, lens, caches, record, false))
     }
 
     /// [`Llama::forward`] recording a tape that also keeps every linear layer's input, so
@@ -701,7 +701,7 @@ impl Llama {
         lens: &[usize],
         caches: &mut [KvCache],
     ) -> Result<Tape> {
-        self.forward_impl(x, lens, caches, true, true)?
+        kernels::in_pool(|| self.forward_impl(x, lens, caches, true, true))?
             .ok_or_else(|| Error::Input("no tape".into()))
     }
 
@@ -1042,7 +1042,7 @@ impl Llama {
         }
         let v = self.dims.vocab;
         let mut out = vec![0.0; rows.len() * v];
-        self.linear(&hs, self.lm_head(), rows.len(), &mut out, false);
+        kernels::in_pool(|| self.linear(&hs, self.lm_head(), rows.len(), &mut out, false));
         out
     }
 
@@ -1055,7 +1055,7 @@ impl Llama {
         targets: &[Target],
         want_grad: bool,
     ) -> (Vec<f64>, Vec<f32>) {
-        self.loss_head_impl(hidden, targets, want_grad, None)
+        kernels::in_pool(|| self.loss_head_impl(hidden, targets, want_grad, None))
     }
 
     /// [`Llama::loss_head`] with the gradient, also accumulating the output projection's
@@ -1066,7 +1066,7 @@ impl Llama {
         targets: &[Target],
         dw_head: &mut [f32],
     ) -> (Vec<f64>, Vec<f32>) {
-        self.loss_head_impl(hidden, targets, true, Some(dw_head))
+        kernels::in_pool(|| self.loss_head_impl(hidden, targets, true, Some(dw_head)))
     }
 
     fn loss_head_impl(
@@ -1132,7 +1132,7 @@ impl Llama {
     /// Backward from `d_hidden[N, D]` (gradient w.r.t. the final hidden states) to the input
     /// embeddings: returns `dx[N, D]`. `caches` are those filled by the recording forward.
     pub fn backward(&self, tape: &Tape, caches: &[KvCache], d_hidden: &[f32]) -> Vec<f32> {
-        self.backward_impl(tape, caches, d_hidden, None)
+        kernels::in_pool(|| self.backward_impl(tape, caches, d_hidden, None))
     }
 
     /// [`Llama::backward`] that also accumulates every weight gradient of the blocks and the
@@ -1152,7 +1152,9 @@ impl Llama {
                 "weight gradients need a tape from forward_full".into(),
             ));
         }
-        Ok(self.backward_impl(tape, caches, d_hidden, Some(grads)))
+        Ok(kernels::in_pool(|| {
+            self.backward_impl(tape, caches, d_hidden, Some(grads))
+        }))
     }
 
     fn backward_impl(

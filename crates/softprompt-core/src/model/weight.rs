@@ -129,7 +129,8 @@ impl QMatrix {
         );
         kernels::column_blocks(m, n, BLOCK, y, accumulate, |r0, r1, out| {
             let width = r1 - r0;
-            let mut buf = vec![0.0f32; k]; // one dequantized row (generic types)
+            // One dequantized row (types without a register kernel only).
+            let mut buf = if self.row_kernel() { Vec::new() } else { vec![0.0f32; k] };
             for (j, r) in (r0..r1).enumerate() {
                 let wr = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
                 let mut i = 0;
@@ -147,14 +148,23 @@ impl QMatrix {
         });
     }
 
+    /// True when [`Self::row_dot`] dequantizes in registers (no row buffer needed).
+    fn row_kernel(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+                && std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     /// Dot products of one quantized row `wr` with up to 4 input rows. Each result depends
     /// only on its own input row (the same operations whether 1 or 4 rows are given).
     fn row_dot(&self, wr: &[u8], xs: &[&[f32]], buf: &mut [f32]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         {
-            if matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
-                && std::arch::is_x86_feature_detected!("avx512f")
-            {
+            if self.row_kernel() {
                 // SAFETY: the feature was detected; `wr` is one row of whole blocks and every
                 // input row has `cols` values (checked by the caller's size assert).
                 return unsafe { qdot_avx512(self.ty, wr, xs, self.cols) };
