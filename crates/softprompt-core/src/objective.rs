@@ -64,6 +64,11 @@ fn run(
         return Err(Error::Input("a prompt gradient needs a soft prompt".into()));
     }
     let want_grad = !matches!(want, Want::Nothing);
+    if let Some(prompt) = prompt.filter(|_| !want_grad && p > 0) {
+        if let Some(out) = run_prefixed(model, prompt, seqs, targets)? {
+            return Ok(out);
+        }
+    }
     let inputs: Vec<SeqInput> = seqs.iter().map(|ids| SeqInput { prompt, ids }).collect();
     let (mut x, lens) = model.embed_batch(&inputs)?;
     let n = x.len() / d;
@@ -107,6 +112,53 @@ fn run(
             Ok((nll, Some(llama::prompt_grad(&dx, &lens, p, d)), n))
         }
     }
+}
+
+/// [`run`] without gradients for a batch that shares one soft prompt `[P, D]`: the prompt's
+/// keys and values do not depend on the text after it, so they are computed once and every
+/// sequence starts from a copy (P fewer rows per sequence through the model). `targets`
+/// count the prompt rows in each sequence, as in [`run`]. `None` (nothing computed) when a
+/// target is read at a prompt row (a sequence without text) or a sequence is empty.
+fn run_prefixed(
+    model: &Llama,
+    prompt: &[f32],
+    seqs: &[Vec<u32>],
+    targets: &[Target],
+) -> Result<Option<(Vec<f64>, Option<Vec<f32>>, usize)>> {
+    let d = model.dims.d;
+    let p = prompt.len() / d;
+    if seqs.iter().any(|s| s.is_empty()) {
+        return Ok(None);
+    }
+    // First row of every sequence in the batch with prompts: [B].
+    let starts: Vec<usize> = seqs
+        .iter()
+        .scan(0, |r0, ids| {
+            let s = *r0;
+            *r0 += p + ids.len();
+            Some(s)
+        })
+        .collect();
+    let mut shifted = targets.to_vec();
+    for t in &mut shifted {
+        let s = starts.partition_point(|&r0| r0 <= t.row).saturating_sub(1);
+        if t.row < starts[s] + p {
+            return Ok(None);
+        }
+        t.row -= p * (s + 1);
+    }
+    let mut prefix = vec![KvCache::new(model.n_layers())];
+    let mut xp = prompt.to_vec(); // [P, D]
+    model.forward(&mut xp, &[p], &mut prefix, false)?;
+    let inputs: Vec<SeqInput> = seqs
+        .iter()
+        .map(|ids| SeqInput { prompt: None, ids })
+        .collect();
+    let (mut x, lens) = model.embed_batch(&inputs)?; // [N - P * B, D]
+    let mut caches = vec![prefix[0].clone(); lens.len()];
+    model.forward(&mut x, &lens, &mut caches, false)?;
+    let (nll, _) = model.loss_head(&x, &shifted, false);
+    Ok(Some((nll, None, p + x.len() / d)))
 }
 
 /// Rank classification: score every candidate by its log-likelihood after the text, and

@@ -114,3 +114,40 @@ fn real_model_loss_falls_and_weights_stay_byte_identical() {
     assert!(l1 < l0, "validation loss did not fall: {l0:.4} -> {l1:.4}");
     assert_eq!(m.weights_digest(), before, "base weights changed");
 }
+
+/// Evaluation computes the soft prompt's keys and values once per batch (`run_prefixed`);
+/// its scores must equal the full packed forward's (the gradient path computes the prompt
+/// rows inside every sequence), on the real model, for one-token and multi-token candidates
+/// and for language modelling, including a sequence without text (the full path again).
+#[test]
+fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
+    use softprompt_core::objective::{classify_batch, lm_batch, ClassExample, GenExample};
+    let (m, _) = common::smollm();
+    let d = m.dims.d;
+    let prompt = softprompt_core::prompt::random_uniform(5, d, 0.5, 3).data;
+    let ids = |n: u32, salt: u32| (0..n).map(|t| 300 + (t * 7919 + salt * 31) % 9000).collect();
+    let batch = vec![
+        ClassExample { ids: ids(9, 1), cands: vec![vec![4917], vec![3904]], label: Some(0) },
+        ClassExample { ids: ids(4, 2), cands: vec![vec![11, 12], vec![13]], label: Some(1) },
+        ClassExample { ids: ids(13, 3), cands: vec![vec![4917], vec![3904]], label: Some(1) },
+    ];
+    let fast = classify_batch(m, Some(&prompt), &batch, false, false).unwrap();
+    let full = classify_batch(m, Some(&prompt), &batch, false, true).unwrap();
+    assert!(full.grad.is_some());
+    for (a, b) in fast.scores.iter().flatten().zip(full.scores.iter().flatten()) {
+        assert!((a - b).abs() < 2e-4, "classify score {a} vs full forward {b}");
+    }
+    assert!((fast.loss - full.loss).abs() < 2e-4);
+    let gen = vec![
+        GenExample { ids: ids(6, 4), target: ids(5, 5) },
+        GenExample { ids: vec![], target: ids(3, 6) }, // read at the last prompt row
+    ];
+    let fast = lm_batch(m, Some(&prompt), &gen, false).unwrap();
+    let full = lm_batch(m, Some(&prompt), &gen, true).unwrap();
+    for (a, b) in fast.scores.iter().flatten().zip(full.scores.iter().flatten()) {
+        assert!((a - b).abs() < 2e-4, "lm score {a} vs full forward {b}");
+    }
+    let fast = lm_batch(m, Some(&prompt), &gen[..1], false).unwrap();
+    let full = lm_batch(m, Some(&prompt), &gen[..1], true).unwrap();
+    assert!((fast.scores[0][0] - full.scores[0][0]).abs() < 2e-4);
+}
