@@ -130,7 +130,6 @@ struct BlockTape {
     x_in: Vec<f32>,       // [N, D] block input (residual stream)
     rstd1: Vec<f32>,      // [N]
     q: Vec<f32>,          // [N, Hq*hd] after RoPE
-    probs: Vec<Vec<f32>>, // per (seq, q head): [n_i, n_i] attention probabilities
     x_mid: Vec<f32>,      // [N, D] after the attention residual
     rstd2: Vec<f32>,      // [N]
     g: Vec<f32>,          // [N, F] gate pre-activation
@@ -773,12 +772,11 @@ impl Llama {
                 c.v[l].extend_from_slice(&v[r0 * kvd..(r0 + len) * kvd]);
                 r0 += len;
             }
-            let probs = if self.exact && !record {
+            if self.exact && !record {
                 self.attention_rows(l, &q, lens, caches, &mut att);
-                Vec::new()
             } else {
-                self.attention(l, &q, lens, caches, &mut att, record)
-            };
+                self.attention(l, &q, lens, caches, &mut att);
+            }
             let (h1, att_in) = (keep(&h), keep(&att));
             // x += post_norm(att @ Wo^T), or x += att @ Wo^T without a sandwich norm
             let (attn_out, rstd_pa) =
@@ -801,7 +799,6 @@ impl Llama {
                     x_in: x_in.unwrap_or_default(),
                     rstd1: rstd1.unwrap_or_default(),
                     q: q.clone(),
-                    probs,
                     x_mid: x_mid.unwrap_or_default(),
                     rstd2: rstd.clone(),
                     g: g.clone(),
@@ -886,31 +883,76 @@ impl Llama {
         }
     }
 
-    /// Causal attention of the new rows of every sequence over its cache (which already holds
-    /// this step's keys/values). Writes `att[N, Hq*hd]`; returns the probabilities per
-    /// (sequence, head) when `record`.
-    fn attention(
+    /// Attention probabilities `[n, past + n]` of query head `hq` for the `n` rows of one
+    /// sequence at packed rows `r0..r0 + n` of `q[N, Hq*hd]`, positions `past..past + n`, over
+    /// the keys of `cache` (causal, sliding window where the layer has one). The backward
+    /// recomputes them from the recorded `q` rather than keeping `[n, n]` per head and layer.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_probs(
         &self,
         l: usize,
         q: &[f32],
-        lens: &[usize],
-        caches: &[KvCache],
-        att: &mut [f32],
-        record: bool,
-    ) -> Vec<Vec<f32>> {
+        r0: usize,
+        n: usize,
+        past: usize,
+        cache: &KvCache,
+        hq: usize,
+    ) -> Vec<f32> {
+        let Dims { hd, nq, nkv, .. } = self.dims;
+        let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
+        let kv_off = (hq / (nq / nkv)) * hd;
+        let (scale, window) = (self.attn_scale, self.blocks[l].window);
+        let t = past + n;
+        let mut p = vec![0.0f32; n * t]; // [n, t] scores, then probabilities
+        // S = Q_h K^T: Q_h is [n, hd] (row stride qd), K^T is [hd, t].
+        gemm(
+            n,
+            t,
+            hd,
+            View {
+                data: &q[r0 * qd + hq * hd..],
+                rs: qd,
+                cs: 1,
+            },
+            View {
+                data: &cache.k[l][kv_off..],
+                rs: 1,
+                cs: kvd,
+            },
+            &mut p,
+            t,
+            false,
+            false,
+        );
+        for (j, row) in p.chunks_mut(t).enumerate() {
+            let qpos = past + j;
+            let lo = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+            for (c, val) in row.iter_mut().enumerate() {
+                *val = if c > qpos || c < lo {
+                    f32::NEG_INFINITY
+                } else {
+                    *val * scale
+                };
+            }
+            kernels::softmax_inplace(row);
+        }
+        p
+    }
+
+    /// Causal attention of the new rows of every sequence over its cache (which already holds
+    /// this step's keys/values). Writes `att[N, Hq*hd]`.
+    fn attention(&self, l: usize, q: &[f32], lens: &[usize], caches: &[KvCache], att: &mut [f32]) {
         let Dims { hd, nq, nkv, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let group = nq / nkv;
-        let scale = self.attn_scale;
-        let window = self.blocks[l].window;
         let mut starts = Vec::with_capacity(lens.len());
         let mut r0 = 0;
         for len in lens {
             starts.push(r0);
             r0 += len;
         }
-        // One task per (sequence, query head): probabilities [n, t] and output [n, hd].
-        let results: Vec<(Vec<f32>, Vec<f32>)> = (0..lens.len() * nq)
+        // One task per (sequence, query head): output [n, hd].
+        let results: Vec<Vec<f32>> = (0..lens.len() * nq)
             .into_par_iter()
             .map(|task| {
                 let (s, hq) = (task / nq, task % nq);
@@ -919,39 +961,7 @@ impl Llama {
                 let t = cache.len + n; // keys visible to the last new row
                 let past = cache.len;
                 let kv_off = (hq / group) * hd;
-                let mut p = vec![0.0f32; n * t]; // [n, t] scores, then probabilities
-                                                 // S = Q_h K^T: Q_h is [n, hd] (row stride qd), K^T is [hd, t].
-                gemm(
-                    n,
-                    t,
-                    hd,
-                    View {
-                        data: &q[r0 * qd + hq * hd..],
-                        rs: qd,
-                        cs: 1,
-                    },
-                    View {
-                        data: &cache.k[l][kv_off..],
-                        rs: 1,
-                        cs: kvd,
-                    },
-                    &mut p,
-                    t,
-                    false,
-                    false,
-                );
-                for (j, row) in p.chunks_mut(t).enumerate() {
-                    let qpos = past + j;
-                    let lo = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
-                    for (c, val) in row.iter_mut().enumerate() {
-                        *val = if c > qpos || c < lo {
-                            f32::NEG_INFINITY
-                        } else {
-                            *val * scale
-                        };
-                    }
-                    kernels::softmax_inplace(row);
-                }
+                let p = self.attn_probs(l, q, r0, n, past, cache, hq); // [n, t]
                 let mut o = vec![0.0f32; n * hd]; // [n, hd] = P V
                 gemm(
                     n,
@@ -968,21 +978,16 @@ impl Llama {
                     false,
                     false,
                 );
-                (if record { p } else { Vec::new() }, o)
+                o
             })
             .collect();
-        let mut probs = Vec::with_capacity(if record { results.len() } else { 0 });
-        for (task, (p, o)) in results.into_iter().enumerate() {
+        for (task, o) in results.into_iter().enumerate() {
             let (s, hq) = (task / nq, task % nq);
             for (j, orow) in o.chunks(hd).enumerate() {
                 let r = starts[s] + j;
                 att[r * qd + hq * hd..r * qd + (hq + 1) * hd].copy_from_slice(orow);
             }
-            if record {
-                probs.push(p);
-            }
         }
-        probs
     }
 
     /// [`Self::attention`] in exact mode: each query row scores only its visible keys with
@@ -1320,7 +1325,7 @@ impl Llama {
                 let mut dqs = Vec::with_capacity(group);
                 let mut dp = vec![0.0f32; n * n]; // [n, n]
                 for hq in g * group..(g + 1) * group {
-                    let p = &t.probs[s * nq + hq]; // [n, n]
+                    let p = &self.attn_probs(l, &t.q, r0, n, 0, &caches[s], hq); // [n, n]
                     let dout = View {
                         data: &datt[r0 * qd + hq * hd..],
                         rs: qd,
