@@ -294,6 +294,8 @@ fn product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool, fas
     }
     match if fast { kernel() } else { Kernel::Portable } {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Kernel::Dpbf16 if m <= dpbf16::SMALL_M => dpbf16::small_product(b, a, m, c, accumulate),
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         k @ (Kernel::Amx | Kernel::Dpbf16) => tiled_product(b, a, m, c, accumulate, k),
         _ => fallback_product(b, a, m, c, accumulate),
     }
@@ -615,8 +617,80 @@ unsafe fn cvt_row_avx512(src: &[f32], dst: &mut [u16]) {
 /// tile row (16 columns x a bf16 pair, 64 bytes) is one zmm; an A row's pair is broadcast.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod dpbf16 {
-    use super::{BLK, TILE, TK};
+    use super::{bf16, flat, BTiles, BLK, TILE, TK, TR};
+    use crate::kernels;
     use std::arch::x86_64::*;
+
+    /// Products of at most this many rows (decoding) stream the weight once
+    /// ([`small_product`]) instead of padding the rows to a 32-row block.
+    pub const SMALL_M: usize = 4;
+
+    /// `c[m, b.n] (+)= a[m, b.k] @ B` for `m <= SMALL_M` rows: the rows are rounded to bf16
+    /// once, then every B tile row (16 columns) is read once and dotted with all of them.
+    /// Memory-bound on the weight bytes; parallel over 64-column blocks.
+    pub fn small_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool) {
+        assert!(m <= SMALL_M, "small_product: {m} rows");
+        let kp = b.kt * TK; // K padded to whole tiles
+        let mut xb = vec![0u16; m * kp]; // [m, kp] bf16 rows, zero past k
+        for (i, row) in xb.chunks_mut(kp).enumerate() {
+            for (d, &v) in row.iter_mut().zip(&a[i * b.k..(i + 1) * b.k]) {
+                *d = bf16(v);
+            }
+        }
+        let tiles = flat(&b.data);
+        kernels::column_blocks(m, b.n, 4 * TR, c, accumulate, |c0, c1, out| {
+            let width = c1 - c0;
+            for strip in c0 / TR..c1.div_ceil(TR) {
+                let mut acc = [[0.0f32; TR]; SMALL_M]; // [row][16 columns]
+                let st = &tiles[strip * b.kt * TILE..(strip + 1) * b.kt * TILE];
+                // SAFETY: kernel() == Dpbf16 (AVX512-F + BF16 present); `st` holds kt tiles
+                // and every row of `xb` kt * 32 values.
+                unsafe {
+                    match m {
+                        1 => strip_dot::<1>(st, &xb, kp, &mut acc),
+                        2 => strip_dot::<2>(st, &xb, kp, &mut acc),
+                        3 => strip_dot::<3>(st, &xb, kp, &mut acc),
+                        _ => strip_dot::<4>(st, &xb, kp, &mut acc),
+                    }
+                }
+                for (i, row) in acc.iter().enumerate().take(m) {
+                    for (j, &v) in row.iter().enumerate() {
+                        let col = strip * TR + j;
+                        if col < c1 {
+                            out[i * width + col - c0] = v;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// `acc[i] = xb[i] . B strip` for the 16 columns of one strip (`st`: its kt tiles).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn strip_dot<const M: usize>(
+        st: &[u16],
+        xb: &[u16],
+        kp: usize,
+        acc: &mut [[f32; TR]; SMALL_M],
+    ) {
+        // Two accumulators per row (even / odd tile rows) to hide the dot's latency.
+        let mut v = [[_mm512_setzero_ps(); 2]; M];
+        let (pb, px) = (st.as_ptr(), xb.as_ptr());
+        for s in 0..kp / TK {
+            for r in 0..TK / 2 {
+                let w: __m512bh =
+                    std::mem::transmute(_mm512_load_si512(pb.add(s * TILE + r * TK).cast()));
+                for (i, vi) in v.iter_mut().enumerate() {
+                    let pair = (px.add(i * kp + s * TK + 2 * r) as *const i32).read_unaligned();
+                    let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
+                    vi[r & 1] = _mm512_dpbf16_ps(vi[r & 1], x, w);
+                }
+            }
+        }
+        for (a, vi) in acc.iter_mut().zip(v) {
+            _mm512_storeu_ps(a.as_mut_ptr(), _mm512_add_ps(vi[0], vi[1]));
+        }
+    }
 
     /// `C[32, 32] (=|+=) A[32, len*32] B[len*32, 32]`: `c` is a 32 x 32 f32 block (rows
     /// `BLK` floats apart), overwritten when `first`; `a0`/`a1` the A tiles of rows 0..16 /
