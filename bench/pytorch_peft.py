@@ -145,6 +145,26 @@ def main():
     print(f"\nPyTorch peak RSS {theirs['peak_rss_mib']:.0f} MiB (whole run, fp32 and bf16 "
           f"steps); threads {a.threads}; load average at start: {load0:.2f}")
 
+    # The speed issue's goals, each against the best softprompt format measured here.
+    def best(workload, key, lower):
+        vals = [(rows[workload][key], w, rows[workload]) for w, rows in ours.items()]
+        return (min if lower else max)(vals, key=lambda v: v[0])
+    w1, w1_fmt, w1_row = best("W1 train step (8 x 128 + 20 virtual)", "median", True)
+    dec, dec_fmt, _ = best("decode, batch 1, 20 virtual tokens", "throughput", False)
+    cls, cls_fmt, _ = best("classify 64 x 64 tokens, 2 labels", "throughput", False)
+    goals = [
+        (f"W1 <= 0.5x PyTorch fp32 ({w1_fmt})", w1 / theirs["W1 fp32"], 0.5, True, "x time"),
+        (f"W1 <= 1.0x PyTorch bf16 ({w1_fmt})", w1 / theirs["W1 bf16"], 1.0, True, "x time"),
+        (f"W1 peak RSS <= 1.5 GB ({w1_fmt})", w1_row["peak_rss_mib"] * 1048576 / 1e9, 1.5,
+         True, "GB"),
+        (f"decode >= 120 tok/s ({dec_fmt})", dec, 120.0, False, "tok/s"),
+        (f"classify >= 10x PEFT ({cls_fmt})", cls / theirs["classify"], 10.0, False, "x speed"),
+    ]
+    print("\n| goal | measured | met |\n|---|---|---|")
+    for name, got, bound, lower, unit in goals:
+        ok = got <= bound if lower else got >= bound
+        print(f"| {name} | {got:.2f} {unit} | {'yes' if ok else 'no'} |")
+
 
 if __name__ == "__main__":
     sys.exit(main())

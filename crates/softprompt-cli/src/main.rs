@@ -39,8 +39,8 @@ struct ModelArgs {
     model: String,
     /// How the frozen matrices are kept: `f32` (dequantized at load, the reference path),
     /// `quantized` (a GGUF model's blocks, dequantized inside each product: about 1/5 of the
-    /// memory, fastest decoding) or `bf16` (rounded to bf16 and packed for AMX matrix tiles,
-    /// f32 accumulation: fastest training where the CPU has AMX).
+    /// memory, fastest decoding) or `bf16` (rounded to bf16, multiplied on AMX tiles or
+    /// AVX512-BF16 with f32 accumulation: fastest training where the CPU has either).
     #[arg(long, default_value = "f32", value_parser = parse_weights)]
     weights: WeightFormat,
 }

@@ -6,7 +6,7 @@
 //! of [`compare`]). A [`prompt::SoftPrompt`] (PEFT adapter layout) is prepended to the token
 //! embeddings; [`infer`] scores and generates with it.
 
-pub mod amx;
+pub mod bf16;
 pub mod compare;
 pub mod data;
 pub mod error;

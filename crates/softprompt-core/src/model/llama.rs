@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use self::grads::{dw_acc, rmsnorm_dw, BlockGrads, Grads};
-use crate::amx::PackedBf16;
+use crate::bf16::PackedBf16;
 use crate::kernels::{self, gemm, rmsnorm, rmsnorm_backward, Rope, View};
 use crate::model::weight::{QMatrix, Weight};
 use crate::model::LlamaConfig;

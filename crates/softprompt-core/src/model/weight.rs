@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use crate::amx::PackedBf16;
+use crate::bf16::PackedBf16;
 use crate::kernels::{self, gemm, View};
 use crate::model::load::gguf::dequant::{dequantize_blocks, GgmlType};
 use crate::Tensor;

@@ -1,4 +1,6 @@
-//! bf16 matrix products on Intel AMX (f32 accumulation) for frozen weights.
+//! bf16 matrix products (f32 accumulation) for frozen weights, on the fastest instructions
+//! the CPU has ([`kernel`]): Intel AMX tiles (`tdpbf16ps`), AVX512-BF16 (`vdpbf16ps` on zmm
+//! registers: AMD Zen 4 and later, Intel Cooper Lake and later), or a portable fallback.
 //!
 //! A weight `w[n, k]` (HF `[out, in]` layout) is rounded to bf16 once and packed twice by
 //! [`PackedBf16::pack`]: once as the right operand of `y = x W^T` and once as the right operand
@@ -23,9 +25,14 @@
 //! tiles (tmm4, tmm5) and two B tiles (tmm6, tmm7), walking K 32 at a time. All packed
 //! buffers are 64-byte aligned runs of 1 KiB tiles.
 //!
-//! Without AMX (or off x86-64 Linux) the same packed weights are dequantized in chunks and
-//! multiplied with [`crate::kernels::gemm`] (activations still rounded to bf16, so both paths
-//! compute the same product up to f32 summation order).
+//! AVX512-BF16 reads the same tiles: a B tile row (16 columns x a bf16 pair) is one zmm
+//! register, an A row's pair is broadcast, and a 32 x 32 block is computed as four passes of
+//! 8 rows x 32 columns (16 accumulators). Products of at most 4 rows (decoding) instead stream
+//! each 16-column strip of B once for all rows.
+//!
+//! Without either (or off x86-64 Linux) the same packed weights are dequantized in chunks and
+//! multiplied with [`crate::kernels::gemm`] (activations still rounded to bf16, so every path
+//! computes the same product up to f32 summation order).
 
 use crate::kernels::{self, View};
 use rayon::prelude::*;

@@ -1,9 +1,9 @@
-//! GFLOP/s of the f32 linear kernels vs the bf16 AMX kernels (`amx::PackedBf16`) at the
+//! GFLOP/s of the f32 linear kernels vs the bf16 kernels (`bf16::PackedBf16`: AMX or AVX512-BF16) at the
 //! SmolLM2-135M weight shapes. Median of 5 runs. Optional args: shape filter (e.g. `49152`)
-//! and a list of m values (default 1184,64,8,1). `AMX_SPEED_MIN=1`: best of 15 runs instead
-//! (less sensitive to other processes on a shared machine). `AMX_SPEED_CPU=1`: best of 15 in
+//! and a list of m values (default 1184,64,8,1). `BF16_SPEED_MIN=1`: best of 15 runs instead
+//! (less sensitive to other processes on a shared machine). `BF16_SPEED_CPU=1`: best of 15 in
 //! CPU seconds summed over threads, i.e. GFLOP/s per busy core (blind to preemption).
-use softprompt_core::{amx, kernels};
+use softprompt_core::{bf16, kernels};
 use std::time::Instant;
 
 /// CPU time of all threads of this process (ns), from /proc/self/task/*/schedstat.
@@ -24,7 +24,7 @@ fn cpu_ns() -> f64 {
 }
 
 fn median(mut f: impl FnMut(), reps: usize) -> f64 {
-    if std::env::var_os("AMX_SPEED_CPU").is_some() {
+    if std::env::var_os("BF16_SPEED_CPU").is_some() {
         // Seconds of CPU time summed over threads (per-core throughput, blind to preemption).
         f();
         return (0..15)
@@ -35,7 +35,7 @@ fn median(mut f: impl FnMut(), reps: usize) -> f64 {
             })
             .fold(f64::INFINITY, f64::min);
     }
-    if std::env::var_os("AMX_SPEED_MIN").is_some() {
+    if std::env::var_os("BF16_SPEED_MIN").is_some() {
         f();
         return (0..15)
             .map(|_| {
@@ -71,8 +71,8 @@ fn main() {
         .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_else(|| vec![1184, 64, 8, 1]);
     println!(
-        "amx available: {}, threads: {}, load: {}",
-        amx::available(),
+        "bf16 kernel: {:?}, threads: {}, load: {}",
+        bf16::kernel(),
         rayon::current_num_threads(),
         load()
     );
@@ -95,7 +95,7 @@ fn main() {
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i % 97) as f32 - 48.0) * 0.01)
             .collect(); // [n, k]
-        let p = amx::PackedBf16::pack(&w, n, k);
+        let p = bf16::PackedBf16::pack(&w, n, k);
         for &m in &ms {
             let x: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect(); // [m, k]
             let dy: Vec<f32> = (0..m * n).map(|i| ((i % 11) as f32 - 5.0) * 0.1).collect(); // [m, n]
