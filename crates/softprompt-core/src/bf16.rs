@@ -369,20 +369,6 @@ fn with_buf<R>(
     r
 }
 
-/// Raw output pointer shared by tasks that write disjoint blocks.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of output blocks.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so closures capture the whole Sync wrapper).
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// f32 elements of one 32 x 32 output block (4 tiles of 1 KiB).
 const CBLK: usize = BLK * BLK;
 
@@ -436,7 +422,7 @@ fn tiled_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: boo
     let nb = b.nt / 2; // 32-column blocks
     let threads = rayon::current_num_threads().max(1);
     let wide = avx512_ok();
-    let out = OutPtr(c.as_mut_ptr());
+    let out = kernels::SyncPtr(c.as_mut_ptr());
     let global = b.kt * TK <= KC_MAX;
 
     // Row group: all rows when their packed A fits comfortably in L2, else ~512 KiB of A.
@@ -544,7 +530,7 @@ fn tiled_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: boo
                         unsafe { tiles::release() };
                     }
                     // Copy out: rows bi0*32.., columns bj0*32.., clipped to [m, n].
-                    let o = out.ptr();
+                    let o = out.get();
                     for i in 0..rows {
                         let r0 = (bi0 + i) * BLK;
                         for j in 0..cols {

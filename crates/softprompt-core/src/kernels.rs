@@ -222,13 +222,14 @@ pub fn column_blocks(
 
 /// A raw pointer shared by parallel tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: only used by tasks that write disjoint elements.
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
 impl SyncPtr {
-    fn get(self) -> *mut f32 {
+    /// The pointer (a method, so closures capture the whole Sync wrapper).
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -30,7 +30,8 @@ pub struct BatchResult {
     pub scores: Vec<Vec<f64>>,
     /// d loss / d prompt `[P, D]`, when asked for.
     pub grad: Option<Vec<f32>>,
-    /// Rows (virtual + real tokens) that went through the model.
+    /// Rows (virtual + real tokens) that went through the model (a soft prompt shared by an
+    /// evaluation batch goes through once).
     pub rows: usize,
 }
 
@@ -127,8 +128,8 @@ fn run_prefixed(
 ) -> Result<Option<(Vec<f64>, Option<Vec<f32>>, usize)>> {
     let d = model.dims.d;
     let p = prompt.len() / d;
-    if seqs.iter().any(|s| s.is_empty()) {
-        return Ok(None);
+    if prompt.len() % d != 0 || seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
+        return Ok(None); // the full path reports what is wrong, or has nothing to do
     }
     // First row of every sequence in the batch with prompts: [B].
     let starts: Vec<usize> = seqs
