@@ -8,7 +8,9 @@ use softprompt_core::model::FrozenModel;
 use std::time::Instant;
 
 fn main() {
-    let fmt = std::env::args().nth(1).unwrap_or_else(|| "quantized".into());
+    let fmt = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "quantized".into());
     let m = FrozenModel::load_with("smollm2-135m", WeightFormat::parse(&fmt).unwrap()).unwrap();
     let l = &m.llama;
     // The first layer's seven matrices (for_each_matrix visits embed first, then the blocks).

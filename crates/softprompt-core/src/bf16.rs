@@ -704,7 +704,14 @@ mod dpbf16 {
     ) {
         for (half, a) in [a0, a1].into_iter().enumerate() {
             for q in 0..2 {
-                rows8(a.add(q * 8 * TK), b0, b1, len, c.add((half * 16 + q * 8) * BLK), first);
+                rows8(
+                    a.add(q * 8 * TK),
+                    b0,
+                    b1,
+                    len,
+                    c.add((half * 16 + q * 8) * BLK),
+                    first,
+                );
             }
         }
     }
@@ -1047,7 +1054,10 @@ mod tests {
                     .zip(&d2)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
-                assert!(diff < 1e-3, "dx {m}x{n}x{k}: fast kernel vs fallback {diff}");
+                assert!(
+                    diff < 1e-3,
+                    "dx {m}x{n}x{k}: fast kernel vs fallback {diff}"
+                );
                 let y0 = fill(m * n, 8);
                 let (mut y1, mut y2) = (y0.clone(), y0.clone());
                 p.linear_with(&x, m, &mut y1, acc, true);

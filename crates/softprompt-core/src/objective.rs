@@ -35,6 +35,10 @@ pub struct BatchResult {
     pub rows: usize,
 }
 
+/// What a batch pass returns: per-target NLLs, d loss / d prompt `[P, D]` when asked for, and
+/// the rows that went through the model.
+type RunOut = (Vec<f64>, Option<Vec<f32>>, usize);
+
 /// Sets each target's weight from the per-target NLLs.
 type WeightsOf<'a> = Box<dyn FnOnce(&[f64], &mut [Target]) + 'a>;
 
@@ -58,7 +62,7 @@ fn run(
     targets: &mut [Target],
     want: Want,
     weights_of: Option<WeightsOf>,
-) -> Result<(Vec<f64>, Option<Vec<f32>>, usize)> {
+) -> Result<RunOut> {
     let d = model.dims.d;
     let p = prompt.map_or(0, |x| x.len() / d);
     if matches!(want, Want::Prompt) && p == 0 {
@@ -125,10 +129,10 @@ fn run_prefixed(
     prompt: &[f32],
     seqs: &[Vec<u32>],
     targets: &[Target],
-) -> Result<Option<(Vec<f64>, Option<Vec<f32>>, usize)>> {
+) -> Result<Option<RunOut>> {
     let d = model.dims.d;
     let p = prompt.len() / d;
-    if prompt.len() % d != 0 || seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
+    if !prompt.len().is_multiple_of(d) || seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
         return Ok(None); // the full path reports what is wrong, or has nothing to do
     }
     // First row of every sequence in the batch with prompts: [B].

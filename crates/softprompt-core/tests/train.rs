@@ -125,26 +125,61 @@ fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
     let (m, _) = common::smollm();
     let d = m.dims.d;
     let prompt = softprompt_core::prompt::random_uniform(5, d, 0.5, 3).data;
-    let ids = |n: u32, salt: u32| (0..n).map(|t| 300 + (t * 7919 + salt * 31) % 9000).collect();
+    let ids = |n: u32, salt: u32| {
+        (0..n)
+            .map(|t| 300 + (t * 7919 + salt * 31) % 9000)
+            .collect()
+    };
     let batch = vec![
-        ClassExample { ids: ids(9, 1), cands: vec![vec![4917], vec![3904]], label: Some(0) },
-        ClassExample { ids: ids(4, 2), cands: vec![vec![11, 12], vec![13]], label: Some(1) },
-        ClassExample { ids: ids(13, 3), cands: vec![vec![4917], vec![3904]], label: Some(1) },
+        ClassExample {
+            ids: ids(9, 1),
+            cands: vec![vec![4917], vec![3904]],
+            label: Some(0),
+        },
+        ClassExample {
+            ids: ids(4, 2),
+            cands: vec![vec![11, 12], vec![13]],
+            label: Some(1),
+        },
+        ClassExample {
+            ids: ids(13, 3),
+            cands: vec![vec![4917], vec![3904]],
+            label: Some(1),
+        },
     ];
     let fast = classify_batch(m, Some(&prompt), &batch, false, false).unwrap();
     let full = classify_batch(m, Some(&prompt), &batch, false, true).unwrap();
     assert!(full.grad.is_some());
-    for (a, b) in fast.scores.iter().flatten().zip(full.scores.iter().flatten()) {
-        assert!((a - b).abs() < 2e-4, "classify score {a} vs full forward {b}");
+    for (a, b) in fast
+        .scores
+        .iter()
+        .flatten()
+        .zip(full.scores.iter().flatten())
+    {
+        assert!(
+            (a - b).abs() < 2e-4,
+            "classify score {a} vs full forward {b}"
+        );
     }
     assert!((fast.loss - full.loss).abs() < 2e-4);
     let gen = vec![
-        GenExample { ids: ids(6, 4), target: ids(5, 5) },
-        GenExample { ids: vec![], target: ids(3, 6) }, // read at the last prompt row
+        GenExample {
+            ids: ids(6, 4),
+            target: ids(5, 5),
+        },
+        GenExample {
+            ids: vec![],
+            target: ids(3, 6),
+        }, // read at the last prompt row
     ];
     let fast = lm_batch(m, Some(&prompt), &gen, false).unwrap();
     let full = lm_batch(m, Some(&prompt), &gen, true).unwrap();
-    for (a, b) in fast.scores.iter().flatten().zip(full.scores.iter().flatten()) {
+    for (a, b) in fast
+        .scores
+        .iter()
+        .flatten()
+        .zip(full.scores.iter().flatten())
+    {
         assert!((a - b).abs() < 2e-4, "lm score {a} vs full forward {b}");
     }
     let fast = lm_batch(m, Some(&prompt), &gen[..1], false).unwrap();

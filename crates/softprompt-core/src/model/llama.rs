@@ -127,13 +127,13 @@ impl KvCache {
 
 /// What the backward of one block needs (training only).
 struct BlockTape {
-    x_in: Vec<f32>,       // [N, D] block input (residual stream)
-    rstd1: Vec<f32>,      // [N]
-    q: Vec<f32>,          // [N, Hq*hd] after RoPE
-    x_mid: Vec<f32>,      // [N, D] after the attention residual
-    rstd2: Vec<f32>,      // [N]
-    g: Vec<f32>,          // [N, F] gate pre-activation
-    u: Vec<f32>,          // [N, F] up projection
+    x_in: Vec<f32>,  // [N, D] block input (residual stream)
+    rstd1: Vec<f32>, // [N]
+    q: Vec<f32>,     // [N, Hq*hd] after RoPE
+    x_mid: Vec<f32>, // [N, D] after the attention residual
+    rstd2: Vec<f32>, // [N]
+    g: Vec<f32>,     // [N, F] gate pre-activation
+    u: Vec<f32>,     // [N, F] up projection
     // QK-norm: queries / keys before their norm and the norms' 1/rms (empty when unused).
     q_pre: Vec<f32>,  // [N, Hq*hd]
     rstd_q: Vec<f32>, // [N*Hq]
@@ -904,7 +904,7 @@ impl Llama {
         let (scale, window) = (self.attn_scale, self.blocks[l].window);
         let t = past + n;
         let mut p = vec![0.0f32; n * t]; // [n, t] scores, then probabilities
-        // S = Q_h K^T: Q_h is [n, hd] (row stride qd), K^T is [hd, t].
+                                         // S = Q_h K^T: Q_h is [n, hd] (row stride qd), K^T is [hd, t].
         gemm(
             n,
             t,

@@ -130,7 +130,11 @@ impl QMatrix {
         kernels::column_blocks(m, n, BLOCK, y, accumulate, |r0, r1, out| {
             let width = r1 - r0;
             // One dequantized row (types without a register kernel only).
-            let mut buf = if self.row_kernel() { Vec::new() } else { vec![0.0f32; k] };
+            let mut buf = if self.row_kernel() {
+                Vec::new()
+            } else {
+                vec![0.0f32; k]
+            };
             for (j, r) in (r0..r1).enumerate() {
                 let wr = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
                 let mut i = 0;
