@@ -341,3 +341,23 @@ fn exports_write_configs_as_transformers_does() {
         assert!(d < BOUND, "{name} export: {d:.3e}");
     }
 }
+
+/// A key transformers ignores (one the rope_type does not use; training-only dropout) loads with
+/// the same numbers and is listed for a warning, not refused.
+#[test]
+fn settings_transformers_ignores_are_listed_not_refused() {
+    let dir = edited("linear", |c| {
+        c["rope_parameters"]["low_freq_factor"] = serde_json::json!(2.0);
+        c.insert("attention_dropout".into(), serde_json::json!(0.1));
+    });
+    let d = max_diff("linear", dir.path());
+    assert!(d < BOUND, "{d}");
+    let cfg = softprompt_core::model::load::hf::read_config(dir.path()).expect("config");
+    let mut ignored = Vec::new();
+    cfg.check_noting(&mut ignored).expect("accepted");
+    assert_eq!(ignored.len(), 2, "{ignored:?}");
+    assert!(
+        ignored[0].contains("rope_parameters.low_freq_factor is not used by rope_type \"linear\"")
+    );
+    assert!(ignored[1].contains("attention_dropout = 0.1"));
+}

@@ -205,8 +205,13 @@ impl LlamaConfig {
     /// layer type, where `rope_scaling` updates `full_attention` only), the base from there
     /// or from `rope_theta` / `rope_local_base_freq`. A `rope_type` or setting softprompt
     /// does not implement is an error naming it; a key transformers ignores too is ignored
-    /// with a warning.
+    /// ([`LlamaConfig::check_noting`] lists them).
     pub fn rope(&self, kind: LayerKind) -> Result<RopeSpec, String> {
+        self.rope_noting(kind, &mut Vec::new())
+    }
+
+    /// [`LlamaConfig::rope`], adding to `ignored` the settings transformers ignores too.
+    fn rope_noting(&self, kind: LayerKind, ignored: &mut Vec<String>) -> Result<RopeSpec, String> {
         let gemma = self.is_gemma3();
         let as_map = |v: &serde_json::Value, at: &str| match v {
             serde_json::Value::Null => Ok(serde_json::Map::new()),
@@ -409,9 +414,9 @@ impl LlamaConfig {
         for k in d.keys() {
             let common = ["rope_type", "type", "rope_theta", "partial_rotary_factor"];
             if !common.contains(&k.as_str()) && !used.contains(&k.as_str()) {
-                tracing::warn!(
-                    "{at}.{k} is not used by rope_type \"{ty}\"; ignored (as transformers does)"
-                );
+                ignored.push(format!(
+                    "{at}.{k} is not used by rope_type \"{ty}\" (transformers ignores it too)"
+                ));
             }
         }
         Ok(RopeSpec {
@@ -445,9 +450,15 @@ impl LlamaConfig {
     /// Refuse settings that change what transformers computes and that softprompt does not
     /// implement; the message names the field and its value.
     pub fn check(&self) -> Result<(), String> {
-        self.rope(LayerKind::Full)?;
+        self.check_noting(&mut Vec::new())
+    }
+
+    /// [`LlamaConfig::check`]; the settings that are ignored (as transformers ignores them, or
+    /// training-only) are added to `ignored`, one line each, for the caller to warn about.
+    pub fn check_noting(&self, ignored: &mut Vec<String>) -> Result<(), String> {
+        self.rope_noting(LayerKind::Full, ignored)?;
         if self.is_gemma3() {
-            self.rope(LayerKind::Sliding)?;
+            self.rope_noting(LayerKind::Sliding, ignored)?;
         }
         if self.model_type == "llama" && self.mlp_bias == Some(true) {
             return Err("mlp_bias = true (bias on the MLP projections) is not implemented".into());
@@ -475,9 +486,9 @@ impl LlamaConfig {
             }
         }
         if let Some(p) = self.attention_dropout.filter(|&p| p > 0.0) {
-            tracing::warn!(
+            ignored.push(format!(
                 "attention_dropout = {p}: softprompt applies no dropout (transformers does in train mode)"
-            );
+            ));
         }
         Ok(())
     }

@@ -210,7 +210,11 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
                 .into(),
         ));
     }
-    cfg.check().map_err(unsupported)?;
+    let mut ignored = Vec::new();
+    cfg.check_noting(&mut ignored).map_err(unsupported)?;
+    for line in ignored {
+        tracing::warn!("{}: {line}", path.display());
+    }
     Ok(cfg)
 }
 
