@@ -87,28 +87,28 @@ struct Model {
     weights: WeightFormat,
 }
 
-/// The prompt rows `[P, D]` of a `prompt=` argument: None, a SoftPrompt or a folder path,
-/// checked against the model (hidden size; the base-model fingerprint unless `force`).
-fn prompt_rows(
+/// The `prompt=` argument: None, a SoftPrompt or a folder path, checked against the model
+/// (hidden size; the base-model fingerprint unless `force`).
+fn prompt_arg(
     m: &FrozenModel,
     p: Option<&Bound<'_, PyAny>>,
     force: bool,
-) -> PyResult<Option<Vec<f32>>> {
+) -> PyResult<Option<prompt::SoftPrompt>> {
     let Some(p) = p.filter(|p| !p.is_none()) else {
         return Ok(None);
     };
-    if let Ok(sp) = p.cast::<SoftPrompt>() {
-        let sp = &sp.get().inner;
-        sp.check_compatible(m.llama.dims.d, &m.fingerprint, force)
-            .map_err(err)?;
-        return Ok(Some(sp.embeddings.data.clone()));
-    }
-    let dir: PathBuf = p
-        .extract()
-        .map_err(|_| PyValueError::new_err("prompt must be a SoftPrompt, a folder path or None"))?;
-    Ok(Some(
-        m.load_prompt(&dir, force).map_err(err)?.embeddings.data,
-    ))
+    let sp = match p.cast::<SoftPrompt>() {
+        Ok(sp) => sp.get().inner.clone(),
+        Err(_) => {
+            let dir: PathBuf = p.extract().map_err(|_| {
+                PyValueError::new_err("prompt must be a SoftPrompt, a folder path or None")
+            })?;
+            prompt::SoftPrompt::load(&dir).map_err(err)?
+        }
+    };
+    sp.check_compatible(m.llama.dims.d, &m.fingerprint, force)
+        .map_err(err)?;
+    Ok(Some(sp))
 }
 
 /// The task of `classify`/`train`: template + labels, else a task name or file, else the
@@ -271,7 +271,7 @@ impl Model {
             Err(_) => texts.extract()?,
         };
         let m = self.inner.clone();
-        let rows = prompt_rows(&m, prompt, force)?;
+        let rows = prompt_arg(&m, prompt, force)?.map(|p| p.embeddings.data);
         let scores = py
             .detach(|| {
                 texts
@@ -308,7 +308,7 @@ impl Model {
         force: bool,
     ) -> PyResult<String> {
         let m = self.inner.clone();
-        let rows = prompt_rows(&m, prompt, force)?;
+        let rows = prompt_arg(&m, prompt, force)?.map(|p| p.embeddings.data);
         let s = Sampling {
             max_new_tokens,
             temperature,
@@ -349,27 +349,10 @@ impl Model {
         force: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let m = self.inner.clone();
-        // The prompt's own task, when it is a loaded SoftPrompt or a folder.
-        let (rows, prompt_task) = match prompt.filter(|p| !p.is_none()) {
-            None => (None, None),
-            Some(p) => {
-                let sp = match p.cast::<SoftPrompt>() {
-                    Ok(sp) => sp.get().inner.clone(),
-                    Err(_) => {
-                        let dir: PathBuf = p.extract().map_err(|_| {
-                            PyValueError::new_err(
-                                "prompt must be a SoftPrompt, a folder path or None",
-                            )
-                        })?;
-                        prompt::SoftPrompt::load(&dir).map_err(err)?
-                    }
-                };
-                sp.check_compatible(m.llama.dims.d, &m.fingerprint, force)
-                    .map_err(err)?;
-                let t = sp.meta.as_ref().and_then(|x| x.task.clone());
-                (Some(sp.embeddings.data), t)
-            }
-        };
+        let sp = prompt_arg(&m, prompt, force)?;
+        // Without task=/template=, the task the prompt was trained on (its softprompt.json).
+        let prompt_task = sp.as_ref().and_then(|p| p.meta.as_ref()?.task.clone());
+        let rows = sp.map(|p| p.embeddings.data);
         let spec = resolve_task(task, template, labels, label_field, prompt_task, None)?;
         let input = to_json(text)?;
         let (ex, _cands) =
