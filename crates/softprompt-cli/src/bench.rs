@@ -43,7 +43,7 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
     let runs = runs.max(1);
     let d = m.llama.dims.d;
     let p = 20;
-    let prompt: Vec<f32> = softprompt_core::prompt::random_uniform(p, d, 0.5, 0).data;
+    let prompt: Vec<f32> = softprompt_core::prompt::init::random_uniform(p, d, 0.5, 0).data;
     let mut rows = Vec::new();
     let want = |w: &str| only.is_none_or(|o| o == w);
 

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use softprompt_core::inspect::{self, InspectReport};
+use softprompt_core::prompt::SoftPrompt;
 
 use crate::{load_model, ModelArgs, TaskArgs};
 
@@ -54,7 +55,7 @@ pub struct InspectArgs {
 
 pub fn run(a: InspectArgs) -> Result<()> {
     let m = load_model(&a.model)?;
-    let sp = m.load_prompt(&a.prompt, a.force)?;
+    let sp = SoftPrompt::load_for(&m, &a.prompt, a.force)?;
     let t = std::time::Instant::now();
     let mut report = inspect::inspect(&m, &sp, a.k)?;
     eprintln!(

@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::data::{self, TaskSpec};
 use softprompt_core::infer::{self, Sampling};
-use softprompt_core::model::weight::WeightFormat;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::{self, optim, trainer};
@@ -372,7 +372,7 @@ fn load_model(m: &ModelArgs) -> Result<FrozenModel> {
 fn load_prompt(model: &FrozenModel, p: &PromptArgs) -> Result<Option<SoftPrompt>> {
     match &p.prompt {
         None => Ok(None),
-        Some(dir) => Ok(Some(model.load_prompt(dir, p.force)?)),
+        Some(dir) => Ok(Some(SoftPrompt::load_for(model, dir, p.force)?)),
     }
 }
 
@@ -585,7 +585,7 @@ fn run(cli: Cli) -> Result<()> {
                 v["majority_baseline"] = json!({ "class": cls, "accuracy": base });
             }
             if let Some(path) = &report {
-                softprompt_core::train::checkpoint::atomic_write(
+                softprompt_core::fsio::atomic_write(
                     path,
                     serde_json::to_string_pretty(&v)?.as_bytes(),
                 )?;

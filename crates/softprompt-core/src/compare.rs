@@ -24,9 +24,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{self, Items, TaskSpec};
+use crate::fsio::atomic_write;
 use crate::model::llama::{SeqInput, Target};
 use crate::model::FrozenModel;
-use crate::train::checkpoint::atomic_write;
+use crate::prompt::SoftPrompt;
 use crate::train::eval::{self, Tokenized};
 use crate::train::finetune;
 use crate::train::plot;
@@ -496,7 +497,7 @@ pub fn run(
                 ));
             }
             let train_peak = peak_rss();
-            let sp = model.load_prompt(&pt_dir, false)?;
+            let sp = SoftPrompt::load_for(model, &pt_dir, false)?;
             let val = items(&pcfg.task, &val_file, pcfg)?;
             let mut tok = eval::tokenize(model, &val, pcfg.max_len)?;
             if let Some(n) = pcfg.eval_limit {
@@ -695,7 +696,7 @@ fn time_inference(
         _ => None,
     };
     let main = tokens_for(0, "")?;
-    let sp = model.load_prompt(pt_dir, true)?;
+    let sp = SoftPrompt::load_for(model, pt_dir, true)?;
     let time = |prompt: Option<&[f32]>, tok: &Tokenized| -> Result<f64> {
         let t = Instant::now();
         eval::evaluate(model, prompt, tok, pcfg.eval_batch_size, pcfg.length_norm)?;

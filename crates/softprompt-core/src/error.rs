@@ -33,21 +33,6 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Read an opened file whole if it holds at most `cap` bytes; `Ok(None)` when it is larger. A
-/// regular file is refused from its size before anything is read; anything else (a pipe, a
-/// file that grows) after reading at most `cap + 1` bytes. Callers word the "too big" error.
-pub(crate) fn read_at_most(path: &Path, file: std::fs::File, cap: u64) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    if file.metadata().is_ok_and(|m| m.is_file() && m.len() > cap) {
-        return Ok(None);
-    }
-    let mut buf = Vec::new();
-    file.take(cap + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(path, e))?;
-    Ok((buf.len() as u64 <= cap).then_some(buf))
-}
-
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {

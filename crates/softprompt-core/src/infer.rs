@@ -3,7 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 
-use crate::kernels;
+use crate::compute::kernels;
 use crate::model::llama::{KvCache, Llama, SeqInput};
 use crate::{Error, Result};
 

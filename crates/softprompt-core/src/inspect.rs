@@ -6,7 +6,7 @@
 //! - [`TokenIndex`]: the input-embedding table `[V, D]` with precomputed row norms; its
 //!   [`TokenIndex::nearest`] finds the k nearest tokens of many vectors at once by cosine
 //!   similarity and by L2 distance, from one matrix product `vectors @ embed^T`
-//!   ([`crate::kernels::linear`]); the few best candidates are then re-scored exactly (f64),
+//!   ([`crate::compute::kernels::linear`]); the few best candidates are then re-scored exactly (f64),
 //!   so a vector equal to a token's row gets cosine 1 and distance 0.
 //! - [`inspect`]: the whole [`InspectReport`] of a prompt on a model (no evaluation).
 //! - [`load_eval_data`] + [`evaluate_projection`]: accuracy of the soft prompt and of its hard
@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::compute::kernels;
 use crate::data::{self, Items, TaskSpec};
-use crate::kernels;
 use crate::model::FrozenModel;
 use crate::prompt::SoftPrompt;
 use crate::train::eval::{self, EvalReport, Tokenized};
@@ -585,7 +585,7 @@ pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<Ins
 
 /// The hard-projected prompt as a soft prompt: exactly the embedding rows of `ids`.
 pub fn projected_embeddings(model: &FrozenModel, ids: &[u32]) -> Result<Tensor> {
-    model.prompt_from_tokens(ids)
+    crate::prompt::init::from_tokens(model, ids)
 }
 
 /// Labelled data, tokenized for evaluation.
@@ -917,6 +917,6 @@ pub fn to_markdown(r: &InspectReport) -> String {
 pub fn write_markdown(report: &InspectReport, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join(MARKDOWN_FILE);
-    crate::train::checkpoint::atomic_write(&path, to_markdown(report).as_bytes())?;
+    crate::fsio::atomic_write(&path, to_markdown(report).as_bytes())?;
     Ok(path)
 }

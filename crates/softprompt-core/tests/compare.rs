@@ -112,7 +112,7 @@ fn comparison_writes_its_files_and_measures_forgetting() {
 /// is refused with an error that says what to do.
 #[test]
 fn quantized_weights_are_refused_for_full_finetuning() {
-    use softprompt_core::model::weight::WeightFormat;
+    use softprompt_core::compute::weight::WeightFormat;
     let mut m = FrozenModel::load_with("smollm2-135m", WeightFormat::Quantized).unwrap();
     let e = finetune_error(&mut m, 1);
     assert!(e.contains("needs f32 weights"), "{e}");

@@ -171,7 +171,7 @@ fn greedy_matches_full_forward_with_and_without_cache() {
 #[test]
 fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
     let f = fixture();
-    let gguf = softprompt_core::fetch::fetch_alias("gemma3-270m").unwrap();
+    let gguf = softprompt_core::model::load::fetch::fetch_alias("gemma3-270m").unwrap();
     let lw = softprompt_core::model::load::gguf::load_gguf(&gguf).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("gemma-3-270m-hf");
@@ -222,15 +222,16 @@ fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
 /// Llama of the same shape unless forced.
 #[test]
 fn prompt_of_one_model_is_refused_on_the_other() {
+    use softprompt_core::model::fingerprint::model_fingerprint;
     use softprompt_core::model::FrozenModel;
-    use softprompt_core::prompt::{model_fingerprint, PromptMeta, SoftPrompt};
+    use softprompt_core::prompt::{self, PromptMeta, SoftPrompt};
     let g = FrozenModel::load("gemma3-270m").unwrap();
     let s = FrozenModel::load("smollm2-135m").unwrap();
     assert_ne!(g.fingerprint, s.fingerprint);
     let tmp = tempfile::tempdir().unwrap();
     for (from, to, name) in [(&g, &s, "Gemma 3 270M"), (&s, &g, "SmolLM2-135M")] {
         let dir = tmp.path().join(name.replace(' ', "_"));
-        let emb = from.prompt_from_tokens(&[5, 6, 7, 8]).unwrap();
+        let emb = prompt::init::from_tokens(&from, &[5, 6, 7, 8]).unwrap();
         let meta = PromptMeta::new(
             name,
             from.llama.dims.d,
@@ -241,9 +242,11 @@ fn prompt_of_one_model_is_refused_on_the_other() {
             .with_meta(meta)
             .save(&dir)
             .unwrap();
-        from.load_prompt(&dir, false).unwrap();
+        SoftPrompt::load_for(&from, &dir, false).unwrap();
         for force in [false, true] {
-            let e = to.load_prompt(&dir, force).err().expect("refused");
+            let e = SoftPrompt::load_for(&to, &dir, force)
+                .err()
+                .expect("refused");
             let msg = e.to_string();
             assert!(
                 msg.contains(name)

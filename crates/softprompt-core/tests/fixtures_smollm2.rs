@@ -144,7 +144,7 @@ fn greedy_matches_full_forward_with_and_without_cache() {
 #[test]
 fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
     let f = fixture();
-    let gguf = softprompt_core::fetch::fetch_alias("smollm2-135m").unwrap();
+    let gguf = softprompt_core::model::load::fetch::fetch_alias("smollm2-135m").unwrap();
     let lw = softprompt_core::model::load::gguf::load_gguf(&gguf).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("SmolLM2-135M-Instruct-hf");

@@ -42,7 +42,10 @@ fn trained_like(
 fn embedding_rows_project_back_exactly() {
     let m = tiny_demo_model(1);
     let ids = [5u32, 9, 2, 17, 4];
-    let sp = bare_prompt(&m, prompt::from_vocab_rows(&m.llama.embed, &ids).unwrap());
+    let sp = bare_prompt(
+        &m,
+        prompt::init::from_vocab_rows(&m.llama.embed, &ids).unwrap(),
+    );
     let r = inspect::inspect(&m, &sp, 3).unwrap();
     assert_eq!(r.num_virtual_tokens, 5);
     assert_eq!(r.k, 3);
@@ -211,7 +214,7 @@ fn drift_is_zero_for_an_untrained_prompt_from_its_recorded_init() {
         trained_like(&m, &cfg, emb.clone())
             .save(dir.path())
             .unwrap();
-        let sp = m.load_prompt(dir.path(), false).unwrap();
+        let sp = SoftPrompt::load_for(&m, dir.path(), false).unwrap();
         let r = inspect::inspect(&m, &sp, 3).unwrap();
         assert!(r.notes.is_empty(), "{:?}", r.notes);
         let info = r.init.as_ref().expect("recorded init");
@@ -278,7 +281,7 @@ fn hard_projection_evaluates_next_to_the_soft_prompt() {
     assert!(data.majority_baseline.is_some());
 
     // A random soft prompt: both evaluations run on the same 16 examples.
-    let sp = bare_prompt(&m, prompt::random_uniform(4, m.llama.dims.d, 0.5, 1));
+    let sp = bare_prompt(&m, prompt::init::random_uniform(4, m.llama.dims.d, 0.5, 1));
     let mut r = inspect::inspect(&m, &sp, 3).unwrap();
     let e = inspect::evaluate_projection(&m, &sp, &r.hard_prompt.ids, &data, 8, false).unwrap();
     assert_eq!((e.n, e.soft.n, e.hard.n), (16, 16, 16));
@@ -291,7 +294,10 @@ fn hard_projection_evaluates_next_to_the_soft_prompt() {
 
     // A prompt that is already made of token rows: soft and hard are the same prompt.
     let ids = [3u32, 8, 1, 12];
-    let sp = bare_prompt(&m, prompt::from_vocab_rows(&m.llama.embed, &ids).unwrap());
+    let sp = bare_prompt(
+        &m,
+        prompt::init::from_vocab_rows(&m.llama.embed, &ids).unwrap(),
+    );
     let e = inspect::evaluate_projection(&m, &sp, &ids, &data, 8, false).unwrap();
     assert_eq!(e.soft.value, e.hard.value);
     assert_eq!(e.soft.loss, e.hard.loss);
@@ -338,7 +344,7 @@ fn pictures_and_markdown() {
     // k = 0 is refused.
     assert!(inspect::inspect(
         &m,
-        &bare_prompt(&m, prompt::random_uniform(2, m.llama.dims.d, 0.5, 0)),
+        &bare_prompt(&m, prompt::init::random_uniform(2, m.llama.dims.d, 0.5, 0)),
         0
     )
     .is_err());

@@ -6,9 +6,9 @@
 mod common;
 
 use common::{fixture_dir, gemma, read_safetensors, smollm, split};
+use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::infer;
 use softprompt_core::model::llama::{Example, Llama};
-use softprompt_core::model::weight::WeightFormat;
 use std::sync::OnceLock;
 
 fn smollm_q() -> &'static (Llama, tokenizers::Tokenizer) {
@@ -68,8 +68,8 @@ fn quantized_base_keeps_blocks_and_identity() {
     q.for_each_matrix(|_, w| types.push(w.dtype()));
     assert!(types.contains(&"Q4_1"), "{types:?}");
     assert_eq!(
-        softprompt_core::prompt::model_fingerprint_weight(&q.cfg, &q.embed),
-        softprompt_core::prompt::model_fingerprint_weight(&f.cfg, &f.embed),
+        softprompt_core::model::fingerprint::model_fingerprint_weight(&q.cfg, &q.embed),
+        softprompt_core::model::fingerprint::model_fingerprint_weight(&f.cfg, &f.embed),
         "same model, same fingerprint"
     );
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use softprompt_core::infer::{self, Sampling};
 use softprompt_core::model::FrozenModel;
-use softprompt_core::prompt;
+use softprompt_core::prompt::{self, SoftPrompt};
 use softprompt_core::scheduler::{
     Cancel, Event, Finish, GenRequest, Scheduler, SchedulerConfig, ServedPrompt,
 };
@@ -26,10 +26,10 @@ fn load(alias: &str) -> Arc<FrozenModel> {
 
 fn served(m: &FrozenModel, seed: u64) -> Arc<ServedPrompt> {
     let d = m.llama.dims.d;
-    let ids = prompt::sample_vocab_ids(m.llama.dims.vocab, 5000, 8, seed);
-    let emb = m.prompt_from_tokens(&ids).unwrap();
+    let ids = prompt::init::sample_vocab_ids(m.llama.dims.vocab, 5000, 8, seed);
+    let emb = prompt::init::from_tokens(&m, &ids).unwrap();
     assert_eq!(emb.shape, vec![8, d]);
-    let sp = m.new_prompt(emb);
+    let sp = SoftPrompt::for_model(&m, emb);
     Arc::new(ServedPrompt::new(&m.llama, &format!("p{seed}"), "sha", Some(sp)).unwrap())
 }
 

@@ -31,7 +31,7 @@ fn tiny_model_loss_falls_and_only_the_prompt_changes() {
         "loss did not fall: first 10 steps {first:.4}, last 10 {last:.4}"
     );
     // The saved adapter loads, carries the fingerprint, and differs from its init.
-    let p = m.load_prompt(&out, false).unwrap();
+    let p = SoftPrompt::load_for(&m, &out, false).unwrap();
     assert_eq!(p.num_virtual_tokens(), 4);
     assert_eq!(
         p.meta.as_ref().unwrap().model_fingerprint.as_deref(),
@@ -124,7 +124,7 @@ fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
     use softprompt_core::objective::{classify_batch, lm_batch, ClassExample, GenExample};
     let (m, _) = common::smollm();
     let d = m.dims.d;
-    let prompt = softprompt_core::prompt::random_uniform(5, d, 0.5, 3).data;
+    let prompt = softprompt_core::prompt::init::random_uniform(5, d, 0.5, 3).data;
     let ids = |n: u32, salt: u32| {
         (0..n)
             .map(|t| 300 + (t * 7919 + salt * 31) % 9000)

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use softprompt_core::fsio::fault;
 use softprompt_core::train::checkpoint::{
-    checkpoint_name, fault, load_checkpoint, load_latest, save_checkpoint, Checkpoint, LATEST_FILE,
+    checkpoint_name, load_checkpoint, load_latest, save_checkpoint, Checkpoint, LATEST_FILE,
     STATE_FILE, TENSORS_FILE,
 };
 use softprompt_core::train::optim::{clip_grad_norm, lr_at, Optimizer, OptimizerKind, Schedule};

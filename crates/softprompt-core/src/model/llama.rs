@@ -29,9 +29,9 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use self::grads::{dw_acc, rmsnorm_dw, BlockGrads, Grads};
-use crate::bf16::PackedBf16;
-use crate::kernels::{self, gemm, rmsnorm, rmsnorm_backward, Rope, View};
-use crate::model::weight::{QMatrix, Weight};
+use crate::compute::bf16::PackedBf16;
+use crate::compute::kernels::{self, gemm, rmsnorm, rmsnorm_backward, Rope, View};
+use crate::compute::weight::{QMatrix, Weight};
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
@@ -539,7 +539,7 @@ impl Llama {
     }
     /// Round every f32 matrix to bf16, packed for AMX ([`WeightFormat::Bf16`]).
     ///
-    /// [`WeightFormat::Bf16`]: crate::model::weight::WeightFormat::Bf16
+    /// [`WeightFormat::Bf16`]: crate::compute::weight::WeightFormat::Bf16
     pub fn pack_bf16(&mut self) {
         let pack = |w: &mut Weight| {
             if let Weight::F32(t) = w {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::train::checkpoint::atomic_write;
+use crate::fsio::atomic_write;
 use crate::{Error, Result};
 
 /// An RGB color.

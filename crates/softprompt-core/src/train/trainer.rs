@@ -258,20 +258,21 @@ pub fn init_embeddings(
         .copied()
         .collect();
     let sample = |n: usize, top: usize| -> Vec<u32> {
-        let mut ids = prompt::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), seed);
+        let mut ids =
+            prompt::init::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), seed);
         ids.retain(|i| !specials.contains(i));
         ids.truncate(n);
         ids
     };
     match init {
-        Init::Random { range } => Ok(prompt::random_uniform(p, d, *range, seed)),
-        Init::Vocab { top } => model.prompt_from_tokens(&sample(p, *top)),
+        Init::Random { range } => Ok(prompt::init::random_uniform(p, d, *range, seed)),
+        Init::Vocab { top } => prompt::init::from_tokens(model, &sample(p, *top)),
         Init::Text(t) => {
             let ids = model.encode(t)?;
             if ids.is_empty() {
                 return Err(Error::Input("--init text: the text has no tokens".into()));
             }
-            model.prompt_from_tokens(&prompt::repeat_ids(&ids, p))
+            prompt::init::from_tokens(model, &prompt::init::repeat_ids(&ids, p))
         }
         Init::Labels => {
             let mut ids: Vec<u32> = Vec::new();
@@ -291,10 +292,10 @@ pub fn init_embeddings(
             ids.truncate(p);
             let rest = p - ids.len();
             ids.extend(sample(rest, 5000));
-            model.prompt_from_tokens(&ids)
+            prompt::init::from_tokens(model, &ids)
         }
         Init::File(dir) => {
-            let sp = model.load_prompt(dir, false)?;
+            let sp = SoftPrompt::load_for(model, dir, false)?;
             if sp.num_virtual_tokens() != p {
                 return Err(Error::Mismatch(format!(
                     "{}: has {} virtual tokens, the run asks for {p}",
@@ -314,7 +315,7 @@ fn make_prompt(
     emb: &Tensor,
     metrics: serde_json::Value,
 ) -> SoftPrompt {
-    let mut p = model.new_prompt(emb.clone());
+    let mut p = SoftPrompt::for_model(model, emb.clone());
     if let Some(meta) = p.meta.as_mut() {
         meta.task = serde_json::to_value(&cfg.task).ok();
         meta.training = serde_json::to_value(cfg).ok();
@@ -601,7 +602,7 @@ fn truncate_log(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    checkpoint::atomic_write(path, kept.as_bytes())
+    crate::fsio::atomic_write(path, kept.as_bytes())
 }
 
 /// Loss (and its moving average) and the validation metric against the step.

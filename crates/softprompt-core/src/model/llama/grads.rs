@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use super::{check_targets, weighted, Block, KvCache, Llama, SeqInput, Target};
-use crate::kernels::{gemm, View};
-use crate::model::weight::Weight;
+use crate::compute::kernels::{gemm, View};
+use crate::compute::weight::Weight;
 use crate::{Error, Result, Tensor};
 
 /// `dw[out, in] += dy[m, out]^T @ x[m, in]` (a linear layer's weight gradient).

@@ -1,6 +1,7 @@
 //! Model sources: a GGUF file, a Hugging Face folder, a hub id, or the default alias.
 //! Every loader returns weights under Hugging Face names in f32, `[out, in]` row-major.
 
+pub mod fetch;
 pub mod gguf;
 pub mod hf;
 pub mod hub;
@@ -8,7 +9,7 @@ pub mod hub;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::model::weight::{QMatrix, WeightFormat};
+use crate::compute::weight::{QMatrix, WeightFormat};
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
@@ -54,7 +55,7 @@ impl ModelSource {
         if let Some(rest) = spec.strip_prefix("hf:") {
             return Ok(Self::hub(rest));
         }
-        if crate::fetch::is_alias(spec) {
+        if fetch::is_alias(spec) {
             return Ok(ModelSource::Alias(spec.to_string()));
         }
         let p = PathBuf::from(spec);
@@ -108,7 +109,7 @@ pub fn load_with(spec: &str, format: WeightFormat) -> Result<LoadedWeights> {
         )));
     }
     match source {
-        ModelSource::Alias(a) => gguf::load_gguf_with(&crate::fetch::fetch_alias(&a)?, format),
+        ModelSource::Alias(a) => gguf::load_gguf_with(&fetch::fetch_alias(&a)?, format),
         ModelSource::Gguf(p) => gguf::load_gguf_with(&p, format),
         ModelSource::HfFolder(p) => hf::load_hf_folder(&p),
         ModelSource::Hub { repo, revision } => hub::load_hub(&repo, revision.as_deref()),

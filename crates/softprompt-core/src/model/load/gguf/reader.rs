@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::dequant::{self, GgmlType};
+use crate::compute::quant::{self, GgmlType};
 use crate::{Error, Result, Tensor};
 
 /// Default data alignment when `general.alignment` is absent.
@@ -545,7 +545,7 @@ impl GgufFile {
             let ty = match GgmlType::from_id(type_id) {
                 Some(t) => t,
                 None => {
-                    return Err(c.err(match dequant::unsupported_type_name(type_id) {
+                    return Err(c.err(match quant::unsupported_type_name(type_id) {
                         Some(n) => format!("tensor {name:?} has ggml type {n} (id {type_id}), which softprompt cannot read"),
                         None => format!("tensor {name:?} has unknown ggml type {type_id}"),
                     }));
@@ -827,7 +827,7 @@ impl GgufFile {
     /// Dequantize a tensor from its directory entry.
     pub fn dequantize_info(&self, info: &GgufTensorInfo) -> Tensor {
         let n = info.numel();
-        let data = dequant::dequantize(info.ggml_type, self.tensor_bytes(info), n);
+        let data = quant::dequantize(info.ggml_type, self.tensor_bytes(info), n);
         Tensor {
             shape: info.shape(),
             data,

@@ -31,10 +31,10 @@
 //! each 16-column strip of B once for all rows.
 //!
 //! Without either (or off x86-64 Linux) the same packed weights are dequantized in chunks and
-//! multiplied with [`crate::kernels::gemm`] (activations still rounded to bf16, so every path
+//! multiplied with [`crate::compute::kernels::gemm`] (activations still rounded to bf16, so every path
 //! computes the same product up to f32 summation order).
 
-use crate::kernels::{self, View};
+use crate::compute::kernels::{self, View};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -611,7 +611,7 @@ unsafe fn cvt_row_avx512(src: &[f32], dst: &mut [u16]) {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod dpbf16 {
     use super::{bf16, flat, BTiles, BLK, TILE, TK, TR};
-    use crate::kernels;
+    use crate::compute::kernels;
     use std::arch::x86_64::*;
 
     /// Products of at most this many rows (decoding) stream the weight once

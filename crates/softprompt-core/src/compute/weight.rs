@@ -9,9 +9,9 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use crate::bf16::PackedBf16;
-use crate::kernels::{self, gemm, View};
-use crate::model::load::gguf::dequant::{dequantize_blocks, GgmlType};
+use crate::compute::bf16::PackedBf16;
+use crate::compute::kernels::{self, gemm, View};
+use crate::compute::quant::{dequantize_blocks, GgmlType};
 use crate::Tensor;
 
 /// How the frozen base keeps its matrices in memory.
