@@ -132,7 +132,8 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
     if want("serve") {
         // The server's decode step: 32 sequences (prompt + 16 text tokens each) advance one
         // token in one packed forward, in exact (batch-invariant) mode and in the default mode.
-        use softprompt_core::model::llama::{KvCache, SeqInput};
+        use softprompt_core::model::input::SeqInput;
+        use softprompt_core::model::llama::KvCache;
         for exact in [true, false] {
             m.llama.exact = exact;
             let b = 32;

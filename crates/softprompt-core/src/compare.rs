@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{self, Items, TaskSpec};
 use crate::fsio::atomic_write;
-use crate::model::llama::{SeqInput, Target};
+use crate::model::input::{SeqInput, Target};
 use crate::model::FrozenModel;
 use crate::prompt::SoftPrompt;
 use crate::train::eval::{self, Tokenized};

@@ -4,7 +4,8 @@
 use rand::{Rng, SeedableRng};
 
 use crate::compute::kernels;
-use crate::model::llama::{KvCache, Llama, SeqInput};
+use crate::model::input::SeqInput;
+use crate::model::llama::{KvCache, Llama};
 use crate::{Error, Result};
 
 /// `log p(ids[t] | prompt, ids[<t])` for every t that has a predictor: t = 0..n-1 with a

@@ -2,8 +2,9 @@
 //! rank classification over candidate texts, and language modelling on target tokens.
 //! Each returns the loss, per-example results and (optionally) d loss / d prompt.
 
+use crate::model::input::{SeqInput, Target};
 use crate::model::llama::grads::Grads;
-use crate::model::llama::{self, KvCache, Llama, SeqInput, Target};
+use crate::model::llama::{self, KvCache, Llama};
 use crate::{Error, Result};
 
 /// A tokenized classification example: the rendered text, one candidate continuation per

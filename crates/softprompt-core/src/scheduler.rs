@@ -23,7 +23,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::infer::{self, Sampling};
-use crate::model::llama::{KvCache, Llama, SeqInput};
+use crate::model::input::SeqInput;
+use crate::model::llama::{KvCache, Llama};
 use crate::model::FrozenModel;
 use crate::objective::{self, ClassExample};
 use crate::prompt::SoftPrompt;

@@ -7,7 +7,7 @@ mod common;
 
 use common::{fixture_dir, gemma, read_safetensors};
 use softprompt_core::infer::{self, Sampling};
-use softprompt_core::model::llama::Example;
+use softprompt_core::model::input::Example;
 
 struct Fixture {
     texts: Vec<String>,

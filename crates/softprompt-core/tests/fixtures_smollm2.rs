@@ -6,7 +6,7 @@ mod common;
 
 use common::{fixture_dir, read_safetensors, smollm};
 use softprompt_core::infer::{self, Sampling};
-use softprompt_core::model::llama::Example;
+use softprompt_core::model::input::Example;
 
 struct Fixture {
     texts: Vec<String>,

@@ -1,7 +1,8 @@
 //! The prompt gradient against central finite differences on tiny random models, and the
 //! packed batch / KV-cache paths against the plain forward.
 
-use softprompt_core::model::llama::{random_weights, Example, KvCache, Llama, SeqInput};
+use softprompt_core::model::input::{Example, SeqInput};
+use softprompt_core::model::llama::{random_weights, KvCache, Llama};
 use softprompt_core::model::LlamaConfig;
 
 fn tiny_config(model_type: &str, tie: bool) -> LlamaConfig {

@@ -8,7 +8,8 @@ mod common;
 use common::{fixture_dir, gemma, read_safetensors, smollm, split};
 use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::infer;
-use softprompt_core::model::llama::{Example, Llama};
+use softprompt_core::model::input::Example;
+use softprompt_core::model::llama::Llama;
 use std::sync::OnceLock;
 
 fn smollm_q() -> &'static (Llama, tokenizers::Tokenizer) {

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod fingerprint;
+pub mod input;
 pub mod llama;
 pub mod load;
 

@@ -17,9 +17,11 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use super::{check_targets, weighted, Block, KvCache, Llama, SeqInput, Target};
+use super::loss::{check_targets, weighted};
+use super::{Block, KvCache, Llama};
 use crate::compute::kernels::{gemm, View};
 use crate::compute::weight::Weight;
+use crate::model::input::{SeqInput, Target};
 use crate::{Error, Result, Tensor};
 
 /// `dw[out, in] += dy[m, out]^T @ x[m, in]` (a linear layer's weight gradient).
