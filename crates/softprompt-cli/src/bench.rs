@@ -9,14 +9,14 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde_json::json;
+use softprompt_core::infer::objective::{self, ClassExample, GenExample};
 use softprompt_core::infer::{self, Sampling};
 use softprompt_core::model::FrozenModel;
-use softprompt_core::objective::{self, ClassExample, GenExample};
 use softprompt_core::train::optim::{Optimizer, OptimizerKind};
 
 /// Peak resident set size of this process so far, in MiB (Linux `VmHWM`).
 pub fn peak_rss_mib() -> Option<f64> {
-    softprompt_core::compare::peak_rss().map(|b| b as f64 / (1024.0 * 1024.0))
+    softprompt_core::compare::measure::peak_rss().map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -635,15 +635,15 @@ fn run(cli: Cli) -> Result<()> {
                 (None, None) => anyhow::bail!("give --text or --input"),
             };
             let (ex, cands) = train::eval::class_example(&m, &spec, input)?;
-            let r = softprompt_core::objective::classify_batch(
+            let r = softprompt_core::infer::objective::classify_batch(
                 &m.llama,
                 sp.as_ref().map(|p| p.embeddings.data.as_slice()),
                 std::slice::from_ref(&ex),
                 length_norm,
                 false,
             )?;
-            let probs = softprompt_core::objective::softmax(&r.scores[0]);
-            let best = softprompt_core::objective::argmax(&r.scores[0]);
+            let probs = softprompt_core::infer::objective::softmax(&r.scores[0]);
+            let best = softprompt_core::infer::objective::argmax(&r.scores[0]);
             let labels = spec.label_values();
             if json {
                 println!(

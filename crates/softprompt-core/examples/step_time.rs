@@ -1,6 +1,6 @@
 //! Quick timing of one prompt-tuning step (forward + input-gradient backward).
+use softprompt_core::infer::objective::{classify_batch, ClassExample};
 use softprompt_core::model::FrozenModel;
-use softprompt_core::objective::{classify_batch, ClassExample};
 fn main() {
     let m = FrozenModel::load("smollm2-135m").unwrap();
     let bs: usize = std::env::args()

@@ -14,9 +14,8 @@ pub mod fsio;
 pub mod infer;
 pub mod inspect;
 pub mod model;
-pub mod objective;
 pub mod prompt;
-pub mod scheduler;
+pub mod report;
 pub mod train;
 
 pub use compute::Tensor;

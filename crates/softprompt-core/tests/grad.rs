@@ -314,7 +314,7 @@ fn fd_rel_error(m: &Llama, pr: &[f32], f: &dyn Fn(&[f32], bool) -> (f64, Option<
 
 #[test]
 fn rank_classification_grad_matches_finite_differences() {
-    use softprompt_core::objective::{classify_batch, ClassExample};
+    use softprompt_core::infer::objective::{classify_batch, ClassExample};
     let m = tiny("llama", true);
     let pr = prompt(3, m.dims.d);
     // Single-token candidates (one sequence per example) and multi-token ones (one each).
@@ -356,7 +356,7 @@ fn rank_classification_grad_matches_finite_differences() {
 
 #[test]
 fn lm_objective_grad_matches_finite_differences() {
-    use softprompt_core::objective::{lm_batch, GenExample};
+    use softprompt_core::infer::objective::{lm_batch, GenExample};
     let m = tiny("qwen2", false);
     let pr = prompt(4, m.dims.d);
     let batch = vec![

@@ -4,11 +4,11 @@
 //! sandwich norms). Also: the prompt gradient read from the full backward equals the
 //! prompt-only backward's, and the HF export reloads to the same model.
 
+use softprompt_core::infer::objective::{self, ClassExample};
 use softprompt_core::model::input::{SeqInput, Target};
 use softprompt_core::model::llama::grads::Grads;
 use softprompt_core::model::llama::{prompt_grad, random_weights, Llama};
 use softprompt_core::model::LlamaConfig;
-use softprompt_core::objective::{self, ClassExample};
 
 fn config(extra: serde_json::Value) -> LlamaConfig {
     let mut v = serde_json::json!({

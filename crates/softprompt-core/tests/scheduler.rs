@@ -7,12 +7,12 @@ mod common;
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use softprompt_core::infer::scheduler::{
+    Cancel, Event, Finish, GenRequest, Scheduler, SchedulerConfig, ServedPrompt,
+};
 use softprompt_core::infer::{self, Sampling};
 use softprompt_core::model::FrozenModel;
 use softprompt_core::prompt::{self, SoftPrompt};
-use softprompt_core::scheduler::{
-    Cancel, Event, Finish, GenRequest, Scheduler, SchedulerConfig, ServedPrompt,
-};
 
 fn model() -> Arc<FrozenModel> {
     load("smollm2-135m")

@@ -121,7 +121,7 @@ fn real_model_loss_falls_and_weights_stay_byte_identical() {
 /// and for language modelling, including a sequence without text (the full path again).
 #[test]
 fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
-    use softprompt_core::objective::{classify_batch, lm_batch, ClassExample, GenExample};
+    use softprompt_core::infer::objective::{classify_batch, lm_batch, ClassExample, GenExample};
     let (m, _) = common::smollm();
     let d = m.dims.d;
     let prompt = softprompt_core::prompt::init::random_uniform(5, d, 0.5, 3).data;

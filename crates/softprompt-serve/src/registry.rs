@@ -13,12 +13,12 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+use softprompt_core::infer::scheduler::ServedPrompt;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::prompt::{
     SoftPrompt, ADAPTER_CONFIG_FILE as ADAPTER_CONFIG, ADAPTER_WEIGHTS_FILE as ADAPTER_WEIGHTS,
     META_FILE,
 };
-use softprompt_core::scheduler::ServedPrompt;
 
 use crate::error::ServeError;
 

@@ -3,9 +3,9 @@
 use serde::Serialize;
 
 use crate::data::{ClassItem, GenItem, Items};
+use crate::infer::objective::{self, ClassExample, GenExample};
 use crate::infer::{self, Sampling};
 use crate::model::FrozenModel;
-use crate::objective::{self, ClassExample, GenExample};
 use crate::{Error, Result};
 
 /// A split tokenized for the model.

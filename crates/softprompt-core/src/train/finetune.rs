@@ -22,10 +22,10 @@ use super::eval::{self, EvalReport, Tokenized};
 use super::optim::{self, Optimizer};
 use super::trainer::{load_train_val, EvalLog, Observer, StepLog, TrainConfig};
 use crate::data;
+use crate::infer::objective;
 use crate::model::llama::grads::Grads;
 use crate::model::load::hf::save_hf_folder;
 use crate::model::{FrozenModel, LoadedWeights};
-use crate::objective;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, Serialize)]

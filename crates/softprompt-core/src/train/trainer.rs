@@ -26,11 +26,11 @@ use serde_json::json;
 use super::checkpoint::{self, Checkpoint};
 use super::eval::{self, EvalReport, Tokenized};
 use super::optim::{self, Optimizer, OptimizerKind, Schedule};
-use super::plot;
 use crate::data::{self, TaskSpec};
+use crate::infer::objective;
 use crate::model::FrozenModel;
-use crate::objective;
 use crate::prompt::{self, SoftPrompt};
+use crate::report::plot;
 use crate::{Error, Result, Tensor};
 
 /// How the prompt starts (Lester et al. 2021, section 3).

@@ -1,5 +1,10 @@
-//! Using a soft prompt: score a text, generate a continuation (KV cache, the prompt injected
-//! once at prefill).
+//! Running the model with a soft prompt: score a text, generate a continuation (KV cache,
+//! the prompt injected once at prefill), the task objectives over packed batches
+//! ([`objective`]: rank classification and language modelling, with the prompt gradient
+//! when training asks for it) and continuous batching for the server ([`scheduler`]).
+
+pub mod objective;
+pub mod scheduler;
 
 use rand::{Rng, SeedableRng};
 

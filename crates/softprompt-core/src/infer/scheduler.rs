@@ -22,11 +22,11 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use crate::infer::objective::{self, ClassExample};
 use crate::infer::{self, Sampling};
 use crate::model::input::SeqInput;
 use crate::model::llama::{KvCache, Llama};
 use crate::model::FrozenModel;
-use crate::objective::{self, ClassExample};
 use crate::prompt::SoftPrompt;
 use crate::{Error, Result};
 
