@@ -10,14 +10,16 @@
 
 mod reader;
 mod tokenizer;
+mod value;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use rayon::prelude::*;
 
-pub use reader::{GgufArray, GgufFile, GgufTensorInfo, GgufValue, DEFAULT_ALIGNMENT, MAX_DIMS};
+pub use reader::{GgufFile, GgufTensorInfo, DEFAULT_ALIGNMENT, MAX_DIMS};
 pub use tokenizer::tokenizer_from_gguf;
+pub use value::{GgufArray, GgufValue};
 
 use super::LoadedWeights;
 use crate::compute::quant::GgmlType;
