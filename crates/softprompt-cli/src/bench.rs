@@ -11,6 +11,7 @@ use anyhow::Result;
 use serde_json::json;
 use softprompt_core::infer::objective::{self, ClassExample, GenExample};
 use softprompt_core::infer::{self, Sampling};
+use softprompt_core::model::input::PromptRef;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::train::optim::{Optimizer, OptimizerKind};
 
@@ -59,7 +60,7 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
         let mut times = Vec::new();
         for _ in 0..runs + 1 {
             let t = Instant::now();
-            let r = objective::lm_batch(&m.llama, Some(&param), &batch, true)?;
+            let r = objective::lm_batch(&m.llama, Some(PromptRef::new(&param, d)?), &batch, true)?;
             let g = r.grad.unwrap_or_default();
             opt.step(&mut param, &g, 1e-3);
             times.push(t.elapsed().as_secs_f64());
@@ -85,13 +86,19 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
             // Time the decode steps only: prefill once, then count tokens after the first.
             let mut first = None;
             let mut n = 0usize;
-            infer::generate(&m.llama, Some(&prompt), &text, &s, |_| {
-                n += 1;
-                if first.is_none() {
-                    first = Some(Instant::now());
-                }
-                true
-            })?;
+            infer::generate(
+                &m.llama,
+                Some(PromptRef::new(&prompt, d)?),
+                &text,
+                &s,
+                |_| {
+                    n += 1;
+                    if first.is_none() {
+                        first = Some(Instant::now());
+                    }
+                    true
+                },
+            )?;
             let secs = first.map_or(1.0, |f| f.elapsed().as_secs_f64());
             rates.push((n - 1) as f64 / secs);
         }
@@ -116,7 +123,13 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
         for _ in 0..runs {
             let t = Instant::now();
             for chunk in batch.chunks(16) {
-                objective::classify_batch(&m.llama, Some(&prompt), chunk, false, false)?;
+                objective::classify_batch(
+                    &m.llama,
+                    Some(PromptRef::new(&prompt, d)?),
+                    chunk,
+                    false,
+                    false,
+                )?;
             }
             times.push(t.elapsed().as_secs_f64());
         }
@@ -142,7 +155,7 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
             for (i, c) in caches.iter_mut().enumerate() {
                 let t = ids(16, i as u32);
                 let (mut x, lens) = m.llama.embed_batch(&[SeqInput {
-                    prompt: Some(&prompt),
+                    prompt: Some(PromptRef::new(&prompt, d)?),
                     ids: &t,
                 }])?;
                 m.llama

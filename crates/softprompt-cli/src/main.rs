@@ -421,7 +421,7 @@ fn run(cli: Cli) -> Result<()> {
             let ids = m.encode_input(&text)?; // with <bos> where the model expects one
             let lp = infer::score(
                 &m.llama,
-                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                sp.as_ref().map(SoftPrompt::view).transpose()?,
                 &ids,
             )?;
             if json {
@@ -475,7 +475,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut stdout = std::io::stdout();
             let out = infer::generate(
                 &m.llama,
-                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                sp.as_ref().map(SoftPrompt::view).transpose()?,
                 &ids,
                 &s,
                 |tok| {
@@ -567,7 +567,7 @@ fn run(cli: Cli) -> Result<()> {
             let t = std::time::Instant::now();
             let rep = train::evaluate(
                 &m,
-                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                sp.as_ref().map(SoftPrompt::view).transpose()?,
                 &tok,
                 batch_size,
                 length_norm,
@@ -637,7 +637,7 @@ fn run(cli: Cli) -> Result<()> {
             let (ex, cands) = train::eval::class_example(&m, &spec, input)?;
             let r = softprompt_core::infer::objective::classify_batch(
                 &m.llama,
-                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                sp.as_ref().map(SoftPrompt::view).transpose()?,
                 std::slice::from_ref(&ex),
                 length_norm,
                 false,

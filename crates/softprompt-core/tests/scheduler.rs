@@ -123,7 +123,8 @@ fn mixed_prompts_in_one_batch_match_each_request_alone() {
         );
         // Reference: a plain generate over prompt + text, no prefix cache, no scheduler.
         let ids = m.encode_input(r.1).unwrap();
-        let reference = infer::generate(&m.llama, r.0.rows(), &ids, &r.2, |_| true).unwrap();
+        let reference =
+            infer::generate(&m.llama, r.0.view().unwrap(), &ids, &r.2, |_| true).unwrap();
         assert_eq!(
             got.0, reference,
             "{} {:?}: prefix cache != full forward",
@@ -202,7 +203,8 @@ fn gemma3_mixed_batch_matches_alone_and_full_forward() {
         );
         let ids = m.encode_input(r.1).unwrap();
         assert_eq!(ids[0], 2, "Gemma inputs start with <bos>");
-        let reference = infer::generate(&m.llama, r.0.rows(), &ids, &r.2, |_| true).unwrap();
+        let reference =
+            infer::generate(&m.llama, r.0.view().unwrap(), &ids, &r.2, |_| true).unwrap();
         assert_eq!(
             got.0, reference,
             "{} {:?}: prefix cache != full forward",

@@ -6,6 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{demo_config, step_losses, tiny_demo_model};
+use softprompt_core::model::input::PromptRef;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::{self, trainer, Observer, Quiet};
 
@@ -103,12 +104,18 @@ fn real_model_loss_falls_and_weights_stay_byte_identical() {
     let mut val = val;
     val.truncate(48);
     let init = trainer::init_prompt(&m, &cfg).unwrap();
-    let l0 = train::evaluate(&m, Some(&init.data), &val, 16, false)
-        .unwrap()
-        .loss;
+    let l0 = train::evaluate(
+        &m,
+        Some(PromptRef::from_tensor(&init).unwrap()),
+        &val,
+        16,
+        false,
+    )
+    .unwrap()
+    .loss;
     train::train(&m, &cfg, &out, false, &AtomicBool::new(false), &mut Quiet).unwrap();
     let p = SoftPrompt::load(&out.join("last")).unwrap();
-    let l1 = train::evaluate(&m, Some(&p.embeddings.data), &val, 16, false)
+    let l1 = train::evaluate(&m, Some(p.view().unwrap()), &val, 16, false)
         .unwrap()
         .loss;
     assert!(l1 < l0, "validation loss did not fall: {l0:.4} -> {l1:.4}");
@@ -147,8 +154,22 @@ fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
             label: Some(1),
         },
     ];
-    let fast = classify_batch(m, Some(&prompt), &batch, false, false).unwrap();
-    let full = classify_batch(m, Some(&prompt), &batch, false, true).unwrap();
+    let fast = classify_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &batch,
+        false,
+        false,
+    )
+    .unwrap();
+    let full = classify_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &batch,
+        false,
+        true,
+    )
+    .unwrap();
     assert!(full.grad.is_some());
     for (a, b) in fast
         .scores
@@ -172,8 +193,20 @@ fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
             target: ids(3, 6),
         }, // read at the last prompt row
     ];
-    let fast = lm_batch(m, Some(&prompt), &gen, false).unwrap();
-    let full = lm_batch(m, Some(&prompt), &gen, true).unwrap();
+    let fast = lm_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &gen,
+        false,
+    )
+    .unwrap();
+    let full = lm_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &gen,
+        true,
+    )
+    .unwrap();
     for (a, b) in fast
         .scores
         .iter()
@@ -182,7 +215,19 @@ fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
     {
         assert!((a - b).abs() < 2e-4, "lm score {a} vs full forward {b}");
     }
-    let fast = lm_batch(m, Some(&prompt), &gen[..1], false).unwrap();
-    let full = lm_batch(m, Some(&prompt), &gen[..1], true).unwrap();
+    let fast = lm_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &gen[..1],
+        false,
+    )
+    .unwrap();
+    let full = lm_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &gen[..1],
+        true,
+    )
+    .unwrap();
     assert!((fast.scores[0][0] - full.scores[0][0]).abs() < 2e-4);
 }

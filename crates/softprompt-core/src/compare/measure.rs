@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::hard::with_prefix;
 use super::{best, CompareConfig, HardStage, SecondTask, TimingStage, TrainConfig};
 use crate::data::{self, Items, TaskSpec};
-use crate::model::input::{SeqInput, Target};
+use crate::model::input::{PromptRef, SeqInput, Target};
 use crate::model::FrozenModel;
 use crate::prompt::SoftPrompt;
 use crate::train::eval::{self, Tokenized};
@@ -116,11 +116,8 @@ pub fn disk_bytes(path: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// Mean training loss over the first and over the last `w` steps of a log
-/// (`w` = a fifth of the steps, 1..=20): single-batch losses are too noisy to compare.
 /// Examples and rounds of the timing pass.
 pub(super) const TIMING_EXAMPLES: usize = 200;
-
 pub(super) const TIMING_ROUNDS: usize = 2;
 
 pub(super) fn time_inference(
@@ -158,7 +155,7 @@ pub(super) fn time_inference(
     };
     let main = tokens_for(0, "")?;
     let sp = SoftPrompt::load_for(model, pt_dir, true)?;
-    let time = |prompt: Option<&[f32]>, tok: &Tokenized| -> Result<f64> {
+    let time = |prompt: Option<PromptRef>, tok: &Tokenized| -> Result<f64> {
         let t = Instant::now();
         eval::evaluate(model, prompt, tok, pcfg.eval_batch_size, pcfg.length_norm)?;
         Ok(1000.0 * t.elapsed().as_secs_f64() / tok.len().max(1) as f64)
@@ -169,7 +166,7 @@ pub(super) fn time_inference(
         if let Some(f) = &few {
             best_ms[1] = best_ms[1].min(time(None, f)?);
         }
-        best_ms[2] = best_ms[2].min(time(Some(&sp.embeddings.data), &main)?);
+        best_ms[2] = best_ms[2].min(time(Some(sp.view()?), &main)?);
         best_ms[3] = best_ms[3].min(time(None, &main)?);
     }
     Ok(TimingStage {
@@ -182,6 +179,8 @@ pub(super) fn time_inference(
     })
 }
 
+/// Mean training loss over the first and over the last `w` steps of a log
+/// (`w` = a fifth of the steps, 1..=20): single-batch losses are too noisy to compare.
 pub(super) fn first_last_loss(log: &Path) -> (Option<f64>, Option<f64>) {
     let Ok(text) = std::fs::read_to_string(log) else {
         return (None, None);

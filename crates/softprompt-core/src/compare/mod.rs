@@ -351,7 +351,7 @@ pub fn run(
             let te = Instant::now();
             let rep = eval::evaluate(
                 model,
-                Some(&sp.embeddings.data),
+                Some(sp.view()?),
                 &tok,
                 pcfg.eval_batch_size,
                 pcfg.length_norm,

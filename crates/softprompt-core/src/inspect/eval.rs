@@ -4,6 +4,7 @@ use std::path::Path;
 
 use super::{projected_embeddings, ProjectionEval};
 use crate::data::{self, Items, TaskSpec};
+use crate::model::input::PromptRef;
 use crate::model::FrozenModel;
 use crate::prompt::SoftPrompt;
 use crate::train::eval::{self, Tokenized};
@@ -72,14 +73,14 @@ pub fn evaluate_projection(
     let hard_emb = projected_embeddings(model, hard_ids)?;
     let soft = eval::evaluate(
         model,
-        Some(&prompt.embeddings.data),
+        Some(prompt.view()?),
         &data.tokenized,
         batch_size,
         length_norm,
     )?;
     let hard = eval::evaluate(
         model,
-        Some(&hard_emb.data),
+        Some(PromptRef::from_tensor(&hard_emb)?),
         &data.tokenized,
         batch_size,
         length_norm,

@@ -36,6 +36,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use self::peft::{default_init, first_non_finite, AdapterConfig};
+use crate::model::input::PromptRef;
 use crate::model::FrozenModel;
 use crate::{Error, Result, Tensor};
 
@@ -187,6 +188,12 @@ impl SoftPrompt {
         } else {
             0
         }
+    }
+
+    /// The prompt as the model reads it: `[P, D]` rows (an error when the embeddings are not a
+    /// 2-D matrix).
+    pub fn view(&self) -> Result<PromptRef<'_>> {
+        PromptRef::from_tensor(&self.embeddings)
     }
 
     /// Row `i` (virtual token `i`).

@@ -28,6 +28,7 @@ use super::eval::{self, EvalReport, Tokenized};
 use super::optim::{self, Optimizer, OptimizerKind, Schedule};
 use crate::data::{self, TaskSpec};
 use crate::infer::objective;
+use crate::model::input::PromptRef;
 use crate::model::FrozenModel;
 use crate::prompt::{self, SoftPrompt};
 use crate::report::plot;
@@ -467,12 +468,14 @@ pub fn train(
             let r = match &batch {
                 Tokenized::Class(b) => objective::classify_batch(
                     &model.llama,
-                    Some(&emb.data),
+                    Some(PromptRef::from_tensor(&emb)?),
                     b,
                     cfg.length_norm,
                     true,
                 )?,
-                Tokenized::Gen(b) => objective::lm_batch(&model.llama, Some(&emb.data), b, true)?,
+                Tokenized::Gen(b) => {
+                    objective::lm_batch(&model.llama, Some(PromptRef::from_tensor(&emb)?), b, true)?
+                }
             };
             loss += r.loss / cfg.grad_accum as f64;
             rows += r.rows;
@@ -511,7 +514,7 @@ pub fn train(
             if (cfg.eval_every > 0 && st.step % cfg.eval_every == 0) || last {
                 let rep = eval::evaluate(
                     model,
-                    Some(&emb.data),
+                    Some(PromptRef::from_tensor(&emb)?),
                     v,
                     cfg.eval_batch_size,
                     cfg.length_norm,

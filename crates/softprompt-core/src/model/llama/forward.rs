@@ -9,7 +9,7 @@ use super::grads::dw_acc;
 use super::{Act, Dims, Llama};
 use crate::compute::kernels::{self, rmsnorm};
 use crate::compute::weight::Weight;
-use crate::model::input::{SeqInput, Target};
+use crate::model::input::{prompt_len, SeqInput, Target};
 use crate::{Error, Result};
 
 impl Llama {
@@ -19,20 +19,20 @@ impl Llama {
         let mut lens = Vec::with_capacity(seqs.len());
         let total: usize = seqs
             .iter()
-            .map(|s| s.prompt.map_or(0, |p| p.len() / d) + s.ids.len())
+            .map(|s| prompt_len(s.prompt) + s.ids.len())
             .sum();
         let mut x = Vec::with_capacity(total * d);
         for s in seqs {
             let mut n = 0;
             if let Some(p) = s.prompt {
-                if p.len() % d != 0 {
+                if p.dim() != d {
                     return Err(Error::Mismatch(format!(
-                        "soft prompt of {} values is not a multiple of hidden size {d}",
-                        p.len()
+                        "soft prompt rows hold {} values, the model's hidden size is {d}",
+                        p.dim()
                     )));
                 }
-                x.extend_from_slice(p);
-                n += p.len() / d;
+                x.extend_from_slice(p.data());
+                n += p.len();
             }
             for &id in s.ids {
                 if id as usize >= self.dims.vocab {

@@ -21,7 +21,7 @@ use super::loss::{check_targets, weighted};
 use super::{Block, KvCache, Llama};
 use crate::compute::kernels::{gemm, View};
 use crate::compute::weight::Weight;
-use crate::model::input::{SeqInput, Target};
+use crate::model::input::{prompt_len, SeqInput, Target};
 use crate::{Error, Result, Tensor};
 
 /// `dw[out, in] += dy[m, out]^T @ x[m, in]` (a linear layer's weight gradient).
@@ -221,7 +221,7 @@ impl Grads {
         let scale = model.embed_scale;
         let mut r = 0;
         for s in seqs {
-            r += s.prompt.map_or(0, |p| p.len() / d);
+            r += prompt_len(s.prompt);
             for &id in s.ids {
                 let row = &mut self.embed[id as usize * d..(id as usize + 1) * d];
                 row.iter_mut()

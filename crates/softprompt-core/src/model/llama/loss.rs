@@ -2,7 +2,7 @@
 
 use super::cache::KvCache;
 use super::Llama;
-use crate::model::input::{Example, SeqInput, Target};
+use crate::model::input::{Example, PromptRef, SeqInput, Target};
 use crate::{Error, Result};
 
 impl Llama {
@@ -53,11 +53,10 @@ impl Llama {
     /// the gradient is the input-embedding gradient at positions 0..P-1, summed over the batch.
     pub fn prompt_loss_and_grad(
         &self,
-        prompt: &[f32],
+        prompt: PromptRef,
         batch: &[Example],
     ) -> Result<(f64, Vec<f32>)> {
-        let d = self.dims.d;
-        let p = prompt.len() / d;
+        let (p, d) = (prompt.len(), self.dims.d);
         let targets = Self::prompt_targets(batch, p)?;
         let seqs: Vec<SeqInput> = batch
             .iter()
@@ -71,9 +70,8 @@ impl Llama {
     }
 
     /// Loss of a batch sharing the soft prompt (no backward).
-    pub fn prompt_loss(&self, prompt: &[f32], batch: &[Example]) -> Result<f64> {
-        let p = prompt.len() / self.dims.d;
-        let targets = Self::prompt_targets(batch, p)?;
+    pub fn prompt_loss(&self, prompt: PromptRef, batch: &[Example]) -> Result<f64> {
+        let targets = Self::prompt_targets(batch, prompt.len())?;
         let seqs: Vec<SeqInput> = batch
             .iter()
             .map(|e| SeqInput {
