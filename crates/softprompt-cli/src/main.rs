@@ -558,8 +558,8 @@ fn run(cli: Cli) -> Result<()> {
             let file = file
                 .or_else(|| spec.validation.clone())
                 .context("give --data FILE (the task has no validation split)")?;
-            let (records, _, name) = data::load_split(&file, task.data_root.as_deref(), false)?;
-            let (items, _) = data::prepare(&spec, &records, std::path::Path::new(&name), false)?;
+            let data::Split { items, name, .. } =
+                data::load_items(&spec, &file, task.data_root.as_deref(), false)?;
             let mut tok = train::tokenize(&m, &items, max_len)?;
             if let Some(n) = limit {
                 tok.truncate(n);

@@ -100,7 +100,7 @@ fn real_model_loss_falls_and_weights_stay_byte_identical() {
     cfg.eval_limit = Some(48);
     cfg.checkpoint_every = 0;
     // Validation loss of the initial prompt vs the trained one.
-    let (val, _) = trainer::load_split(&m, &cfg.task, "builtin:demo/validation", &cfg).unwrap();
+    let (val, _, _) = trainer::load_split(&m, &cfg.task, "builtin:demo/validation", &cfg).unwrap();
     let mut val = val;
     val.truncate(48);
     let init = trainer::init_prompt(&m, &cfg).unwrap();

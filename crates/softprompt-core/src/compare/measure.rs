@@ -74,8 +74,7 @@ pub fn perplexity(model: &FrozenModel, text: &str) -> Result<(f64, usize)> {
 
 /// Prepared items of one split of `spec`.
 pub(super) fn items(spec: &TaskSpec, file: &str, cfg: &TrainConfig) -> Result<Items> {
-    let (records, _, name) = data::load_split(file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
-    Ok(data::prepare(spec, &records, Path::new(&name), cfg.skip_bad_rows)?.0)
+    Ok(data::load_items(spec, file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?.items)
 }
 
 pub(super) fn mean_tokens(t: &Tokenized) -> f64 {

@@ -29,13 +29,11 @@ pub fn load_eval_data(
     max_len: usize,
     limit: Option<usize>,
 ) -> Result<EvalData> {
-    let (records, _, name) = data::load_split(file, data_root, false)?;
-    let (mut items, _) = data::prepare(spec, &records, Path::new(&name), false)?;
+    let data::Split {
+        mut items, name, ..
+    } = data::load_items(spec, file, data_root, false)?;
     if let Some(n) = limit {
-        match &mut items {
-            Items::Class(v) => v.truncate(n),
-            Items::Gen(v) => v.truncate(n),
-        }
+        items.truncate(n);
     }
     if items.is_empty() {
         return Err(Error::Input(format!("{name}: no examples to evaluate")));

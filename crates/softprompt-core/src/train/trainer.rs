@@ -10,7 +10,7 @@
 //! - `curve.png`: loss and validation metric against the step.
 //!
 //! Exact resume: the data order of epoch `e` is a pure function of `(seed, e)`
-//! ([`crate::data::bucket_batches`]), so the data position is `(epoch, batch index)`; the
+//! ([`crate::data::EpochBatches`]), so the data position is `(epoch, batch index)`; the
 //! prompt and the optimizer moments are restored bit for bit, and the kernels are
 //! deterministic, so a resumed run reproduces the uninterrupted run's losses exactly.
 
@@ -26,7 +26,7 @@ use serde_json::json;
 use super::checkpoint::{self, Checkpoint};
 use super::eval::{self, EvalReport, Tokenized};
 use super::optim::{self, Optimizer, OptimizerKind, Schedule};
-use crate::data::{self, TaskSpec};
+use crate::data::{self, EpochBatches, TaskSpec};
 use crate::infer::objective;
 use crate::model::input::PromptRef;
 use crate::model::FrozenModel;
@@ -180,46 +180,43 @@ struct RunState {
     seconds: f64,
 }
 
-/// Load and tokenize one split of the task.
+/// Load and tokenize one split of the task ([`data::load_items`], then [`eval::tokenize`]
+/// with the run's `max_len`). Returns the examples, the split's name and the bad rows skipped.
 pub fn load_split(
     model: &FrozenModel,
     task: &TaskSpec,
     file: &str,
     cfg: &TrainConfig,
-) -> Result<(Tokenized, String)> {
-    let (records, skipped_read, name) =
-        data::load_split(file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
-    let (items, skipped_prep) = data::prepare(task, &records, Path::new(&name), cfg.skip_bad_rows)?;
-    if skipped_read + skipped_prep > 0 {
-        eprintln!(
-            "softprompt: {name}: skipped {} bad rows",
-            skipped_read + skipped_prep
-        );
-    }
-    Ok((eval::tokenize(model, &items, cfg.max_len)?, name))
+) -> Result<(Tokenized, String, usize)> {
+    let split = data::load_items(task, file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
+    let tokens = eval::tokenize(model, &split.items, cfg.max_len)?;
+    Ok((tokens, split.name, split.skipped))
 }
 
 /// The run's training split (cut to `train_limit`, never empty), its name, and the
-/// validation split (cut to `eval_limit`) when there is one.
+/// validation split (cut to `eval_limit`) when there is one. Skipped bad rows are reported
+/// to `obs`.
 pub(crate) fn load_train_val(
     model: &FrozenModel,
     cfg: &TrainConfig,
+    obs: &mut dyn Observer,
 ) -> Result<(Tokenized, String, Option<Tokenized>)> {
-    let (mut train_data, train_name) = load_split(model, &cfg.task, &cfg.train_file, cfg)?;
-    if let Some(n) = cfg.train_limit {
-        train_data.truncate(n);
-    }
+    let mut load = |file: &str, limit: Option<usize>| -> Result<(Tokenized, String)> {
+        let (mut t, name, skipped) = load_split(model, &cfg.task, file, cfg)?;
+        if skipped > 0 {
+            obs.on_message(&format!("{name}: skipped {skipped} bad rows"));
+        }
+        if let Some(n) = limit {
+            t.truncate(n);
+        }
+        Ok((t, name))
+    };
+    let (train_data, train_name) = load(&cfg.train_file, cfg.train_limit)?;
     if train_data.is_empty() {
         return Err(Error::Input(format!("{train_name}: no training examples")));
     }
     let val = match &cfg.validation_file {
-        Some(f) => {
-            let (mut v, _) = load_split(model, &cfg.task, f, cfg)?;
-            if let Some(n) = cfg.eval_limit {
-                v.truncate(n);
-            }
-            Some(v)
-        }
+        Some(f) => Some(load(f, cfg.eval_limit)?.0),
         None => None,
     };
     Ok((train_data, train_name, val))
@@ -348,7 +345,7 @@ pub fn train(
     }
     cfg.optimizer.validate()?;
     let t_load = Instant::now();
-    let (train_data, train_name, val) = load_train_val(model, cfg)?;
+    let (train_data, train_name, val) = load_train_val(model, cfg, obs)?;
     obs.on_message(&format!(
         "{} training examples from {train_name}, {} validation examples; tokenized in {:.1}s",
         train_data.len(),
@@ -432,8 +429,13 @@ pub fn train(
         .create(true)
         .open(&log_path)
         .map_err(|e| Error::io(&log_path, e))?;
-    let lengths = train_data.lengths();
-    let mut batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, st.epoch);
+    let mut order = EpochBatches::new(
+        train_data.lengths(),
+        cfg.batch_size,
+        cfg.seed,
+        st.epoch,
+        st.batch_in_epoch,
+    );
     let t0 = Instant::now();
     let secs_before = st.seconds;
     let mut interrupted = false;
@@ -458,13 +460,11 @@ pub fn train(
         let mut grad = vec![0.0f32; p * d]; // [P, D]
         let (mut loss, mut rows) = (0.0f64, 0usize);
         for _ in 0..cfg.grad_accum {
-            if st.batch_in_epoch >= batches.len() {
-                st.epoch += 1;
-                st.batch_in_epoch = 0;
-                batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, st.epoch);
-            }
-            let batch = train_data.select(&batches[st.batch_in_epoch]);
-            st.batch_in_epoch += 1;
+            let idx = order
+                .next()
+                .ok_or_else(|| Error::Input("no training examples".into()))?;
+            (st.epoch, st.batch_in_epoch) = order.position();
+            let batch = train_data.select(&idx);
             let r = match &batch {
                 Tokenized::Class(b) => objective::classify_batch(
                     &model.llama,
