@@ -3,6 +3,7 @@
 
 mod bench;
 mod compare_cmd;
+mod flags;
 mod inspect_cmd;
 mod serve_cmd;
 
@@ -399,7 +400,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: the outermost context and the root cause.
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            eprintln!("error: {}{}", chain.join(": "), flags::hint(&e));
             ExitCode::FAILURE
         }
     }

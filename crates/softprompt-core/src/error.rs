@@ -21,9 +21,15 @@ pub enum Error {
     /// A soft prompt or input that does not fit the model (hidden size, vocab, context...).
     #[error("{0}")]
     Mismatch(String),
-    /// Bad user-supplied value (flag, request field, text).
+    /// Bad user-supplied value (request field, text, data).
     #[error("{0}")]
     Input(String),
+    /// A setting (a field of the configuration of a run or a load) whose value cannot work.
+    /// `name` is the field (`lr`, `steps`, `weights`, `force`, ...) and the message says what
+    /// to change in those words; a front end maps the name to its own spelling (the CLI
+    /// names the flag).
+    #[error("{msg}")]
+    Setting { name: &'static str, msg: String },
     /// Fetching a model (default alias or hub id) failed.
     #[error("fetch failed: {0}")]
     Fetch(String),
@@ -43,6 +49,12 @@ impl Error {
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::Format {
             path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    pub fn setting(name: &'static str, msg: impl Into<String>) -> Self {
+        Error::Setting {
+            name,
             msg: msg.into(),
         }
     }

@@ -857,14 +857,15 @@ fn compatible_fingerprint_mismatch_refused_unless_forced() {
     let e = p
         .check_compatible(8, "sha256:bbbbbbbbbbbbbbbb", false)
         .unwrap_err();
-    assert!(matches!(e, Error::Mismatch(_)));
+    // A mismatch whose way out is a setting: `force` (the CLI's --force).
+    assert!(matches!(e, Error::Setting { name: "force", .. }), "{e:?}");
     assert_mentions(
         &e.to_string(),
         &[
             "SmolLM2-135M (Q4_1)",
             "sha256:aaaaaaaaaaaaaaaa",
             "sha256:bbbbbbbbbbbbbbbb",
-            "--force",
+            "force",
             &t.path().display().to_string(),
         ],
     );

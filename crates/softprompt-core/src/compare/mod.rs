@@ -183,10 +183,13 @@ pub fn run(
     let t0 = Instant::now();
     let stages = out.join("stages");
     if !resume && std::fs::read_dir(&stages).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(Error::Input(format!(
-            "{} holds an earlier comparison: continue it with --resume, or choose another --out",
-            stages.display()
-        )));
+        return Err(Error::setting(
+            "resume",
+            format!(
+                "{} holds an earlier comparison: resume it, or choose another output folder",
+                stages.display()
+            ),
+        ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let pcfg = &cfg.prompt;
@@ -337,8 +340,9 @@ pub fn run(
             tcfg.validation_file = None;
             let sum = trainer::train(model, &tcfg, &pt_dir, resume, stop, obs)?;
             if sum.interrupted {
-                return Err(Error::Input(
-                    "interrupted during prompt tuning: continue with --resume".into(),
+                return Err(Error::setting(
+                    "resume",
+                    "interrupted during prompt tuning: resume the comparison to continue",
                 ));
             }
             let train_peak = peak_rss();
@@ -428,8 +432,9 @@ pub fn run(
             ));
             let sum = finetune::finetune(model, &fcfg, &ft_dir, stop, obs)?;
             if sum.interrupted {
-                return Err(Error::Input(
-                    "interrupted during full fine-tuning: --resume restarts this stage".into(),
+                return Err(Error::setting(
+                    "resume",
+                    "interrupted during full fine-tuning: resuming the comparison restarts this stage",
                 ));
             }
             let train_peak = peak_rss();

@@ -174,10 +174,7 @@ pub fn to_markdown(r: &InspectReport) -> String {
             }
         }
         None => {
-            let _ = writeln!(
-                s,
-                "Not evaluated (no labelled data: give `--data FILE` or `--task NAME`)."
-            );
+            let _ = writeln!(s, "Not evaluated (no labelled data was given).");
         }
     }
 

@@ -228,10 +228,13 @@ pub fn recorded_init(
 /// Inspect `prompt` against `model`'s input embeddings with the `k` nearest tokens per
 /// virtual token. Drift is computed when the prompt records its init and was trained for
 /// this model; what cannot be done is explained in `notes`. No evaluation (see
-/// [`evaluate_projection`]).
+/// [`eval::evaluate_projection`]).
 pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<InspectReport> {
     if k == 0 {
-        return Err(Error::Input("--k must be at least 1".into()));
+        return Err(Error::setting(
+            "k",
+            "k (nearest tokens per vector) must be at least 1",
+        ));
     }
     // Compare in input space: Gemma scales token rows by sqrt(hidden) at the input (prompt
     // rows enter as stored), so its table is scaled the same way here.

@@ -338,9 +338,9 @@ impl SoftPrompt {
         }
         if let (Some(false), Some(m)) = (self.fingerprint_matches(model_fp), &self.meta) {
             if !force {
-                return Err(Error::Mismatch(format!(
+                return Err(Error::setting("force", format!(
                     "{} was trained for model {} (fingerprint {}), but the loaded model has fingerprint {model_fp}; \
-                     a soft prompt is tied to the exact weights it was trained on. Pass --force to use it anyway",
+                     a soft prompt is tied to the exact weights it was trained on. Set force to use it anyway",
                     self.describe(),
                     m.base_model,
                     m.model_fingerprint.as_deref().unwrap_or("?"),

@@ -173,7 +173,7 @@ fn remove_temp_leftovers(dir: &Path) {
             fs::remove_file(&p)
         };
         if let Err(e) = res {
-            eprintln!("warning: could not remove leftover {}: {e}", p.display());
+            tracing::warn!("could not remove leftover {}: {e}", p.display());
         }
     }
 }
@@ -313,7 +313,7 @@ pub fn save_checkpoint(dir: &Path, ckpt: &Checkpoint, keep_last: usize) -> Resul
             if crashed() {
                 return Err(e);
             }
-            eprintln!("warning: could not delete old checkpoints: {e}");
+            tracing::warn!("could not delete old checkpoints: {e}");
         }
     }
     Ok(final_dir)
@@ -440,7 +440,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
 }
 
 /// The checkpoint `dir/latest` names, verified; or, if `latest` is missing, dangling or
-/// names a damaged checkpoint, the newest valid `ckpt-*` folder (with a note on stderr).
+/// names a damaged checkpoint, the newest valid `ckpt-*` folder (with a `tracing` warning).
 /// `Ok(None)` when `dir` holds no checkpoint at all; an error when checkpoints exist but
 /// none is valid (rather than silently starting over).
 pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
@@ -454,16 +454,16 @@ pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
             let path = dir.join(name);
             if parse_checkpoint_name(name).is_some() && !path.is_dir() {
                 // Dangling (e.g. the folder was deleted by hand): not a damaged checkpoint.
-                eprintln!(
-                    "warning: {} names {name}, which does not exist; looking for the newest valid checkpoint",
+                tracing::warn!(
+"{} names {name}, which does not exist; looking for the newest valid checkpoint",
                     latest_path.display()
                 );
             } else if parse_checkpoint_name(name).is_some() {
                 match load_checkpoint(&path) {
                     Ok(c) => return Ok(Some(c)),
                     Err(e) => {
-                        eprintln!(
-                            "warning: latest checkpoint {} is unusable ({e}); looking for an older one",
+                        tracing::warn!(
+                            "latest checkpoint {} is unusable ({e}); looking for an older one",
                             path.display()
                         );
                         tried = Some(path);
@@ -471,15 +471,15 @@ pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
                     }
                 }
             } else {
-                eprintln!(
-                    "warning: {} does not name a checkpoint ({name:?}); looking for the newest valid one",
+                tracing::warn!(
+                    "{} does not name a checkpoint ({name:?}); looking for the newest valid one",
                     latest_path.display()
                 );
             }
         }
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            eprintln!("warning: {e}; looking for the newest valid checkpoint");
+            tracing::warn!("{e}; looking for the newest valid checkpoint");
         }
     }
 
@@ -491,14 +491,11 @@ pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
         }
         match load_checkpoint(&path) {
             Ok(c) => {
-                eprintln!(
-                    "note: using {} (the newest valid checkpoint)",
-                    path.display()
-                );
+                tracing::info!("using {} (the newest valid checkpoint)", path.display());
                 return Ok(Some(c));
             }
             Err(e) => {
-                eprintln!("warning: checkpoint {} is unusable ({e})", path.display());
+                tracing::warn!("checkpoint {} is unusable ({e})", path.display());
                 failed += 1;
                 first_error.get_or_insert(e);
             }

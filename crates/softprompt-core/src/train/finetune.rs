@@ -52,16 +52,15 @@ pub fn finetune(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<FinetuneSummary> {
-    if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.steps == 0 {
-        return Err(Error::Input(
-            "--batch-size, --grad-accum and --steps must be at least 1".into(),
-        ));
-    }
+    cfg.check_sizes()?;
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::Input(format!(
-            "the fine-tuning learning rate must be positive, got {}",
-            cfg.lr
-        )));
+        return Err(Error::setting(
+            "ft_lr",
+            format!(
+                "the fine-tuning learning rate (ft_lr) must be positive, got {}",
+                cfg.lr
+            ),
+        ));
     }
     cfg.optimizer.validate()?;
     // Refuses quantized matrices before any work.
@@ -106,9 +105,10 @@ pub fn finetune(
             rows += r.rows;
         }
         if !loss.is_finite() {
-            return Err(Error::Input(format!(
-                "fine-tuning loss became {loss} at step {step}: lower the learning rate"
-            )));
+            return Err(Error::setting(
+                "ft_lr",
+                format!("fine-tuning loss became {loss} at step {step}: lower ft_lr"),
+            ));
         }
         if cfg.grad_accum > 1 {
             grads.scale(1.0 / cfg.grad_accum as f32);

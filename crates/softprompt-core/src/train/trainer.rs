@@ -53,7 +53,7 @@ impl FromStr for Init {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let (kind, arg) = s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b)));
-        let bad = |m: &str| Error::Input(format!("--init {s}: {m}"));
+        let bad = |m: &str| Error::setting("init", format!("init {s}: {m}"));
         Ok(match kind {
             "random" => Init::Random {
                 range: arg.map_or(Ok(0.5), |a| {
@@ -120,6 +120,23 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// Folder that relative data files are resolved against.
     pub data_root: Option<PathBuf>,
+}
+
+impl TrainConfig {
+    /// `batch_size`, `grad_accum` and `steps` are at least 1 (an error naming the first that
+    /// is not).
+    pub(crate) fn check_sizes(&self) -> Result<()> {
+        for (name, v) in [
+            ("batch_size", self.batch_size as u64),
+            ("grad_accum", self.grad_accum as u64),
+            ("steps", self.steps),
+        ] {
+            if v == 0 {
+                return Err(Error::setting(name, format!("{name} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One optimizer step, as logged.
@@ -243,10 +260,13 @@ pub fn init_embeddings(
 ) -> Result<Tensor> {
     let d = model.llama.dims.d;
     if p == 0 || p > prompt::MAX_VIRTUAL_TOKENS {
-        return Err(Error::Input(format!(
-            "--virtual-tokens must be in 1..={}, got {p}",
-            prompt::MAX_VIRTUAL_TOKENS
-        )));
+        return Err(Error::setting(
+            "num_virtual_tokens",
+            format!(
+                "num_virtual_tokens must be in 1..={}, got {p}",
+                prompt::MAX_VIRTUAL_TOKENS
+            ),
+        ));
     }
     let vocab = model.llama.dims.vocab;
     let specials: Vec<u32> = model
@@ -268,7 +288,7 @@ pub fn init_embeddings(
         Init::Text(t) => {
             let ids = model.encode(t)?;
             if ids.is_empty() {
-                return Err(Error::Input("--init text: the text has no tokens".into()));
+                return Err(Error::setting("init", "init text: the text has no tokens"));
             }
             prompt::init::from_tokens(model, &prompt::init::repeat_ids(&ids, p))
         }
@@ -283,8 +303,9 @@ pub fn init_embeddings(
                 }
             }
             if ids.is_empty() {
-                return Err(Error::Input(
-                    "--init labels: the task has no fixed label words".into(),
+                return Err(Error::setting(
+                    "init",
+                    "init labels: the task has no fixed label words",
                 ));
             }
             ids.truncate(p);
@@ -332,16 +353,12 @@ pub fn train(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainSummary> {
-    if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.steps == 0 {
-        return Err(Error::Input(
-            "--batch-size, --grad-accum and --steps must be at least 1".into(),
-        ));
-    }
+    cfg.check_sizes()?;
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::Input(format!(
-            "--lr must be positive, got {}",
-            cfg.lr
-        )));
+        return Err(Error::setting(
+            "lr",
+            format!("lr must be positive, got {}", cfg.lr),
+        ));
     }
     cfg.optimizer.validate()?;
     let t_load = Instant::now();
@@ -356,10 +373,13 @@ pub fn train(
     let log_path = out.join("train_log.jsonl");
     // A fresh run never writes over an earlier run's checkpoints (nothing a user had is lost).
     if !resume && std::fs::read_dir(&ckpt_dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(Error::Input(format!(
-            "{} holds checkpoints of an earlier run: continue it with --resume, or choose another --out",
-            ckpt_dir.display()
-        )));
+        return Err(Error::setting(
+            "resume",
+            format!(
+                "{} holds checkpoints of an earlier run: resume it, or choose another output folder",
+                ckpt_dir.display()
+            ),
+        ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
@@ -486,10 +506,10 @@ pub fn train(
             }
         }
         if !loss.is_finite() {
-            return Err(Error::Input(format!(
-                "loss became {loss} at step {}: lower --lr",
-                st.step
-            )));
+            return Err(Error::setting(
+                "lr",
+                format!("loss became {loss} at step {}: lower lr", st.step),
+            ));
         }
         let grad_norm = optim::clip_grad_norm(&mut grad, cfg.max_grad_norm);
         let lr = optim::lr_at(cfg.schedule, cfg.lr, st.step, cfg.steps, cfg.warmup_steps);
@@ -553,7 +573,7 @@ pub fn train(
         if stopping {
             interrupted = true;
             obs.on_message(&format!(
-                "interrupted: checkpoint saved at step {}; continue with --resume",
+                "interrupted: checkpoint saved at step {}; resume the run to continue",
                 st.step
             ));
             break;

@@ -254,20 +254,28 @@ pub struct ParamSpec {
     pub is_norm: bool,
 }
 
-const NEEDS_F32: &str =
-    "full fine-tuning needs f32 weights; load the model with --weights f32 (not quantized or bf16)";
+/// The error for a matrix that is not kept as f32.
+fn needs_f32(name: &str) -> Error {
+    Error::setting(
+        "weights",
+        format!(
+            "{name}: full fine-tuning needs f32 weights; load the model with weights format f32 \
+             (not quantized or bf16)"
+        ),
+    )
+}
 
 fn w_mut<'a>(w: &'a mut Weight, name: &str) -> Result<&'a mut [f32]> {
     match w {
         Weight::F32(t) => Ok(&mut t.data),
-        _ => Err(Error::unsupported(name, NEEDS_F32)),
+        _ => Err(needs_f32(name)),
     }
 }
 
 fn w_ref<'a>(w: &'a Weight, name: &str) -> Result<&'a [f32]> {
     match w {
         Weight::F32(t) => Ok(&t.data),
-        _ => Err(Error::unsupported(name, NEEDS_F32)),
+        _ => Err(needs_f32(name)),
     }
 }
 

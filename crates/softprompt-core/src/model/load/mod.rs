@@ -18,7 +18,8 @@ pub struct LoadedWeights {
     pub config: LlamaConfig,
     /// HF tensor names (`model.layers.0.self_attn.q_proj.weight`, ...), f32.
     pub weights: HashMap<String, Tensor>,
-    /// Matrices kept in their GGUF block type (`--weights quantized`), HF names; else empty.
+    /// Matrices kept in their GGUF block type ([`WeightFormat::Quantized`]), HF names; else
+    /// empty.
     pub quantized: HashMap<String, QMatrix>,
     pub tokenizer: tokenizers::Tokenizer,
     /// Human-readable origin, e.g. the file path.
@@ -50,7 +51,7 @@ impl ModelSource {
     /// Local paths win over hub ids; `hf:` forces the hub.
     pub fn parse(spec: &str) -> Result<Self> {
         if spec.is_empty() {
-            return Err(Error::Input("empty --model".into()));
+            return Err(Error::setting("model", "model source is empty"));
         }
         if let Some(rest) = spec.strip_prefix("hf:") {
             return Ok(Self::hub(rest));
@@ -103,10 +104,13 @@ pub fn load_with(spec: &str, format: WeightFormat) -> Result<LoadedWeights> {
     let source = ModelSource::parse(spec)?;
     let gguf = matches!(source, ModelSource::Alias(_) | ModelSource::Gguf(_));
     if format == WeightFormat::Quantized && !gguf {
-        return Err(Error::Input(format!(
-            "--weights quantized keeps a GGUF model's quantized blocks; '{spec}' is not a GGUF \
-             model (use --weights f32)"
-        )));
+        return Err(Error::setting(
+            "weights",
+            format!(
+                "weights format quantized keeps a GGUF model's quantized blocks; '{spec}' is not \
+                 a GGUF model (use weights format f32)"
+            ),
+        ));
     }
     match source {
         ModelSource::Alias(a) => gguf::load_gguf_with(&fetch::fetch_alias(&a)?, format),
