@@ -1,6 +1,6 @@
 //! Durable file I/O shared by every writer and reader: atomic replacement of a file
 //! ([`atomic_write`]), staged new files and renames that the checkpoint code builds on,
-//! folder sync, and capped reads of untrusted files ([`read_at_most`]).
+//! folder sync, and capped reads of untrusted files (`read_at_most`).
 //!
 //! The staged operations count toward the test-only [`fault`] hooks, so a test can make any
 //! one of them fail ("disk full") or stop as if the process had been killed.
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
-/// Prefix of the temporary names [`temp_path`] makes (`.tmp-{what}-{pid}-{n}`).
+/// Prefix of the temporary names `temp_path` makes (`.tmp-{what}-{pid}-{n}`).
 pub const TMP_PREFIX: &str = ".tmp-";
 
 // ---------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ pub mod fault {
     use super::*;
 
     /// Make filesystem operation number `op` (0-based, counted from now, on this thread)
-    /// of [`write_new_file`], [`rename`] or [`fault_point`] fail with "no space left on
+    /// of `write_new_file`, `rename` or `fault_point` fail with "no space left on
     /// device"; a failing file write writes half its bytes first. With `crash`, the
     /// operation's caller then returns at once without any cleanup, leaving the disk as a
     /// kill at that moment would. `None` disables.

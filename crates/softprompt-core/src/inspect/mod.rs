@@ -32,7 +32,7 @@ use crate::{Error, Result, Tensor};
 /// Nearest tokens reported per virtual token by default.
 pub const DEFAULT_K: usize = 5;
 
-/// File names written by [`write_pictures`] and [`write_markdown`].
+/// File names written by [`markdown::write_pictures`] and [`markdown::write_markdown`].
 pub const SIMILARITY_PNG: &str = "prompt_similarity.png";
 
 pub const NEAREST_PNG: &str = "nearest_tokens.png";
@@ -171,7 +171,7 @@ pub struct InspectReport {
     pub hard_prompt: HardPrompt,
     /// None when the prompt records no init (or it could not be recomputed: see `notes`).
     pub init: Option<InitInfo>,
-    /// Filled by [`evaluate_projection`] when there is labelled data.
+    /// Filled by [`eval::evaluate_projection`] when there is labelled data.
     pub evaluation: Option<ProjectionEval>,
     /// What could not be done, and why.
     pub notes: Vec<String>,

@@ -77,10 +77,10 @@ pub struct PromptMeta {
     pub base_model: String,
     /// The model's hidden size (= the prompt's token dimension).
     pub hidden_size: usize,
-    /// [`model_fingerprint`] of the model the prompt was trained for.
+    /// [`model_fingerprint`](crate::model::fingerprint::model_fingerprint) of the model the prompt was trained for.
     #[serde(default)]
     pub model_fingerprint: Option<String>,
-    /// [`tokenizer_fingerprint`] of its tokenizer.
+    /// [`tokenizer_fingerprint`](crate::model::fingerprint::tokenizer_fingerprint) of its tokenizer.
     #[serde(default)]
     pub tokenizer_fingerprint: Option<String>,
     /// Task spec (template, label words), filled by the data/train code.
@@ -320,7 +320,7 @@ impl SoftPrompt {
     }
 
     /// Check that this prompt can be used with a model of `hidden_size` whose
-    /// [`model_fingerprint`] is `model_fp`. A hidden-size mismatch is always an error; a
+    /// [`model_fingerprint`](crate::model::fingerprint::model_fingerprint) is `model_fp`. A hidden-size mismatch is always an error; a
     /// fingerprint mismatch is an error unless `force`. A prompt without our meta (e.g.
     /// written by PEFT) is checked on the hidden size alone.
     pub fn check_compatible(&self, hidden_size: usize, model_fp: &str, force: bool) -> Result<()> {
