@@ -254,7 +254,7 @@ fn prompt_of_one_model_is_refused_on_the_other() {
     let tmp = tempfile::tempdir().unwrap();
     for (from, to, name) in [(&g, &s, "Gemma 3 270M"), (&s, &g, "SmolLM2-135M")] {
         let dir = tmp.path().join(name.replace(' ', "_"));
-        let emb = prompt::init::from_tokens(&from, &[5, 6, 7, 8]).unwrap();
+        let emb = prompt::init::from_tokens(from, &[5, 6, 7, 8]).unwrap();
         let meta = PromptMeta::new(
             name,
             from.llama.dims.d,
@@ -265,11 +265,9 @@ fn prompt_of_one_model_is_refused_on_the_other() {
             .with_meta(meta)
             .save(&dir)
             .unwrap();
-        SoftPrompt::load_for(&from, &dir, false).unwrap();
+        SoftPrompt::load_for(from, &dir, false).unwrap();
         for force in [false, true] {
-            let e = SoftPrompt::load_for(&to, &dir, force)
-                .err()
-                .expect("refused");
+            let e = SoftPrompt::load_for(to, &dir, force).expect_err("refused");
             let msg = e.to_string();
             assert!(
                 msg.contains(name)

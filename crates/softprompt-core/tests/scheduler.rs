@@ -27,9 +27,9 @@ fn load(alias: &str) -> Arc<FrozenModel> {
 fn served(m: &FrozenModel, seed: u64) -> Arc<ServedPrompt> {
     let d = m.llama.dims.d;
     let ids = prompt::init::sample_vocab_ids(m.llama.dims.vocab, 5000, 8, seed);
-    let emb = prompt::init::from_tokens(&m, &ids).unwrap();
+    let emb = prompt::init::from_tokens(m, &ids).unwrap();
     assert_eq!(emb.shape, vec![8, d]);
-    let sp = SoftPrompt::for_model(&m, emb);
+    let sp = SoftPrompt::for_model(m, emb);
     Arc::new(ServedPrompt::new(&m.llama, &format!("p{seed}"), "sha", Some(sp)).unwrap())
 }
 

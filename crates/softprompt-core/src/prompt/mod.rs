@@ -64,6 +64,7 @@ pub const MAX_TOKEN_DIM: usize = 65536;
 /// Version of `softprompt.json` this build writes and the newest it reads.
 pub const META_FORMAT_VERSION: u32 = 1;
 
+/// Our own description of a prompt, saved as `softprompt.json` beside the adapter.
 /// Unknown keys are ignored on read, so later versions can add fields.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PromptMeta {

@@ -95,8 +95,6 @@ impl AdapterConfig {
     }
 }
 
-/// Our own description of a prompt, saved as `softprompt.json` beside the adapter.
-
 impl SoftPrompt {
     /// Load and validate a prompt folder (see the module doc for the layout).
     /// Every error names the offending file and what is wrong with it.
