@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::prompt::SoftPrompt;
-use softprompt_core::train::{trainer, Init};
+use softprompt_core::train::init::{self, Init};
 use softprompt_serve::loadtest::{self, LoadConfig};
 use softprompt_serve::ServeConfig;
 
@@ -240,7 +240,7 @@ pub fn init(a: InitArgs) -> Result<()> {
     anyhow::ensure!(a.count >= 1, "--count must be >= 1");
     for i in 0..a.count {
         let seed = a.seed + i as u64;
-        let emb = trainer::init_embeddings(&model, &init, a.virtual_tokens, seed, &spec)?;
+        let emb = init::init_embeddings(&model, &init, a.virtual_tokens, seed, &spec)?;
         let mut p = SoftPrompt::for_model(&model, emb);
         if let Some(m) = p.meta.as_mut() {
             m.training =
