@@ -70,11 +70,8 @@ impl Histogram {
         let mut cum = 0;
         for (i, c) in counts.iter().enumerate() {
             cum += c;
-            match self.bounds.get(i) {
-                Some(b) => writeln!(o, "{n}_bucket{{le=\"{b}\"}} {cum}"),
-                None => writeln!(o, "{n}_bucket{{le=\"+Inf\"}} {cum}"),
-            }
-            .unwrap_or(());
+            let le = self.bounds.get(i).map_or("+Inf".into(), f64::to_string);
+            let _ = writeln!(o, "{n}_bucket{{le=\"{le}\"}} {cum}");
         }
         let _ = writeln!(o, "{n}_sum {sum}\n{n}_count {cum}");
     }
@@ -266,4 +263,27 @@ pub async fn metrics(State(s): St) -> Response {
         o,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_inclusive_and_cumulative() {
+        // Binary fractions: the sum is exact.
+        let h = Histogram::new(&[0.125, 1.0]);
+        for s in [0.0625, 0.125, 0.25, 1.0, 4.0] {
+            h.observe(Duration::from_secs_f64(s));
+        }
+        let mut o = String::new();
+        h.write(&mut o, "x_seconds", "Test.");
+        let want = "# HELP softprompt_x_seconds Test.\n# TYPE softprompt_x_seconds histogram\n\
+            softprompt_x_seconds_bucket{le=\"0.125\"} 2\n\
+            softprompt_x_seconds_bucket{le=\"1\"} 4\n\
+            softprompt_x_seconds_bucket{le=\"+Inf\"} 5\n\
+            softprompt_x_seconds_sum 5.4375\n\
+            softprompt_x_seconds_count 5\n";
+        assert_eq!(o, want);
+    }
 }

@@ -102,7 +102,7 @@ impl Drop for AccessLine {
             method = %self.method,
             path = %self.path,
             status = self.status.as_u16(),
-            prompt = self.log.prompt.get().map_or("-", String::as_str),
+            prompt = %self.log.prompt.get().map_or("-", String::as_str),
             input_tokens = self.log.input_tokens.load(Ordering::Relaxed),
             output_tokens = self.log.output_tokens.load(Ordering::Relaxed),
             latency_ms = format_args!("{:.1}", elapsed.as_secs_f64() * 1e3),

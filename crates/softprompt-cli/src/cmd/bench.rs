@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::builder::PossibleValue;
 use clap::Args;
 use serde_json::json;
 use softprompt_core::infer::{self, Sampling};
@@ -16,7 +16,7 @@ use softprompt_core::model::FrozenModel;
 use softprompt_core::objective::{self, ClassExample, GenExample};
 use softprompt_core::train::optim::{Optimizer, OptimizerKind};
 
-use super::common::{load_model, ModelArgs};
+use super::common::{load_model, Choices, ModelArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -26,12 +26,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Only one workload.
-    #[arg(long, value_parser = PossibleValuesParser::new([
+    #[arg(long, value_parser = Choices::new([
         PossibleValue::new("train").help("W1: batch 8 x 128 tokens + 20 virtual, forward, backward, AdamW step"),
         PossibleValue::new("decode").help("greedy decoding, batch 1, 20 virtual tokens"),
         PossibleValue::new("classify").help("64 inputs x 64 tokens over 2 one-token labels"),
         PossibleValue::new("serve").help("the server's decode step: 32 sequences in one packed forward"),
-    ]))]
+    ], |s| Some(s.to_string())))]
     only: Option<String>,
     /// Print the rows as JSON instead of a Markdown table.
     #[arg(long)]

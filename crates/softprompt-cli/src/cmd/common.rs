@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::builder::{PossibleValue, TypedValueParser};
 use clap::Args;
 use softprompt_core::data::{self, TaskSpec};
 use softprompt_core::model::weight::WeightFormat;
@@ -25,19 +25,76 @@ pub struct ModelArgs {
     pub weights: WeightFormat,
 }
 
-fn weights_parser() -> impl TypedValueParser<Value = WeightFormat> {
-    PossibleValuesParser::new([
-        PossibleValue::new("f32").help("dequantized at load: the reference path"),
-        PossibleValue::new("quantized").alias("q").help(
-            "a GGUF model's blocks, dequantized inside each product: about 1/5 of the memory, \
-             fastest decoding",
-        ),
-        PossibleValue::new("bf16").help(
-            "rounded to bf16, multiplied on AMX tiles or AVX512-BF16 with f32 accumulation: \
-             fastest training where the CPU has either",
-        ),
-    ])
-    .try_map(|s| WeightFormat::parse(&s).ok_or("expected f32, quantized or bf16"))
+fn weights_parser() -> Choices<WeightFormat> {
+    Choices::new(
+        [
+            PossibleValue::new("f32").help("dequantized at load: the reference path"),
+            PossibleValue::new("quantized").alias("q").help(
+                "a GGUF model's blocks, dequantized inside each product: about 1/5 of the \
+                 memory, fastest decoding",
+            ),
+            PossibleValue::new("bf16").help(
+                "rounded to bf16, multiplied on AMX tiles or AVX512-BF16 with f32 accumulation: \
+                 fastest training where the CPU has either",
+            ),
+        ],
+        WeightFormat::parse,
+    )
+}
+
+/// A flag with a fixed set of values: `--help` lists them (with their help), a value outside
+/// the set (case aside) is refused with `expected A, B or C`, and one in it is turned into `T` by
+/// `parse` (the library's parser, or `Some(s.to_string())`).
+#[derive(Clone)]
+pub struct Choices<T> {
+    values: Vec<PossibleValue>,
+    parse: fn(&str) -> Option<T>,
+}
+
+impl<T> Choices<T> {
+    pub fn new(
+        values: impl IntoIterator<Item = PossibleValue>,
+        parse: fn(&str) -> Option<T>,
+    ) -> Self {
+        Choices {
+            values: values.into_iter().collect(),
+            parse,
+        }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Choices<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<T, clap::Error> {
+        let s = value.to_string_lossy();
+        self.values
+            .iter()
+            .find(|v| v.matches(&s, true))
+            .and_then(|_| (self.parse)(&s))
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.values.iter().map(|v| v.get_name()).collect();
+                let (last, rest) = names.split_last().unwrap_or((&"", &[]));
+                let flag = arg.and_then(|a| a.get_long()).unwrap_or("value");
+                clap::Error::raw(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!(
+                        "invalid value '{s}' for '--{flag}': expected {} or {last}\n",
+                        rest.join(", ")
+                    ),
+                )
+                .with_cmd(cmd)
+            })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(self.values.iter().cloned()))
+    }
 }
 
 #[derive(Args, Clone)]

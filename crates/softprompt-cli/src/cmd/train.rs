@@ -5,34 +5,39 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use anyhow::{Context, Result};
-use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::builder::PossibleValue;
 use clap::Args;
 use softprompt_core::train::optim::{OptimizerKind, Schedule};
 use softprompt_core::train::{trainer, TrainConfig};
 
 use super::common::{
-    load_model, parse_init, stop_on_ctrl_c, Interrupted, ModelArgs, Progress, TaskArgs, INIT_HELP,
+    load_model, parse_init, stop_on_ctrl_c, Choices, Interrupted, ModelArgs, Progress, TaskArgs,
+    INIT_HELP,
 };
 
 /// The library's defaults, shown in `--help`.
 static D: LazyLock<TrainConfig> = LazyLock::new(TrainConfig::default);
 
-pub fn optimizer_parser() -> impl TypedValueParser<Value = OptimizerKind> {
-    PossibleValuesParser::new([
-        PossibleValue::new("adamw").help("AdamW, torch's betas and eps; default lr 0.03"),
-        PossibleValue::new("adafactor")
-            .help("Adafactor as Lester et al. (2021) tuned prompts; default lr 0.3"),
-    ])
-    .try_map(|s| s.parse::<OptimizerKind>())
+fn optimizer_parser() -> Choices<OptimizerKind> {
+    Choices::new(
+        [
+            PossibleValue::new("adamw").help("AdamW, torch's betas and eps; default lr 0.03"),
+            PossibleValue::new("adafactor")
+                .help("Adafactor as Lester et al. (2021) tuned prompts; default lr 0.3"),
+        ],
+        |s| s.parse().ok(),
+    )
 }
 
-pub fn schedule_parser() -> impl TypedValueParser<Value = Schedule> {
-    PossibleValuesParser::new([
-        PossibleValue::new("constant").help("the peak rate after warm-up"),
-        PossibleValue::new("linear").help("linear decay to 0 at the last step"),
-        PossibleValue::new("cosine").help("half-cosine decay to 0 at the last step"),
-    ])
-    .try_map(|s| s.parse::<Schedule>())
+pub fn schedule_parser() -> Choices<Schedule> {
+    Choices::new(
+        [
+            PossibleValue::new("constant").help("the peak rate after warm-up"),
+            PossibleValue::new("linear").help("linear decay to 0 at the last step"),
+            PossibleValue::new("cosine").help("half-cosine decay to 0 at the last step"),
+        ],
+        |s| s.parse().ok(),
+    )
 }
 
 #[derive(Args)]
