@@ -4,6 +4,7 @@
 //! line, or 130 for a run stopped by Ctrl-C after its checkpoint.
 
 mod cmd;
+mod flags;
 
 use std::process::ExitCode;
 
@@ -130,7 +131,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: the outermost context and the root cause.
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            eprintln!("error: {}{}", chain.join(": "), flags::hint(&e));
             ExitCode::FAILURE
         }
     }

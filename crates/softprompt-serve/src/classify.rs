@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 use softprompt_core::data::TaskSpec;
-use softprompt_core::objective;
-use softprompt_core::scheduler::ClassifyRequest;
+use softprompt_core::infer::objective;
+use softprompt_core::infer::scheduler::ClassifyRequest;
 
 use crate::error::ServeError;
 use crate::router::RequestLog;

@@ -11,8 +11,8 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
+use softprompt_core::infer::scheduler::{Cancel, Event, Finish, GenRequest};
 use softprompt_core::infer::Sampling;
-use softprompt_core::scheduler::{Cancel, Event, Finish, GenRequest};
 use tokio::sync::mpsc;
 
 use crate::detok::Detok;

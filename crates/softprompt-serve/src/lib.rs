@@ -1,5 +1,5 @@
 //! `softprompt serve`: many soft prompts over one frozen model, behind an OpenAI-compatible
-//! HTTP API. A thin router over [`softprompt_core::scheduler`]: requests for any prompts
+//! HTTP API. A thin router over [`softprompt_core::infer::scheduler`]: requests for any prompts
 //! share decode batches there; this crate parses, validates, limits and streams.
 //!
 //! Endpoints: `POST /v1/completions` (`model` names a prompt, or the base model), `POST
@@ -33,8 +33,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
+use softprompt_core::infer::scheduler::{Scheduler, SchedulerConfig};
 use softprompt_core::model::FrozenModel;
-use softprompt_core::scheduler::{Scheduler, SchedulerConfig};
 
 pub use config::ServeConfig;
 pub use error::ServeError;

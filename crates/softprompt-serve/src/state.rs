@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use softprompt_core::infer::scheduler::{Cancel, Scheduler};
 use softprompt_core::model::FrozenModel;
-use softprompt_core::scheduler::{Cancel, Scheduler};
 
 use crate::config::ServeConfig;
 use crate::error::ServeError;

@@ -3,7 +3,8 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
-use softprompt_core::objective;
+use softprompt_core::infer::objective;
+use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train;
 
 use super::common::{load_model, load_prompt, ModelArgs, PromptArgs, TaskArgs};
@@ -49,7 +50,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     let (ex, cands) = train::eval::class_example(&m, &spec, input)?;
     let r = objective::classify_batch(
         &m.llama,
-        sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+        sp.as_ref().map(SoftPrompt::view).transpose()?,
         std::slice::from_ref(&ex),
         a.length_norm,
         false,

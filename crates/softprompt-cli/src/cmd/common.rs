@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::Args;
+use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::data::{self, TaskSpec};
-use softprompt_core::model::weight::WeightFormat;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::{trainer, Init};
@@ -205,7 +205,7 @@ pub fn load_model(m: &ModelArgs) -> Result<FrozenModel> {
 pub fn load_prompt(model: &FrozenModel, p: &PromptArgs) -> Result<Option<SoftPrompt>> {
     match &p.prompt {
         None => Ok(None),
-        Some(dir) => Ok(Some(model.load_prompt(dir, p.force)?)),
+        Some(dir) => Ok(Some(SoftPrompt::load_for(model, dir, p.force)?)),
     }
 }
 

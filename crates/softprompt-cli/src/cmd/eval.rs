@@ -1,11 +1,12 @@
 //! `softprompt eval`: a soft prompt (or the bare template) on a labelled file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use softprompt_core::data;
+use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train;
 
 use super::common::{load_model, load_prompt, ModelArgs, PromptArgs, TaskArgs};
@@ -69,8 +70,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .data
         .or_else(|| spec.validation.clone())
         .context("give --data FILE (the task has no validation split)")?;
-    let (records, _, name) = data::load_split(&file, a.task.data_root.as_deref(), false)?;
-    let (items, _) = data::prepare(&spec, &records, Path::new(&name), false)?;
+    let data::Split { items, name, .. } =
+        data::load_items(&spec, &file, a.task.data_root.as_deref(), false)?;
     let mut tok = train::tokenize(&m, &items, a.max_len)?;
     if let Some(n) = a.limit {
         tok.truncate(n);
@@ -78,7 +79,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let t = std::time::Instant::now();
     let rep = train::evaluate(
         &m,
-        sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+        sp.as_ref().map(SoftPrompt::view).transpose()?,
         &tok,
         a.batch_size,
         a.length_norm,
@@ -96,10 +97,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         v["majority_baseline"] = json!({ "class": cls, "accuracy": base });
     }
     if let Some(path) = &a.report {
-        softprompt_core::train::checkpoint::atomic_write(
-            path,
-            serde_json::to_string_pretty(&v)?.as_bytes(),
-        )?;
+        softprompt_core::fsio::atomic_write(path, serde_json::to_string_pretty(&v)?.as_bytes())?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

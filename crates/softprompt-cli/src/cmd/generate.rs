@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use softprompt_core::infer::{self, Sampling};
+use softprompt_core::prompt::SoftPrompt;
 
 use super::common::{load_model, load_prompt, ModelArgs, PromptArgs};
 
@@ -68,7 +69,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut stdout = std::io::stdout();
     let out = infer::generate(
         &m.llama,
-        sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+        sp.as_ref().map(SoftPrompt::view).transpose()?,
         &ids,
         &s,
         |tok| {

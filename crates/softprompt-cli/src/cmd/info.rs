@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Value};
-use softprompt_core::model::weight::WeightFormat;
+use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::prompt::SoftPrompt;
 
 use super::common::{load_model, ModelArgs};

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::{trainer, Init};
 
 use super::common::{load_model, parse_init, ModelArgs, TaskArgs, INIT_HELP};
@@ -43,7 +44,7 @@ pub fn run(a: InitArgs) -> Result<()> {
     for i in 0..a.count {
         let seed = a.seed + i as u64;
         let emb = trainer::init_embeddings(&model, &init, a.virtual_tokens, seed, &spec)?;
-        let mut p = model.new_prompt(emb);
+        let mut p = SoftPrompt::for_model(&model, emb);
         if let Some(m) = p.meta.as_mut() {
             m.training =
                 Some(serde_json::json!({ "init": a.init, "seed": seed, "trained_steps": 0 }));

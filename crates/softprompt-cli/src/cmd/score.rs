@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use softprompt_core::infer;
+use softprompt_core::prompt::SoftPrompt;
 
 use super::common::{load_model, load_prompt, ModelArgs, PromptArgs};
 
@@ -27,7 +28,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let ids = m.encode_input(&a.text)?; // with <bos> where the model expects one
     let lp = infer::score(
         &m.llama,
-        sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+        sp.as_ref().map(SoftPrompt::view).transpose()?,
         &ids,
     )?;
     if a.json {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use softprompt_core::model::weight::WeightFormat;
+use softprompt_core::compute::weight::WeightFormat;
 use softprompt_serve::ServeConfig;
 
 use super::common::{load_model, ModelArgs};
