@@ -73,6 +73,44 @@ pub struct TrainConfig {
     pub data_root: Option<PathBuf>,
 }
 
+/// The defaults of `softprompt train`: the built-in demo task, 20 virtual tokens from the
+/// vocabulary, AdamW (weight decay 1e-5) at its [`OptimizerKind::default_lr`], linear decay
+/// after 10 warm-up steps, 150 steps of batch 8, evaluation and a checkpoint every 50 steps.
+impl Default for TrainConfig {
+    fn default() -> Self {
+        // The built-in tasks are embedded and checked by a unit test of `data`.
+        let task = data::builtin_task("demo").expect("the built-in demo task parses");
+        let optimizer = OptimizerKind::adamw_default().with_weight_decay(1e-5);
+        TrainConfig {
+            train_file: task.train.clone().unwrap_or_default(),
+            validation_file: task.validation.clone(),
+            task,
+            num_virtual_tokens: 20,
+            init: Init::Vocab { top: 5000 },
+            lr: optimizer.default_lr(),
+            optimizer,
+            schedule: Schedule::Linear,
+            warmup_steps: 10,
+            steps: 150,
+            batch_size: 8,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            seed: 0,
+            eval_every: 50,
+            eval_limit: None,
+            patience: None,
+            checkpoint_every: 50,
+            keep_checkpoints: 2,
+            max_len: 256,
+            length_norm: false,
+            train_limit: None,
+            skip_bad_rows: false,
+            eval_batch_size: 32,
+            data_root: None,
+        }
+    }
+}
+
 impl TrainConfig {
     /// `batch_size`, `grad_accum` and `steps` are at least 1 (an error naming the first that
     /// is not).
