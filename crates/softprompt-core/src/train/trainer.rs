@@ -10,7 +10,7 @@
 //! - `curve.png`: loss and validation metric against the step.
 //!
 //! Exact resume: the data order of epoch `e` is a pure function of `(seed, e)`
-//! ([`crate::data::bucket_batches`]), so the data position is `(epoch, batch index)`; the
+//! ([`crate::data::EpochBatches`]), so the data position is `(epoch, batch index)`; the
 //! prompt and the optimizer moments are restored bit for bit, and the kernels are
 //! deterministic, so a resumed run reproduces the uninterrupted run's losses exactly.
 
@@ -26,11 +26,12 @@ use serde_json::json;
 use super::checkpoint::{self, Checkpoint};
 use super::eval::{self, EvalReport, Tokenized};
 use super::optim::{self, Optimizer, OptimizerKind, Schedule};
-use super::plot;
-use crate::data::{self, TaskSpec};
+use crate::data::{self, EpochBatches, TaskSpec};
+use crate::infer::objective;
+use crate::model::input::PromptRef;
 use crate::model::FrozenModel;
-use crate::objective;
 use crate::prompt::{self, SoftPrompt};
+use crate::report::plot;
 use crate::{Error, Result, Tensor};
 
 /// How the prompt starts (Lester et al. 2021, section 3).
@@ -52,7 +53,7 @@ impl FromStr for Init {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let (kind, arg) = s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b)));
-        let bad = |m: &str| Error::Input(format!("--init {s}: {m}"));
+        let bad = |m: &str| Error::setting("init", format!("init {s}: {m}"));
         Ok(match kind {
             "random" => Init::Random {
                 range: arg.map_or(Ok(0.5), |a| {
@@ -121,6 +122,61 @@ pub struct TrainConfig {
     pub data_root: Option<PathBuf>,
 }
 
+/// The defaults of `softprompt train`: the built-in demo task, 20 virtual tokens from the
+/// vocabulary, AdamW (weight decay 1e-5) at its [`OptimizerKind::default_lr`], linear decay
+/// after 10 warm-up steps, 150 steps of batch 8, evaluation and a checkpoint every 50 steps.
+impl Default for TrainConfig {
+    fn default() -> Self {
+        // The built-in tasks are embedded and checked by a unit test of `data`.
+        let task = data::builtin_task("demo").expect("the built-in demo task parses");
+        let optimizer = OptimizerKind::adamw_default().with_weight_decay(1e-5);
+        TrainConfig {
+            train_file: task.train.clone().unwrap_or_default(),
+            validation_file: task.validation.clone(),
+            task,
+            num_virtual_tokens: 20,
+            init: Init::Vocab { top: 5000 },
+            lr: optimizer.default_lr(),
+            optimizer,
+            schedule: Schedule::Linear,
+            warmup_steps: 10,
+            steps: 150,
+            batch_size: 8,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            seed: 0,
+            eval_every: 50,
+            eval_limit: None,
+            patience: None,
+            checkpoint_every: 50,
+            keep_checkpoints: 2,
+            max_len: 256,
+            length_norm: false,
+            train_limit: None,
+            skip_bad_rows: false,
+            eval_batch_size: 32,
+            data_root: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// `batch_size`, `grad_accum` and `steps` are at least 1 (an error naming the first that
+    /// is not).
+    pub(crate) fn check_sizes(&self) -> Result<()> {
+        for (name, v) in [
+            ("batch_size", self.batch_size as u64),
+            ("grad_accum", self.grad_accum as u64),
+            ("steps", self.steps),
+        ] {
+            if v == 0 {
+                return Err(Error::setting(name, format!("{name} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One optimizer step, as logged.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepLog {
@@ -179,46 +235,43 @@ struct RunState {
     seconds: f64,
 }
 
-/// Load and tokenize one split of the task.
+/// Load and tokenize one split of the task ([`data::load_items`], then [`eval::tokenize`]
+/// with the run's `max_len`). Returns the examples, the split's name and the bad rows skipped.
 pub fn load_split(
     model: &FrozenModel,
     task: &TaskSpec,
     file: &str,
     cfg: &TrainConfig,
-) -> Result<(Tokenized, String)> {
-    let (records, skipped_read, name) =
-        data::load_split(file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
-    let (items, skipped_prep) = data::prepare(task, &records, Path::new(&name), cfg.skip_bad_rows)?;
-    if skipped_read + skipped_prep > 0 {
-        eprintln!(
-            "softprompt: {name}: skipped {} bad rows",
-            skipped_read + skipped_prep
-        );
-    }
-    Ok((eval::tokenize(model, &items, cfg.max_len)?, name))
+) -> Result<(Tokenized, String, usize)> {
+    let split = data::load_items(task, file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
+    let tokens = eval::tokenize(model, &split.items, cfg.max_len)?;
+    Ok((tokens, split.name, split.skipped))
 }
 
 /// The run's training split (cut to `train_limit`, never empty), its name, and the
-/// validation split (cut to `eval_limit`) when there is one.
+/// validation split (cut to `eval_limit`) when there is one. Skipped bad rows are reported
+/// to `obs`.
 pub(crate) fn load_train_val(
     model: &FrozenModel,
     cfg: &TrainConfig,
+    obs: &mut dyn Observer,
 ) -> Result<(Tokenized, String, Option<Tokenized>)> {
-    let (mut train_data, train_name) = load_split(model, &cfg.task, &cfg.train_file, cfg)?;
-    if let Some(n) = cfg.train_limit {
-        train_data.truncate(n);
-    }
+    let mut load = |file: &str, limit: Option<usize>| -> Result<(Tokenized, String)> {
+        let (mut t, name, skipped) = load_split(model, &cfg.task, file, cfg)?;
+        if skipped > 0 {
+            obs.on_message(&format!("{name}: skipped {skipped} bad rows"));
+        }
+        if let Some(n) = limit {
+            t.truncate(n);
+        }
+        Ok((t, name))
+    };
+    let (train_data, train_name) = load(&cfg.train_file, cfg.train_limit)?;
     if train_data.is_empty() {
         return Err(Error::Input(format!("{train_name}: no training examples")));
     }
     let val = match &cfg.validation_file {
-        Some(f) => {
-            let (mut v, _) = load_split(model, &cfg.task, f, cfg)?;
-            if let Some(n) = cfg.eval_limit {
-                v.truncate(n);
-            }
-            Some(v)
-        }
+        Some(f) => Some(load(f, cfg.eval_limit)?.0),
         None => None,
     };
     Ok((train_data, train_name, val))
@@ -245,10 +298,13 @@ pub fn init_embeddings(
 ) -> Result<Tensor> {
     let d = model.llama.dims.d;
     if p == 0 || p > prompt::MAX_VIRTUAL_TOKENS {
-        return Err(Error::Input(format!(
-            "--virtual-tokens must be in 1..={}, got {p}",
-            prompt::MAX_VIRTUAL_TOKENS
-        )));
+        return Err(Error::setting(
+            "num_virtual_tokens",
+            format!(
+                "num_virtual_tokens must be in 1..={}, got {p}",
+                prompt::MAX_VIRTUAL_TOKENS
+            ),
+        ));
     }
     let vocab = model.llama.dims.vocab;
     let specials: Vec<u32> = model
@@ -258,20 +314,21 @@ pub fn init_embeddings(
         .copied()
         .collect();
     let sample = |n: usize, top: usize| -> Vec<u32> {
-        let mut ids = prompt::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), seed);
+        let mut ids =
+            prompt::init::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), seed);
         ids.retain(|i| !specials.contains(i));
         ids.truncate(n);
         ids
     };
     match init {
-        Init::Random { range } => Ok(prompt::random_uniform(p, d, *range, seed)),
-        Init::Vocab { top } => model.prompt_from_tokens(&sample(p, *top)),
+        Init::Random { range } => Ok(prompt::init::random_uniform(p, d, *range, seed)),
+        Init::Vocab { top } => prompt::init::from_tokens(model, &sample(p, *top)),
         Init::Text(t) => {
             let ids = model.encode(t)?;
             if ids.is_empty() {
-                return Err(Error::Input("--init text: the text has no tokens".into()));
+                return Err(Error::setting("init", "init text: the text has no tokens"));
             }
-            model.prompt_from_tokens(&prompt::repeat_ids(&ids, p))
+            prompt::init::from_tokens(model, &prompt::init::repeat_ids(&ids, p))
         }
         Init::Labels => {
             let mut ids: Vec<u32> = Vec::new();
@@ -284,17 +341,18 @@ pub fn init_embeddings(
                 }
             }
             if ids.is_empty() {
-                return Err(Error::Input(
-                    "--init labels: the task has no fixed label words".into(),
+                return Err(Error::setting(
+                    "init",
+                    "init labels: the task has no fixed label words",
                 ));
             }
             ids.truncate(p);
             let rest = p - ids.len();
             ids.extend(sample(rest, 5000));
-            model.prompt_from_tokens(&ids)
+            prompt::init::from_tokens(model, &ids)
         }
         Init::File(dir) => {
-            let sp = model.load_prompt(dir, false)?;
+            let sp = SoftPrompt::load_for(model, dir, false)?;
             if sp.num_virtual_tokens() != p {
                 return Err(Error::Mismatch(format!(
                     "{}: has {} virtual tokens, the run asks for {p}",
@@ -314,7 +372,7 @@ fn make_prompt(
     emb: &Tensor,
     metrics: serde_json::Value,
 ) -> SoftPrompt {
-    let mut p = model.new_prompt(emb.clone());
+    let mut p = SoftPrompt::for_model(model, emb.clone());
     if let Some(meta) = p.meta.as_mut() {
         meta.task = serde_json::to_value(&cfg.task).ok();
         meta.training = serde_json::to_value(cfg).ok();
@@ -333,20 +391,16 @@ pub fn train(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainSummary> {
-    if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.steps == 0 {
-        return Err(Error::Input(
-            "--batch-size, --grad-accum and --steps must be at least 1".into(),
-        ));
-    }
+    cfg.check_sizes()?;
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::Input(format!(
-            "--lr must be positive, got {}",
-            cfg.lr
-        )));
+        return Err(Error::setting(
+            "lr",
+            format!("lr must be positive, got {}", cfg.lr),
+        ));
     }
     cfg.optimizer.validate()?;
     let t_load = Instant::now();
-    let (train_data, train_name, val) = load_train_val(model, cfg)?;
+    let (train_data, train_name, val) = load_train_val(model, cfg, obs)?;
     obs.on_message(&format!(
         "{} training examples from {train_name}, {} validation examples; tokenized in {:.1}s",
         train_data.len(),
@@ -357,10 +411,13 @@ pub fn train(
     let log_path = out.join("train_log.jsonl");
     // A fresh run never writes over an earlier run's checkpoints (nothing a user had is lost).
     if !resume && std::fs::read_dir(&ckpt_dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(Error::Input(format!(
-            "{} holds checkpoints of an earlier run: continue it with --resume, or choose another --out",
-            ckpt_dir.display()
-        )));
+        return Err(Error::setting(
+            "resume",
+            format!(
+                "{} holds checkpoints of an earlier run: resume it, or choose another output folder",
+                ckpt_dir.display()
+            ),
+        ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
@@ -430,8 +487,13 @@ pub fn train(
         .create(true)
         .open(&log_path)
         .map_err(|e| Error::io(&log_path, e))?;
-    let lengths = train_data.lengths();
-    let mut batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, st.epoch);
+    let mut order = EpochBatches::new(
+        train_data.lengths(),
+        cfg.batch_size,
+        cfg.seed,
+        st.epoch,
+        st.batch_in_epoch,
+    );
     let t0 = Instant::now();
     let secs_before = st.seconds;
     let mut interrupted = false;
@@ -456,22 +518,22 @@ pub fn train(
         let mut grad = vec![0.0f32; p * d]; // [P, D]
         let (mut loss, mut rows) = (0.0f64, 0usize);
         for _ in 0..cfg.grad_accum {
-            if st.batch_in_epoch >= batches.len() {
-                st.epoch += 1;
-                st.batch_in_epoch = 0;
-                batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, st.epoch);
-            }
-            let batch = train_data.select(&batches[st.batch_in_epoch]);
-            st.batch_in_epoch += 1;
+            let idx = order
+                .next()
+                .ok_or_else(|| Error::Input("no training examples".into()))?;
+            (st.epoch, st.batch_in_epoch) = order.position();
+            let batch = train_data.select(&idx);
             let r = match &batch {
                 Tokenized::Class(b) => objective::classify_batch(
                     &model.llama,
-                    Some(&emb.data),
+                    Some(PromptRef::from_tensor(&emb)?),
                     b,
                     cfg.length_norm,
                     true,
                 )?,
-                Tokenized::Gen(b) => objective::lm_batch(&model.llama, Some(&emb.data), b, true)?,
+                Tokenized::Gen(b) => {
+                    objective::lm_batch(&model.llama, Some(PromptRef::from_tensor(&emb)?), b, true)?
+                }
             };
             loss += r.loss / cfg.grad_accum as f64;
             rows += r.rows;
@@ -482,10 +544,10 @@ pub fn train(
             }
         }
         if !loss.is_finite() {
-            return Err(Error::Input(format!(
-                "loss became {loss} at step {}: lower --lr",
-                st.step
-            )));
+            return Err(Error::setting(
+                "lr",
+                format!("loss became {loss} at step {}: lower lr", st.step),
+            ));
         }
         let grad_norm = optim::clip_grad_norm(&mut grad, cfg.max_grad_norm);
         let lr = optim::lr_at(cfg.schedule, cfg.lr, st.step, cfg.steps, cfg.warmup_steps);
@@ -510,7 +572,7 @@ pub fn train(
             if (cfg.eval_every > 0 && st.step % cfg.eval_every == 0) || last {
                 let rep = eval::evaluate(
                     model,
-                    Some(&emb.data),
+                    Some(PromptRef::from_tensor(&emb)?),
                     v,
                     cfg.eval_batch_size,
                     cfg.length_norm,
@@ -549,7 +611,7 @@ pub fn train(
         if stopping {
             interrupted = true;
             obs.on_message(&format!(
-                "interrupted: checkpoint saved at step {}; continue with --resume",
+                "interrupted: checkpoint saved at step {}; resume the run to continue",
                 st.step
             ));
             break;
@@ -601,7 +663,7 @@ fn truncate_log(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    checkpoint::atomic_write(path, kept.as_bytes())
+    crate::fsio::atomic_write(path, kept.as_bytes())
 }
 
 /// Loss (and its moving average) and the validation metric against the step.
