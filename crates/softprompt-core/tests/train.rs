@@ -115,6 +115,11 @@ fn real_model_loss_falls_and_weights_stay_byte_identical() {
     .loss;
     train::train(&m, &cfg, &out, false, &AtomicBool::new(false), &mut Quiet).unwrap();
     let p = SoftPrompt::load(&out.join("last")).unwrap();
+    // PEFT finds the base of an adapter trained on the alias on the hub.
+    assert_eq!(
+        p.config.base_model_name_or_path.as_deref(),
+        Some("HuggingFaceTB/SmolLM2-135M-Instruct")
+    );
     let l1 = train::evaluate(&m, Some(p.view().unwrap()), &val, 16, false)
         .unwrap()
         .loss;
