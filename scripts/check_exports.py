@@ -2,9 +2,9 @@
 """Load `softprompt export` folders in transformers and compare log-probs: the live check of the
 export writer (config.json as transformers 5.24 declares it, f32 weights).
 
-    python3 -m venv .venv-arch && .venv-arch/bin/pip install torch==2.15.0 transformers==5.24.0 safetensors
+    python3 -m venv .venv-fixtures && .venv-fixtures/bin/pip install -r scripts/requirements-fixtures.txt
     cargo build -p softprompt-cli
-    .venv-arch/bin/python scripts/check_exports.py [--real gemma3-270m smollm2-135m]
+    .venv-fixtures/bin/python scripts/check_exports.py [--real gemma3-270m smollm2-135m]
 
 1. Every tiny model in crates/softprompt-core/tests/fixtures/arch (scripts/make_arch_fixtures.py)
    is exported with `softprompt export`, loaded with AutoModelForCausalLM (float32, eager

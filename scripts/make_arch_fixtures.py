@@ -2,8 +2,8 @@
 """Tiny random models of every supported architecture, saved by transformers, with the log-probs
 transformers computes for them: the fixtures of crates/softprompt-core/tests/transformers_parity.rs.
 
-    python3 -m venv .venv-arch && .venv-arch/bin/pip install torch==2.15.0 transformers==5.24.0 safetensors
-    .venv-arch/bin/python scripts/make_arch_fixtures.py
+    python3 -m venv .venv-fixtures && .venv-fixtures/bin/pip install -r scripts/requirements-fixtures.txt
+    .venv-fixtures/bin/python scripts/make_arch_fixtures.py
 
 writes crates/softprompt-core/tests/fixtures/arch/NAME/ for each NAME below:
 - config.json, model.safetensors: `save_pretrained` of a 2-layer model with random weights (seed 0,
