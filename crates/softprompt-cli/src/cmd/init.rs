@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use softprompt_core::prompt::SoftPrompt;
-use softprompt_core::train::{trainer, Init};
+use softprompt_core::train::init::{init_embeddings, Init};
 
 use super::common::{load_model, parse_init, ModelArgs, TaskArgs, INIT_HELP};
 
@@ -43,7 +43,7 @@ pub fn run(a: InitArgs) -> Result<()> {
     anyhow::ensure!(a.count >= 1, "--count must be >= 1");
     for i in 0..a.count {
         let seed = a.seed + i as u64;
-        let emb = trainer::init_embeddings(&model, &init, a.virtual_tokens, seed, &spec)?;
+        let emb = init_embeddings(&model, &init, a.virtual_tokens, seed, &spec)?;
         let mut p = SoftPrompt::for_model(&model, emb);
         if let Some(m) = p.meta.as_mut() {
             m.training =
