@@ -3,6 +3,7 @@
 
 mod bench;
 mod compare_cmd;
+mod distill_cmd;
 mod inspect_cmd;
 mod serve_cmd;
 
@@ -106,6 +107,9 @@ enum Cmd {
     },
     /// Train a soft prompt on a task (default: the built-in `demo` sentiment task).
     Train(Box<TrainArgs>),
+    /// Distill a long hard prompt into a few virtual tokens, without labels (the model with
+    /// the hard prompt teaches the model with a soft prompt).
+    Distill(Box<distill_cmd::DistillArgs>),
     /// Evaluate a soft prompt (or the bare template with --no-prompt) on a labelled file.
     Eval {
         #[command(flatten)]
@@ -510,6 +514,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Train(a) => cmd_train(*a)?,
+        Cmd::Distill(a) => distill_cmd::run(*a)?,
         Cmd::Compare(a) => compare_cmd::run(*a)?,
         Cmd::Inspect(a) => inspect_cmd::run(*a)?,
         Cmd::Bench {

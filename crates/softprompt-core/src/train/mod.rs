@@ -2,6 +2,7 @@
 //! trainer loop.
 
 pub mod checkpoint;
+pub mod distill;
 pub mod eval;
 pub mod finetune;
 pub mod optim;
