@@ -2,7 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use softprompt_core::prompt::{parse_adapter_config, MAX_TOKEN_DIM, MAX_VIRTUAL_TOKENS};
+use softprompt_core::prompt::peft::parse_adapter_config;
+use softprompt_core::prompt::{MAX_TOKEN_DIM, MAX_VIRTUAL_TOKENS};
 
 fuzz_target!(|data: &[u8]| {
     let path = std::path::Path::new("adapter_config.json");

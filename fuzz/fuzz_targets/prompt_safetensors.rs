@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use softprompt_core::prompt::parse_prompt_safetensors;
+use softprompt_core::prompt::peft::parse_prompt_safetensors;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {

@@ -9,14 +9,15 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde_json::json;
+use softprompt_core::infer::objective::{self, ClassExample, GenExample};
 use softprompt_core::infer::{self, Sampling};
+use softprompt_core::model::input::PromptRef;
 use softprompt_core::model::FrozenModel;
-use softprompt_core::objective::{self, ClassExample, GenExample};
 use softprompt_core::train::optim::{Optimizer, OptimizerKind};
 
 /// Peak resident set size of this process so far, in MiB (Linux `VmHWM`).
 pub fn peak_rss_mib() -> Option<f64> {
-    softprompt_core::compare::peak_rss().map(|b| b as f64 / (1024.0 * 1024.0))
+    softprompt_core::compare::measure::peak_rss().map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -43,7 +44,7 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
     let runs = runs.max(1);
     let d = m.llama.dims.d;
     let p = 20;
-    let prompt: Vec<f32> = softprompt_core::prompt::random_uniform(p, d, 0.5, 0).data;
+    let prompt: Vec<f32> = softprompt_core::prompt::init::random_uniform(p, d, 0.5, 0).data;
     let mut rows = Vec::new();
     let want = |w: &str| only.is_none_or(|o| o == w);
 
@@ -59,7 +60,7 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
         let mut times = Vec::new();
         for _ in 0..runs + 1 {
             let t = Instant::now();
-            let r = objective::lm_batch(&m.llama, Some(&param), &batch, true)?;
+            let r = objective::lm_batch(&m.llama, Some(PromptRef::new(&param, d)?), &batch, true)?;
             let g = r.grad.unwrap_or_default();
             opt.step(&mut param, &g, 1e-3);
             times.push(t.elapsed().as_secs_f64());
@@ -85,13 +86,19 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
             // Time the decode steps only: prefill once, then count tokens after the first.
             let mut first = None;
             let mut n = 0usize;
-            infer::generate(&m.llama, Some(&prompt), &text, &s, |_| {
-                n += 1;
-                if first.is_none() {
-                    first = Some(Instant::now());
-                }
-                true
-            })?;
+            infer::generate(
+                &m.llama,
+                Some(PromptRef::new(&prompt, d)?),
+                &text,
+                &s,
+                |_| {
+                    n += 1;
+                    if first.is_none() {
+                        first = Some(Instant::now());
+                    }
+                    true
+                },
+            )?;
             let secs = first.map_or(1.0, |f| f.elapsed().as_secs_f64());
             rates.push((n - 1) as f64 / secs);
         }
@@ -116,7 +123,13 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
         for _ in 0..runs {
             let t = Instant::now();
             for chunk in batch.chunks(16) {
-                objective::classify_batch(&m.llama, Some(&prompt), chunk, false, false)?;
+                objective::classify_batch(
+                    &m.llama,
+                    Some(PromptRef::new(&prompt, d)?),
+                    chunk,
+                    false,
+                    false,
+                )?;
             }
             times.push(t.elapsed().as_secs_f64());
         }
@@ -132,7 +145,8 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
     if want("serve") {
         // The server's decode step: 32 sequences (prompt + 16 text tokens each) advance one
         // token in one packed forward, in exact (batch-invariant) mode and in the default mode.
-        use softprompt_core::model::llama::{KvCache, SeqInput};
+        use softprompt_core::model::input::SeqInput;
+        use softprompt_core::model::llama::KvCache;
         for exact in [true, false] {
             m.llama.exact = exact;
             let b = 32;
@@ -141,7 +155,7 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
             for (i, c) in caches.iter_mut().enumerate() {
                 let t = ids(16, i as u32);
                 let (mut x, lens) = m.llama.embed_batch(&[SeqInput {
-                    prompt: Some(&prompt),
+                    prompt: Some(PromptRef::new(&prompt, d)?),
                     ids: &t,
                 }])?;
                 m.llama

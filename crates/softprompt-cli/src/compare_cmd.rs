@@ -172,7 +172,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {
-        println!("{}", compare::markdown(&c));
+        println!("{}", compare::markdown::markdown(&c));
     }
     eprintln!(
         "softprompt: compare finished in {:.1} min; compare.md, compare.png, compare.json in {}",

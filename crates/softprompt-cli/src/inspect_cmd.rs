@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use softprompt_core::inspect::{self, InspectReport};
+use softprompt_core::prompt::SoftPrompt;
 
 use crate::{load_model, ModelArgs, TaskArgs};
 
@@ -54,7 +55,7 @@ pub struct InspectArgs {
 
 pub fn run(a: InspectArgs) -> Result<()> {
     let m = load_model(&a.model)?;
-    let sp = m.load_prompt(&a.prompt, a.force)?;
+    let sp = SoftPrompt::load_for(&m, &a.prompt, a.force)?;
     let t = std::time::Instant::now();
     let mut report = inspect::inspect(&m, &sp, a.k)?;
     eprintln!(
@@ -77,7 +78,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
                     .or_else(|| cfg.as_ref().and_then(|c| c.data_root.clone()));
                 let max_len = a.max_len.or(cfg.as_ref().map(|c| c.max_len)).unwrap_or(256);
                 let length_norm = a.length_norm || cfg.as_ref().is_some_and(|c| c.length_norm);
-                let data = inspect::load_eval_data(
+                let data = inspect::eval::load_eval_data(
                     &m,
                     &spec,
                     &file,
@@ -92,7 +93,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
                     data.name
                 );
                 let t = std::time::Instant::now();
-                report.evaluation = Some(inspect::evaluate_projection(
+                report.evaluation = Some(inspect::eval::evaluate_projection(
                     &m,
                     &sp,
                     &report.hard_prompt.ids,
@@ -114,9 +115,9 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
 
     let out = a.out.clone().unwrap_or_else(|| a.prompt.join("inspect"));
-    let pictures = inspect::write_pictures(&report, &out)
+    let pictures = inspect::markdown::write_pictures(&report, &out)
         .with_context(|| format!("writing the pictures to {}", out.display()))?;
-    let markdown = inspect::write_markdown(&report, &out)?;
+    let markdown = inspect::markdown::write_markdown(&report, &out)?;
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["files"] = json!({ "markdown": markdown, "pictures": pictures });

@@ -4,6 +4,7 @@
 mod bench;
 mod compare_cmd;
 mod distill_cmd;
+mod flags;
 mod inspect_cmd;
 mod serve_cmd;
 
@@ -14,9 +15,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::data::{self, TaskSpec};
 use softprompt_core::infer::{self, Sampling};
-use softprompt_core::model::weight::WeightFormat;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::{self, optim, trainer};
@@ -376,7 +377,7 @@ fn load_model(m: &ModelArgs) -> Result<FrozenModel> {
 fn load_prompt(model: &FrozenModel, p: &PromptArgs) -> Result<Option<SoftPrompt>> {
     match &p.prompt {
         None => Ok(None),
-        Some(dir) => Ok(Some(model.load_prompt(dir, p.force)?)),
+        Some(dir) => Ok(Some(SoftPrompt::load_for(model, dir, p.force)?)),
     }
 }
 
@@ -403,7 +404,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: the outermost context and the root cause.
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            eprintln!("error: {}{}", chain.join(": "), flags::hint(&e));
             ExitCode::FAILURE
         }
     }
@@ -425,7 +426,7 @@ fn run(cli: Cli) -> Result<()> {
             let ids = m.encode_input(&text)?; // with <bos> where the model expects one
             let lp = infer::score(
                 &m.llama,
-                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                sp.as_ref().map(SoftPrompt::view).transpose()?,
                 &ids,
             )?;
             if json {
@@ -479,7 +480,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut stdout = std::io::stdout();
             let out = infer::generate(
                 &m.llama,
-                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                sp.as_ref().map(SoftPrompt::view).transpose()?,
                 &ids,
                 &s,
                 |tok| {
@@ -563,8 +564,8 @@ fn run(cli: Cli) -> Result<()> {
             let file = file
                 .or_else(|| spec.validation.clone())
                 .context("give --data FILE (the task has no validation split)")?;
-            let (records, _, name) = data::load_split(&file, task.data_root.as_deref(), false)?;
-            let (items, _) = data::prepare(&spec, &records, std::path::Path::new(&name), false)?;
+            let data::Split { items, name, .. } =
+                data::load_items(&spec, &file, task.data_root.as_deref(), false)?;
             let mut tok = train::tokenize(&m, &items, max_len)?;
             if let Some(n) = limit {
                 tok.truncate(n);
@@ -572,7 +573,7 @@ fn run(cli: Cli) -> Result<()> {
             let t = std::time::Instant::now();
             let rep = train::evaluate(
                 &m,
-                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                sp.as_ref().map(SoftPrompt::view).transpose()?,
                 &tok,
                 batch_size,
                 length_norm,
@@ -590,7 +591,7 @@ fn run(cli: Cli) -> Result<()> {
                 v["majority_baseline"] = json!({ "class": cls, "accuracy": base });
             }
             if let Some(path) = &report {
-                softprompt_core::train::checkpoint::atomic_write(
+                softprompt_core::fsio::atomic_write(
                     path,
                     serde_json::to_string_pretty(&v)?.as_bytes(),
                 )?;
@@ -640,15 +641,15 @@ fn run(cli: Cli) -> Result<()> {
                 (None, None) => anyhow::bail!("give --text or --input"),
             };
             let (ex, cands) = train::eval::class_example(&m, &spec, input)?;
-            let r = softprompt_core::objective::classify_batch(
+            let r = softprompt_core::infer::objective::classify_batch(
                 &m.llama,
-                sp.as_ref().map(|p| p.embeddings.data.as_slice()),
+                sp.as_ref().map(SoftPrompt::view).transpose()?,
                 std::slice::from_ref(&ex),
                 length_norm,
                 false,
             )?;
-            let probs = softprompt_core::objective::softmax(&r.scores[0]);
-            let best = softprompt_core::objective::argmax(&r.scores[0]);
+            let probs = softprompt_core::infer::objective::softmax(&r.scores[0]);
+            let best = softprompt_core::infer::objective::argmax(&r.scores[0]);
             let labels = spec.label_values();
             if json {
                 println!(

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use softprompt_core::compute::weight::WeightFormat;
+use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::{trainer, Init};
 use softprompt_serve::loadtest::{self, LoadConfig};
 use softprompt_serve::ServeConfig;
 
 use crate::{load_model, ModelArgs, TaskArgs};
-use softprompt_core::model::weight::WeightFormat;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -240,7 +241,7 @@ pub fn init(a: InitArgs) -> Result<()> {
     for i in 0..a.count {
         let seed = a.seed + i as u64;
         let emb = trainer::init_embeddings(&model, &init, a.virtual_tokens, seed, &spec)?;
-        let mut p = model.new_prompt(emb);
+        let mut p = SoftPrompt::for_model(&model, emb);
         if let Some(m) = p.meta.as_mut() {
             m.training =
                 Some(serde_json::json!({ "init": a.init, "seed": seed, "trained_steps": 0 }));

@@ -261,9 +261,40 @@ fn weight_formats_are_refused_where_they_do_not_apply() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a GGUF model"), "{err}");
+    // The library names the setting; the CLI names its flag.
+    assert!(err.contains("(see --weights)"), "{err}");
 
     let out = bin().args(["serve", "--weights", "bf16"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not batch-invariant"), "{err}");
+}
+
+/// A training setting that cannot work is one error line naming the setting (the library's
+/// words) and the flag that sets it (the CLI's), before any training starts.
+#[test]
+fn bad_training_settings_name_their_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, needle, flag) in [
+        (&["--steps", "0"][..], "steps must be at least 1", "--steps"),
+        (&["--lr", "0"][..], "lr must be positive", "--lr"),
+        (
+            &["--virtual-tokens", "0"][..],
+            "num_virtual_tokens must be in",
+            "--virtual-tokens",
+        ),
+    ] {
+        let out = bin()
+            .args(["train", "--quiet", "--task", "demo", "--out"])
+            .arg(tmp.path().join("run"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle) && err.contains(&format!("(see {flag})")),
+            "{err}"
+        );
+    }
 }

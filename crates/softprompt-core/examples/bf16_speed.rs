@@ -3,7 +3,7 @@
 //! and a list of m values (default 1184,64,8,1). `BF16_SPEED_MIN=1`: best of 15 runs instead
 //! (less sensitive to other processes on a shared machine). `BF16_SPEED_CPU=1`: best of 15 in
 //! CPU seconds summed over threads, i.e. GFLOP/s per busy core (blind to preemption).
-use softprompt_core::{bf16, kernels};
+use softprompt_core::compute::{bf16, kernels};
 use std::time::Instant;
 
 /// CPU time of all threads of this process (ns), from /proc/self/task/*/schedstat.

@@ -2,8 +2,8 @@
 //! head, timed alone on the loaded model (`--weights` format as the first argument), inside
 //! the thread pool as a model pass runs them. Each product repeats on the same matrix, so a
 //! small one stays in cache: the sum is a lower bound of a step's product time.
-use softprompt_core::kernels;
-use softprompt_core::model::weight::WeightFormat;
+use softprompt_core::compute::kernels;
+use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::model::FrozenModel;
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ fn main() {
             layer0.push((name.to_string(), w.clone()));
         }
     });
-    let time = |name: &str, w: &softprompt_core::model::weight::Weight| {
+    let time = |name: &str, w: &softprompt_core::compute::weight::Weight| {
         let x = vec![0.01f32; w.cols()];
         let mut y = vec![0.0f32; w.rows()];
         let reps = 2000 / (w.rows() / 500).max(1);

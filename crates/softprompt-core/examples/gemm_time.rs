@@ -1,4 +1,4 @@
-use softprompt_core::kernels::{gemm, linear, linear_dx, View};
+use softprompt_core::compute::kernels::{gemm, linear, linear_dx, View};
 fn main() {
     let (m, n, k) = (800, 1536, 576);
     let x = vec![0.5f32; m * k];

@@ -12,9 +12,9 @@ fn main() {
             let t = Instant::now();
             for _ in 0..reps {
                 if exact {
-                    softprompt_core::kernels::linear_rows(&x, &w, m, n, k, &mut y, false);
+                    softprompt_core::compute::kernels::linear_rows(&x, &w, m, n, k, &mut y, false);
                 } else {
-                    softprompt_core::kernels::linear(&x, &w, m, n, k, &mut y, false);
+                    softprompt_core::compute::kernels::linear(&x, &w, m, n, k, &mut y, false);
                 }
             }
             let s = t.elapsed().as_secs_f64() / reps as f64;

@@ -1,6 +1,7 @@
 //! Quick timing of one prompt-tuning step (forward + input-gradient backward).
+use softprompt_core::infer::objective::{classify_batch, ClassExample};
+use softprompt_core::model::input::PromptRef;
 use softprompt_core::model::FrozenModel;
-use softprompt_core::objective::{classify_batch, ClassExample};
 fn main() {
     let m = FrozenModel::load("smollm2-135m").unwrap();
     let bs: usize = std::env::args()
@@ -23,9 +24,23 @@ fn main() {
     let prompt = vec![0.1f32; 20 * 576];
     for _ in 0..3 {
         let t = std::time::Instant::now();
-        let r = classify_batch(&m.llama, Some(&prompt), &batch, false, true).unwrap();
+        let r = classify_batch(
+            &m.llama,
+            Some(PromptRef::new(&prompt, m.llama.dims.d).unwrap()),
+            &batch,
+            false,
+            true,
+        )
+        .unwrap();
         let fwd = std::time::Instant::now();
-        let _ = classify_batch(&m.llama, Some(&prompt), &batch, false, false).unwrap();
+        let _ = classify_batch(
+            &m.llama,
+            Some(PromptRef::new(&prompt, m.llama.dims.d).unwrap()),
+            &batch,
+            false,
+            false,
+        )
+        .unwrap();
         println!(
             "rows {} step {:.3}s forward-only {:.3}s",
             r.rows,

@@ -21,9 +21,15 @@ pub enum Error {
     /// A soft prompt or input that does not fit the model (hidden size, vocab, context...).
     #[error("{0}")]
     Mismatch(String),
-    /// Bad user-supplied value (flag, request field, text).
+    /// Bad user-supplied value (request field, text, data).
     #[error("{0}")]
     Input(String),
+    /// A setting (a field of the configuration of a run or a load) whose value cannot work.
+    /// `name` is the field (`lr`, `steps`, `weights`, `force`, ...) and the message says what
+    /// to change in those words; a front end maps the name to its own spelling (the CLI
+    /// names the flag).
+    #[error("{msg}")]
+    Setting { name: &'static str, msg: String },
     /// Fetching a model (default alias or hub id) failed.
     #[error("fetch failed: {0}")]
     Fetch(String),
@@ -32,21 +38,6 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// Read an opened file whole if it holds at most `cap` bytes; `Ok(None)` when it is larger. A
-/// regular file is refused from its size before anything is read; anything else (a pipe, a
-/// file that grows) after reading at most `cap + 1` bytes. Callers word the "too big" error.
-pub(crate) fn read_at_most(path: &Path, file: std::fs::File, cap: u64) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    if file.metadata().is_ok_and(|m| m.is_file() && m.len() > cap) {
-        return Ok(None);
-    }
-    let mut buf = Vec::new();
-    file.take(cap + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(path, e))?;
-    Ok((buf.len() as u64 <= cap).then_some(buf))
-}
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
@@ -58,6 +49,12 @@ impl Error {
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         Error::Format {
             path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    pub fn setting(name: &'static str, msg: impl Into<String>) -> Self {
+        Error::Setting {
+            name,
             msg: msg.into(),
         }
     }

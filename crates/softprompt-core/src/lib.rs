@@ -6,20 +6,17 @@
 //! of [`compare`]). A [`prompt::SoftPrompt`] (PEFT adapter layout) is prepended to the token
 //! embeddings; [`infer`] scores and generates with it.
 
-pub mod bf16;
 pub mod compare;
+pub mod compute;
 pub mod data;
 pub mod error;
-pub mod fetch;
+pub mod fsio;
 pub mod infer;
 pub mod inspect;
-pub mod kernels;
 pub mod model;
-pub mod objective;
 pub mod prompt;
-pub mod scheduler;
-pub mod tensor;
+pub mod report;
 pub mod train;
 
+pub use compute::Tensor;
 pub use error::{Error, Result};
-pub use tensor::Tensor;

@@ -13,6 +13,7 @@ use softprompt_core::model::FrozenModel;
 use softprompt_core::train::finetune::finetune;
 use softprompt_core::train::optim::OptimizerKind;
 use softprompt_core::train::Quiet;
+use softprompt_core::Error;
 
 #[test]
 fn full_finetuning_lowers_the_loss_and_saves_a_loadable_model() {
@@ -41,19 +42,21 @@ fn full_finetuning_lowers_the_loss_and_saves_a_loadable_model() {
 }
 
 /// The error of a demo-task fine-tuning run of `steps` steps without validation.
-fn finetune_error(m: &mut FrozenModel, steps: u64) -> String {
+fn finetune_error(m: &mut FrozenModel, steps: u64) -> Error {
     let mut cfg = demo_config(steps);
     cfg.validation_file = None;
     let tmp = tempfile::tempdir().unwrap();
-    finetune(m, &cfg, tmp.path(), &AtomicBool::new(false), &mut Quiet)
-        .unwrap_err()
-        .to_string()
+    finetune(m, &cfg, tmp.path(), &AtomicBool::new(false), &mut Quiet).unwrap_err()
 }
 
 #[test]
 fn finetuning_refuses_zero_steps() {
     let e = finetune_error(&mut tiny_demo_model(1), 0);
-    assert!(e.contains("--steps"), "{e}");
+    // The error names the setting (`steps`; the CLI maps it to --steps).
+    assert!(
+        matches!(&e, Error::Setting { name: "steps", .. }) && e.to_string().contains("steps"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -112,9 +115,20 @@ fn comparison_writes_its_files_and_measures_forgetting() {
 /// is refused with an error that says what to do.
 #[test]
 fn quantized_weights_are_refused_for_full_finetuning() {
-    use softprompt_core::model::weight::WeightFormat;
+    use softprompt_core::compute::weight::WeightFormat;
     let mut m = FrozenModel::load_with("smollm2-135m", WeightFormat::Quantized).unwrap();
     let e = finetune_error(&mut m, 1);
-    assert!(e.contains("needs f32 weights"), "{e}");
-    assert!(e.contains("--weights f32"), "{e}");
+    assert!(e.to_string().contains("needs f32 weights"), "{e}");
+    // It names the setting to change (`weights`, the CLI's --weights) and the value.
+    assert!(
+        matches!(
+            &e,
+            Error::Setting {
+                name: "weights",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("weights format f32"), "{e}");
 }

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use crafted_common::expect_err;
 use serde_json::json;
-use softprompt_core::prompt::{parse_adapter_config, SoftPrompt, ADAPTER_CONFIG_FILE, META_FILE};
+use softprompt_core::prompt::peft::parse_adapter_config;
+use softprompt_core::prompt::{SoftPrompt, ADAPTER_CONFIG_FILE, META_FILE};
 use softprompt_core::Error;
 
 /// `prompt_embeddings` F32 [2, 4].

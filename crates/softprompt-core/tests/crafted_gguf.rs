@@ -8,7 +8,8 @@ mod crafted_common;
 use std::path::{Path, PathBuf};
 
 use crafted_common::expect_err;
-use softprompt_core::model::load::gguf::{load_gguf, GgmlType, GgufFile};
+use softprompt_core::compute::quant::GgmlType;
+use softprompt_core::model::load::gguf::{load_gguf, GgufFile};
 use softprompt_core::Error;
 
 const T_U32: u32 = 4;

@@ -8,7 +8,8 @@ mod crafted_common;
 use std::path::{Path, PathBuf};
 
 use crafted_common::expect_err;
-use softprompt_core::prompt::{parse_prompt_safetensors, SoftPrompt, ADAPTER_WEIGHTS_FILE};
+use softprompt_core::prompt::peft::parse_prompt_safetensors;
+use softprompt_core::prompt::{SoftPrompt, ADAPTER_WEIGHTS_FILE};
 use softprompt_core::Error;
 
 /// Rows and columns the config of every case asks for.

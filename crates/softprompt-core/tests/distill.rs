@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{demo_config, step_losses, tiny_demo_model};
 use softprompt_core::infer;
+use softprompt_core::model::input::PromptRef;
 use softprompt_core::model::llama::{random_weights, Llama};
 use softprompt_core::model::LlamaConfig;
 use softprompt_core::prompt::SoftPrompt;
@@ -73,9 +74,12 @@ fn check_fd(m: &Llama, k: usize) {
     let pr = prompt(3, d);
     let data = teacher_batch(m.dims.vocab, k);
     let batch: Vec<&TeacherExample> = data.iter().collect();
-    let (r, _) = kl_batch(m, Some(&pr), &batch, true).unwrap();
+    let (r, _) = kl_batch(m, Some(PromptRef::new(&pr, d).unwrap()), &batch, true).unwrap();
     let grad = r.grad.unwrap();
-    let loss_at = |p: &[f32]| kl_batch(m, Some(p), &batch, false).unwrap().0.loss;
+    let loss_at = |p: &[f32]| {
+        let v = PromptRef::new(p, d).unwrap();
+        kl_batch(m, Some(v), &batch, false).unwrap().0.loss
+    };
     assert!(
         (r.loss - loss_at(&pr)).abs() < 1e-6,
         "loss with and without tape"
@@ -122,19 +126,20 @@ fn kl_gradient_matches_finite_differences_full_distribution() {
 fn kl_is_zero_when_the_student_is_the_teacher() {
     let m = tiny("llama", false, serde_json::json!({}));
     let pr = prompt(2, m.dims.d);
+    let pv = PromptRef::new(&pr, m.dims.d).unwrap();
     let mut data = teacher_batch(m.dims.vocab, 4);
     for ex in &mut data {
         // The teacher's distributions become the student's own (same prompt, same tokens).
         for t in 0..ex.cont.len() {
             let mut ids = ex.ids.clone();
             ids.extend_from_slice(&ex.cont[..t]);
-            let logits = infer::last_logits(&m, Some(&pr), &ids).unwrap();
+            let logits = infer::last_logits(&m, Some(pv), &ids).unwrap();
             ex.dists[t] = top_k_dist(&logits, 4);
             ex.cont[t] = ex.dists[t].ids[0];
         }
     }
     let batch: Vec<&TeacherExample> = data.iter().collect();
-    let (r, agree) = kl_batch(&m, Some(&pr), &batch, true).unwrap();
+    let (r, agree) = kl_batch(&m, Some(pv), &batch, true).unwrap();
     assert!(
         r.loss.abs() < 1e-5,
         "KL of the teacher with itself: {}",
@@ -145,7 +150,8 @@ fn kl_is_zero_when_the_student_is_the_teacher() {
     assert_eq!(agree, 1.0, "the teacher's argmax is its own token");
     // A different prompt is a different student: KL > 0.
     let other = prompt(2, m.dims.d).iter().map(|x| -x).collect::<Vec<_>>();
-    assert!(kl_batch(&m, Some(&other), &batch, false).unwrap().0.loss > 1e-3);
+    let ov = PromptRef::new(&other, m.dims.d).unwrap();
+    assert!(kl_batch(&m, Some(ov), &batch, false).unwrap().0.loss > 1e-3);
 }
 
 fn demo_distill(steps: u64) -> (softprompt_core::train::TrainConfig, DistillConfig) {
@@ -323,11 +329,11 @@ fn real_model_distillation_lowers_the_kl_and_saves_a_prompt_folder() {
 
     // The hard prompt as prefix rows (hard_prompt/) scores the input exactly as the hard
     // prompt as text: what the server's cached prefix computes is the teacher.
-    let hp = m.load_prompt(&out.join("hard_prompt"), false).unwrap();
+    let hp = SoftPrompt::load_for(&m, &out.join("hard_prompt"), false).unwrap();
     let hard = m.encode_input(&dc.hard_prompt).unwrap();
     assert_eq!(hp.num_virtual_tokens(), hard.len());
     let input = m.encode("Q: Who painted the Mona Lisa?\nA:").unwrap();
-    let as_rows = infer::score(&m.llama, Some(&hp.embeddings.data), &input).unwrap();
+    let as_rows = infer::score(&m.llama, Some(hp.view().unwrap()), &input).unwrap();
     let mut as_text = hard.clone();
     as_text.extend(&input);
     let text_scores = infer::score(&m.llama, None, &as_text).unwrap();

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use softprompt_core::fetch::{cache_dir, fetch_alias, fetch_alias_into, is_alias};
+use softprompt_core::model::load::fetch::{cache_dir, fetch_alias, fetch_alias_into, is_alias};
 use softprompt_core::Error;
 
 const ALIAS: &str = "smollm2-135m";

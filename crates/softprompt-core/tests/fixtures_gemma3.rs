@@ -7,7 +7,7 @@ mod common;
 
 use common::{fixture_dir, gemma, read_safetensors};
 use softprompt_core::infer::{self, Sampling};
-use softprompt_core::model::llama::Example;
+use softprompt_core::model::input::{Example, PromptRef};
 
 struct Fixture {
     texts: Vec<String>,
@@ -100,15 +100,17 @@ fn logprobs_and_last_logits_with_prompt_match() {
     let f = fixture();
     for i in 0..f.texts.len() {
         let ids = ids_of(&f, i);
-        let got = infer::score(m, Some(&f.prompt), &ids).unwrap();
+        let got =
+            infer::score(m, Some(PromptRef::new(&f.prompt, m.dims.d).unwrap()), &ids).unwrap();
         let err = max_abs(&got, &f.t[&format!("logprobs_prompt_{i}")].1);
         eprintln!("text {i}: max |logprob diff| {err:.2e}");
         assert!(err < 1e-3, "text {i}: max |logprob diff| {err}");
-        let last: Vec<f64> = infer::last_logits(m, Some(&f.prompt), &ids)
-            .unwrap()
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
+        let last: Vec<f64> =
+            infer::last_logits(m, Some(PromptRef::new(&f.prompt, m.dims.d).unwrap()), &ids)
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
         let err = max_abs(&last, &f.t[&format!("lastlogits_prompt_{i}")].1);
         eprintln!("text {i}: max |last logit diff| {err:.2e}");
         assert!(err < 2e-3, "text {i}: max |last logit diff| {err}");
@@ -128,7 +130,9 @@ fn batch_loss_and_prompt_gradient_match() {
             ids,
         })
         .collect();
-    let (loss, grad) = m.prompt_loss_and_grad(&f.prompt, &batch).unwrap();
+    let (loss, grad) = m
+        .prompt_loss_and_grad(PromptRef::new(&f.prompt, m.dims.d).unwrap(), &batch)
+        .unwrap();
     let want = f.t["loss_prompt"].1[0];
     assert!(((loss - want) / want).abs() < 1e-4, "loss {loss} vs {want}");
     let g_ref = &f.t["grad_prompt"].1;
@@ -159,10 +163,24 @@ fn greedy_matches_full_forward_with_and_without_cache() {
         eos: vec![1],
         ..Default::default()
     };
-    let cached = infer::generate(m, Some(&f.prompt), &ids_of(&f, 0), &s, |_| true).unwrap();
+    let cached = infer::generate(
+        m,
+        Some(PromptRef::new(&f.prompt, m.dims.d).unwrap()),
+        &ids_of(&f, 0),
+        &s,
+        |_| true,
+    )
+    .unwrap();
     assert_eq!(cached, want, "cached greedy");
     s.no_cache = true;
-    let full = infer::generate(m, Some(&f.prompt), &ids_of(&f, 0), &s, |_| true).unwrap();
+    let full = infer::generate(
+        m,
+        Some(PromptRef::new(&f.prompt, m.dims.d).unwrap()),
+        &ids_of(&f, 0),
+        &s,
+        |_| true,
+    )
+    .unwrap();
     assert_eq!(full, want, "no-cache greedy");
 }
 
@@ -171,7 +189,7 @@ fn greedy_matches_full_forward_with_and_without_cache() {
 #[test]
 fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
     let f = fixture();
-    let gguf = softprompt_core::fetch::fetch_alias("gemma3-270m").unwrap();
+    let gguf = softprompt_core::model::load::fetch::fetch_alias("gemma3-270m").unwrap();
     let lw = softprompt_core::model::load::gguf::load_gguf(&gguf).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("gemma-3-270m-hf");
@@ -210,7 +228,12 @@ fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
     for i in 0..f.texts.len() {
         let ids = hf.encode_input(&f.texts[i]).unwrap();
         assert_eq!(ids, ids_of(&f, i));
-        let got = infer::score(&hf.llama, Some(&f.prompt), &ids).unwrap();
+        let got = infer::score(
+            &hf.llama,
+            Some(PromptRef::new(&f.prompt, hf.llama.dims.d).unwrap()),
+            &ids,
+        )
+        .unwrap();
         let err = max_abs(&got, &f.t[&format!("logprobs_prompt_{i}")].1);
         assert!(err < 1e-3, "HF folder, text {i}: max |logprob diff| {err}");
     }
@@ -222,15 +245,16 @@ fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
 /// Llama of the same shape unless forced.
 #[test]
 fn prompt_of_one_model_is_refused_on_the_other() {
+    use softprompt_core::model::fingerprint::model_fingerprint;
     use softprompt_core::model::FrozenModel;
-    use softprompt_core::prompt::{model_fingerprint, PromptMeta, SoftPrompt};
+    use softprompt_core::prompt::{self, PromptMeta, SoftPrompt};
     let g = FrozenModel::load("gemma3-270m").unwrap();
     let s = FrozenModel::load("smollm2-135m").unwrap();
     assert_ne!(g.fingerprint, s.fingerprint);
     let tmp = tempfile::tempdir().unwrap();
     for (from, to, name) in [(&g, &s, "Gemma 3 270M"), (&s, &g, "SmolLM2-135M")] {
         let dir = tmp.path().join(name.replace(' ', "_"));
-        let emb = from.prompt_from_tokens(&[5, 6, 7, 8]).unwrap();
+        let emb = prompt::init::from_tokens(from, &[5, 6, 7, 8]).unwrap();
         let meta = PromptMeta::new(
             name,
             from.llama.dims.d,
@@ -241,9 +265,9 @@ fn prompt_of_one_model_is_refused_on_the_other() {
             .with_meta(meta)
             .save(&dir)
             .unwrap();
-        from.load_prompt(&dir, false).unwrap();
+        SoftPrompt::load_for(from, &dir, false).unwrap();
         for force in [false, true] {
-            let e = to.load_prompt(&dir, force).err().expect("refused");
+            let e = SoftPrompt::load_for(to, &dir, force).expect_err("refused");
             let msg = e.to_string();
             assert!(
                 msg.contains(name)
@@ -279,6 +303,11 @@ fn prompt_of_one_model_is_refused_on_the_other() {
     let p = SoftPrompt::load(&dir).unwrap();
     p.check_compatible(16, &fp_gemma, false).unwrap();
     let e = p.check_compatible(16, &fp_llama, false).unwrap_err();
-    assert!(e.to_string().contains("fingerprint") && e.to_string().contains("--force"));
+    // The error names the setting that overrides the check (the CLI maps it to --force).
+    assert!(e.to_string().contains("fingerprint") && e.to_string().contains("force"));
+    assert!(
+        matches!(e, softprompt_core::Error::Setting { name: "force", .. }),
+        "{e:?}"
+    );
     p.check_compatible(16, &fp_llama, true).unwrap();
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{fixture_dir, read_safetensors, smollm};
 use softprompt_core::infer::{self, Sampling};
-use softprompt_core::model::llama::Example;
+use softprompt_core::model::input::{Example, PromptRef};
 
 struct Fixture {
     texts: Vec<String>,
@@ -74,15 +74,17 @@ fn logprobs_and_last_logits_with_prompt_match() {
     let f = fixture();
     for i in 0..f.texts.len() {
         let ids = ids_of(&f, i);
-        let got = infer::score(m, Some(&f.prompt), &ids).unwrap();
+        let got =
+            infer::score(m, Some(PromptRef::new(&f.prompt, m.dims.d).unwrap()), &ids).unwrap();
         let err = max_abs(&got, &f.t[&format!("logprobs_prompt_{i}")].1);
         eprintln!("text {i}: max |logprob diff| {err:.2e}");
         assert!(err < 1e-3, "text {i}: max |logprob diff| {err}");
-        let last: Vec<f64> = infer::last_logits(m, Some(&f.prompt), &ids)
-            .unwrap()
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
+        let last: Vec<f64> =
+            infer::last_logits(m, Some(PromptRef::new(&f.prompt, m.dims.d).unwrap()), &ids)
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
         let err = max_abs(&last, &f.t[&format!("lastlogits_prompt_{i}")].1);
         assert!(err < 2e-3, "text {i}: max |last logit diff| {err}");
     }
@@ -101,7 +103,9 @@ fn batch_loss_and_prompt_gradient_match() {
             ids,
         })
         .collect();
-    let (loss, grad) = m.prompt_loss_and_grad(&f.prompt, &batch).unwrap();
+    let (loss, grad) = m
+        .prompt_loss_and_grad(PromptRef::new(&f.prompt, m.dims.d).unwrap(), &batch)
+        .unwrap();
     let want = f.t["loss_prompt"].1[0];
     assert!(((loss - want) / want).abs() < 1e-4, "loss {loss} vs {want}");
     let g_ref = &f.t["grad_prompt"].1;
@@ -132,10 +136,24 @@ fn greedy_matches_full_forward_with_and_without_cache() {
         eos: vec![2],
         ..Default::default()
     };
-    let cached = infer::generate(m, Some(&f.prompt), &ids_of(&f, 0), &s, |_| true).unwrap();
+    let cached = infer::generate(
+        m,
+        Some(PromptRef::new(&f.prompt, m.dims.d).unwrap()),
+        &ids_of(&f, 0),
+        &s,
+        |_| true,
+    )
+    .unwrap();
     assert_eq!(cached, want, "cached greedy");
     s.no_cache = true;
-    let full = infer::generate(m, Some(&f.prompt), &ids_of(&f, 0), &s, |_| true).unwrap();
+    let full = infer::generate(
+        m,
+        Some(PromptRef::new(&f.prompt, m.dims.d).unwrap()),
+        &ids_of(&f, 0),
+        &s,
+        |_| true,
+    )
+    .unwrap();
     assert_eq!(full, want, "no-cache greedy");
 }
 
@@ -144,7 +162,7 @@ fn greedy_matches_full_forward_with_and_without_cache() {
 #[test]
 fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
     let f = fixture();
-    let gguf = softprompt_core::fetch::fetch_alias("smollm2-135m").unwrap();
+    let gguf = softprompt_core::model::load::fetch::fetch_alias("smollm2-135m").unwrap();
     let lw = softprompt_core::model::load::gguf::load_gguf(&gguf).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("SmolLM2-135M-Instruct-hf");
@@ -164,7 +182,12 @@ fn hf_folder_of_the_same_weights_reproduces_the_fixture() {
     for i in 0..f.texts.len() {
         let ids = hf.encode(&f.texts[i]).unwrap();
         assert_eq!(ids, ids_of(&f, i));
-        let got = infer::score(&hf.llama, Some(&f.prompt), &ids).unwrap();
+        let got = infer::score(
+            &hf.llama,
+            Some(PromptRef::new(&f.prompt, hf.llama.dims.d).unwrap()),
+            &ids,
+        )
+        .unwrap();
         let err = max_abs(&got, &f.t[&format!("logprobs_prompt_{i}")].1);
         assert!(err < 1e-3, "HF folder, text {i}: max |logprob diff| {err}");
     }

@@ -16,9 +16,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 
 use common::{demo_config, step_losses, tiny_demo_model};
+use softprompt_core::fsio::atomic_write;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::checkpoint::{
-    atomic_write, load_checkpoint, load_latest, save_checkpoint, Checkpoint,
+    load_checkpoint, load_latest, save_checkpoint, Checkpoint,
 };
 use softprompt_core::train::{self, Quiet};
 use softprompt_core::Tensor;

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use half::f16;
-use softprompt_core::model::load::gguf::{load_gguf, tokenizer_from_gguf, GgmlType, GgufFile};
+use softprompt_core::compute::quant::GgmlType;
+use softprompt_core::model::load::gguf::{load_gguf, tokenizer_from_gguf, GgufFile};
 use softprompt_core::Error;
 
 // ---------------------------------------------------------------------------------------
@@ -854,7 +855,7 @@ fn unsupported_architecture_and_tokenizer() {
 
 /// The cached default model, or `None` (test skipped) when it is not on this machine.
 fn smollm_path() -> Option<PathBuf> {
-    match softprompt_core::fetch::fetch_alias("smollm2-135m") {
+    match softprompt_core::model::load::fetch::fetch_alias("smollm2-135m") {
         Ok(p) if p.is_file() => Some(p),
         _ => {
             eprintln!("SmolLM2 GGUF not in the cache: skipping");

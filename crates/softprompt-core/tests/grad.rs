@@ -1,7 +1,8 @@
 //! The prompt gradient against central finite differences on tiny random models, and the
 //! packed batch / KV-cache paths against the plain forward.
 
-use softprompt_core::model::llama::{random_weights, Example, KvCache, Llama, SeqInput};
+use softprompt_core::model::input::{Example, PromptRef, SeqInput};
+use softprompt_core::model::llama::{random_weights, KvCache, Llama};
 use softprompt_core::model::LlamaConfig;
 
 fn tiny_config(model_type: &str, tie: bool) -> LlamaConfig {
@@ -103,8 +104,12 @@ fn check_fd(model: &Llama) {
     let d = model.dims.d;
     let pr = prompt(3, d);
     let ex = batch();
-    let (loss, grad) = model.prompt_loss_and_grad(&pr, &ex).unwrap();
-    let loss2 = model.prompt_loss(&pr, &ex).unwrap();
+    let (loss, grad) = model
+        .prompt_loss_and_grad(PromptRef::new(&pr, model.dims.d).unwrap(), &ex)
+        .unwrap();
+    let loss2 = model
+        .prompt_loss(PromptRef::new(&pr, model.dims.d).unwrap(), &ex)
+        .unwrap();
     assert!(
         (loss - loss2).abs() < 1e-6,
         "loss with and without tape: {loss} vs {loss2}"
@@ -120,7 +125,12 @@ fn check_fd(model: &Llama) {
         p1[i] += eps;
         let mut p2 = pr.clone();
         p2[i] -= eps;
-        let fd = (model.prompt_loss(&p1, &ex).unwrap() - model.prompt_loss(&p2, &ex).unwrap())
+        let fd = (model
+            .prompt_loss(PromptRef::new(&p1, model.dims.d).unwrap(), &ex)
+            .unwrap()
+            - model
+                .prompt_loss(PromptRef::new(&p2, model.dims.d).unwrap(), &ex)
+                .unwrap())
             / (2.0 * eps as f64);
         num += (fd - grad[i] as f64).powi(2);
         den += fd.powi(2);
@@ -223,7 +233,7 @@ fn check_packed(m: &Llama) {
     let seqs: Vec<SeqInput> = ids
         .iter()
         .map(|i| SeqInput {
-            prompt: Some(&pr),
+            prompt: Some(PromptRef::new(&pr, d).unwrap()),
             ids: i,
         })
         .collect();
@@ -257,7 +267,7 @@ fn check_cached(m: &Llama) {
     let ids: Vec<u32> = vec![3, 17, 42, 5, 60, 9, 11];
     let (mut full, lens) = m
         .embed_batch(&[SeqInput {
-            prompt: Some(&pr),
+            prompt: Some(PromptRef::new(&pr, d).unwrap()),
             ids: &ids,
         }])
         .unwrap();
@@ -267,7 +277,7 @@ fn check_cached(m: &Llama) {
     let mut c = vec![KvCache::new(m.n_layers())];
     let (mut x, l) = m
         .embed_batch(&[SeqInput {
-            prompt: Some(&pr),
+            prompt: Some(PromptRef::new(&pr, d).unwrap()),
             ids: &ids[..4],
         }])
         .unwrap();
@@ -313,7 +323,7 @@ fn fd_rel_error(m: &Llama, pr: &[f32], f: &dyn Fn(&[f32], bool) -> (f64, Option<
 
 #[test]
 fn rank_classification_grad_matches_finite_differences() {
-    use softprompt_core::objective::{classify_batch, ClassExample};
+    use softprompt_core::infer::objective::{classify_batch, ClassExample};
     let m = tiny("llama", true);
     let pr = prompt(3, m.dims.d);
     // Single-token candidates (one sequence per example) and multi-token ones (one each).
@@ -341,7 +351,14 @@ fn rank_classification_grad_matches_finite_differences() {
     ];
     for norm in [false, true] {
         let f = |p: &[f32], g: bool| {
-            let r = classify_batch(&m, Some(p), &batch, norm, g).unwrap();
+            let r = classify_batch(
+                &m,
+                Some(PromptRef::new(p, m.dims.d).unwrap()),
+                &batch,
+                norm,
+                g,
+            )
+            .unwrap();
             (r.loss, r.grad)
         };
         let rel = fd_rel_error(&m, &pr, &f);
@@ -349,13 +366,20 @@ fn rank_classification_grad_matches_finite_differences() {
     }
     // Scores are log-probabilities: the single-token ones of an example are <= 0 and the
     // loss equals the cross-entropy of the scores.
-    let r = classify_batch(&m, Some(&pr), &batch, false, false).unwrap();
+    let r = classify_batch(
+        &m,
+        Some(PromptRef::new(&pr, m.dims.d).unwrap()),
+        &batch,
+        false,
+        false,
+    )
+    .unwrap();
     assert!(r.scores.iter().flatten().all(|s| *s <= 0.0));
 }
 
 #[test]
 fn lm_objective_grad_matches_finite_differences() {
-    use softprompt_core::objective::{lm_batch, GenExample};
+    use softprompt_core::infer::objective::{lm_batch, GenExample};
     let m = tiny("qwen2", false);
     let pr = prompt(4, m.dims.d);
     let batch = vec![
@@ -369,7 +393,7 @@ fn lm_objective_grad_matches_finite_differences() {
         },
     ];
     let f = |p: &[f32], g: bool| {
-        let r = lm_batch(&m, Some(p), &batch, g).unwrap();
+        let r = lm_batch(&m, Some(PromptRef::new(p, m.dims.d).unwrap()), &batch, g).unwrap();
         (r.loss, r.grad)
     };
     let rel = fd_rel_error(&m, &pr, &f);
@@ -407,7 +431,7 @@ fn exact_mode_is_batch_and_prefix_invariant() {
         let default_mode = hidden_rows(
             &model,
             &[SeqInput {
-                prompt: Some(&pr),
+                prompt: Some(PromptRef::new(&pr, d).unwrap()),
                 ids: &a,
             }],
             &mut [KvCache::new(nl)],
@@ -416,7 +440,7 @@ fn exact_mode_is_batch_and_prefix_invariant() {
         let alone = hidden_rows(
             &model,
             &[SeqInput {
-                prompt: Some(&pr),
+                prompt: Some(PromptRef::new(&pr, d).unwrap()),
                 ids: &a,
             }],
             &mut [KvCache::new(nl)],
@@ -436,7 +460,7 @@ fn exact_mode_is_batch_and_prefix_invariant() {
                     ids: &b,
                 },
                 SeqInput {
-                    prompt: Some(&pr),
+                    prompt: Some(PromptRef::new(&pr, d).unwrap()),
                     ids: &a,
                 },
             ],
@@ -452,7 +476,7 @@ fn exact_mode_is_batch_and_prefix_invariant() {
         hidden_rows(
             &model,
             &[SeqInput {
-                prompt: Some(&pr),
+                prompt: Some(PromptRef::new(&pr, d).unwrap()),
                 ids: &[],
             }],
             std::slice::from_mut(&mut cache),

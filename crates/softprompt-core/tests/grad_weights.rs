@@ -4,10 +4,11 @@
 //! sandwich norms). Also: the prompt gradient read from the full backward equals the
 //! prompt-only backward's, and the HF export reloads to the same model.
 
+use softprompt_core::infer::objective::{self, ClassExample};
+use softprompt_core::model::input::{PromptRef, SeqInput, Target};
 use softprompt_core::model::llama::grads::Grads;
-use softprompt_core::model::llama::{prompt_grad, random_weights, Llama, SeqInput, Target};
+use softprompt_core::model::llama::{prompt_grad, random_weights, Llama};
 use softprompt_core::model::LlamaConfig;
-use softprompt_core::objective::{self, ClassExample};
 
 fn config(extra: serde_json::Value) -> LlamaConfig {
     let mut v = serde_json::json!({
@@ -180,7 +181,7 @@ fn full_backward_gives_the_same_prompt_gradient() {
         let seqs: Vec<SeqInput> = SEQS
             .iter()
             .map(|ids| SeqInput {
-                prompt: Some(&pr),
+                prompt: Some(PromptRef::new(&pr, d).unwrap()),
                 ids,
             })
             .collect();

@@ -6,7 +6,8 @@ mod common;
 
 use common::{demo_config, tiny_demo_model};
 use rand::{Rng, SeedableRng};
-use softprompt_core::inspect::{self, TokenIndex};
+use softprompt_core::inspect;
+use softprompt_core::inspect::nearest::TokenIndex;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::prompt::{self, PromptMeta, SoftPrompt};
 use softprompt_core::train::{trainer, Init};
@@ -42,7 +43,10 @@ fn trained_like(
 fn embedding_rows_project_back_exactly() {
     let m = tiny_demo_model(1);
     let ids = [5u32, 9, 2, 17, 4];
-    let sp = bare_prompt(&m, prompt::from_vocab_rows(&m.llama.embed, &ids).unwrap());
+    let sp = bare_prompt(
+        &m,
+        prompt::init::from_vocab_rows(&m.llama.embed, &ids).unwrap(),
+    );
     let r = inspect::inspect(&m, &sp, 3).unwrap();
     assert_eq!(r.num_virtual_tokens, 5);
     assert_eq!(r.k, 3);
@@ -211,7 +215,7 @@ fn drift_is_zero_for_an_untrained_prompt_from_its_recorded_init() {
         trained_like(&m, &cfg, emb.clone())
             .save(dir.path())
             .unwrap();
-        let sp = m.load_prompt(dir.path(), false).unwrap();
+        let sp = SoftPrompt::load_for(&m, dir.path(), false).unwrap();
         let r = inspect::inspect(&m, &sp, 3).unwrap();
         assert!(r.notes.is_empty(), "{:?}", r.notes);
         let info = r.init.as_ref().expect("recorded init");
@@ -273,30 +277,35 @@ fn hard_projection_evaluates_next_to_the_soft_prompt() {
     let m = tiny_demo_model(6);
     let spec = softprompt_core::data::builtin_task("demo").unwrap();
     let data =
-        inspect::load_eval_data(&m, &spec, "builtin:demo/validation", None, 64, Some(16)).unwrap();
+        inspect::eval::load_eval_data(&m, &spec, "builtin:demo/validation", None, 64, Some(16))
+            .unwrap();
     assert_eq!(data.tokenized.len(), 16);
     assert!(data.majority_baseline.is_some());
 
     // A random soft prompt: both evaluations run on the same 16 examples.
-    let sp = bare_prompt(&m, prompt::random_uniform(4, m.llama.dims.d, 0.5, 1));
+    let sp = bare_prompt(&m, prompt::init::random_uniform(4, m.llama.dims.d, 0.5, 1));
     let mut r = inspect::inspect(&m, &sp, 3).unwrap();
-    let e = inspect::evaluate_projection(&m, &sp, &r.hard_prompt.ids, &data, 8, false).unwrap();
+    let e =
+        inspect::eval::evaluate_projection(&m, &sp, &r.hard_prompt.ids, &data, 8, false).unwrap();
     assert_eq!((e.n, e.soft.n, e.hard.n), (16, 16, 16));
     assert_eq!(e.metric, "accuracy");
     assert!((0.0..=1.0).contains(&e.soft.value) && (0.0..=1.0).contains(&e.hard.value));
     assert!(e.soft.loss.is_finite() && e.hard.loss.is_finite());
     r.evaluation = Some(e);
-    let md = inspect::to_markdown(&r);
+    let md = inspect::markdown::to_markdown(&r);
     assert!(md.contains("| hard projection |"), "{md}");
 
     // A prompt that is already made of token rows: soft and hard are the same prompt.
     let ids = [3u32, 8, 1, 12];
-    let sp = bare_prompt(&m, prompt::from_vocab_rows(&m.llama.embed, &ids).unwrap());
-    let e = inspect::evaluate_projection(&m, &sp, &ids, &data, 8, false).unwrap();
+    let sp = bare_prompt(
+        &m,
+        prompt::init::from_vocab_rows(&m.llama.embed, &ids).unwrap(),
+    );
+    let e = inspect::eval::evaluate_projection(&m, &sp, &ids, &data, 8, false).unwrap();
     assert_eq!(e.soft.value, e.hard.value);
     assert_eq!(e.soft.loss, e.hard.loss);
     // Wrong length is refused.
-    assert!(inspect::evaluate_projection(&m, &sp, &ids[..2], &data, 8, false).is_err());
+    assert!(inspect::eval::evaluate_projection(&m, &sp, &ids[..2], &data, 8, false).is_err());
 }
 
 #[test]
@@ -308,7 +317,7 @@ fn pictures_and_markdown() {
     let emb = trainer::init_prompt(&m, &cfg).unwrap();
     let r = inspect::inspect(&m, &trained_like(&m, &cfg, emb), 4).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let files = inspect::write_pictures(&r, dir.path()).unwrap();
+    let files = inspect::markdown::write_pictures(&r, dir.path()).unwrap();
     assert_eq!(files.len(), 2);
     for f in &files {
         let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(f).unwrap()));
@@ -316,7 +325,7 @@ fn pictures_and_markdown() {
         let info = reader.info();
         assert!(info.width > 0 && info.height > 0);
     }
-    let md_path = inspect::write_markdown(&r, dir.path()).unwrap();
+    let md_path = inspect::markdown::write_markdown(&r, dir.path()).unwrap();
     let md = std::fs::read_to_string(md_path).unwrap();
     for want in [
         "# Soft prompt inspection",
@@ -338,7 +347,7 @@ fn pictures_and_markdown() {
     // k = 0 is refused.
     assert!(inspect::inspect(
         &m,
-        &bare_prompt(&m, prompt::random_uniform(2, m.llama.dims.d, 0.5, 0)),
+        &bare_prompt(&m, prompt::init::random_uniform(2, m.llama.dims.d, 0.5, 0)),
         0
     )
     .is_err());

@@ -6,11 +6,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use softprompt_core::model::fingerprint::{model_fingerprint, tokenizer_fingerprint};
 use softprompt_core::model::LlamaConfig;
+use softprompt_core::prompt::init::{
+    from_vocab_rows, random_uniform, repeat_ids, sample_vocab_ids,
+};
 use softprompt_core::prompt::{
-    from_vocab_rows, model_fingerprint, random_uniform, repeat_ids, sample_vocab_ids,
-    tokenizer_fingerprint, PromptMeta, SoftPrompt, ADAPTER_CONFIG_FILE, ADAPTER_PICKLE_FILE,
-    ADAPTER_WEIGHTS_FILE, META_FILE, PEFT_VERSION,
+    PromptMeta, SoftPrompt, ADAPTER_CONFIG_FILE, ADAPTER_PICKLE_FILE, ADAPTER_WEIGHTS_FILE,
+    META_FILE, PEFT_VERSION,
 };
 use softprompt_core::{Error, Tensor};
 
@@ -854,14 +857,15 @@ fn compatible_fingerprint_mismatch_refused_unless_forced() {
     let e = p
         .check_compatible(8, "sha256:bbbbbbbbbbbbbbbb", false)
         .unwrap_err();
-    assert!(matches!(e, Error::Mismatch(_)));
+    // A mismatch whose way out is a setting: `force` (the CLI's --force).
+    assert!(matches!(e, Error::Setting { name: "force", .. }), "{e:?}");
     assert_mentions(
         &e.to_string(),
         &[
             "SmolLM2-135M (Q4_1)",
             "sha256:aaaaaaaaaaaaaaaa",
             "sha256:bbbbbbbbbbbbbbbb",
-            "--force",
+            "force",
             &t.path().display().to_string(),
         ],
     );
@@ -1099,7 +1103,7 @@ fn random_uniform_is_seeded_and_in_range() {
 
 #[test]
 fn vocab_row_init() {
-    let embed = softprompt_core::model::weight::Weight::F32(Tensor::new(
+    let embed = softprompt_core::compute::weight::Weight::F32(Tensor::new(
         vec![4, 3],
         (0..12).map(|i| i as f32).collect(),
     ));

@@ -6,9 +6,10 @@
 mod common;
 
 use common::{fixture_dir, gemma, read_safetensors, smollm, split};
+use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::infer;
-use softprompt_core::model::llama::{Example, Llama};
-use softprompt_core::model::weight::WeightFormat;
+use softprompt_core::model::input::{Example, PromptRef};
+use softprompt_core::model::llama::Llama;
 use std::sync::OnceLock;
 
 fn smollm_q() -> &'static (Llama, tokenizers::Tokenizer) {
@@ -68,8 +69,8 @@ fn quantized_base_keeps_blocks_and_identity() {
     q.for_each_matrix(|_, w| types.push(w.dtype()));
     assert!(types.contains(&"Q4_1"), "{types:?}");
     assert_eq!(
-        softprompt_core::prompt::model_fingerprint_weight(&q.cfg, &q.embed),
-        softprompt_core::prompt::model_fingerprint_weight(&f.cfg, &f.embed),
+        softprompt_core::model::fingerprint::model_fingerprint_weight(&q.cfg, &q.embed),
+        softprompt_core::model::fingerprint::model_fingerprint_weight(&f.cfg, &f.embed),
         "same model, same fingerprint"
     );
 }
@@ -79,8 +80,12 @@ fn quantized_base_matches_the_fixture_and_the_f32_path() {
     let (q, _) = smollm_q();
     let (f, _) = smollm();
     let (prompt, batch, want_loss, want_grad, ids) = fixture_batch("smollm2-135m");
-    let (lq, gq) = q.prompt_loss_and_grad(&prompt, &batch).unwrap();
-    let (lf, gf) = f.prompt_loss_and_grad(&prompt, &batch).unwrap();
+    let (lq, gq) = q
+        .prompt_loss_and_grad(PromptRef::new(&prompt, q.dims.d).unwrap(), &batch)
+        .unwrap();
+    let (lf, gf) = f
+        .prompt_loss_and_grad(PromptRef::new(&prompt, f.dims.d).unwrap(), &batch)
+        .unwrap();
     let gf64: Vec<f64> = gf.iter().map(|&x| x as f64).collect();
     let (rel_fix, rel_f32) = (rel_l2(&gq, &want_grad), rel_l2(&gq, &gf64));
     eprintln!(
@@ -91,8 +96,8 @@ fn quantized_base_matches_the_fixture_and_the_f32_path() {
     assert!(rel_fix < 1e-3 && rel_f32 < 1e-4);
     // Scoring (forward only, few and many rows) agrees with the f32 model.
     for ids in &ids {
-        let a = infer::score(q, Some(&prompt), ids).unwrap();
-        let b = infer::score(f, Some(&prompt), ids).unwrap();
+        let a = infer::score(q, Some(PromptRef::new(&prompt, q.dims.d).unwrap()), ids).unwrap();
+        let b = infer::score(f, Some(PromptRef::new(&prompt, f.dims.d).unwrap()), ids).unwrap();
         let err = a
             .iter()
             .zip(&b)
@@ -119,10 +124,24 @@ fn quantized_greedy_matches_the_fixture_with_and_without_cache() {
         eos: vec![2],
         ..Default::default()
     };
-    let cached = infer::generate(q, Some(&prompt), &ids[0], &s, |_| true).unwrap();
+    let cached = infer::generate(
+        q,
+        Some(PromptRef::new(&prompt, q.dims.d).unwrap()),
+        &ids[0],
+        &s,
+        |_| true,
+    )
+    .unwrap();
     assert_eq!(cached, want, "cached greedy");
     s.no_cache = true;
-    let full = infer::generate(q, Some(&prompt), &ids[0], &s, |_| true).unwrap();
+    let full = infer::generate(
+        q,
+        Some(PromptRef::new(&prompt, q.dims.d).unwrap()),
+        &ids[0],
+        &s,
+        |_| true,
+    )
+    .unwrap();
     assert_eq!(full, want, "no-cache greedy");
 }
 
@@ -150,8 +169,12 @@ fn quantized_gemma_matches_the_fixture_and_the_f32_path() {
     );
     assert!(q.weight_bytes() * 3 < f.weight_bytes());
     let (prompt, batch, want_loss, want_grad, _) = fixture_batch("gemma3-270m");
-    let (lq, gq) = q.prompt_loss_and_grad(&prompt, &batch).unwrap();
-    let (lf, gf) = f.prompt_loss_and_grad(&prompt, &batch).unwrap();
+    let (lq, gq) = q
+        .prompt_loss_and_grad(PromptRef::new(&prompt, q.dims.d).unwrap(), &batch)
+        .unwrap();
+    let (lf, gf) = f
+        .prompt_loss_and_grad(PromptRef::new(&prompt, f.dims.d).unwrap(), &batch)
+        .unwrap();
     let gf64: Vec<f64> = gf.iter().map(|&x| x as f64).collect();
     let (rel_fix, rel_f32) = (rel_l2(&gq, &want_grad), rel_l2(&gq, &gf64));
     eprintln!("Gemma loss quantized {lq} f32 {lf} PyTorch {want_loss}; grad rel L2 vs PyTorch {rel_fix:.2e}, vs f32 {rel_f32:.2e}");
@@ -168,14 +191,18 @@ fn bf16_base_error_against_f32_is_small() {
     m.pack_bf16();
     let (f, _) = smollm();
     let (prompt, batch, want_loss, _, ids) = fixture_batch("smollm2-135m");
-    let (lb, gb) = m.prompt_loss_and_grad(&prompt, &batch).unwrap();
-    let (lf, gf) = f.prompt_loss_and_grad(&prompt, &batch).unwrap();
+    let (lb, gb) = m
+        .prompt_loss_and_grad(PromptRef::new(&prompt, m.dims.d).unwrap(), &batch)
+        .unwrap();
+    let (lf, gf) = f
+        .prompt_loss_and_grad(PromptRef::new(&prompt, f.dims.d).unwrap(), &batch)
+        .unwrap();
     let gf64: Vec<f64> = gf.iter().map(|&x| x as f64).collect();
     let rel = rel_l2(&gb, &gf64);
     let mut lp_err = 0.0f64;
     for ids in &ids {
-        let a = infer::score(&m, Some(&prompt), ids).unwrap();
-        let b = infer::score(f, Some(&prompt), ids).unwrap();
+        let a = infer::score(&m, Some(PromptRef::new(&prompt, m.dims.d).unwrap()), ids).unwrap();
+        let b = infer::score(f, Some(PromptRef::new(&prompt, f.dims.d).unwrap()), ids).unwrap();
         lp_err = a
             .iter()
             .zip(&b)

@@ -7,12 +7,12 @@ mod common;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use softprompt_core::infer::{self, Sampling};
-use softprompt_core::model::FrozenModel;
-use softprompt_core::prompt;
-use softprompt_core::scheduler::{
+use softprompt_core::infer::scheduler::{
     Cancel, Event, Finish, GenRequest, Scheduler, SchedulerConfig, ServedPrompt,
 };
+use softprompt_core::infer::{self, Sampling};
+use softprompt_core::model::FrozenModel;
+use softprompt_core::prompt::{self, SoftPrompt};
 
 fn model() -> Arc<FrozenModel> {
     load("smollm2-135m")
@@ -26,10 +26,10 @@ fn load(alias: &str) -> Arc<FrozenModel> {
 
 fn served(m: &FrozenModel, seed: u64) -> Arc<ServedPrompt> {
     let d = m.llama.dims.d;
-    let ids = prompt::sample_vocab_ids(m.llama.dims.vocab, 5000, 8, seed);
-    let emb = m.prompt_from_tokens(&ids).unwrap();
+    let ids = prompt::init::sample_vocab_ids(m.llama.dims.vocab, 5000, 8, seed);
+    let emb = prompt::init::from_tokens(m, &ids).unwrap();
     assert_eq!(emb.shape, vec![8, d]);
-    let sp = m.new_prompt(emb);
+    let sp = SoftPrompt::for_model(m, emb);
     Arc::new(ServedPrompt::new(&m.llama, &format!("p{seed}"), "sha", Some(sp)).unwrap())
 }
 
@@ -123,7 +123,8 @@ fn mixed_prompts_in_one_batch_match_each_request_alone() {
         );
         // Reference: a plain generate over prompt + text, no prefix cache, no scheduler.
         let ids = m.encode_input(r.1).unwrap();
-        let reference = infer::generate(&m.llama, r.0.rows(), &ids, &r.2, |_| true).unwrap();
+        let reference =
+            infer::generate(&m.llama, r.0.view().unwrap(), &ids, &r.2, |_| true).unwrap();
         assert_eq!(
             got.0, reference,
             "{} {:?}: prefix cache != full forward",
@@ -202,7 +203,8 @@ fn gemma3_mixed_batch_matches_alone_and_full_forward() {
         );
         let ids = m.encode_input(r.1).unwrap();
         assert_eq!(ids[0], 2, "Gemma inputs start with <bos>");
-        let reference = infer::generate(&m.llama, r.0.rows(), &ids, &r.2, |_| true).unwrap();
+        let reference =
+            infer::generate(&m.llama, r.0.view().unwrap(), &ids, &r.2, |_| true).unwrap();
         assert_eq!(
             got.0, reference,
             "{} {:?}: prefix cache != full forward",

@@ -6,6 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{demo_config, step_losses, tiny_demo_model};
+use softprompt_core::model::input::PromptRef;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::{self, trainer, Observer, Quiet};
 
@@ -31,7 +32,7 @@ fn tiny_model_loss_falls_and_only_the_prompt_changes() {
         "loss did not fall: first 10 steps {first:.4}, last 10 {last:.4}"
     );
     // The saved adapter loads, carries the fingerprint, and differs from its init.
-    let p = m.load_prompt(&out, false).unwrap();
+    let p = SoftPrompt::load_for(&m, &out, false).unwrap();
     assert_eq!(p.num_virtual_tokens(), 4);
     assert_eq!(
         p.meta.as_ref().unwrap().model_fingerprint.as_deref(),
@@ -99,16 +100,22 @@ fn real_model_loss_falls_and_weights_stay_byte_identical() {
     cfg.eval_limit = Some(48);
     cfg.checkpoint_every = 0;
     // Validation loss of the initial prompt vs the trained one.
-    let (val, _) = trainer::load_split(&m, &cfg.task, "builtin:demo/validation", &cfg).unwrap();
+    let (val, _, _) = trainer::load_split(&m, &cfg.task, "builtin:demo/validation", &cfg).unwrap();
     let mut val = val;
     val.truncate(48);
     let init = trainer::init_prompt(&m, &cfg).unwrap();
-    let l0 = train::evaluate(&m, Some(&init.data), &val, 16, false)
-        .unwrap()
-        .loss;
+    let l0 = train::evaluate(
+        &m,
+        Some(PromptRef::from_tensor(&init).unwrap()),
+        &val,
+        16,
+        false,
+    )
+    .unwrap()
+    .loss;
     train::train(&m, &cfg, &out, false, &AtomicBool::new(false), &mut Quiet).unwrap();
     let p = SoftPrompt::load(&out.join("last")).unwrap();
-    let l1 = train::evaluate(&m, Some(&p.embeddings.data), &val, 16, false)
+    let l1 = train::evaluate(&m, Some(p.view().unwrap()), &val, 16, false)
         .unwrap()
         .loss;
     assert!(l1 < l0, "validation loss did not fall: {l0:.4} -> {l1:.4}");
@@ -121,10 +128,10 @@ fn real_model_loss_falls_and_weights_stay_byte_identical() {
 /// and for language modelling, including a sequence without text (the full path again).
 #[test]
 fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
-    use softprompt_core::objective::{classify_batch, lm_batch, ClassExample, GenExample};
+    use softprompt_core::infer::objective::{classify_batch, lm_batch, ClassExample, GenExample};
     let (m, _) = common::smollm();
     let d = m.dims.d;
-    let prompt = softprompt_core::prompt::random_uniform(5, d, 0.5, 3).data;
+    let prompt = softprompt_core::prompt::init::random_uniform(5, d, 0.5, 3).data;
     let ids = |n: u32, salt: u32| {
         (0..n)
             .map(|t| 300 + (t * 7919 + salt * 31) % 9000)
@@ -147,8 +154,22 @@ fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
             label: Some(1),
         },
     ];
-    let fast = classify_batch(m, Some(&prompt), &batch, false, false).unwrap();
-    let full = classify_batch(m, Some(&prompt), &batch, false, true).unwrap();
+    let fast = classify_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &batch,
+        false,
+        false,
+    )
+    .unwrap();
+    let full = classify_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &batch,
+        false,
+        true,
+    )
+    .unwrap();
     assert!(full.grad.is_some());
     for (a, b) in fast
         .scores
@@ -172,8 +193,20 @@ fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
             target: ids(3, 6),
         }, // read at the last prompt row
     ];
-    let fast = lm_batch(m, Some(&prompt), &gen, false).unwrap();
-    let full = lm_batch(m, Some(&prompt), &gen, true).unwrap();
+    let fast = lm_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &gen,
+        false,
+    )
+    .unwrap();
+    let full = lm_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &gen,
+        true,
+    )
+    .unwrap();
     for (a, b) in fast
         .scores
         .iter()
@@ -182,7 +215,19 @@ fn eval_with_the_prompt_prefix_computed_once_equals_the_full_forward() {
     {
         assert!((a - b).abs() < 2e-4, "lm score {a} vs full forward {b}");
     }
-    let fast = lm_batch(m, Some(&prompt), &gen[..1], false).unwrap();
-    let full = lm_batch(m, Some(&prompt), &gen[..1], true).unwrap();
+    let fast = lm_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &gen[..1],
+        false,
+    )
+    .unwrap();
+    let full = lm_batch(
+        m,
+        Some(PromptRef::new(&prompt, m.dims.d).unwrap()),
+        &gen[..1],
+        true,
+    )
+    .unwrap();
     assert!((fast.scores[0][0] - full.scores[0][0]).abs() < 2e-4);
 }

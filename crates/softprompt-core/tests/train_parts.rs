@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use softprompt_core::fsio::fault;
+use softprompt_core::report::plot::{bar_chart, heatmap, line_chart, Series, TEXT_COLOR};
 use softprompt_core::train::checkpoint::{
-    checkpoint_name, fault, load_checkpoint, load_latest, save_checkpoint, Checkpoint, LATEST_FILE,
+    checkpoint_name, load_checkpoint, load_latest, save_checkpoint, Checkpoint, LATEST_FILE,
     STATE_FILE, TENSORS_FILE,
 };
 use softprompt_core::train::optim::{clip_grad_norm, lr_at, Optimizer, OptimizerKind, Schedule};
-use softprompt_core::train::plot::{bar_chart, heatmap, line_chart, Series, TEXT_COLOR};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -1086,8 +1087,8 @@ fn line_chart_is_a_valid_png() {
     .unwrap();
     let img = assert_chart(&path, Some((800, 500)), 8);
     // Both series' colors are present.
-    let blue = softprompt_core::train::plot::PALETTE[0];
-    let orange = softprompt_core::train::plot::PALETTE[1];
+    let blue = softprompt_core::report::plot::PALETTE[0];
+    let orange = softprompt_core::report::plot::PALETTE[1];
     assert!(img.count(blue, 0, img.h) > 200);
     assert!(img.count(orange, 0, img.h) > 30);
 
@@ -1223,7 +1224,7 @@ fn bar_chart_is_a_valid_png() {
     let path = dir.join("bars.png");
     bar_chart(&path, "SST-2 validation accuracy", "accuracy", &bars).unwrap();
     let img = assert_chart(&path, Some((800, 500)), 8);
-    let green = softprompt_core::train::plot::PALETTE[2];
+    let green = softprompt_core::report::plot::PALETTE[2];
     assert!(img.count(green, 0, img.h) > 1000, "bars are drawn");
 
     let path2 = dir.join("bars_negative.png");

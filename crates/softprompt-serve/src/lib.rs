@@ -1,5 +1,5 @@
 //! `softprompt serve`: many soft prompts over one frozen model, behind an OpenAI-compatible
-//! HTTP API. A thin router over [`softprompt_core::scheduler`]: requests for any prompts
+//! HTTP API. A thin router over [`softprompt_core::infer::scheduler`]: requests for any prompts
 //! share decode batches there; this crate parses, validates, limits and streams.
 //!
 //! Endpoints: `POST /v1/completions` (`model` names a prompt, or the base model), `GET
@@ -27,12 +27,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use softprompt_core::data::TaskSpec;
-use softprompt_core::infer::Sampling;
-use softprompt_core::model::FrozenModel;
-use softprompt_core::objective;
-use softprompt_core::scheduler::{
+use softprompt_core::infer::objective;
+use softprompt_core::infer::scheduler::{
     Cancel, ClassifyRequest, Event, Finish, GenRequest, Scheduler, SchedulerConfig,
 };
+use softprompt_core::infer::Sampling;
+use softprompt_core::model::FrozenModel;
 use tokio::sync::mpsc;
 
 pub use error::ServeError;

@@ -13,11 +13,12 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+use softprompt_core::infer::scheduler::ServedPrompt;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::prompt::{
-    ADAPTER_CONFIG_FILE as ADAPTER_CONFIG, ADAPTER_WEIGHTS_FILE as ADAPTER_WEIGHTS, META_FILE,
+    SoftPrompt, ADAPTER_CONFIG_FILE as ADAPTER_CONFIG, ADAPTER_WEIGHTS_FILE as ADAPTER_WEIGHTS,
+    META_FILE,
 };
-use softprompt_core::scheduler::ServedPrompt;
 
 use crate::error::ServeError;
 
@@ -178,7 +179,7 @@ impl Registry {
             hash.update(&bytes);
         }
         let sha = format!("{:x}", hash.finalize());
-        let prompt = self.model.load_prompt(&folder, false).map_err(|e| {
+        let prompt = SoftPrompt::load_for(&self.model, &folder, false).map_err(|e| {
             ServeError::Invalid(format!("prompt '{name}': {}", redact(&e.to_string(), dir)))
         })?;
         let served = ServedPrompt::new(&self.model.llama, name, &sha, Some(prompt))

@@ -95,6 +95,65 @@ pub fn bucket_batches(
     batches
 }
 
+/// The training data order: the batches of [`bucket_batches`] for `(seed, epoch)`, epoch after
+/// epoch, without end. Its position `(epoch, batches taken in that epoch)` is all a checkpoint
+/// needs to continue the same order ([`EpochBatches::new`] at a saved position).
+#[derive(Clone, Debug)]
+pub struct EpochBatches {
+    lengths: Vec<usize>,
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+    /// Batches of this epoch already taken.
+    taken: usize,
+    order: Vec<Vec<usize>>,
+}
+
+impl EpochBatches {
+    /// The order of examples of `lengths` rows each, at `taken` batches into `epoch`.
+    pub fn new(
+        lengths: Vec<usize>,
+        batch_size: usize,
+        seed: u64,
+        epoch: u64,
+        taken: usize,
+    ) -> Self {
+        let order = bucket_batches(&lengths, batch_size, seed, epoch);
+        EpochBatches {
+            lengths,
+            batch_size,
+            seed,
+            epoch,
+            taken,
+            order,
+        }
+    }
+
+    /// `(epoch, batches taken in it)`.
+    pub fn position(&self) -> (u64, usize) {
+        (self.epoch, self.taken)
+    }
+}
+
+impl Iterator for EpochBatches {
+    type Item = Vec<usize>;
+
+    /// The next batch's example indices, starting the next epoch when this one is done
+    /// (`None` only when there are no examples).
+    fn next(&mut self) -> Option<Vec<usize>> {
+        if self.taken >= self.order.len() {
+            if self.lengths.is_empty() {
+                return None;
+            }
+            self.epoch += 1;
+            self.taken = 0;
+            self.order = bucket_batches(&self.lengths, self.batch_size, self.seed, self.epoch);
+        }
+        self.taken += 1;
+        Some(self.order[self.taken - 1].clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +224,20 @@ mod tests {
         assert!(bucket_batches(&[], 4, 0, 0).is_empty());
         let b = bucket_batches(&[1, 2, 3], 0, 0, 0);
         assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn epoch_batches_continue_from_a_saved_position() {
+        let lengths: Vec<usize> = (0..10).map(|i| i % 4 + 1).collect();
+        let mut it = EpochBatches::new(lengths.clone(), 3, 5, 0, 0);
+        let all: Vec<Vec<usize>> = it.by_ref().take(9).collect();
+        // Epoch 0 has 4 batches (3 + 3 + 3 + 1), then epoch 1, then epoch 2.
+        assert_eq!(all[..4], bucket_batches(&lengths, 3, 5, 0)[..]);
+        assert_eq!(all[4..8], bucket_batches(&lengths, 3, 5, 1)[..]);
+        assert_eq!(it.position(), (2, 1));
+        // Resuming at a position gives the same continuation.
+        let mut resumed = EpochBatches::new(lengths, 3, 5, 1, 2);
+        assert_eq!(resumed.next().unwrap(), all[6]);
+        assert!(EpochBatches::new(Vec::new(), 3, 5, 0, 0).next().is_none());
     }
 }

@@ -7,8 +7,10 @@
 //! - [`read_records`]: JSON Lines, CSV and TSV files into [`Record`]s, with errors naming file and
 //!   line; [`resolve_data_file`] finds a file (local, under the data root, or
 //!   `hf://datasets/...`); [`load_split`] does both and also serves the built-in demo splits.
-//! - [`prepare`]: records → [`ClassItem`]s (prompt, candidates, gold class) or [`GenItem`]s.
-//! - [`bucket_batches`]: reproducible, length-bucketed batches per (seed, epoch).
+//! - [`prepare`]: records → [`ClassItem`]s (prompt, candidates, gold class) or [`GenItem`]s;
+//!   [`load_items`] reads and prepares a split in one call (what the commands use).
+//! - [`bucket_batches`]: reproducible, length-bucketed batches per (seed, epoch);
+//!   [`EpochBatches`] walks them epoch after epoch (the trainers' data order).
 //!
 //! A typical caller:
 //!
@@ -29,10 +31,11 @@ pub mod resolve;
 pub mod spec;
 pub mod template;
 
-pub use batch::{bucket_batches, SplitMix64, BUCKET_WINDOW_BATCHES};
+pub use batch::{bucket_batches, EpochBatches, SplitMix64, BUCKET_WINDOW_BATCHES};
 pub use demo::{demo_records, DemoSplit, DEMO_TRAIN_SIZE, DEMO_VALIDATION_SIZE};
 pub use prepare::{
-    label_counts, label_string, majority_baseline, prepare, ClassItem, GenItem, Items,
+    label_counts, label_string, load_items, majority_baseline, prepare, ClassItem, GenItem, Items,
+    Split,
 };
 pub use read::{read_records, Record, MAX_LINE_BYTES};
 pub use resolve::{default_data_root, load_split, resolve_data_file, BUILTIN_PREFIX, HF_PREFIX};

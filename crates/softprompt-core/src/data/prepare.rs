@@ -49,6 +49,41 @@ impl Items {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keep the first `n` items.
+    pub fn truncate(&mut self, n: usize) {
+        match self {
+            Items::Class(v) => v.truncate(n),
+            Items::Gen(v) => v.truncate(n),
+        }
+    }
+}
+
+/// One split of a task, read and prepared: what every command that evaluates or trains loads.
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub items: Items,
+    /// How to name the split to the user (the built-in name, the `hf://` address, or the path).
+    pub name: String,
+    /// Bad rows skipped while reading and preparing (only with `skip_bad_rows`).
+    pub skipped: usize,
+}
+
+/// Read the split `file` ([`super::load_split`]: a file, a file under `data_root`, an
+/// `hf://datasets/` address or a `builtin:` split) and prepare its records for `spec`.
+pub fn load_items(
+    spec: &TaskSpec,
+    file: &str,
+    data_root: Option<&Path>,
+    skip_bad_rows: bool,
+) -> Result<Split> {
+    let (records, skipped_read, name) = super::load_split(file, data_root, skip_bad_rows)?;
+    let (items, skipped_prep) = prepare(spec, &records, Path::new(&name), skip_bad_rows)?;
+    Ok(Split {
+        items,
+        name,
+        skipped: skipped_read + skipped_prep,
+    })
 }
 
 /// The string form of a label value: strings trimmed, integers (also `1.0`) as digits, booleans

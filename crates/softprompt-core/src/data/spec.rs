@@ -115,7 +115,7 @@ pub const MAX_TASK_FILE_BYTES: u64 = 1 << 20;
 /// Read and check a task spec file (at most [`MAX_TASK_FILE_BYTES`]).
 pub fn load_task_file(path: &Path) -> Result<TaskSpec> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let bytes = crate::error::read_at_most(path, file, MAX_TASK_FILE_BYTES)?.ok_or_else(|| {
+    let bytes = crate::fsio::read_at_most(path, file, MAX_TASK_FILE_BYTES)?.ok_or_else(|| {
         Error::format(
             path,
             format!("larger than {MAX_TASK_FILE_BYTES} bytes: not a task spec"),

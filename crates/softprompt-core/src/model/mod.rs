@@ -1,16 +1,15 @@
 //! The frozen base model: its config, weights, tokenizer and where they came from.
 
 pub mod config;
+pub mod fingerprint;
+pub mod input;
 pub mod llama;
 pub mod load;
-pub mod weight;
-
-use std::path::Path;
 
 pub use config::LlamaConfig;
 pub use load::{load, LoadedWeights, ModelSource};
 
-use crate::prompt::{self, SoftPrompt};
+use crate::compute::weight::WeightFormat;
 use crate::{Error, Result};
 
 /// A loaded base model with its tokenizer and identity. Never modified after loading, except
@@ -22,7 +21,7 @@ pub struct FrozenModel {
     pub source: String,
     /// How the weights were stored before conversion to f32.
     pub stored_dtype: String,
-    /// [`prompt::model_fingerprint`]: prompts record it and are refused on another model.
+    /// [`fingerprint::model_fingerprint`]: prompts record it and are refused on another model.
     pub fingerprint: String,
     pub tokenizer_fingerprint: String,
     /// Jinja chat template, when the model has one.
@@ -36,9 +35,9 @@ impl FrozenModel {
     }
 
     /// [`FrozenModel::load`] keeping the matrices as `format` says.
-    pub fn load_with(spec: &str, format: weight::WeightFormat) -> Result<Self> {
+    pub fn load_with(spec: &str, format: WeightFormat) -> Result<Self> {
         let mut m = Self::from_loaded(load::load_with(spec, format)?)?;
-        if format == weight::WeightFormat::Bf16 {
+        if format == WeightFormat::Bf16 {
             m.llama.pack_bf16();
             m.stored_dtype = m
                 .stored_dtype
@@ -59,8 +58,8 @@ impl FrozenModel {
             chat_template,
         } = lw;
         let llama = llama::Llama::with_quantized(config, weights, quantized, &source)?;
-        let fingerprint = prompt::model_fingerprint_weight(&llama.cfg, &llama.embed);
-        let tokenizer_fingerprint = prompt::tokenizer_fingerprint(&tokenizer);
+        let fingerprint = fingerprint::model_fingerprint_weight(&llama.cfg, &llama.embed);
+        let tokenizer_fingerprint = fingerprint::tokenizer_fingerprint(&tokenizer);
         Ok(FrozenModel {
             llama,
             tokenizer,
@@ -92,17 +91,6 @@ impl FrozenModel {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// A soft prompt `[ids.len(), D]` equal to the input embeddings of `ids` as the model sees
-    /// them (embedding rows times the model's input scale: sqrt(hidden) for Gemma, 1 else).
-    pub fn prompt_from_tokens(&self, ids: &[u32]) -> Result<crate::Tensor> {
-        let mut t = prompt::from_vocab_rows(&self.llama.embed, ids)?;
-        let s = self.llama.embed_scale();
-        if s != 1.0 {
-            t.data.iter_mut().for_each(|x| *x *= s);
-        }
-        Ok(t)
-    }
-
     /// Ids the tokenizer puts before every input (`[<bos>]` for Gemma, empty for SmolLM2).
     pub fn input_prefix(&self) -> Result<Vec<u32>> {
         self.encode_input("")
@@ -112,33 +100,6 @@ impl FrozenModel {
         self.tokenizer
             .decode(ids, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))
-    }
-
-    /// Load a soft prompt folder and check it fits this model (hidden size always; the
-    /// base-model fingerprint unless `force`).
-    pub fn load_prompt(&self, dir: &Path, force: bool) -> Result<SoftPrompt> {
-        let p = SoftPrompt::load(dir)?;
-        p.check_compatible(self.llama.dims.d, &self.fingerprint, force)?;
-        Ok(p)
-    }
-
-    /// A prompt for this model from embeddings `[P, D]`, with metadata that ties it to this
-    /// model and tokenizer (fingerprints).
-    pub fn new_prompt(&self, embeddings: crate::Tensor) -> SoftPrompt {
-        let c = &self.llama.cfg;
-        let meta = prompt::PromptMeta::new(
-            &self.source,
-            c.hidden_size,
-            Some(self.fingerprint.clone()),
-            Some(self.tokenizer_fingerprint.clone()),
-        );
-        SoftPrompt::new(
-            embeddings,
-            &self.source,
-            c.num_hidden_layers,
-            c.num_attention_heads,
-        )
-        .with_meta(meta)
     }
 
     /// SHA-256 over every weight's bytes, in a fixed order: proof that training a prompt

@@ -28,14 +28,15 @@
 //! moves the old folder aside first, so a kill between that move and the rename of the
 //! new folder loses that one step's checkpoint (older ones remain loadable).
 
-use std::cell::Cell;
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::fsio::{
+    atomic_write, crashed, fault_point, rename, sync_dir, temp_path, write_new_file, TMP_PREFIX,
+};
 use crate::{Error, Result};
 
 /// File holding the tensors inside a checkpoint folder.
@@ -48,7 +49,6 @@ pub const LATEST_FILE: &str = "latest";
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
 
 const CKPT_PREFIX: &str = "ckpt-";
-const TMP_PREFIX: &str = ".tmp-";
 /// Largest `state.json` read (it may hold metric histories).
 const MAX_STATE_BYTES: u64 = 256 << 20;
 /// Largest `latest` read.
@@ -98,139 +98,10 @@ fn parse_checkpoint_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-// ---------------------------------------------------------------------------------------
-// Fault injection (tests only)
-
-thread_local! {
-    /// `(op index to fail, crash)`: the save's `n`-th filesystem operation fails; with
-    /// `crash` nothing is cleaned up afterwards (as if the process had been killed).
-    static FAULT: Cell<Option<(u64, bool)>> = const { Cell::new(None) };
-    static FAULT_OPS: Cell<u64> = const { Cell::new(0) };
-    static CRASHED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Test hooks to simulate write failures and crashes in [`save_checkpoint`], per thread.
-#[doc(hidden)]
-pub mod fault {
-    use super::*;
-
-    /// Make filesystem operation number `op` (0-based, counted from now, on this thread)
-    /// of checkpoint saving fail with "no space left on device"; a failing file write
-    /// writes half its bytes first. With `crash`, the save then returns at once without
-    /// any cleanup, leaving the disk as a kill at that moment would. `None` disables.
-    pub fn inject(op: Option<u64>, crash: bool) {
-        FAULT.with(|f| f.set(op.map(|o| (o, crash))));
-        FAULT_OPS.with(|c| c.set(0));
-        CRASHED.with(|c| c.set(false));
-    }
-
-    /// Operations counted since the last [`inject`].
-    pub fn ops() -> u64 {
-        FAULT_OPS.with(|c| c.get())
-    }
-}
-
-/// Count one filesystem operation; `Err` if a fault was injected for it.
-fn fault_point() -> std::io::Result<()> {
-    let n = FAULT_OPS.with(|c| {
-        let n = c.get();
-        c.set(n + 1);
-        n
-    });
-    match FAULT.with(|f| f.get()) {
-        Some((op, crash)) if op == n => {
-            if crash {
-                CRASHED.with(|c| c.set(true));
-            }
-            Err(std::io::Error::other(
-                "No space left on device (simulated by a test)",
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// True after a simulated crash: skip all cleanup.
-fn crashed() -> bool {
-    CRASHED.with(|c| c.get())
-}
-
-// ---------------------------------------------------------------------------------------
-// Small durable-IO helpers (also used by the plot writer)
-
-/// Create `path` (must not exist), write `bytes`, fsync. On error the partial file is
-/// left for the caller to remove.
-fn write_new_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    if let Err(e) = fault_point() {
-        // Simulate a disk filling up halfway through.
-        let _ = f.write_all(&bytes[..bytes.len() / 2]);
-        return Err(Error::io(path, e));
-    }
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(path, e))
-}
-
-/// Rename, with fault injection.
-fn rename(from: &Path, to: &Path) -> Result<()> {
-    fault_point().map_err(|e| Error::io(to, e))?;
-    fs::rename(from, to).map_err(|e| Error::io(to, e))
-}
-
-/// fsync a folder so renames in it are durable. Errors are ignored: some filesystems
-/// cannot sync a folder, and the data files themselves were synced.
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// A fresh name `dir/.tmp-{what}-{pid}-{n}` that does not exist yet.
-fn temp_path(dir: &Path, what: &str) -> PathBuf {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let pid = std::process::id();
-    loop {
-        let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = dir.join(format!("{TMP_PREFIX}{what}-{pid}-{k}"));
-        if fs::symlink_metadata(&p).is_err() {
-            return p;
-        }
-    }
-}
-
-/// Replace `path` atomically with `bytes`: write a temp file beside it, fsync, rename
-/// over `path`, fsync the folder. Readers see the old or the new content, never a mix;
-/// on error the old file is untouched and the temp file removed.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let tmp = temp_path(&dir, &name);
-    let res = write_new_file(&tmp, bytes).and_then(|_| rename(&tmp, path));
-    if let Err(e) = res {
-        if !crashed() {
-            let _ = fs::remove_file(&tmp);
-        }
-        return Err(e);
-    }
-    sync_dir(&dir);
-    Ok(())
-}
-
 /// Read at most `cap` bytes of `path`; a larger file is a format error.
 fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    crate::error::read_at_most(path, f, cap)?
+    crate::fsio::read_at_most(path, f, cap)?
         .ok_or_else(|| Error::format(path, format!("{what} is larger than {cap} bytes")))
 }
 
@@ -302,7 +173,7 @@ fn remove_temp_leftovers(dir: &Path) {
             fs::remove_file(&p)
         };
         if let Err(e) = res {
-            eprintln!("warning: could not remove leftover {}: {e}", p.display());
+            tracing::warn!("could not remove leftover {}: {e}", p.display());
         }
     }
 }
@@ -442,7 +313,7 @@ pub fn save_checkpoint(dir: &Path, ckpt: &Checkpoint, keep_last: usize) -> Resul
             if crashed() {
                 return Err(e);
             }
-            eprintln!("warning: could not delete old checkpoints: {e}");
+            tracing::warn!("could not delete old checkpoints: {e}");
         }
     }
     Ok(final_dir)
@@ -569,7 +440,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
 }
 
 /// The checkpoint `dir/latest` names, verified; or, if `latest` is missing, dangling or
-/// names a damaged checkpoint, the newest valid `ckpt-*` folder (with a note on stderr).
+/// names a damaged checkpoint, the newest valid `ckpt-*` folder (with a `tracing` warning).
 /// `Ok(None)` when `dir` holds no checkpoint at all; an error when checkpoints exist but
 /// none is valid (rather than silently starting over).
 pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
@@ -583,16 +454,16 @@ pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
             let path = dir.join(name);
             if parse_checkpoint_name(name).is_some() && !path.is_dir() {
                 // Dangling (e.g. the folder was deleted by hand): not a damaged checkpoint.
-                eprintln!(
-                    "warning: {} names {name}, which does not exist; looking for the newest valid checkpoint",
+                tracing::warn!(
+"{} names {name}, which does not exist; looking for the newest valid checkpoint",
                     latest_path.display()
                 );
             } else if parse_checkpoint_name(name).is_some() {
                 match load_checkpoint(&path) {
                     Ok(c) => return Ok(Some(c)),
                     Err(e) => {
-                        eprintln!(
-                            "warning: latest checkpoint {} is unusable ({e}); looking for an older one",
+                        tracing::warn!(
+                            "latest checkpoint {} is unusable ({e}); looking for an older one",
                             path.display()
                         );
                         tried = Some(path);
@@ -600,15 +471,15 @@ pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
                     }
                 }
             } else {
-                eprintln!(
-                    "warning: {} does not name a checkpoint ({name:?}); looking for the newest valid one",
+                tracing::warn!(
+                    "{} does not name a checkpoint ({name:?}); looking for the newest valid one",
                     latest_path.display()
                 );
             }
         }
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            eprintln!("warning: {e}; looking for the newest valid checkpoint");
+            tracing::warn!("{e}; looking for the newest valid checkpoint");
         }
     }
 
@@ -620,14 +491,11 @@ pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
         }
         match load_checkpoint(&path) {
             Ok(c) => {
-                eprintln!(
-                    "note: using {} (the newest valid checkpoint)",
-                    path.display()
-                );
+                tracing::info!("using {} (the newest valid checkpoint)", path.display());
                 return Ok(Some(c));
             }
             Err(e) => {
-                eprintln!("warning: checkpoint {} is unusable ({e})", path.display());
+                tracing::warn!("checkpoint {} is unusable ({e})", path.display());
                 failed += 1;
                 first_error.get_or_insert(e);
             }

@@ -53,15 +53,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::checkpoint::atomic_write;
 use super::eval::{self, EvalReport, Tokenized};
 use super::trainer::{self, Objective, Observer, TrainConfig, TrainSummary};
+use crate::compute::kernels;
 use crate::data::{self, Items, TaskKind, TaskSpec};
+use crate::fsio::atomic_write;
+use crate::infer::objective::{BatchResult, ClassExample};
 use crate::infer::{self, Sampling};
-use crate::kernels;
-use crate::model::llama::{self, KvCache, Llama, SeqInput};
+use crate::model::input::{PromptRef, SeqInput};
+use crate::model::llama::{self, KvCache, Llama};
 use crate::model::FrozenModel;
-use crate::objective::{BatchResult, ClassExample};
+use crate::prompt::{self, SoftPrompt};
 use crate::{Error, Result};
 
 /// Teacher settings of a distillation run (the student's are the [`TrainConfig`]).
@@ -505,12 +507,12 @@ fn argmax_f32(z: &[f32]) -> usize {
 /// of teacher examples under `prompt` (None: the bare model).
 pub fn kl_batch(
     m: &Llama,
-    prompt: Option<&[f32]>,
+    prompt: Option<PromptRef>,
     batch: &[&TeacherExample],
     want_grad: bool,
 ) -> Result<(BatchResult, f64)> {
     let d = m.dims.d;
-    let p = prompt.map_or(0, |x| x.len() / d);
+    let p = prompt.map_or(0, |x| x.len());
     if want_grad && p == 0 {
         return Err(Error::Input("a prompt gradient needs a soft prompt".into()));
     }
@@ -588,11 +590,11 @@ impl Objective for DistillObjective<'_> {
             .map(|e| e.ids.len() + e.cont.len())
             .collect()
     }
-    fn batch(&self, model: &FrozenModel, prompt: &[f32], idx: &[usize]) -> Result<BatchResult> {
+    fn batch(&self, model: &FrozenModel, prompt: PromptRef, idx: &[usize]) -> Result<BatchResult> {
         let b: Vec<&TeacherExample> = idx.iter().map(|&i| &self.train[i]).collect();
         Ok(kl_batch(&model.llama, Some(prompt), &b, true)?.0)
     }
-    fn evaluate(&self, model: &FrozenModel, prompt: &[f32]) -> Result<EvalReport> {
+    fn evaluate(&self, model: &FrozenModel, prompt: PromptRef) -> Result<EvalReport> {
         let (kl, _) = mean_kl(model, Some(prompt), &self.heldout, self.cfg.eval_batch_size)?;
         Ok(EvalReport {
             metric: "neg_kl".into(),
@@ -622,7 +624,7 @@ impl Objective for DistillObjective<'_> {
 /// Mean KL per position and token agreement over `data`, in batches.
 fn mean_kl(
     model: &FrozenModel,
-    prompt: Option<&[f32]>,
+    prompt: Option<PromptRef>,
     data: &[TeacherExample],
     bs: usize,
 ) -> Result<(f64, f64)> {
@@ -641,7 +643,7 @@ fn mean_kl(
 /// Greedy exact match with the teacher's continuations plus [`mean_kl`].
 pub fn agreement(
     model: &FrozenModel,
-    prompt: Option<&[f32]>,
+    prompt: Option<PromptRef>,
     data: &[TeacherExample],
     bs: usize,
 ) -> Result<Agreement> {
@@ -827,7 +829,7 @@ pub fn distill(
         teacher_data(model, cfg, dc, &hard, (&texts, &val_texts), out, stop, obs)?;
 
     // The hard prompt as a prompt folder (its input embeddings), for serving it as a prefix.
-    let mut hp = model.new_prompt(model.prompt_from_tokens(&hard)?);
+    let mut hp = SoftPrompt::for_model(model, prompt::init::from_tokens(model, &hard)?);
     if let Some(meta) = hp.meta.as_mut() {
         meta.training = Some(json!({
             "hard_prompt": {"sha256": sha256_hex(&dc.hard_prompt), "tokens": hard.len()}
@@ -849,23 +851,23 @@ pub fn distill(
     }
 
     obs.on_message("evaluating on the held-out inputs");
-    let soft = model.load_prompt(out, false)?;
+    let soft = SoftPrompt::load_for(model, out, false)?;
     let bs = cfg.eval_batch_size;
-    let student = agreement(model, Some(&soft.embeddings.data), &obj.heldout, bs)?;
+    let student = agreement(model, Some(soft.view()?), &obj.heldout, bs)?;
     let no_prompt = agreement(model, None, &obj.heldout, bs)?;
     let accuracy = match &val_items {
         Some(v) if v.iter().any(|i| i.label.is_some()) => {
-            let acc = |prompt: Option<&[f32]>, ex: Vec<ClassExample>| -> Result<(f64, usize)> {
+            let acc = |prompt: Option<PromptRef>, ex: Vec<ClassExample>| -> Result<(f64, usize)> {
                 let r = eval::evaluate(model, prompt, &Tokenized::Class(ex), bs, cfg.length_norm)?;
                 Ok((r.value, r.n))
             };
-            let hard_rows = model.prompt_from_tokens(&hard)?;
+            let hard_rows = prompt::init::from_tokens(model, &hard)?;
             let (h, n) = acc(
-                Some(&hard_rows.data),
+                Some(PromptRef::from_tensor(&hard_rows)?),
                 class_examples(model, v, cfg.max_len, true)?,
             )?;
             let student_ex = class_examples(model, v, cfg.max_len, false)?;
-            let (s, _) = acc(Some(&soft.embeddings.data), student_ex.clone())?;
+            let (s, _) = acc(Some(soft.view()?), student_ex.clone())?;
             let (b, _) = acc(None, student_ex)?;
             Some(Accuracy {
                 n,

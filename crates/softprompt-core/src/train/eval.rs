@@ -3,9 +3,10 @@
 use serde::Serialize;
 
 use crate::data::{ClassItem, GenItem, Items};
+use crate::infer::objective::{self, ClassExample, GenExample};
 use crate::infer::{self, Sampling};
+use crate::model::input::PromptRef;
 use crate::model::FrozenModel;
-use crate::objective::{self, ClassExample, GenExample};
 use crate::{Error, Result};
 
 /// A split tokenized for the model.
@@ -190,7 +191,7 @@ pub struct EvalReport {
 /// Evaluate `prompt` (None: the bare model, i.e. the hard prompt in the template alone).
 pub fn evaluate(
     model: &FrozenModel,
-    prompt: Option<&[f32]>,
+    prompt: Option<PromptRef>,
     data: &Tokenized,
     batch_size: usize,
     length_norm: bool,

@@ -21,11 +21,11 @@ use serde_json::json;
 use super::eval::{self, EvalReport, Tokenized};
 use super::optim::{self, Optimizer};
 use super::trainer::{load_train_val, EvalLog, Observer, StepLog, TrainConfig};
-use crate::data;
+use crate::data::EpochBatches;
+use crate::infer::objective;
 use crate::model::llama::grads::Grads;
 use crate::model::load::hf::save_hf_folder;
 use crate::model::{FrozenModel, LoadedWeights};
-use crate::objective;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,22 +52,21 @@ pub fn finetune(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<FinetuneSummary> {
-    if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.steps == 0 {
-        return Err(Error::Input(
-            "--batch-size, --grad-accum and --steps must be at least 1".into(),
-        ));
-    }
+    cfg.check_sizes()?;
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::Input(format!(
-            "the fine-tuning learning rate must be positive, got {}",
-            cfg.lr
-        )));
+        return Err(Error::setting(
+            "ft_lr",
+            format!(
+                "the fine-tuning learning rate (ft_lr) must be positive, got {}",
+                cfg.lr
+            ),
+        ));
     }
     cfg.optimizer.validate()?;
     // Refuses quantized matrices before any work.
     let sizes: Vec<usize> = model.llama.params()?.iter().map(|p| p.len()).collect();
     let trainable_parameters = sizes.iter().sum();
-    let (train_data, train_name, val) = load_train_val(model, cfg)?;
+    let (train_data, train_name, val) = load_train_val(model, cfg, obs)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let log_path = out.join("train_log.jsonl");
     let mut log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
@@ -81,9 +80,7 @@ pub fn finetune(
         .iter()
         .map(|&n| Optimizer::new(cfg.optimizer, n, 1))
         .collect();
-    let lengths = train_data.lengths();
-    let (mut epoch, mut batch_in_epoch) = (0u64, 0usize);
-    let mut batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, epoch);
+    let mut order = EpochBatches::new(train_data.lengths(), cfg.batch_size, cfg.seed, 0, 0);
     let t0 = Instant::now();
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
     let mut final_eval = None;
@@ -94,13 +91,10 @@ pub fn finetune(
         let ts = Instant::now();
         let (mut loss, mut rows) = (0.0f64, 0usize);
         for _ in 0..cfg.grad_accum {
-            if batch_in_epoch >= batches.len() {
-                epoch += 1;
-                batch_in_epoch = 0;
-                batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, epoch);
-            }
-            let batch = train_data.select(&batches[batch_in_epoch]);
-            batch_in_epoch += 1;
+            let idx = order
+                .next()
+                .ok_or_else(|| Error::Input("no training examples".into()))?;
+            let batch = train_data.select(&idx);
             let r = match &batch {
                 Tokenized::Class(b) => {
                     objective::classify_batch_weights(&model.llama, b, cfg.length_norm, &mut grads)?
@@ -111,9 +105,10 @@ pub fn finetune(
             rows += r.rows;
         }
         if !loss.is_finite() {
-            return Err(Error::Input(format!(
-                "fine-tuning loss became {loss} at step {step}: lower the learning rate"
-            )));
+            return Err(Error::setting(
+                "ft_lr",
+                format!("fine-tuning loss became {loss} at step {step}: lower ft_lr"),
+            ));
         }
         if cfg.grad_accum > 1 {
             grads.scale(1.0 / cfg.grad_accum as f32);
@@ -141,7 +136,7 @@ pub fn finetune(
         last_loss = loss;
         let s = StepLog {
             step,
-            epoch,
+            epoch: order.position().0,
             loss,
             lr,
             grad_norm: norm as f32,

@@ -1,12 +1,11 @@
-//! Training a soft prompt: optimizers, schedules, checkpoints, plots, evaluation and the
-//! trainer loop.
+//! Training a soft prompt: optimizers, schedules, checkpoints, evaluation and the trainer
+//! loop; full fine-tuning (the baseline of `compare`) on the same pipeline.
 
 pub mod checkpoint;
 pub mod distill;
 pub mod eval;
 pub mod finetune;
 pub mod optim;
-pub mod plot;
 pub mod trainer;
 
 pub use eval::{evaluate, tokenize, EvalReport, Tokenized};

@@ -10,7 +10,7 @@
 //! - `curve.png`: loss and validation metric against the step.
 //!
 //! Exact resume: the data order of epoch `e` is a pure function of `(seed, e)`
-//! ([`crate::data::bucket_batches`]), so the data position is `(epoch, batch index)`; the
+//! ([`crate::data::EpochBatches`]), so the data position is `(epoch, batch index)`; the
 //! prompt and the optimizer moments are restored bit for bit, and the kernels are
 //! deterministic, so a resumed run reproduces the uninterrupted run's losses exactly.
 
@@ -26,11 +26,12 @@ use serde_json::json;
 use super::checkpoint::{self, Checkpoint};
 use super::eval::{self, EvalReport, Tokenized};
 use super::optim::{self, Optimizer, OptimizerKind, Schedule};
-use super::plot;
-use crate::data::{self, TaskSpec};
+use crate::data::{self, EpochBatches, TaskSpec};
+use crate::infer::objective;
+use crate::model::input::PromptRef;
 use crate::model::FrozenModel;
-use crate::objective;
 use crate::prompt::{self, SoftPrompt};
+use crate::report::plot;
 use crate::{Error, Result, Tensor};
 
 /// How the prompt starts (Lester et al. 2021, section 3).
@@ -52,7 +53,7 @@ impl FromStr for Init {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let (kind, arg) = s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b)));
-        let bad = |m: &str| Error::Input(format!("--init {s}: {m}"));
+        let bad = |m: &str| Error::setting("init", format!("init {s}: {m}"));
         Ok(match kind {
             "random" => Init::Random {
                 range: arg.map_or(Ok(0.5), |a| {
@@ -121,6 +122,23 @@ pub struct TrainConfig {
     pub data_root: Option<PathBuf>,
 }
 
+impl TrainConfig {
+    /// `batch_size`, `grad_accum` and `steps` are at least 1 (an error naming the first that
+    /// is not).
+    pub(crate) fn check_sizes(&self) -> Result<()> {
+        for (name, v) in [
+            ("batch_size", self.batch_size as u64),
+            ("grad_accum", self.grad_accum as u64),
+            ("steps", self.steps),
+        ] {
+            if v == 0 {
+                return Err(Error::setting(name, format!("{name} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One optimizer step, as logged.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepLog {
@@ -179,46 +197,43 @@ struct RunState {
     seconds: f64,
 }
 
-/// Load and tokenize one split of the task.
+/// Load and tokenize one split of the task ([`data::load_items`], then [`eval::tokenize`]
+/// with the run's `max_len`). Returns the examples, the split's name and the bad rows skipped.
 pub fn load_split(
     model: &FrozenModel,
     task: &TaskSpec,
     file: &str,
     cfg: &TrainConfig,
-) -> Result<(Tokenized, String)> {
-    let (records, skipped_read, name) =
-        data::load_split(file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
-    let (items, skipped_prep) = data::prepare(task, &records, Path::new(&name), cfg.skip_bad_rows)?;
-    if skipped_read + skipped_prep > 0 {
-        eprintln!(
-            "softprompt: {name}: skipped {} bad rows",
-            skipped_read + skipped_prep
-        );
-    }
-    Ok((eval::tokenize(model, &items, cfg.max_len)?, name))
+) -> Result<(Tokenized, String, usize)> {
+    let split = data::load_items(task, file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
+    let tokens = eval::tokenize(model, &split.items, cfg.max_len)?;
+    Ok((tokens, split.name, split.skipped))
 }
 
 /// The run's training split (cut to `train_limit`, never empty), its name, and the
-/// validation split (cut to `eval_limit`) when there is one.
+/// validation split (cut to `eval_limit`) when there is one. Skipped bad rows are reported
+/// to `obs`.
 pub(crate) fn load_train_val(
     model: &FrozenModel,
     cfg: &TrainConfig,
+    obs: &mut dyn Observer,
 ) -> Result<(Tokenized, String, Option<Tokenized>)> {
-    let (mut train_data, train_name) = load_split(model, &cfg.task, &cfg.train_file, cfg)?;
-    if let Some(n) = cfg.train_limit {
-        train_data.truncate(n);
-    }
+    let mut load = |file: &str, limit: Option<usize>| -> Result<(Tokenized, String)> {
+        let (mut t, name, skipped) = load_split(model, &cfg.task, file, cfg)?;
+        if skipped > 0 {
+            obs.on_message(&format!("{name}: skipped {skipped} bad rows"));
+        }
+        if let Some(n) = limit {
+            t.truncate(n);
+        }
+        Ok((t, name))
+    };
+    let (train_data, train_name) = load(&cfg.train_file, cfg.train_limit)?;
     if train_data.is_empty() {
         return Err(Error::Input(format!("{train_name}: no training examples")));
     }
     let val = match &cfg.validation_file {
-        Some(f) => {
-            let (mut v, _) = load_split(model, &cfg.task, f, cfg)?;
-            if let Some(n) = cfg.eval_limit {
-                v.truncate(n);
-            }
-            Some(v)
-        }
+        Some(f) => Some(load(f, cfg.eval_limit)?.0),
         None => None,
     };
     Ok((train_data, train_name, val))
@@ -245,10 +260,13 @@ pub fn init_embeddings(
 ) -> Result<Tensor> {
     let d = model.llama.dims.d;
     if p == 0 || p > prompt::MAX_VIRTUAL_TOKENS {
-        return Err(Error::Input(format!(
-            "--virtual-tokens must be in 1..={}, got {p}",
-            prompt::MAX_VIRTUAL_TOKENS
-        )));
+        return Err(Error::setting(
+            "num_virtual_tokens",
+            format!(
+                "num_virtual_tokens must be in 1..={}, got {p}",
+                prompt::MAX_VIRTUAL_TOKENS
+            ),
+        ));
     }
     let vocab = model.llama.dims.vocab;
     let specials: Vec<u32> = model
@@ -258,20 +276,21 @@ pub fn init_embeddings(
         .copied()
         .collect();
     let sample = |n: usize, top: usize| -> Vec<u32> {
-        let mut ids = prompt::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), seed);
+        let mut ids =
+            prompt::init::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), seed);
         ids.retain(|i| !specials.contains(i));
         ids.truncate(n);
         ids
     };
     match init {
-        Init::Random { range } => Ok(prompt::random_uniform(p, d, *range, seed)),
-        Init::Vocab { top } => model.prompt_from_tokens(&sample(p, *top)),
+        Init::Random { range } => Ok(prompt::init::random_uniform(p, d, *range, seed)),
+        Init::Vocab { top } => prompt::init::from_tokens(model, &sample(p, *top)),
         Init::Text(t) => {
             let ids = model.encode(t)?;
             if ids.is_empty() {
-                return Err(Error::Input("--init text: the text has no tokens".into()));
+                return Err(Error::setting("init", "init text: the text has no tokens"));
             }
-            model.prompt_from_tokens(&prompt::repeat_ids(&ids, p))
+            prompt::init::from_tokens(model, &prompt::init::repeat_ids(&ids, p))
         }
         Init::Labels => {
             let mut ids: Vec<u32> = Vec::new();
@@ -284,17 +303,18 @@ pub fn init_embeddings(
                 }
             }
             if ids.is_empty() {
-                return Err(Error::Input(
-                    "--init labels: the task has no fixed label words".into(),
+                return Err(Error::setting(
+                    "init",
+                    "init labels: the task has no fixed label words",
                 ));
             }
             ids.truncate(p);
             let rest = p - ids.len();
             ids.extend(sample(rest, 5000));
-            model.prompt_from_tokens(&ids)
+            prompt::init::from_tokens(model, &ids)
         }
         Init::File(dir) => {
-            let sp = model.load_prompt(dir, false)?;
+            let sp = SoftPrompt::load_for(model, dir, false)?;
             if sp.num_virtual_tokens() != p {
                 return Err(Error::Mismatch(format!(
                     "{}: has {} virtual tokens, the run asks for {p}",
@@ -315,7 +335,7 @@ fn make_prompt(
     emb: &Tensor,
     metrics: serde_json::Value,
 ) -> SoftPrompt {
-    let mut p = model.new_prompt(emb.clone());
+    let mut p = SoftPrompt::for_model(model, emb.clone());
     if let Some(meta) = p.meta.as_mut() {
         meta.task = serde_json::to_value(&cfg.task).ok();
         meta.training = obj.training_meta(cfg);
@@ -338,11 +358,11 @@ pub trait Objective {
     fn batch(
         &self,
         model: &FrozenModel,
-        prompt: &[f32],
+        prompt: PromptRef,
         idx: &[usize],
     ) -> Result<objective::BatchResult>;
     /// The prompt on the validation examples.
-    fn evaluate(&self, model: &FrozenModel, prompt: &[f32]) -> Result<EvalReport>;
+    fn evaluate(&self, model: &FrozenModel, prompt: PromptRef) -> Result<EvalReport>;
     /// The saved prompt's `training` metadata.
     fn training_meta(&self, cfg: &TrainConfig) -> Option<serde_json::Value> {
         serde_json::to_value(cfg).ok()
@@ -369,7 +389,7 @@ impl Objective for TaskObjective<'_> {
     fn batch(
         &self,
         model: &FrozenModel,
-        prompt: &[f32],
+        prompt: PromptRef,
         idx: &[usize],
     ) -> Result<objective::BatchResult> {
         match &self.train.select(idx) {
@@ -379,7 +399,7 @@ impl Objective for TaskObjective<'_> {
             Tokenized::Gen(b) => objective::lm_batch(&model.llama, Some(prompt), b, true),
         }
     }
-    fn evaluate(&self, model: &FrozenModel, prompt: &[f32]) -> Result<EvalReport> {
+    fn evaluate(&self, model: &FrozenModel, prompt: PromptRef) -> Result<EvalReport> {
         let v = self
             .val
             .as_ref()
@@ -396,16 +416,12 @@ impl Objective for TaskObjective<'_> {
 
 /// Refuse settings the loop cannot run (before any data is loaded).
 fn check_run(cfg: &TrainConfig) -> Result<()> {
-    if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.steps == 0 {
-        return Err(Error::Input(
-            "--batch-size, --grad-accum and --steps must be at least 1".into(),
-        ));
-    }
+    cfg.check_sizes()?;
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::Input(format!(
-            "--lr must be positive, got {}",
-            cfg.lr
-        )));
+        return Err(Error::setting(
+            "lr",
+            format!("lr must be positive, got {}", cfg.lr),
+        ));
     }
     cfg.optimizer.validate()
 }
@@ -422,7 +438,7 @@ pub fn train(
 ) -> Result<TrainSummary> {
     check_run(cfg)?;
     let t_load = Instant::now();
-    let (train_data, train_name, val) = load_train_val(model, cfg)?;
+    let (train_data, train_name, val) = load_train_val(model, cfg, obs)?;
     obs.on_message(&format!(
         "{} training examples from {train_name}, {} validation examples; tokenized in {:.1}s",
         train_data.len(),
@@ -456,10 +472,13 @@ pub fn train_objective(
     let log_path = out.join("train_log.jsonl");
     // A fresh run never writes over an earlier run's checkpoints (nothing a user had is lost).
     if !resume && std::fs::read_dir(&ckpt_dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(Error::Input(format!(
-            "{} holds checkpoints of an earlier run: continue it with --resume, or choose another --out",
-            ckpt_dir.display()
-        )));
+        return Err(Error::setting(
+            "resume",
+            format!(
+                "{} holds checkpoints of an earlier run: resume it, or choose another output folder",
+                ckpt_dir.display()
+            ),
+        ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
@@ -529,8 +548,13 @@ pub fn train_objective(
         .create(true)
         .open(&log_path)
         .map_err(|e| Error::io(&log_path, e))?;
-    let lengths = obj.lengths();
-    let mut batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, st.epoch);
+    let mut order = EpochBatches::new(
+        obj.lengths(),
+        cfg.batch_size,
+        cfg.seed,
+        st.epoch,
+        st.batch_in_epoch,
+    );
     let t0 = Instant::now();
     let secs_before = st.seconds;
     let mut interrupted = false;
@@ -555,13 +579,11 @@ pub fn train_objective(
         let mut grad = vec![0.0f32; p * d]; // [P, D]
         let (mut loss, mut rows) = (0.0f64, 0usize);
         for _ in 0..cfg.grad_accum {
-            if st.batch_in_epoch >= batches.len() {
-                st.epoch += 1;
-                st.batch_in_epoch = 0;
-                batches = data::bucket_batches(&lengths, cfg.batch_size, cfg.seed, st.epoch);
-            }
-            let r = obj.batch(model, &emb.data, &batches[st.batch_in_epoch])?;
-            st.batch_in_epoch += 1;
+            let idx = order
+                .next()
+                .ok_or_else(|| Error::Input("no training examples".into()))?;
+            (st.epoch, st.batch_in_epoch) = order.position();
+            let r = obj.batch(model, PromptRef::from_tensor(&emb)?, &idx)?;
             loss += r.loss / cfg.grad_accum as f64;
             rows += r.rows;
             if let Some(g) = r.grad {
@@ -571,10 +593,10 @@ pub fn train_objective(
             }
         }
         if !loss.is_finite() {
-            return Err(Error::Input(format!(
-                "loss became {loss} at step {}: lower --lr",
-                st.step
-            )));
+            return Err(Error::setting(
+                "lr",
+                format!("loss became {loss} at step {}: lower lr", st.step),
+            ));
         }
         let grad_norm = optim::clip_grad_norm(&mut grad, cfg.max_grad_norm);
         let lr = optim::lr_at(cfg.schedule, cfg.lr, st.step, cfg.steps, cfg.warmup_steps);
@@ -597,7 +619,7 @@ pub fn train_objective(
         let stopping = stop.load(Ordering::SeqCst);
         if obj.val_len() > 0 {
             if (cfg.eval_every > 0 && st.step % cfg.eval_every == 0) || last {
-                let rep = obj.evaluate(model, &emb.data)?;
+                let rep = obj.evaluate(model, PromptRef::from_tensor(&emb)?)?;
                 let better = st.best_value.is_none_or(|b| rep.value > b);
                 if better {
                     st.best_value = Some(rep.value);
@@ -632,7 +654,7 @@ pub fn train_objective(
         if stopping {
             interrupted = true;
             obs.on_message(&format!(
-                "interrupted: checkpoint saved at step {}; continue with --resume",
+                "interrupted: checkpoint saved at step {}; resume the run to continue",
                 st.step
             ));
             break;
@@ -684,7 +706,7 @@ fn truncate_log(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    checkpoint::atomic_write(path, kept.as_bytes())
+    crate::fsio::atomic_write(path, kept.as_bytes())
 }
 
 /// Loss (and its moving average) and the validation metric against the step.

@@ -27,20 +27,28 @@ fn note(size: usize) {
     });
 }
 
+// SAFETY: every method forwards to the system allocator with the arguments it was given
+// (noting a size never allocates: the thread-local is a plain `Cell`), so the GlobalAlloc
+// contract holds exactly as it does for `System`.
 unsafe impl GlobalAlloc for PeakAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        // SAFETY: the caller's `layout` obligations are passed on unchanged.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        // SAFETY: as for `alloc`.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` through this allocator with this `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        // SAFETY: `ptr` came from `System` with `layout`; the caller's `new_size` obligations
+        // are passed on unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

@@ -17,9 +17,11 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use super::{check_targets, weighted, Block, KvCache, Llama, SeqInput, Target};
-use crate::kernels::{gemm, View};
-use crate::model::weight::Weight;
+use super::loss::{check_targets, weighted};
+use super::{Block, KvCache, Llama};
+use crate::compute::kernels::{gemm, View};
+use crate::compute::weight::Weight;
+use crate::model::input::{prompt_len, SeqInput, Target};
 use crate::{Error, Result, Tensor};
 
 /// `dw[out, in] += dy[m, out]^T @ x[m, in]` (a linear layer's weight gradient).
@@ -219,7 +221,7 @@ impl Grads {
         let scale = model.embed_scale;
         let mut r = 0;
         for s in seqs {
-            r += s.prompt.map_or(0, |p| p.len() / d);
+            r += prompt_len(s.prompt);
             for &id in s.ids {
                 let row = &mut self.embed[id as usize * d..(id as usize + 1) * d];
                 row.iter_mut()
@@ -252,20 +254,28 @@ pub struct ParamSpec {
     pub is_norm: bool,
 }
 
-const NEEDS_F32: &str =
-    "full fine-tuning needs f32 weights; load the model with --weights f32 (not quantized or bf16)";
+/// The error for a matrix that is not kept as f32.
+fn needs_f32(name: &str) -> Error {
+    Error::setting(
+        "weights",
+        format!(
+            "{name}: full fine-tuning needs f32 weights; load the model with weights format f32 \
+             (not quantized or bf16)"
+        ),
+    )
+}
 
 fn w_mut<'a>(w: &'a mut Weight, name: &str) -> Result<&'a mut [f32]> {
     match w {
         Weight::F32(t) => Ok(&mut t.data),
-        _ => Err(Error::unsupported(name, NEEDS_F32)),
+        _ => Err(needs_f32(name)),
     }
 }
 
 fn w_ref<'a>(w: &'a Weight, name: &str) -> Result<&'a [f32]> {
     match w {
         Weight::F32(t) => Ok(&t.data),
-        _ => Err(Error::unsupported(name, NEEDS_F32)),
+        _ => Err(needs_f32(name)),
     }
 }
 

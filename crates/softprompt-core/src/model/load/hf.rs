@@ -76,7 +76,7 @@ pub const MAX_INDEX_JSON_BYTES: u64 = 64 << 20;
 /// Read an opened JSON side file whole, refusing more than `cap` bytes (a larger regular
 /// file without reading it; anything else after reading at most `cap + 1` bytes).
 fn read_capped(path: &Path, file: File, cap: u64) -> Result<Vec<u8>> {
-    crate::error::read_at_most(path, file, cap)?.ok_or_else(|| {
+    crate::fsio::read_at_most(path, file, cap)?.ok_or_else(|| {
         Error::format(
             path,
             format!("larger than {} MiB; refusing to read it", cap >> 20),

@@ -130,10 +130,7 @@ pub fn load_hub(repo: &str, revision: Option<&str>) -> Result<LoadedWeights> {
     while i < wanted.len() {
         let file = wanted[i].clone();
         if !snapshot.join(&file).is_file() {
-            eprintln!(
-                "softprompt: downloading {repo}{at} {file} into {}",
-                cache.display()
-            );
+            tracing::info!("downloading {repo}{at} {file} into {}", cache.display());
             api_repo.download(&file).map_err(api_err)?;
         }
         if file == WEIGHTS_INDEX_FILE {

@@ -1,6 +1,7 @@
 //! Model sources: a GGUF file, a Hugging Face folder, a hub id, or the default alias.
 //! Every loader returns weights under Hugging Face names in f32, `[out, in]` row-major.
 
+pub mod fetch;
 pub mod gguf;
 pub mod hf;
 pub mod hub;
@@ -8,7 +9,7 @@ pub mod hub;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::model::weight::{QMatrix, WeightFormat};
+use crate::compute::weight::{QMatrix, WeightFormat};
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
@@ -17,7 +18,8 @@ pub struct LoadedWeights {
     pub config: LlamaConfig,
     /// HF tensor names (`model.layers.0.self_attn.q_proj.weight`, ...), f32.
     pub weights: HashMap<String, Tensor>,
-    /// Matrices kept in their GGUF block type (`--weights quantized`), HF names; else empty.
+    /// Matrices kept in their GGUF block type ([`WeightFormat::Quantized`]), HF names; else
+    /// empty.
     pub quantized: HashMap<String, QMatrix>,
     pub tokenizer: tokenizers::Tokenizer,
     /// Human-readable origin, e.g. the file path.
@@ -49,12 +51,12 @@ impl ModelSource {
     /// Local paths win over hub ids; `hf:` forces the hub.
     pub fn parse(spec: &str) -> Result<Self> {
         if spec.is_empty() {
-            return Err(Error::Input("empty --model".into()));
+            return Err(Error::setting("model", "model source is empty"));
         }
         if let Some(rest) = spec.strip_prefix("hf:") {
             return Ok(Self::hub(rest));
         }
-        if crate::fetch::is_alias(spec) {
+        if fetch::is_alias(spec) {
             return Ok(ModelSource::Alias(spec.to_string()));
         }
         let p = PathBuf::from(spec);
@@ -102,13 +104,16 @@ pub fn load_with(spec: &str, format: WeightFormat) -> Result<LoadedWeights> {
     let source = ModelSource::parse(spec)?;
     let gguf = matches!(source, ModelSource::Alias(_) | ModelSource::Gguf(_));
     if format == WeightFormat::Quantized && !gguf {
-        return Err(Error::Input(format!(
-            "--weights quantized keeps a GGUF model's quantized blocks; '{spec}' is not a GGUF \
-             model (use --weights f32)"
-        )));
+        return Err(Error::setting(
+            "weights",
+            format!(
+                "weights format quantized keeps a GGUF model's quantized blocks; '{spec}' is not \
+                 a GGUF model (use weights format f32)"
+            ),
+        ));
     }
     match source {
-        ModelSource::Alias(a) => gguf::load_gguf_with(&crate::fetch::fetch_alias(&a)?, format),
+        ModelSource::Alias(a) => gguf::load_gguf_with(&fetch::fetch_alias(&a)?, format),
         ModelSource::Gguf(p) => gguf::load_gguf_with(&p, format),
         ModelSource::HfFolder(p) => hf::load_hf_folder(&p),
         ModelSource::Hub { repo, revision } => hub::load_hub(&repo, revision.as_deref()),

@@ -2,28 +2,29 @@
 //! translation of a Llama-family GGUF into [`LoadedWeights`] under Hugging Face names.
 //!
 //! - [`GgufFile`] validates and memory-maps the container (v2/v3) — see `reader.rs`.
-//! - [`dequant`] turns every supported GGML block type into f32.
+//! - [`crate::compute::quant`] turns every supported GGML block type into f32.
 //! - [`tokenizer_from_gguf`] rebuilds a byte-level BPE `tokenizers::Tokenizer`.
 //! - [`load_gguf`] builds a [`LlamaConfig`] from `{arch}.*` metadata, dequantizes all
 //!   tensors in parallel, renames them to HF names and undoes llama.cpp's Q/K row
 //!   permutation (llama/mistral only), exactly like transformers' GGUF loader.
 
-pub mod dequant;
 mod reader;
 mod tokenizer;
+mod value;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use rayon::prelude::*;
 
-pub use dequant::GgmlType;
-pub use reader::{GgufArray, GgufFile, GgufTensorInfo, GgufValue, DEFAULT_ALIGNMENT, MAX_DIMS};
+pub use reader::{GgufFile, GgufTensorInfo, DEFAULT_ALIGNMENT, MAX_DIMS};
 pub use tokenizer::tokenizer_from_gguf;
+pub use value::{GgufArray, GgufValue};
 
 use super::LoadedWeights;
+use crate::compute::quant::GgmlType;
+use crate::compute::weight::{QMatrix, WeightFormat};
 use crate::model::config::TokenIds;
-use crate::model::weight::{QMatrix, WeightFormat};
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 

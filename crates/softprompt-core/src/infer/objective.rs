@@ -2,8 +2,9 @@
 //! rank classification over candidate texts, and language modelling on target tokens.
 //! Each returns the loss, per-example results and (optionally) d loss / d prompt.
 
+use crate::model::input::{prompt_len, PromptRef, SeqInput, Target};
 use crate::model::llama::grads::Grads;
-use crate::model::llama::{self, KvCache, Llama, SeqInput, Target};
+use crate::model::llama::{self, KvCache, Llama};
 use crate::{Error, Result};
 
 /// A tokenized classification example: the rendered text, one candidate continuation per
@@ -57,14 +58,14 @@ enum Want<'g> {
 /// pass); without, the weights given are used in a single pass.
 fn run(
     model: &Llama,
-    prompt: Option<&[f32]>,
+    prompt: Option<PromptRef>,
     seqs: &[Vec<u32>],
     targets: &mut [Target],
     want: Want,
     weights_of: Option<WeightsOf>,
 ) -> Result<RunOut> {
     let d = model.dims.d;
-    let p = prompt.map_or(0, |x| x.len() / d);
+    let p = prompt_len(prompt);
     if matches!(want, Want::Prompt) && p == 0 {
         return Err(Error::Input("a prompt gradient needs a soft prompt".into()));
     }
@@ -126,13 +127,12 @@ fn run(
 /// target is read at a prompt row (a sequence without text) or a sequence is empty.
 fn run_prefixed(
     model: &Llama,
-    prompt: &[f32],
+    prompt: PromptRef,
     seqs: &[Vec<u32>],
     targets: &[Target],
 ) -> Result<Option<RunOut>> {
-    let d = model.dims.d;
-    let p = prompt.len() / d;
-    if !prompt.len().is_multiple_of(d) || seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
+    let (d, p) = (model.dims.d, prompt.len());
+    if prompt.dim() != d || seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
         return Ok(None); // the full path reports what is wrong, or has nothing to do
     }
     // First row of every sequence in the batch with prompts: [B].
@@ -153,7 +153,7 @@ fn run_prefixed(
         t.row -= p * (s + 1);
     }
     let mut prefix = vec![KvCache::new(model.n_layers())];
-    let mut xp = prompt.to_vec(); // [P, D]
+    let mut xp = prompt.data().to_vec(); // [P, D]
     model.forward(&mut xp, &[p], &mut prefix, false)?;
     let inputs: Vec<SeqInput> = seqs
         .iter()
@@ -172,7 +172,7 @@ fn run_prefixed(
 /// get a sequence each. `length_norm` averages a candidate's log-probs over its tokens.
 pub fn classify_batch(
     model: &Llama,
-    prompt: Option<&[f32]>,
+    prompt: Option<PromptRef>,
     batch: &[ClassExample],
     length_norm: bool,
     want_grad: bool,
@@ -198,12 +198,12 @@ pub fn classify_batch_weights(
 
 fn classify_impl(
     model: &Llama,
-    prompt: Option<&[f32]>,
+    prompt: Option<PromptRef>,
     batch: &[ClassExample],
     length_norm: bool,
     want: Want,
 ) -> Result<BatchResult> {
-    let p = prompt.map_or(0, |x| x.len() / model.dims.d);
+    let p = prompt_len(prompt);
     let mut seqs: Vec<Vec<u32>> = Vec::new();
     let mut targets = Vec::new();
     // owner[t] = (example, candidate) of each target.
@@ -306,7 +306,7 @@ fn classify_impl(
 /// Language modelling on target tokens only: mean NLL over all target tokens of the batch.
 pub fn lm_batch(
     model: &Llama,
-    prompt: Option<&[f32]>,
+    prompt: Option<PromptRef>,
     batch: &[GenExample],
     want_grad: bool,
 ) -> Result<BatchResult> {
@@ -329,11 +329,11 @@ pub fn lm_batch_weights(
 
 fn lm_impl(
     model: &Llama,
-    prompt: Option<&[f32]>,
+    prompt: Option<PromptRef>,
     batch: &[GenExample],
     want: Want,
 ) -> Result<BatchResult> {
-    let p = prompt.map_or(0, |x| x.len() / model.dims.d);
+    let p = prompt_len(prompt);
     let mut seqs = Vec::with_capacity(batch.len());
     let mut targets = Vec::new();
     let mut owner = Vec::new();

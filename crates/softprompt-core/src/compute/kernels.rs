@@ -260,6 +260,10 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// [`dot`] on 16-lane vectors.
+///
+/// # Safety
+/// The CPU has AVX512-F (the shorter slice bounds the product).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
@@ -303,6 +307,10 @@ pub fn dot4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
     a.map(|x| dot(x, b))
 }
 
+/// [`dot4`] on 16-lane vectors, `b` read once for the four rows.
+///
+/// # Safety
+/// The CPU has AVX512-F; every row of `a` holds at least `b.len()` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dot4_avx512(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
@@ -590,6 +598,9 @@ pub fn exp_shift(row: &mut [f32], shift: f32, scale: f32) -> f64 {
 
 /// 16 lanes of `exp(x)`: `x = n ln2 + r` (Cody-Waite, |r| <= ln2/2), a degree-6 polynomial
 /// for `exp(r)`, then `scalef` by `2^n` (which flushes large negative `x` to 0).
+///
+/// # Safety
+/// The CPU has AVX512-F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
@@ -609,6 +620,10 @@ unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     _mm512_scalef_ps(p, n)
 }
 
+/// [`exp_shift`] on 16-lane vectors ([`exp16`]).
+///
+/// # Safety
+/// The CPU has AVX512-F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_shift_avx512(row: &mut [f32], shift: f32, scale: f32) -> f64 {

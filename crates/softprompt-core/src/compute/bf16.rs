@@ -31,10 +31,10 @@
 //! each 16-column strip of B once for all rows.
 //!
 //! Without either (or off x86-64 Linux) the same packed weights are dequantized in chunks and
-//! multiplied with [`crate::kernels::gemm`] (activations still rounded to bf16, so every path
+//! multiplied with [`crate::compute::kernels::gemm`] (activations still rounded to bf16, so every path
 //! computes the same product up to f32 summation order).
 
-use crate::kernels::{self, View};
+use crate::compute::kernels::{self, View};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -600,6 +600,10 @@ fn cvt_row_generic(src: &[f32], dst: &mut [u16]) {
     dst[src.len()..].fill(0);
 }
 
+/// [`cvt_row_generic`] compiled for AVX-512 (the compiler vectorises the rounding).
+///
+/// # Safety
+/// The CPU has AVX512-F and AVX512-BW (the caller checks [`avx512_ok`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn cvt_row_avx512(src: &[f32], dst: &mut [u16]) {
@@ -611,7 +615,7 @@ unsafe fn cvt_row_avx512(src: &[f32], dst: &mut [u16]) {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod dpbf16 {
     use super::{bf16, flat, BTiles, BLK, TILE, TK, TR};
-    use crate::kernels;
+    use crate::compute::kernels;
     use std::arch::x86_64::*;
 
     /// Products of at most this many rows (decoding) stream the weight once
@@ -659,6 +663,10 @@ mod dpbf16 {
     }
 
     /// `acc[i] = xb[i] . B strip` for the 16 columns of one strip (`st`: its kt tiles).
+    ///
+    /// # Safety
+    /// AVX512-F and AVX512-BF16 present; `st` holds `kp / 32` whole B tiles and starts
+    /// 64-byte aligned; `xb` holds `M` rows of `kp` bf16 values; `M <= SMALL_M`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn strip_dot<const M: usize>(
         st: &[u16],
@@ -717,6 +725,10 @@ mod dpbf16 {
     }
 
     /// 8 rows of the block: `a` points at the first row inside its A tile.
+    ///
+    /// # Safety
+    /// As [`block`]: AVX512-F and AVX512-BF16 present; `a`, `b0`, `b1` start runs of `len`
+    /// tiles (B tiles 64-byte aligned), and `c` has 8 rows of 32 f32, `BLK` floats apart.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn rows8(
         a: *const u16,
@@ -777,15 +789,26 @@ mod tiles {
     };
 
     /// Loads the tile configuration on this thread (tile state is per thread).
+    ///
+    /// # Safety
+    /// The CPU has AMX-BF16 and the OS granted this process the tile state
+    /// (`ARCH_REQ_XCOMP_PERM`, done once by `detect`); pair with [`release`].
     pub unsafe fn configure() {
         asm!("ldtilecfg [{}]", in(reg) &CFG as *const TileCfg, options(nostack, readonly));
     }
 
+    /// Releases this thread's tile state.
+    ///
+    /// # Safety
+    /// The CPU has AMX (a thread that never configured tiles may call it too).
     pub unsafe fn release() {
         asm!("tilerelease", options(nostack, nomem));
     }
 
     /// tmm0..3 = 0 (the 2 x 2 accumulator block).
+    ///
+    /// # Safety
+    /// [`configure`] ran on this thread.
     pub unsafe fn zero_c() {
         asm!(
             "tilezero tmm0",
@@ -798,6 +821,10 @@ mod tiles {
 
     /// tmm0..3 = C[32, 32] at `c` with row stride `ldc` bytes:
     /// tmm0 rows 0..16 cols 0..16, tmm1 rows 0..16 cols 16..32, tmm2/tmm3 rows 16..32.
+    ///
+    /// # Safety
+    /// [`configure`] ran on this thread; `c` points at 32 readable rows of 32 f32, `ldc`
+    /// bytes apart.
     pub unsafe fn load_c(c: *const f32, ldc: usize) {
         asm!(
             "tileloadd tmm0, [{c} + {s}*1]",
@@ -812,6 +839,10 @@ mod tiles {
     }
 
     /// C[32, 32] at `c` (row stride `ldc` bytes) = tmm0..3.
+    ///
+    /// # Safety
+    /// [`configure`] ran on this thread; `c` points at 32 writable rows of 32 f32, `ldc`
+    /// bytes apart, that nothing else accesses meanwhile.
     pub unsafe fn store_c(c: *mut f32, ldc: usize) {
         asm!(
             "tilestored [{c} + {s}*1], tmm0",
@@ -827,6 +858,9 @@ mod tiles {
 
     /// tmm0..3 += A[32, kt*32] B[kt*32, 32]. `a0`/`a1`: the A tiles of rows 0..16 / 16..32,
     /// `b0`/`b1`: the B tiles of columns 0..16 / 16..32; each a run of `kt` 1 KiB tiles.
+    ///
+    /// # Safety
+    /// [`configure`] ran on this thread; each pointer starts `kt` readable 1 KiB tiles.
     #[inline(always)]
     pub unsafe fn dot_2x2(
         a0: *const u16,

@@ -1,17 +1,22 @@
-//! Using a soft prompt: score a text, generate a continuation (KV cache, the prompt injected
-//! once at prefill).
+//! Running the model with a soft prompt: score a text, generate a continuation (KV cache,
+//! the prompt injected once at prefill), the task objectives over packed batches
+//! ([`objective`]: rank classification and language modelling, with the prompt gradient
+//! when training asks for it) and continuous batching for the server ([`scheduler`]).
+
+pub mod objective;
+pub mod scheduler;
 
 use rand::{Rng, SeedableRng};
 
-use crate::kernels;
-use crate::model::llama::{KvCache, Llama, SeqInput};
+use crate::compute::kernels;
+use crate::model::input::{prompt_len, PromptRef, SeqInput};
+use crate::model::llama::{KvCache, Llama};
 use crate::{Error, Result};
 
 /// `log p(ids[t] | prompt, ids[<t])` for every t that has a predictor: t = 0..n-1 with a
 /// prompt, t = 1..n-1 without. Log-softmax is accumulated in f64.
-pub fn score(model: &Llama, prompt: Option<&[f32]>, ids: &[u32]) -> Result<Vec<f64>> {
-    let d = model.dims.d;
-    let p = prompt.map_or(0, |x| x.len() / d);
+pub fn score(model: &Llama, prompt: Option<PromptRef>, ids: &[u32]) -> Result<Vec<f64>> {
+    let p = prompt_len(prompt);
     if ids.is_empty() || p + ids.len() < 2 {
         return Err(Error::Input(
             "scoring needs at least one predicted token (give a longer text or a prompt)".into(),
@@ -35,7 +40,7 @@ pub fn score(model: &Llama, prompt: Option<&[f32]>, ids: &[u32]) -> Result<Vec<f
 }
 
 /// Raw logits `[V]` after the whole input (prompt + ids).
-pub fn last_logits(model: &Llama, prompt: Option<&[f32]>, ids: &[u32]) -> Result<Vec<f32>> {
+pub fn last_logits(model: &Llama, prompt: Option<PromptRef>, ids: &[u32]) -> Result<Vec<f32>> {
     let (mut x, lens) = model.embed_batch(&[SeqInput { prompt, ids }])?;
     let mut caches = vec![KvCache::new(model.n_layers())];
     model.forward(&mut x, &lens, &mut caches, false)?;
@@ -155,14 +160,13 @@ fn argmax(x: &[f32]) -> u32 {
 /// is made and may return false to stop. Returns the new ids.
 pub fn generate(
     model: &Llama,
-    prompt: Option<&[f32]>,
+    prompt: Option<PromptRef>,
     ids: &[u32],
     s: &Sampling,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     s.validate()?;
-    let d = model.dims.d;
-    let p = prompt.map_or(0, |x| x.len() / d);
+    let p = prompt_len(prompt);
     if p + ids.len() == 0 {
         return Err(Error::Input(
             "nothing to generate from: empty text and no prompt".into(),

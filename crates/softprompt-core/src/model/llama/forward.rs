@@ -1,0 +1,368 @@
+//! The packed forward: input embeddings, the decoder blocks (attention and gated MLP, with
+//! optional QK-norm and sandwich norms), the final norm, and the LM head (logits, and the
+//! loss head with its gradient).
+
+use rayon::prelude::*;
+
+use super::cache::{BlockTape, KvCache, Tape};
+use super::grads::dw_acc;
+use super::{Act, Dims, Llama};
+use crate::compute::kernels::{self, rmsnorm};
+use crate::compute::weight::Weight;
+use crate::model::input::{prompt_len, SeqInput, Target};
+use crate::{Error, Result};
+
+impl Llama {
+    /// Input embeddings of a packed batch: `[N, D]` and the rows per sequence.
+    pub fn embed_batch(&self, seqs: &[SeqInput]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let d = self.dims.d;
+        let mut lens = Vec::with_capacity(seqs.len());
+        let total: usize = seqs
+            .iter()
+            .map(|s| prompt_len(s.prompt) + s.ids.len())
+            .sum();
+        let mut x = Vec::with_capacity(total * d);
+        for s in seqs {
+            let mut n = 0;
+            if let Some(p) = s.prompt {
+                if p.dim() != d {
+                    return Err(Error::Mismatch(format!(
+                        "soft prompt rows hold {} values, the model's hidden size is {d}",
+                        p.dim()
+                    )));
+                }
+                x.extend_from_slice(p.data());
+                n += p.len();
+            }
+            for &id in s.ids {
+                if id as usize >= self.dims.vocab {
+                    return Err(Error::Input(format!(
+                        "token id {id} is outside the vocabulary (size {})",
+                        self.dims.vocab
+                    )));
+                }
+                let row = self.embed.row(id as usize);
+                if self.embed_scale == 1.0 {
+                    x.extend_from_slice(&row);
+                } else {
+                    x.extend(row.iter().map(|v| v * self.embed_scale));
+                }
+            }
+            n += s.ids.len();
+            lens.push(n);
+        }
+        Ok((x, lens))
+    }
+
+    /// Packed forward. `x[N, D]` holds the input embeddings and is overwritten with the final
+    /// hidden states (after the last norm). `lens[i]` new rows of sequence i are appended to
+    /// `caches[i]`. With `record`, returns the tape the backward needs (requires empty caches).
+    pub fn forward(
+        &self,
+        x: &mut [f32],
+        lens: &[usize],
+        caches: &mut [KvCache],
+        record: bool,
+    ) -> Result<Option<Tape>> {
+        kernels::in_pool(|| self.forward_impl(x, lens, caches, record, false))
+    }
+
+    /// [`Llama::forward`] recording a tape that also keeps every linear layer's input, so
+    /// that [`Llama::backward_grads`] can compute weight gradients (full fine-tuning).
+    pub fn forward_full(
+        &self,
+        x: &mut [f32],
+        lens: &[usize],
+        caches: &mut [KvCache],
+    ) -> Result<Tape> {
+        kernels::in_pool(|| self.forward_impl(x, lens, caches, true, true))?
+            .ok_or_else(|| Error::Input("no tape".into()))
+    }
+
+    pub(super) fn forward_impl(
+        &self,
+        x: &mut [f32],
+        lens: &[usize],
+        caches: &mut [KvCache],
+        record: bool,
+        full: bool,
+    ) -> Result<Option<Tape>> {
+        let keep = |v: &[f32]| if full { v.to_vec() } else { Vec::new() };
+        let Dims { d, nq, nkv, f, .. } = self.dims;
+        let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
+        let n: usize = lens.iter().sum();
+        assert_eq!(x.len(), n * d, "forward: x is not [N, D]");
+        assert_eq!(lens.len(), caches.len(), "forward: one cache per sequence");
+        // Position of every packed row.
+        let mut pos = Vec::with_capacity(n);
+        for (len, c) in lens.iter().zip(caches.iter()) {
+            if record && c.len != 0 {
+                return Err(Error::Input("training forward needs empty caches".into()));
+            }
+            if c.len + len > self.max_positions() {
+                return Err(Error::Input(format!(
+                    "sequence of {} positions exceeds the model's context of {}",
+                    c.len + len,
+                    self.max_positions()
+                )));
+            }
+            pos.extend(c.len..c.len + len);
+        }
+        let mut tapes = Vec::new();
+        let mut h = vec![0.0; n * d]; // [N, D] normed input of a sub-layer
+        let mut rstd = vec![0.0; n]; // [N]
+        let mut q = vec![0.0; n * qd]; // [N, Hq*hd]
+        let mut k = vec![0.0; n * kvd]; // [N, Hkv*hd]
+        let mut v = vec![0.0; n * kvd]; // [N, Hkv*hd]
+        let mut att = vec![0.0; n * qd]; // [N, Hq*hd]
+        let mut g = vec![0.0; n * f]; // [N, F]
+        let mut u = vec![0.0; n * f]; // [N, F]
+        let mut a = vec![0.0; n * f]; // [N, F]
+        let sandwich = self.blocks.iter().any(|b| b.post_attn_norm.is_some());
+        // [N, D] a sub-layer's output before its post-norm (Gemma 3 only)
+        let mut o = if sandwich {
+            vec![0.0; n * d]
+        } else {
+            Vec::new()
+        };
+        for (l, b) in self.blocks.iter().enumerate() {
+            let x_in = if record { Some(x.to_vec()) } else { None };
+            // --- attention ---
+            rmsnorm(x, &b.attn_norm, self.eps, &mut h, &mut rstd);
+            let rstd1 = if record { Some(rstd.clone()) } else { None };
+            self.linear(&h, &b.wq, n, &mut q, false);
+            self.linear(&h, &b.wk, n, &mut k, false);
+            self.linear(&h, &b.wv, n, &mut v, false);
+            add_bias(&mut q, b.bq.as_deref());
+            add_bias(&mut k, b.bk.as_deref());
+            add_bias(&mut v, b.bv.as_deref());
+            let (q_pre, rstd_q) = self.head_norm(&mut q, b.q_norm.as_deref(), record);
+            let (k_pre, rstd_k) = self.head_norm(&mut k, b.k_norm.as_deref(), record);
+            let rope = self.rope_of(b);
+            rope.apply(&mut q, nq, &pos, false);
+            rope.apply(&mut k, nkv, &pos, false);
+            let mut r0 = 0;
+            for (len, c) in lens.iter().zip(caches.iter_mut()) {
+                c.k[l].extend_from_slice(&k[r0 * kvd..(r0 + len) * kvd]);
+                c.v[l].extend_from_slice(&v[r0 * kvd..(r0 + len) * kvd]);
+                r0 += len;
+            }
+            if self.exact && !record {
+                self.attention_rows(l, &q, lens, caches, &mut att);
+            } else {
+                self.attention(l, &q, lens, caches, &mut att);
+            }
+            let (h1, att_in) = (keep(&h), keep(&att));
+            // x += post_norm(att @ Wo^T), or x += att @ Wo^T without a sandwich norm
+            let (attn_out, rstd_pa) =
+                self.residual_out(x, &att, &b.wo, b.post_attn_norm.as_deref(), &mut o, record);
+            let x_mid = if record { Some(x.to_vec()) } else { None };
+            // --- MLP ---
+            rmsnorm(x, &b.mlp_norm, self.eps, &mut h, &mut rstd);
+            self.linear(&h, &b.wg, n, &mut g, false);
+            self.linear(&h, &b.wu, n, &mut u, false);
+            match self.act {
+                Act::Silu => kernels::swiglu(&g, &u, &mut a),
+                Act::GeluTanh => kernels::geglu_tanh(&g, &u, &mut a),
+            }
+            let (h2, a_in) = (keep(&h), keep(&a));
+            // x += post_norm(a @ Wd^T), or x += a @ Wd^T
+            let (mlp_out, rstd_pm) =
+                self.residual_out(x, &a, &b.wd, b.post_mlp_norm.as_deref(), &mut o, record);
+            if record {
+                tapes.push(BlockTape {
+                    x_in: x_in.unwrap_or_default(),
+                    rstd1: rstd1.unwrap_or_default(),
+                    q: q.clone(),
+                    x_mid: x_mid.unwrap_or_default(),
+                    rstd2: rstd.clone(),
+                    g: g.clone(),
+                    u: u.clone(),
+                    q_pre,
+                    rstd_q,
+                    k_pre,
+                    rstd_k,
+                    attn_out,
+                    rstd_pa,
+                    mlp_out,
+                    rstd_pm,
+                    h1,
+                    att: att_in,
+                    h2,
+                    a: a_in,
+                });
+            }
+        }
+        for c in caches.iter_mut().zip(lens) {
+            c.0.len += c.1;
+        }
+        let x_final = if record { Some(x.to_vec()) } else { None };
+        rmsnorm(x, &self.norm, self.eps, &mut h, &mut rstd);
+        x.copy_from_slice(&h);
+        Ok(x_final.map(|x_final| Tape {
+            blocks: tapes,
+            x_final,
+            rstd_final: rstd,
+            hidden: h,
+            lens: lens.to_vec(),
+            pos,
+        }))
+    }
+
+    /// Per-head RMSNorm in place over `x[N, heads*hd]` (QK-norm); with `record`, returns the
+    /// input and the 1/rms per (row, head) for the backward. A no-op without weights.
+    pub(super) fn head_norm(
+        &self,
+        x: &mut [f32],
+        w: Option<&[f32]>,
+        record: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let Some(w) = w else {
+            return (Vec::new(), Vec::new());
+        };
+        let pre = x.to_vec();
+        let mut rstd = vec![0.0; x.len() / w.len()]; // [N*heads]
+        rmsnorm(&pre, w, self.eps, x, &mut rstd);
+        if record {
+            (pre, rstd)
+        } else {
+            (Vec::new(), Vec::new())
+        }
+    }
+
+    /// Residual add of a sub-layer: `x += post_norm(inp @ W^T)` (`W` is `[D, k]`), or
+    /// `x += inp @ W^T` without a post-norm. `o[N, D]` is scratch. With `record` and a
+    /// post-norm, returns the pre-norm output and its 1/rms for the backward.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn residual_out(
+        &self,
+        x: &mut [f32],
+        inp: &[f32],
+        w: &Weight,
+        post: Option<&[f32]>,
+        o: &mut [f32],
+        record: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let d = self.dims.d;
+        let n = x.len() / d;
+        let Some(pw) = post else {
+            self.linear(inp, w, n, x, true);
+            return (Vec::new(), Vec::new());
+        };
+        self.linear(inp, w, n, o, false); // o = inp @ W^T   [N, D]
+        let mut normed = vec![0.0; n * d]; // [N, D]
+        let mut rstd = vec![0.0; n]; // [N]
+        rmsnorm(o, pw, self.eps, &mut normed, &mut rstd);
+        x.par_iter_mut()
+            .zip(normed.par_iter())
+            .for_each(|(a, b)| *a += b);
+        if record {
+            (o.to_vec(), rstd)
+        } else {
+            (Vec::new(), Vec::new())
+        }
+    }
+
+    /// Logits `[rows.len(), V]` for the chosen rows of the final hidden states `hidden[N, D]`.
+    pub fn logits(&self, hidden: &[f32], rows: &[usize]) -> Vec<f32> {
+        let d = self.dims.d;
+        let mut hs = Vec::with_capacity(rows.len() * d);
+        for &r in rows {
+            hs.extend_from_slice(&hidden[r * d..(r + 1) * d]);
+        }
+        let v = self.dims.vocab;
+        let mut out = vec![0.0; rows.len() * v];
+        kernels::in_pool(|| self.linear(&hs, self.lm_head(), rows.len(), &mut out, false));
+        out
+    }
+
+    /// Negative log-likelihood of every target (`-log p(token)` at its row, unweighted) and,
+    /// with `want_grad`, the gradient of `sum(weight * nll)` w.r.t. `hidden[N, D]`.
+    /// Logits are computed only at target rows, a chunk of rows at a time.
+    pub fn loss_head(
+        &self,
+        hidden: &[f32],
+        targets: &[Target],
+        want_grad: bool,
+    ) -> (Vec<f64>, Vec<f32>) {
+        kernels::in_pool(|| self.loss_head_impl(hidden, targets, want_grad, None))
+    }
+
+    /// [`Llama::loss_head`] with the gradient, also accumulating the output projection's
+    /// weight gradient into `dw_head[V, D]` (`dW += dlogits^T @ hidden` at the target rows).
+    pub fn loss_head_grads(
+        &self,
+        hidden: &[f32],
+        targets: &[Target],
+        dw_head: &mut [f32],
+    ) -> (Vec<f64>, Vec<f32>) {
+        kernels::in_pool(|| self.loss_head_impl(hidden, targets, true, Some(dw_head)))
+    }
+
+    pub(super) fn loss_head_impl(
+        &self,
+        hidden: &[f32],
+        targets: &[Target],
+        want_grad: bool,
+        mut dw_head: Option<&mut [f32]>,
+    ) -> (Vec<f64>, Vec<f32>) {
+        // Rows per LM-head pass: each pass streams the whole [V, D] head (forward and
+        // backward), so fewer, larger passes; the logits buffer is [CHUNK, V].
+        const CHUNK: usize = 128;
+        let d = self.dims.d;
+        let v = self.dims.vocab;
+        let w = self.lm_head();
+        let mut nll = Vec::with_capacity(targets.len());
+        let mut dh = if want_grad {
+            vec![0.0; hidden.len()]
+        } else {
+            Vec::new()
+        };
+        for chunk in targets.chunks(CHUNK) {
+            let rows: Vec<usize> = chunk.iter().map(|t| t.row).collect();
+            let mut logits = self.logits(hidden, &rows); // [r, V]
+            let parts: Vec<f64> = logits
+                .par_chunks_mut(v)
+                .zip(chunk.par_iter())
+                .map(|(lg, t)| {
+                    let lse = kernels::logsumexp(lg);
+                    let nll = lse - lg[t.token as usize] as f64;
+                    if want_grad {
+                        // d/dlogits of w * (lse - logit[tok]) = w * (softmax - onehot)
+                        kernels::exp_shift(lg, lse as f32, t.weight);
+                        lg[t.token as usize] -= t.weight;
+                    }
+                    nll
+                })
+                .collect();
+            nll.extend(parts);
+            if want_grad {
+                if let Some(dw) = dw_head.as_deref_mut() {
+                    let mut hs = Vec::with_capacity(rows.len() * d); // [r, D]
+                    for &r in &rows {
+                        hs.extend_from_slice(&hidden[r * d..(r + 1) * d]);
+                    }
+                    dw_acc(&logits, &hs, rows.len(), dw); // dW[V, D] += dlogits^T @ hs
+                }
+                let mut dhs = vec![0.0; rows.len() * d]; // [r, D] = dlogits @ W
+                w.linear_dx(&logits, rows.len(), &mut dhs, false);
+                for (i, &r) in rows.iter().enumerate() {
+                    for (o, g) in dh[r * d..(r + 1) * d]
+                        .iter_mut()
+                        .zip(&dhs[i * d..(i + 1) * d])
+                    {
+                        *o += g;
+                    }
+                }
+            }
+        }
+        (nll, dh)
+    }
+}
+
+pub(super) fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        x.par_chunks_mut(b.len())
+            .for_each(|row| row.iter_mut().zip(b).for_each(|(x, b)| *x += b));
+    }
+}

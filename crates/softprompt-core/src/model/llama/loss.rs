@@ -1,0 +1,126 @@
+//! Losses over packed batches and the gradient with respect to a shared soft prompt.
+
+use super::cache::KvCache;
+use super::Llama;
+use crate::model::input::{Example, PromptRef, SeqInput, Target};
+use crate::{Error, Result};
+
+impl Llama {
+    /// Loss and gradient w.r.t. the input embeddings of a packed batch.
+    /// Returns `(loss, dx[N, D], lens)`.
+    pub fn loss_and_input_grad(
+        &self,
+        seqs: &[SeqInput],
+        targets: &[Target],
+    ) -> Result<(f64, Vec<f32>, Vec<usize>)> {
+        let (mut x, lens) = self.embed_batch(seqs)?;
+        let n = x.len() / self.dims.d;
+        check_targets(targets, n, self.dims.vocab)?;
+        let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(self.n_layers())).collect();
+        let tape = self
+            .forward(&mut x, &lens, &mut caches, true)?
+            .ok_or_else(|| Error::Input("no tape".into()))?;
+        let (nll, dh) = self.loss_head(&tape.hidden, targets, true);
+        let loss = weighted(&nll, targets);
+        let dx = self.backward(&tape, &caches, &dh);
+        Ok((loss, dx, lens))
+    }
+
+    /// Packed targets for examples that share one soft prompt of `p` rows.
+    pub(super) fn prompt_targets(batch: &[Example], p: usize) -> Result<Vec<Target>> {
+        let mut targets = Vec::new();
+        let mut r0 = 0;
+        for ex in batch {
+            for &(t, weight) in &ex.targets {
+                if t >= ex.ids.len() || p + t == 0 {
+                    return Err(Error::Input(format!(
+                        "target index {t} invalid for {} tokens and {p} virtual tokens",
+                        ex.ids.len()
+                    )));
+                }
+                targets.push(Target {
+                    row: r0 + p + t - 1,
+                    token: ex.ids[t],
+                    weight,
+                });
+            }
+            r0 += p + ex.ids.len();
+        }
+        Ok(targets)
+    }
+
+    /// Loss and d loss / d prompt for a batch sharing the soft prompt `prompt[P, D]`:
+    /// the gradient is the input-embedding gradient at positions 0..P-1, summed over the batch.
+    pub fn prompt_loss_and_grad(
+        &self,
+        prompt: PromptRef,
+        batch: &[Example],
+    ) -> Result<(f64, Vec<f32>)> {
+        let (p, d) = (prompt.len(), self.dims.d);
+        let targets = Self::prompt_targets(batch, p)?;
+        let seqs: Vec<SeqInput> = batch
+            .iter()
+            .map(|e| SeqInput {
+                prompt: Some(prompt),
+                ids: &e.ids,
+            })
+            .collect();
+        let (loss, dx, lens) = self.loss_and_input_grad(&seqs, &targets)?;
+        Ok((loss, prompt_grad(&dx, &lens, p, d)))
+    }
+
+    /// Loss of a batch sharing the soft prompt (no backward).
+    pub fn prompt_loss(&self, prompt: PromptRef, batch: &[Example]) -> Result<f64> {
+        let targets = Self::prompt_targets(batch, prompt.len())?;
+        let seqs: Vec<SeqInput> = batch
+            .iter()
+            .map(|e| SeqInput {
+                prompt: Some(prompt),
+                ids: &e.ids,
+            })
+            .collect();
+        self.loss(&seqs, &targets)
+    }
+
+    /// Loss only (no tape, no backward).
+    pub fn loss(&self, seqs: &[SeqInput], targets: &[Target]) -> Result<f64> {
+        let (mut x, lens) = self.embed_batch(seqs)?;
+        check_targets(targets, x.len() / self.dims.d, self.dims.vocab)?;
+        let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(self.n_layers())).collect();
+        self.forward(&mut x, &lens, &mut caches, false)?;
+        Ok(weighted(&self.loss_head(&x, targets, false).0, targets))
+    }
+}
+
+/// d loss / d prompt `[P, D]` from the input gradient `dx[N, D]` of a packed batch whose
+/// sequences (`lens` rows each) all start with the same `p`-row prompt: the sum over sequences.
+pub fn prompt_grad(dx: &[f32], lens: &[usize], p: usize, d: usize) -> Vec<f32> {
+    let mut grad = vec![0.0f32; p * d]; // [P, D]
+    let mut r0 = 0;
+    for len in lens {
+        for (g, x) in grad.iter_mut().zip(&dx[r0 * d..(r0 + p) * d]) {
+            *g += x;
+        }
+        r0 += len;
+    }
+    grad
+}
+
+pub(super) fn weighted(nll: &[f64], targets: &[Target]) -> f64 {
+    nll.iter()
+        .zip(targets)
+        .map(|(l, t)| l * t.weight as f64)
+        .sum()
+}
+
+pub(super) fn check_targets(targets: &[Target], n: usize, vocab: usize) -> Result<()> {
+    for t in targets {
+        if t.row >= n || t.token as usize >= vocab {
+            return Err(Error::Input(format!(
+                "loss target row {} / token {} out of range ({n} rows, vocab {vocab})",
+                t.row, t.token
+            )));
+        }
+    }
+    Ok(())
+}
