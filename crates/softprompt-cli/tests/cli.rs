@@ -1,21 +1,19 @@
 //! Run the real `softprompt` binary: fixture parity through the CLI and one clear error line
 //! (never a panic) for each kind of bad input.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
+
+use common::fixture_dir;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_softprompt"))
 }
 
-fn shared() -> PathBuf {
-    std::env::var_os("SOFTPROMPT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
 fn fixture_prompt(model: &str) -> PathBuf {
-    shared().join("fixtures").join(model).join("prompt")
+    fixture_dir(model).join("prompt")
 }
 
 /// Exit status non-zero, exactly one `error:` line on stderr mentioning every `needles`, no panic.
@@ -40,7 +38,7 @@ fn assert_clean_error(out: &Output, needles: &[&str]) {
 #[test]
 fn score_json_matches_pytorch_fixture() {
     let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(shared().join("fixtures/smollm2-135m/tokens.json")).unwrap(),
+        &std::fs::read_to_string(fixture_dir("smollm2-135m").join("tokens.json")).unwrap(),
     )
     .unwrap();
     let text = meta["texts"][1]["text"].as_str().unwrap();

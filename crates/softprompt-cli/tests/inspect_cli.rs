@@ -1,14 +1,9 @@
 //! `softprompt inspect` on the PEFT fixture prompt with the default model: the JSON report's
 //! shape, and the pictures and Markdown written to --out.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn shared() -> PathBuf {
-    std::env::var_os("SOFTPROMPT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
+use std::process::Command;
 
 /// CRC-32 (IEEE), as PNG chunks use it.
 fn crc32(bytes: &[u8]) -> u32 {
@@ -69,7 +64,7 @@ fn check_png(path: &std::path::Path) -> (u32, u32) {
 
 #[test]
 fn inspect_peft_fixture_prompt_json() {
-    let prompt = shared().join("fixtures/smollm2-135m/prompt");
+    let prompt = common::fixture_dir("smollm2-135m").join("prompt");
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("inspect");
     let k = 4;

@@ -285,3 +285,65 @@ fn sigkill_at_random_moments_then_resume_is_bit_exact() {
     let last = load_latest(&ckpts).unwrap().unwrap();
     assert!(same_tensors(&last, &reference[STEPS as usize - 1]));
 }
+
+/// Ctrl-C (SIGINT) stops a run after the step in progress with a checkpoint of that step, and
+/// the process exits 130, as shells expect of an interrupted command; `--resume` then finishes
+/// the run (exit 0) with the same log and prompt as the uninterrupted run.
+#[test]
+fn sigint_checkpoints_exits_130_and_resume_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let a = tmp.path().join("a");
+    let t = Instant::now();
+    let st = train(&model, &a, "2").status().unwrap();
+    assert_eq!(st.code(), Some(0), "a finished run exits 0");
+    let full = t.elapsed();
+
+    let b = tmp.path().join("b");
+    let child = train(&model, &b, "2")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let steps = |out: &Path| {
+        std::fs::read_to_string(out.join("train_log.jsonl"))
+            .map_or(0, |s| s.lines().filter(|l| l.contains("\"step\"")).count())
+    };
+    let t = Instant::now();
+    while steps(&b) < 3 && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "exit after Ctrl-C: {err}");
+    assert!(err.contains("interrupted, continue with --resume"), "{err}");
+    assert!(!err.contains("error:"), "{err}");
+    let ck = load_latest(&b.join("checkpoints"))
+        .unwrap()
+        .expect("a checkpoint");
+    let done = log_lines(&b).iter().filter(|v| v["type"] == "step").count() as u64;
+    eprintln!("uninterrupted run {full:?}; SIGINT after {done} of {STEPS} steps");
+    assert!(
+        (3..STEPS).contains(&done),
+        "stopped after {done} steps: {err}"
+    );
+    assert_eq!(ck.step, done, "the checkpoint is the last finished step");
+
+    let st = train(&model, &b, "2").arg("--resume").status().unwrap();
+    assert_eq!(st.code(), Some(0));
+    assert_eq!(log_lines(&a), log_lines(&b), "resumed run's log differs");
+    for f in [
+        "last/adapter_model.safetensors",
+        "adapter_model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}

@@ -29,10 +29,15 @@ impl Drop for Server {
 }
 
 fn start(args: &[&str]) -> Server {
+    start_with(args, &[])
+}
+
+fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = bin()
         .arg("serve")
         .args(["--bind", "127.0.0.1:0"])
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -688,4 +693,139 @@ fn timeout_and_oversized_headers_are_refused_cleanly() {
         .unwrap_or(0);
     assert!((400..500).contains(&code), "status line {resp:?}");
     assert_eq!(get(&format!("{}/health", s.url), None).0, 200);
+}
+
+/// `key=value` fields of a log line (values unquoted).
+fn fields(line: &str) -> std::collections::HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+/// The buckets (upper bound, cumulative count), sum and count of a histogram in /metrics.
+fn histogram(text: &str, name: &str) -> (Vec<(f64, f64)>, f64, f64) {
+    let mut buckets = Vec::new();
+    let (mut sum, mut count) = (f64::NAN, f64::NAN);
+    for l in text.lines() {
+        let Some((key, v)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let v: f64 = v.parse().unwrap_or(f64::NAN);
+        if let Some(le) = key
+            .strip_prefix(&format!("{name}_bucket{{le=\""))
+            .and_then(|r| r.strip_suffix("\"}"))
+        {
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            buckets.push((le, v));
+        } else if key == format!("{name}_sum") {
+            sum = v;
+        } else if key == format!("{name}_count") {
+            count = v;
+        }
+    }
+    (buckets, sum, count)
+}
+
+#[test]
+fn access_log_lines_and_latency_histograms() {
+    let s = start_with(&[], &[("RUST_LOG", "debug")]);
+    let u = format!("{}/v1/completions", s.url);
+    // 3 answers of 5 tokens, 1 stream of 4, 1 unknown prompt, 1 classification.
+    let mut usage = Vec::new();
+    for text in ["One, two,", "The sky is", "Hello"] {
+        let v = completion(
+            &s,
+            "base",
+            text,
+            json!({ "max_tokens": 5, "ignore_eos": true }),
+        );
+        usage.push(v["usage"].clone());
+    }
+    let mut r = open_stream(
+        &s.url,
+        &json!({ "model": "base", "prompt": "Once upon a time", "max_tokens": 4, "ignore_eos": true, "stream": true }),
+    );
+    while next_data(&mut r).is_some_and(|d| d != "[DONE]") {}
+    drop(r);
+    assert_eq!(post(&u, &json!({ "model": "nope", "prompt": "x" })).0, 404);
+    let (code, _) = post(
+        &format!("{}/v1/classify", s.url),
+        &json!({ "model": "base", "input": "a fine film", "task": "demo" }),
+    );
+    assert_eq!(code, 200);
+
+    // /metrics: the stream's latency is observed when its body ends, just after [DONE].
+    let t = Instant::now();
+    let text = loop {
+        let (_, text) = get(&format!("{}/metrics", s.url), None);
+        let (_, _, n) = histogram(&text, "softprompt_request_latency_seconds");
+        if n >= 6.0 || t.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (name, count) in [
+        ("softprompt_time_to_first_token_seconds", 4.0),
+        ("softprompt_inter_token_latency_seconds", 3.0 * 4.0 + 3.0),
+        ("softprompt_request_latency_seconds", 6.0),
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} histogram")), "{text}");
+        let (buckets, sum, n) = histogram(&text, name);
+        assert_eq!(n, count, "{name} count:\n{text}");
+        assert!(buckets.len() > 5, "{name}: {buckets:?}");
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{name}: buckets not cumulative: {buckets:?}"
+        );
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, count)), "{name}");
+        assert!(sum > 0.0 && sum.is_finite(), "{name} sum {sum}");
+    }
+    // A generation's time to first token is at most its whole latency.
+    let (_, ttft, _) = histogram(&text, "softprompt_time_to_first_token_seconds");
+    let (_, total, _) = histogram(&text, "softprompt_request_latency_seconds");
+    assert!(ttft < total, "ttft sum {ttft} >= latency sum {total}");
+
+    // One access line per request, in order, with the request's numbers.
+    let t = Instant::now();
+    let mut lines = Vec::new();
+    while lines.len() < 6 && t.elapsed() < Duration::from_secs(10) {
+        if let Ok(l) = s.stderr.recv_timeout(Duration::from_millis(100)) {
+            if l.contains("softprompt_serve::access") {
+                lines.push(fields(&l));
+            }
+        }
+    }
+    assert!(lines.len() >= 6, "{lines:?}");
+    for (l, u) in lines.iter().zip(&usage) {
+        assert_eq!(l["method"], "POST");
+        assert_eq!(l["path"], "/v1/completions");
+        assert_eq!(l["status"], "200");
+        assert_eq!(l["prompt"], "base");
+        assert_eq!(l["input_tokens"], u["prompt_tokens"].to_string());
+        assert_eq!(l["output_tokens"], "5");
+        assert!(l["latency_ms"].parse::<f64>().unwrap() > 0.0, "{l:?}");
+    }
+    // The stream's line is written when its body ends: it may follow the next request's.
+    let find = |f: &dyn Fn(&std::collections::HashMap<String, String>) -> bool| {
+        lines[3..6]
+            .iter()
+            .find(|l| f(l))
+            .unwrap_or_else(|| panic!("{lines:?}"))
+            .clone()
+    };
+    let stream = find(&|l| l["status"] == "200" && l["path"] == "/v1/completions");
+    assert_eq!(stream["output_tokens"], "4", "{stream:?}");
+    let missing = find(&|l| l["status"] == "404");
+    assert_eq!(missing["prompt"], "-");
+    let classify = find(&|l| l["path"] == "/v1/classify");
+    assert_eq!(classify["status"], "200");
+    assert_eq!(classify["output_tokens"], "0");
+    assert!(classify["input_tokens"].parse::<u32>().unwrap() > 3);
 }

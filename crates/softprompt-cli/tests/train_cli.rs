@@ -190,7 +190,7 @@ fn ctrl_c_checkpoints_and_exits_cleanly() {
     assert!(st.success());
     let res = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&res.stderr);
-    assert!(res.status.success(), "exit after Ctrl-C: {err}");
+    assert_eq!(res.status.code(), Some(130), "exit after Ctrl-C: {err}");
     assert!(err.contains("interrupted"), "{err}");
     let done = losses(&out).len() as u64;
     assert!((2..40).contains(&done));

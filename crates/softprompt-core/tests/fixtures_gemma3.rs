@@ -1,4 +1,4 @@
-//! Reproduce PyTorch + transformers + PEFT (`shared/fixtures/gemma3-270m`) from the Gemma 3
+//! Reproduce PyTorch + transformers + PEFT (`tests/fixtures/gemma3-270m`) from the Gemma 3
 //! 270M GGUF: token ids (with and without `<bos>`), log-probs with and without the soft prompt,
 //! last logits, the batch loss, the prompt gradient and greedy decoding with and without the KV
 //! cache; then the same from an HF folder written by our converter.

@@ -1,4 +1,4 @@
-//! Reproduce PyTorch + transformers + PEFT (`shared/fixtures/smollm2-135m`) from the GGUF:
+//! Reproduce PyTorch + transformers + PEFT (`tests/fixtures/smollm2-135m`) from the GGUF:
 //! token ids, log-probs with and without the soft prompt, last logits, the batch loss, the
 //! prompt gradient and greedy decoding with and without the KV cache.
 

@@ -2,10 +2,13 @@
 //! hand-built Llama GGUF (config, Q/K un-permutation, dequantization, tokenizer), and the
 //! real SmolLM2-135M file (config, statistics, fixture token ids, load time).
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use common::fixture_dir;
 use half::f16;
 use softprompt_core::compute::quant::GgmlType;
 use softprompt_core::model::load::gguf::{load_gguf, tokenizer_from_gguf, GgufFile};
@@ -864,14 +867,6 @@ fn smollm_path() -> Option<PathBuf> {
     }
 }
 
-/// `shared/fixtures` beside the repository root (`SOFTPROMPT_FIXTURES` overrides).
-fn fixtures() -> PathBuf {
-    if let Ok(p) = std::env::var("SOFTPROMPT_FIXTURES") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
-
 fn stats(v: &[f32]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
@@ -974,11 +969,9 @@ fn smollm_loads_with_expected_config() {
 #[test]
 fn smollm_tokenizer_matches_fixture_ids() {
     let Some(p) = smollm_path() else { return };
-    let tokens_json = fixtures().join("smollm2-135m/tokens.json");
-    let Ok(text) = fs::read_to_string(&tokens_json) else {
-        eprintln!("{} missing: skipping", tokens_json.display());
-        return;
-    };
+    let tokens_json = fixture_dir("smollm2-135m").join("tokens.json");
+    let text = fs::read_to_string(&tokens_json)
+        .unwrap_or_else(|e| panic!("{}: {e}", tokens_json.display()));
     let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
     let t0 = Instant::now();
     let g = GgufFile::open(&p).unwrap();

@@ -10,7 +10,7 @@ use softprompt_core::inspect;
 use softprompt_core::inspect::nearest::TokenIndex;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::prompt::{self, PromptMeta, SoftPrompt};
-use softprompt_core::train::{trainer, Init};
+use softprompt_core::train::{self, Init};
 use softprompt_core::Tensor;
 
 fn bare_prompt(m: &FrozenModel, emb: Tensor) -> SoftPrompt {
@@ -209,7 +209,7 @@ fn drift_is_zero_for_an_untrained_prompt_from_its_recorded_init() {
         let mut cfg = demo_config(1);
         cfg.init = init.clone();
         cfg.num_virtual_tokens = 5;
-        let emb = trainer::init_prompt(&m, &cfg).unwrap();
+        let emb = train::init::init_prompt(&m, &cfg).unwrap();
         // Through disk, as a user would meet it.
         let dir = tempfile::tempdir().unwrap();
         trained_like(&m, &cfg, emb.clone())
@@ -258,7 +258,7 @@ fn drift_skipped_with_a_note_when_the_init_cannot_be_recomputed() {
     let m = tiny_demo_model(5);
     let mut cfg = demo_config(1);
     cfg.num_virtual_tokens = 3;
-    let emb = trainer::init_prompt(&m, &cfg).unwrap();
+    let emb = train::init::init_prompt(&m, &cfg).unwrap();
     // Another model's fingerprint: no drift, a note.
     let mut sp = trained_like(&m, &cfg, emb.clone());
     sp.meta.as_mut().unwrap().model_fingerprint = Some("another-model".into());
@@ -314,7 +314,7 @@ fn pictures_and_markdown() {
     let mut cfg = demo_config(1);
     cfg.init = Init::Vocab { top: 40 };
     cfg.num_virtual_tokens = 6;
-    let emb = trainer::init_prompt(&m, &cfg).unwrap();
+    let emb = train::init::init_prompt(&m, &cfg).unwrap();
     let r = inspect::inspect(&m, &trained_like(&m, &cfg, emb), 4).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let files = inspect::markdown::write_pictures(&r, dir.path()).unwrap();

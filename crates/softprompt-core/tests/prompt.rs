@@ -1,6 +1,8 @@
 //! Soft prompt folders: loading PEFT's fixtures, byte-exact PEFT layout on save, strict
 //! validation (one test per error), compatibility checks, atomic saves, fingerprints.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,26 +22,12 @@ use softprompt_core::{Error, Tensor};
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// `shared/fixtures` beside the repository root (`SOFTPROMPT_FIXTURES` overrides).
-fn fixtures() -> PathBuf {
-    if let Ok(p) = std::env::var("SOFTPROMPT_FIXTURES") {
-        return PathBuf::from(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
-    assert!(
-        p.is_dir(),
-        "fixtures not found at {} (set SOFTPROMPT_FIXTURES)",
-        p.display()
-    );
-    p
-}
-
 fn smollm_prompt() -> PathBuf {
-    fixtures().join("smollm2-135m/prompt")
+    common::fixture_dir("smollm2-135m").join("prompt")
 }
 
 fn gemma_prompt() -> PathBuf {
-    fixtures().join("gemma3-270m/prompt")
+    common::fixture_dir("gemma3-270m").join("prompt")
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -52,7 +40,7 @@ fn copy_fixture(dst: &Path) {
     for f in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
         fs::copy(smollm_prompt().join(f), dst.join(f)).unwrap();
     }
-    // The fixture files are read-only; make the copies writable.
+    // The fixture files may be read-only (a read-only checkout); make the copies writable.
     for f in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
         let mut perm = fs::metadata(dst.join(f)).unwrap().permissions();
         #[allow(clippy::permissions_set_readonly_false)]

@@ -38,7 +38,7 @@ fn tiny_model_loss_falls_and_only_the_prompt_changes() {
         p.meta.as_ref().unwrap().model_fingerprint.as_deref(),
         Some(m.fingerprint.as_str())
     );
-    let init = trainer::init_prompt(&m, &cfg).unwrap();
+    let init = train::init::init_prompt(&m, &cfg).unwrap();
     assert_ne!(p.embeddings.data, init.data);
     assert!(
         out.join("curve.png").is_file() && out.join("last/adapter_model.safetensors").is_file()
@@ -103,7 +103,7 @@ fn real_model_loss_falls_and_weights_stay_byte_identical() {
     let (val, _, _) = trainer::load_split(&m, &cfg.task, "builtin:demo/validation", &cfg).unwrap();
     let mut val = val;
     val.truncate(48);
-    let init = trainer::init_prompt(&m, &cfg).unwrap();
+    let init = train::init::init_prompt(&m, &cfg).unwrap();
     let l0 = train::evaluate(
         &m,
         Some(PromptRef::from_tensor(&init).unwrap()),
@@ -115,6 +115,11 @@ fn real_model_loss_falls_and_weights_stay_byte_identical() {
     .loss;
     train::train(&m, &cfg, &out, false, &AtomicBool::new(false), &mut Quiet).unwrap();
     let p = SoftPrompt::load(&out.join("last")).unwrap();
+    // PEFT finds the base of an adapter trained on the alias on the hub.
+    assert_eq!(
+        p.config.base_model_name_or_path.as_deref(),
+        Some("HuggingFaceTB/SmolLM2-135M-Instruct")
+    );
     let l1 = train::evaluate(&m, Some(p.view().unwrap()), &val, 16, false)
         .unwrap()
         .loss;

@@ -13,12 +13,13 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
+use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::data::{self, TaskSpec};
+use softprompt_core::infer::objective;
 use softprompt_core::infer::{self, Sampling};
-use softprompt_core::model::weight::WeightFormat;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::train::{optim, trainer};
-use softprompt_core::{objective, prompt, Error, Tensor};
+use softprompt_core::{prompt, Error, Tensor};
 
 pyo3::create_exception!(
     softprompt,
@@ -271,12 +272,13 @@ impl Model {
             Err(_) => texts.extract()?,
         };
         let m = self.inner.clone();
-        let rows = prompt_arg(&m, prompt, force)?.map(|p| p.embeddings.data);
+        let sp = prompt_arg(&m, prompt, force)?;
         let scores = py
             .detach(|| {
+                let view = sp.as_ref().map(|p| p.view()).transpose()?;
                 texts
                     .iter()
-                    .map(|t| infer::score(&m.llama, rows.as_deref(), &m.encode_input(t)?))
+                    .map(|t| infer::score(&m.llama, view, &m.encode_input(t)?))
                     .collect::<Result<Vec<_>, Error>>()
             })
             .map_err(err)?;
@@ -308,7 +310,7 @@ impl Model {
         force: bool,
     ) -> PyResult<String> {
         let m = self.inner.clone();
-        let rows = prompt_arg(&m, prompt, force)?.map(|p| p.embeddings.data);
+        let sp = prompt_arg(&m, prompt, force)?;
         let s = Sampling {
             max_new_tokens,
             temperature,
@@ -321,7 +323,8 @@ impl Model {
         };
         py.detach(|| {
             let ids = m.encode_input(text)?;
-            let out = infer::generate(&m.llama, rows.as_deref(), &ids, &s, |_| true)?;
+            let view = sp.as_ref().map(|p| p.view()).transpose()?;
+            let out = infer::generate(&m.llama, view, &ids, &s, |_| true)?;
             m.decode(&out)
         })
         .map_err(err)
@@ -352,16 +355,16 @@ impl Model {
         let sp = prompt_arg(&m, prompt, force)?;
         // Without task=/template=, the task the prompt was trained on (its softprompt.json).
         let prompt_task = sp.as_ref().and_then(|p| p.meta.as_ref()?.task.clone());
-        let rows = sp.map(|p| p.embeddings.data);
         let spec = resolve_task(task, template, labels, label_field, prompt_task, None)?;
         let input = to_json(text)?;
         let (ex, _cands) =
             softprompt_core::train::eval::class_example(&m, &spec, input).map_err(err)?;
         let r = py
             .detach(|| {
+                let view = sp.as_ref().map(|p| p.view()).transpose()?;
                 objective::classify_batch(
                     &m.llama,
-                    rows.as_deref(),
+                    view,
                     std::slice::from_ref(&ex),
                     length_norm,
                     false,
@@ -425,7 +428,7 @@ impl SoftPrompt {
             ));
         }
         Ok(SoftPrompt {
-            inner: model.inner.new_prompt(Tensor::new(shape, data)),
+            inner: prompt::SoftPrompt::for_model(&model.inner, Tensor::new(shape, data)),
         })
     }
 

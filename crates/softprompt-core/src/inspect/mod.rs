@@ -26,7 +26,8 @@ use self::nearest::{dims, exact, row_norms, similarity_matrix, TokenIndex};
 use crate::model::FrozenModel;
 use crate::prompt::SoftPrompt;
 use crate::train::eval::EvalReport;
-use crate::train::trainer::{self, Init, TrainConfig};
+use crate::train::init::{self, Init};
+use crate::train::trainer::TrainConfig;
 use crate::{Error, Result, Tensor};
 
 /// Nearest tokens reported per virtual token by default.
@@ -215,7 +216,7 @@ pub fn recorded_init(
             prompt.num_virtual_tokens()
         )));
     }
-    let t = trainer::init_prompt(model, &cfg)?;
+    let t = init::init_prompt(model, &cfg)?;
     if t.shape != prompt.embeddings.shape {
         return Err(Error::Mismatch(format!(
             "the recomputed init is {:?}, the prompt {:?}",

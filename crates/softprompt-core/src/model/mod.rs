@@ -19,6 +19,9 @@ pub struct FrozenModel {
     pub tokenizer: tokenizers::Tokenizer,
     /// Where it came from (path, hub id).
     pub source: String,
+    /// The base model an adapter records (PEFT's `base_model_name_or_path`): see
+    /// [`ModelSource::peft_base_name`]; `source` for a model built in memory.
+    pub base_model: String,
     /// How the weights were stored before conversion to f32.
     pub stored_dtype: String,
     /// [`fingerprint::model_fingerprint`]: prompts record it and are refused on another model.
@@ -31,12 +34,13 @@ pub struct FrozenModel {
 impl FrozenModel {
     /// Load from a spec: the default alias, a `.gguf` file, a Hugging Face folder or a hub id.
     pub fn load(spec: &str) -> Result<Self> {
-        Self::from_loaded(load(spec)?)
+        Self::load_with(spec, WeightFormat::F32)
     }
 
     /// [`FrozenModel::load`] keeping the matrices as `format` says.
     pub fn load_with(spec: &str, format: WeightFormat) -> Result<Self> {
         let mut m = Self::from_loaded(load::load_with(spec, format)?)?;
+        m.base_model = ModelSource::parse(spec)?.peft_base_name();
         if format == WeightFormat::Bf16 {
             m.llama.pack_bf16();
             m.stored_dtype = m
@@ -63,6 +67,7 @@ impl FrozenModel {
         Ok(FrozenModel {
             llama,
             tokenizer,
+            base_model: source.clone(),
             source,
             stored_dtype,
             fingerprint,

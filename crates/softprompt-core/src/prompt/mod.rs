@@ -230,7 +230,7 @@ impl SoftPrompt {
         );
         SoftPrompt::new(
             embeddings,
-            &model.source,
+            &model.base_model,
             c.num_hidden_layers,
             c.num_attention_heads,
         )

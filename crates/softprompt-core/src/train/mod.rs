@@ -5,8 +5,10 @@ pub mod checkpoint;
 pub mod distill;
 pub mod eval;
 pub mod finetune;
+pub mod init;
 pub mod optim;
 pub mod trainer;
 
 pub use eval::{evaluate, tokenize, EvalReport, Tokenized};
-pub use trainer::{train, Init, Observer, Quiet, TrainConfig, TrainSummary};
+pub use init::Init;
+pub use trainer::{train, Observer, Quiet, TrainConfig, TrainSummary};

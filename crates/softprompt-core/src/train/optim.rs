@@ -116,6 +116,31 @@ impl OptimizerKind {
         }
     }
 
+    /// The learning rate a prompt-tuning run uses when none is given: 0.03 with AdamW
+    /// (PEFT's prompt-tuning examples), 0.3 with Adafactor (Lester et al. 2021).
+    pub fn default_lr(&self) -> f32 {
+        match self {
+            OptimizerKind::AdamW { .. } => 0.03,
+            OptimizerKind::Adafactor { .. } => 0.3,
+        }
+    }
+
+    pub fn weight_decay(&self) -> f32 {
+        match *self {
+            OptimizerKind::AdamW { weight_decay, .. }
+            | OptimizerKind::Adafactor { weight_decay, .. } => weight_decay,
+        }
+    }
+
+    /// The same optimizer with another weight decay.
+    pub fn with_weight_decay(mut self, wd: f32) -> Self {
+        match &mut self {
+            OptimizerKind::AdamW { weight_decay, .. }
+            | OptimizerKind::Adafactor { weight_decay, .. } => *weight_decay = wd,
+        }
+        self
+    }
+
     /// Reject hyper-parameters that cannot work (non-finite, betas outside [0, 1), ...).
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str, v: f32, ok: bool| -> Result<()> {
@@ -529,6 +554,21 @@ impl Schedule {
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// By name: `adamw` ([`OptimizerKind::adamw_default`]) or `adafactor`
+/// ([`OptimizerKind::adafactor_lester`]).
+impl FromStr for OptimizerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "adamw" => Ok(OptimizerKind::adamw_default()),
+            "adafactor" => Ok(OptimizerKind::adafactor_lester()),
+            other => Err(Error::Input(format!(
+                "unknown optimizer `{other}`; expected adamw or adafactor"
+            ))),
+        }
     }
 }
 

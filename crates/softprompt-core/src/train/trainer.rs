@@ -16,7 +16,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -25,63 +24,15 @@ use serde_json::json;
 
 use super::checkpoint::{self, Checkpoint};
 use super::eval::{self, EvalReport, Tokenized};
+use super::init::{init_prompt, Init};
 use super::optim::{self, Optimizer, OptimizerKind, Schedule};
 use crate::data::{self, EpochBatches, TaskSpec};
 use crate::infer::objective;
 use crate::model::input::PromptRef;
 use crate::model::FrozenModel;
-use crate::prompt::{self, SoftPrompt};
+use crate::prompt::SoftPrompt;
 use crate::report::plot;
 use crate::{Error, Result, Tensor};
-
-/// How the prompt starts (Lester et al. 2021, section 3).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Init {
-    /// Uniform in [-range, range].
-    Random { range: f32 },
-    /// Rows of random tokens among the `top` most frequent (lowest BPE ids ~ most frequent merges).
-    Vocab { top: usize },
-    /// The embeddings of a text's tokens, repeated to fill the prompt.
-    Text(String),
-    /// The embeddings of the class label words first, the rest sampled from the vocabulary.
-    Labels,
-    /// Another prompt folder.
-    File(PathBuf),
-}
-
-impl FromStr for Init {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let (kind, arg) = s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b)));
-        let bad = |m: &str| Error::setting("init", format!("init {s}: {m}"));
-        Ok(match kind {
-            "random" => Init::Random {
-                range: arg.map_or(Ok(0.5), |a| {
-                    a.parse().map_err(|_| bad("range is not a number"))
-                })?,
-            },
-            "vocab" => Init::Vocab {
-                top: arg.map_or(Ok(5000), |a| {
-                    a.parse().map_err(|_| bad("top is not a number"))
-                })?,
-            },
-            "text" => Init::Text(
-                arg.filter(|a| !a.is_empty())
-                    .ok_or_else(|| bad("give the text: text:Classify the sentiment"))?
-                    .to_string(),
-            ),
-            "labels" => Init::Labels,
-            "file" => Init::File(PathBuf::from(
-                arg.ok_or_else(|| bad("give the folder: file:DIR"))?,
-            )),
-            _ => {
-                return Err(bad(
-                    "expected random[:R], vocab[:N], text:T, labels or file:DIR",
-                ))
-            }
-        })
-    }
-}
 
 /// Everything that defines a run (saved in the prompt's metadata and the checkpoints).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -120,6 +71,44 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// Folder that relative data files are resolved against.
     pub data_root: Option<PathBuf>,
+}
+
+/// The defaults of `softprompt train`: the built-in demo task, 20 virtual tokens from the
+/// vocabulary, AdamW (weight decay 1e-5) at its [`OptimizerKind::default_lr`], linear decay
+/// after 10 warm-up steps, 150 steps of batch 8, evaluation and a checkpoint every 50 steps.
+impl Default for TrainConfig {
+    fn default() -> Self {
+        // The built-in tasks are embedded and checked by a unit test of `data`.
+        let task = data::builtin_task("demo").expect("the built-in demo task parses");
+        let optimizer = OptimizerKind::adamw_default().with_weight_decay(1e-5);
+        TrainConfig {
+            train_file: task.train.clone().unwrap_or_default(),
+            validation_file: task.validation.clone(),
+            task,
+            num_virtual_tokens: 20,
+            init: Init::Vocab { top: 5000 },
+            lr: optimizer.default_lr(),
+            optimizer,
+            schedule: Schedule::Linear,
+            warmup_steps: 10,
+            steps: 150,
+            batch_size: 8,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            seed: 0,
+            eval_every: 50,
+            eval_limit: None,
+            patience: None,
+            checkpoint_every: 50,
+            keep_checkpoints: 2,
+            max_len: 256,
+            length_norm: false,
+            train_limit: None,
+            skip_bad_rows: false,
+            eval_batch_size: 32,
+            data_root: None,
+        }
+    }
 }
 
 impl TrainConfig {
@@ -237,94 +226,6 @@ pub(crate) fn load_train_val(
         None => None,
     };
     Ok((train_data, train_name, val))
-}
-
-/// The initial prompt `[P, D]` of a run.
-pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
-    init_embeddings(
-        model,
-        &cfg.init,
-        cfg.num_virtual_tokens,
-        cfg.seed,
-        &cfg.task,
-    )
-}
-
-/// `p` prompt rows `[p, D]` made by `init` (`task` gives the label words of `Init::Labels`).
-pub fn init_embeddings(
-    model: &FrozenModel,
-    init: &Init,
-    p: usize,
-    seed: u64,
-    task: &TaskSpec,
-) -> Result<Tensor> {
-    let d = model.llama.dims.d;
-    if p == 0 || p > prompt::MAX_VIRTUAL_TOKENS {
-        return Err(Error::setting(
-            "num_virtual_tokens",
-            format!(
-                "num_virtual_tokens must be in 1..={}, got {p}",
-                prompt::MAX_VIRTUAL_TOKENS
-            ),
-        ));
-    }
-    let vocab = model.llama.dims.vocab;
-    let specials: Vec<u32> = model
-        .tokenizer
-        .get_added_tokens_decoder()
-        .keys()
-        .copied()
-        .collect();
-    let sample = |n: usize, top: usize| -> Vec<u32> {
-        let mut ids =
-            prompt::init::sample_vocab_ids(vocab, top.min(vocab), n + specials.len(), seed);
-        ids.retain(|i| !specials.contains(i));
-        ids.truncate(n);
-        ids
-    };
-    match init {
-        Init::Random { range } => Ok(prompt::init::random_uniform(p, d, *range, seed)),
-        Init::Vocab { top } => prompt::init::from_tokens(model, &sample(p, *top)),
-        Init::Text(t) => {
-            let ids = model.encode(t)?;
-            if ids.is_empty() {
-                return Err(Error::setting("init", "init text: the text has no tokens"));
-            }
-            prompt::init::from_tokens(model, &prompt::init::repeat_ids(&ids, p))
-        }
-        Init::Labels => {
-            let mut ids: Vec<u32> = Vec::new();
-            if let crate::data::TaskKind::Classification { labels, .. } = &task.kind {
-                for l in labels {
-                    // Only label texts without placeholders are words (COPA's are templates).
-                    if !l.text.contains('{') {
-                        ids.extend(model.encode(&l.text)?);
-                    }
-                }
-            }
-            if ids.is_empty() {
-                return Err(Error::setting(
-                    "init",
-                    "init labels: the task has no fixed label words",
-                ));
-            }
-            ids.truncate(p);
-            let rest = p - ids.len();
-            ids.extend(sample(rest, 5000));
-            prompt::init::from_tokens(model, &ids)
-        }
-        Init::File(dir) => {
-            let sp = SoftPrompt::load_for(model, dir, false)?;
-            if sp.num_virtual_tokens() != p {
-                return Err(Error::Mismatch(format!(
-                    "{}: has {} virtual tokens, the run asks for {p}",
-                    dir.display(),
-                    sp.num_virtual_tokens()
-                )));
-            }
-            Ok(sp.embeddings)
-        }
-    }
 }
 
 /// The adapter to save: PEFT config + our metadata (fingerprints, task, config, metrics).

@@ -1,24 +1,20 @@
-//! Shared helpers for integration tests: where `shared/` is, the real model loaded once,
-//! and reading the PyTorch fixtures.
+//! Shared helpers for integration tests: the PyTorch fixtures (in this repository), the real
+//! models loaded once, tiny random models.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use softprompt_core::model::llama::Llama;
 use softprompt_core::model::LoadedWeights;
 
-/// `shared/` beside the project root (override with SOFTPROMPT_SHARED).
-pub fn shared_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SOFTPROMPT_SHARED") {
-        return PathBuf::from(d);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-}
-
+/// The golden PyTorch + transformers + PEFT numbers of `model` (`tests/fixtures/MODEL`, written by
+/// `scripts/make_fixtures.py`; the semantics are in `tests/fixtures/README.md`).
 pub fn fixture_dir(model: &str) -> PathBuf {
-    shared_dir().join("fixtures").join(model)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(model)
 }
 
 /// The default model (fetched on first use), loaded once per test binary.

@@ -40,6 +40,9 @@ pub struct AliasSpec {
     pub alias: &'static str,
     /// Human-readable model name.
     pub display: &'static str,
+    /// The Hugging Face model the GGUF was converted from: what an adapter trained on the
+    /// alias records as its base (`base_model_name_or_path`), so PEFT can load it.
+    pub hub_id: &'static str,
     /// Quantization and format, for messages.
     pub format: &'static str,
     /// File name in `<cache>/models/`.
@@ -57,6 +60,7 @@ pub const ALIASES: &[AliasSpec] = &[
     AliasSpec {
         alias: "smollm2-135m",
         display: "SmolLM2-135M-Instruct",
+        hub_id: "HuggingFaceTB/SmolLM2-135M-Instruct",
         format: "Q4_1 GGUF",
         file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
         size: Some(98_362_432),
@@ -70,6 +74,7 @@ pub const ALIASES: &[AliasSpec] = &[
     AliasSpec {
         alias: "gemma3-270m",
         display: "Gemma 3 270M",
+        hub_id: "google/gemma-3-270m",
         format: "Q4_K_M GGUF",
         file_name: "gemma-3-270m-q4_k_m.gguf",
         size: None,

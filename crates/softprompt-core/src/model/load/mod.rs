@@ -79,6 +79,17 @@ impl ModelSource {
         ))
     }
 
+    /// What an adapter trained on this model records as `base_model_name_or_path`: the hub id
+    /// of a built-in alias or a hub model (so `AutoPeftModelForCausalLM` finds the base), the
+    /// path as given for a GGUF file or a local folder.
+    pub fn peft_base_name(&self) -> String {
+        match self {
+            ModelSource::Alias(a) => fetch::alias_spec(a).map_or(a.as_str(), |s| s.hub_id).into(),
+            ModelSource::Hub { repo, .. } => repo.clone(),
+            ModelSource::Gguf(p) | ModelSource::HfFolder(p) => p.display().to_string(),
+        }
+    }
+
     fn hub(rest: &str) -> Self {
         match rest.split_once('@') {
             Some((repo, rev)) => ModelSource::Hub {
@@ -117,5 +128,25 @@ pub fn load_with(spec: &str, format: WeightFormat) -> Result<LoadedWeights> {
         ModelSource::Gguf(p) => gguf::load_gguf_with(&p, format),
         ModelSource::HfFolder(p) => hf::load_hf_folder(&p),
         ModelSource::Hub { repo, revision } => hub::load_hub(&repo, revision.as_deref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ModelSource;
+
+    #[test]
+    fn adapters_record_the_hub_id_or_the_path_given() {
+        let name = |spec: &str| ModelSource::parse(spec).unwrap().peft_base_name();
+        assert_eq!(name("smollm2-135m"), "HuggingFaceTB/SmolLM2-135M-Instruct");
+        assert_eq!(name("gemma3-270m"), "google/gemma-3-270m");
+        assert_eq!(name("hf:org/name@v1"), "org/name");
+        assert_eq!(name("org/name"), "org/name");
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("model.gguf");
+        std::fs::write(&gguf, b"").unwrap();
+        for spec in [gguf.to_str().unwrap(), dir.path().to_str().unwrap()] {
+            assert_eq!(name(spec), spec);
+        }
     }
 }

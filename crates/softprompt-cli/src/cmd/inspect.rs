@@ -10,7 +10,7 @@ use serde_json::json;
 use softprompt_core::inspect::{self, InspectReport};
 use softprompt_core::prompt::SoftPrompt;
 
-use crate::{load_model, ModelArgs, TaskArgs};
+use super::common::{load_model, ModelArgs, TaskArgs};
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -37,6 +37,7 @@ pub struct InspectArgs {
     /// Do not evaluate (geometry only).
     #[arg(long)]
     no_eval: bool,
+    /// Examples per evaluation batch.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// Cut texts to their last N tokens (default: the prompt's training setting, else 256).

@@ -8,6 +8,8 @@
 use std::time::Instant;
 
 use anyhow::Result;
+use clap::builder::PossibleValue;
+use clap::Args;
 use serde_json::json;
 use softprompt_core::infer::objective::{self, ClassExample, GenExample};
 use softprompt_core::infer::{self, Sampling};
@@ -15,8 +17,42 @@ use softprompt_core::model::input::PromptRef;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::train::optim::{Optimizer, OptimizerKind};
 
+use super::common::{load_model, Choices, ModelArgs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Timed runs per workload (after one warm-up for training).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Only one workload.
+    #[arg(long, value_parser = Choices::new([
+        PossibleValue::new("train").help("W1: batch 8 x 128 tokens + 20 virtual, forward, backward, AdamW step"),
+        PossibleValue::new("decode").help("greedy decoding, batch 1, 20 virtual tokens"),
+        PossibleValue::new("classify").help("64 inputs x 64 tokens over 2 one-token labels"),
+        PossibleValue::new("serve").help("the server's decode step: 32 sequences in one packed forward"),
+    ], |s| Some(s.to_string())))]
+    only: Option<String>,
+    /// Print the rows as JSON instead of a Markdown table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let mut m = load_model(&a.model)?;
+    let rows = workloads(&mut m, a.runs, a.only.as_deref())?;
+    let weights = format!(
+        "{} ({:.0} MB)",
+        m.stored_dtype,
+        m.llama.weight_bytes() as f64 / 1e6
+    );
+    print(&rows, a.json, &weights);
+    Ok(())
+}
+
 /// Peak resident set size of this process so far, in MiB (Linux `VmHWM`).
-pub fn peak_rss_mib() -> Option<f64> {
+fn peak_rss_mib() -> Option<f64> {
     softprompt_core::compare::measure::peak_rss().map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
@@ -32,15 +68,15 @@ fn ids(n: usize, salt: u32) -> Vec<u32> {
         .collect()
 }
 
-pub struct Row {
-    pub workload: &'static str,
-    pub median: f64,
-    pub unit: &'static str,
-    pub throughput: f64,
-    pub throughput_unit: &'static str,
+struct Row {
+    workload: &'static str,
+    median: f64,
+    unit: &'static str,
+    throughput: f64,
+    throughput_unit: &'static str,
 }
 
-pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<Row>> {
+fn workloads(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<Row>> {
     let runs = runs.max(1);
     let d = m.llama.dims.d;
     let p = 20;
@@ -197,7 +233,7 @@ pub fn run(m: &mut FrozenModel, runs: usize, only: Option<&str>) -> Result<Vec<R
 }
 
 /// `weights`: how the frozen model is held (e.g. its stored dtype and size in memory).
-pub fn print(rows: &[Row], json_out: bool, weights: &str) {
+fn print(rows: &[Row], json_out: bool, weights: &str) {
     let rss = peak_rss_mib();
     if json_out {
         let v: Vec<_> = rows

@@ -8,7 +8,7 @@ use clap::Args;
 use softprompt_core::train::distill::{self, DistillConfig};
 use softprompt_core::train::{optim, trainer, Init};
 
-use crate::{load_model, stop_on_ctrl_c, ModelArgs, Progress};
+use super::common::{load_model, stop_on_ctrl_c, Interrupted, ModelArgs, Progress};
 
 #[derive(Args)]
 pub struct DistillArgs {
@@ -173,15 +173,13 @@ pub fn run(a: DistillArgs) -> Result<()> {
         out.display()
     );
     let (summary, r) = distill::distill(&m, &cfg, &dc, &out, a.resume, &stop, &mut obs)?;
-    if let Some(b) = &obs.bar {
-        b.finish_and_clear();
-    }
+    obs.finish();
     let Some(r) = r else {
         eprintln!(
             "softprompt: interrupted at step {}: continue with --resume (the teacher data is kept)",
             summary.steps_done
         );
-        return Ok(());
+        return Err(Interrupted.into());
     };
     let pct = |x: f64| format!("{:.2}%", 100.0 * x);
     println!(

@@ -7,9 +7,13 @@ use anyhow::{Context, Result};
 use clap::Args;
 use softprompt_core::compare::{self, CompareConfig};
 use softprompt_core::data::{self, TaskKind, TaskSpec};
-use softprompt_core::train::{optim, trainer};
+use softprompt_core::train::optim::{OptimizerKind, Schedule};
+use softprompt_core::train::TrainConfig;
 
-use crate::{load_model, stop_on_ctrl_c, task_by_name, ModelArgs, Progress, TaskArgs};
+use super::common::{
+    load_model, stop_on_ctrl_c, task_by_name, Interrupted, ModelArgs, Progress, TaskArgs,
+};
+use super::train::schedule_parser;
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -24,6 +28,7 @@ pub struct CompareArgs {
     /// Optimizer steps of each trained method (same batches for both).
     #[arg(long, default_value_t = 300)]
     steps: u64,
+    /// Examples per batch (both trained methods).
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// Demonstrations in the few-shot hard prompt (0: zero-shot only).
@@ -38,13 +43,16 @@ pub struct CompareArgs {
     /// Full fine-tuning's learning rate (AdamW, weight decay 0.01).
     #[arg(long, default_value_t = 3e-5)]
     ft_lr: f32,
-    /// constant, linear or cosine (after warm-up), both methods.
-    #[arg(long, default_value = "linear")]
-    schedule: String,
+    /// Learning-rate schedule after warm-up (both methods).
+    #[arg(long, default_value = "linear", value_parser = schedule_parser())]
+    schedule: Schedule,
+    /// Warm-up steps (both methods).
     #[arg(long, default_value_t = 10)]
     warmup: u64,
+    /// Clip the gradient's L2 norm (0 = off).
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f32,
+    /// Seed of the init, the data order and the few-shot demonstrations.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Second, untouched task for the forgetting row (default copa, or cb when the task is
@@ -60,6 +68,7 @@ pub struct CompareArgs {
     /// Cut texts to their last N tokens.
     #[arg(long, default_value_t = 256)]
     max_len: usize,
+    /// Examples per evaluation batch.
     #[arg(long, default_value_t = 32)]
     eval_batch_size: usize,
     /// Continue an interrupted comparison in --out (finished stages are skipped).
@@ -94,7 +103,7 @@ fn second_task(a: &CompareArgs, main: &TaskSpec) -> Result<Option<TaskSpec>> {
     match data::resolve_data_file(&val, a.task.data_root.as_deref()) {
         Ok(_) => Ok(Some(spec)),
         Err(e) if a.second_task.is_none() => {
-            eprintln!("softprompt: note: no second task for the forgetting row ({e})");
+            tracing::warn!("no second task for the forgetting row ({e})");
             Ok(None)
         }
         Err(e) => Err(e.into()),
@@ -112,42 +121,33 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let has_label_words = matches!(&spec.kind, TaskKind::Classification { labels, .. }
         if labels.iter().any(|l| !l.text.contains('{')));
     let init = if has_label_words { "labels" } else { "vocab" };
-    let mut pt_opt = optim::OptimizerKind::adamw_default();
-    if let optim::OptimizerKind::AdamW { weight_decay, .. } = &mut pt_opt {
-        *weight_decay = 1e-5;
-    }
-    let prompt = trainer::TrainConfig {
+    // The prompt is tuned as `softprompt train` tunes it (AdamW, weight decay 1e-5, ...).
+    let prompt = TrainConfig {
         task: spec.clone(),
         train_file,
         validation_file: spec.validation.clone(),
         num_virtual_tokens: a.virtual_tokens,
         init: init.parse()?,
-        optimizer: pt_opt,
         lr: a.pt_lr,
-        schedule: a.schedule.parse()?,
+        schedule: a.schedule,
         warmup_steps: a.warmup,
         steps: a.steps,
         batch_size: a.batch_size,
-        grad_accum: 1,
         max_grad_norm: a.max_grad_norm,
         seed: a.seed,
         eval_every: 0,
         eval_limit: a.eval_limit,
-        patience: None,
-        checkpoint_every: 50,
-        keep_checkpoints: 2,
         max_len: a.max_len,
-        length_norm: false,
         train_limit: a.train_limit,
-        skip_bad_rows: false,
         eval_batch_size: a.eval_batch_size,
         data_root: a.task.data_root.clone(),
+        ..TrainConfig::default()
     };
     let cfg = CompareConfig {
         model: a.model.model.clone(),
         prompt,
         ft_lr: a.ft_lr,
-        ft_optimizer: optim::OptimizerKind::adamw_default(),
+        ft_optimizer: OptimizerKind::adamw_default(),
         shots: a.shots,
         second_task: second_task(&a, &spec)?,
     };
@@ -165,10 +165,16 @@ pub fn run(a: CompareArgs) -> Result<()> {
         a.shots,
         out.display()
     );
-    let c = compare::run(&mut m, &cfg, &out, a.resume, &stop, &mut obs)?;
-    if let Some(b) = &obs.bar {
-        b.finish_and_clear();
-    }
+    let c = compare::run(&mut m, &cfg, &out, a.resume, &stop, &mut obs);
+    obs.finish();
+    // Stopped by Ctrl-C: the library says where (and how to continue); exit 130.
+    let c = match c {
+        Err(e) if stop.load(std::sync::atomic::Ordering::SeqCst) => {
+            eprintln!("softprompt: {e}");
+            return Err(Interrupted.into());
+        }
+        c => c?,
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {

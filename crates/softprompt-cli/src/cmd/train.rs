@@ -1,0 +1,211 @@
+//! `softprompt train`: the flags of a run (defaults: core's `TrainConfig::default()`), its
+//! progress, and exit 130 when Ctrl-C stops it after its checkpoint.
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use anyhow::{Context, Result};
+use clap::builder::PossibleValue;
+use clap::Args;
+use softprompt_core::train::optim::{OptimizerKind, Schedule};
+use softprompt_core::train::{trainer, TrainConfig};
+
+use super::common::{
+    load_model, parse_init, stop_on_ctrl_c, Choices, Interrupted, ModelArgs, Progress, TaskArgs,
+    INIT_HELP,
+};
+
+/// The library's defaults, shown in `--help`.
+static D: LazyLock<TrainConfig> = LazyLock::new(TrainConfig::default);
+
+fn optimizer_parser() -> Choices<OptimizerKind> {
+    Choices::new(
+        [
+            PossibleValue::new("adamw").help("AdamW, torch's betas and eps; default lr 0.03"),
+            PossibleValue::new("adafactor")
+                .help("Adafactor as Lester et al. (2021) tuned prompts; default lr 0.3"),
+        ],
+        |s| s.parse().ok(),
+    )
+}
+
+pub fn schedule_parser() -> Choices<Schedule> {
+    Choices::new(
+        [
+            PossibleValue::new("constant").help("the peak rate after warm-up"),
+            PossibleValue::new("linear").help("linear decay to 0 at the last step"),
+            PossibleValue::new("cosine").help("half-cosine decay to 0 at the last step"),
+        ],
+        |s| s.parse().ok(),
+    )
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Training data (default: the task's train split).
+    #[arg(long)]
+    train: Option<String>,
+    /// Validation data (default: the task's validation split).
+    #[arg(long)]
+    validation: Option<String>,
+    /// Output folder (PEFT adapter + softprompt.json, checkpoints, log, curve); default
+    /// runs/TASK, or runs/TASK-2, -3... if taken (with --resume: runs/TASK).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Number of virtual tokens.
+    #[arg(long, default_value_t = D.num_virtual_tokens)]
+    virtual_tokens: usize,
+    #[arg(long, default_value = "vocab", value_parser = parse_init, help = INIT_HELP)]
+    init: String,
+    /// Optimizer.
+    #[arg(long, default_value = D.optimizer.name(), value_parser = optimizer_parser())]
+    optimizer: OptimizerKind,
+    /// Learning rate (default: the optimizer's, 0.03 for adamw, 0.3 for adafactor).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Weight decay of either optimizer.
+    #[arg(long, default_value_t = D.optimizer.weight_decay())]
+    weight_decay: f32,
+    /// Learning-rate schedule after warm-up.
+    #[arg(long, default_value = D.schedule.as_str(), value_parser = schedule_parser())]
+    schedule: Schedule,
+    /// Warm-up steps (the rate rises linearly from 0).
+    #[arg(long, default_value_t = D.warmup_steps)]
+    warmup: u64,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = D.steps)]
+    steps: u64,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = D.batch_size)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step (the effective batch is batch-size x grad-accum).
+    #[arg(long, default_value_t = D.grad_accum)]
+    grad_accum: usize,
+    /// Clip the gradient's L2 norm (0 = off).
+    #[arg(long, default_value_t = D.max_grad_norm)]
+    max_grad_norm: f32,
+    /// Seed of the init and of the data order.
+    #[arg(long, default_value_t = D.seed)]
+    seed: u64,
+    /// Evaluate every N steps (0 = at the end only).
+    #[arg(long, default_value_t = D.eval_every)]
+    eval_every: u64,
+    /// Evaluate on at most N validation examples.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// Stop after N evaluations without improvement.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Save a checkpoint (prompt, optimizer, data position) every N steps, and at Ctrl-C.
+    #[arg(long, default_value_t = D.checkpoint_every)]
+    checkpoint_every: u64,
+    /// Checkpoints kept (older ones are deleted).
+    #[arg(long, default_value_t = D.keep_checkpoints)]
+    keep_checkpoints: usize,
+    /// Cut texts to their last N tokens.
+    #[arg(long, default_value_t = D.max_len)]
+    max_len: usize,
+    /// Average multi-token candidates' log-probs over their tokens.
+    #[arg(long)]
+    length_norm: bool,
+    /// Use at most N training examples.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Skip malformed rows (counted) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_rows: bool,
+    /// Examples per evaluation batch.
+    #[arg(long, default_value_t = D.eval_batch_size)]
+    eval_batch_size: usize,
+    /// Continue from OUT/checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar (log lines instead).
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let m = load_model(&a.model)?;
+    let spec = a.task.resolve(None, Some("demo"))?;
+    let train_file = a
+        .train
+        .clone()
+        .or_else(|| spec.train.clone())
+        .with_context(|| format!("task {} has no train split: give --train FILE", spec.name))?;
+    let optimizer = a.optimizer.with_weight_decay(a.weight_decay);
+    let cfg = TrainConfig {
+        task: spec.clone(),
+        train_file,
+        validation_file: a.validation.clone().or_else(|| spec.validation.clone()),
+        num_virtual_tokens: a.virtual_tokens,
+        init: a.init.parse()?,
+        optimizer,
+        lr: a.lr.unwrap_or(optimizer.default_lr()),
+        schedule: a.schedule,
+        warmup_steps: a.warmup,
+        steps: a.steps,
+        batch_size: a.batch_size,
+        grad_accum: a.grad_accum,
+        max_grad_norm: a.max_grad_norm,
+        seed: a.seed,
+        eval_every: a.eval_every,
+        eval_limit: a.eval_limit,
+        patience: a.patience,
+        checkpoint_every: a.checkpoint_every,
+        keep_checkpoints: a.keep_checkpoints,
+        max_len: a.max_len,
+        length_norm: a.length_norm,
+        train_limit: a.train_limit,
+        skip_bad_rows: a.skip_bad_rows,
+        eval_batch_size: a.eval_batch_size,
+        data_root: a.task.data_root.clone(),
+    };
+    // Default output: runs/TASK, or runs/TASK-2, -3... so a second run never meets the first
+    // one's checkpoints (with --resume: runs/TASK itself).
+    let out = a.out.clone().unwrap_or_else(|| {
+        let base = PathBuf::from("runs").join(&spec.name);
+        if a.resume {
+            return base;
+        }
+        std::iter::once(base.clone())
+            .chain((2..).map(|i| PathBuf::from("runs").join(format!("{}-{i}", spec.name))))
+            .find(|p| !p.exists())
+            .unwrap_or(base)
+    });
+    let stop = stop_on_ctrl_c("")?;
+    let mut obs = Progress::new(cfg.steps, a.quiet);
+    eprintln!(
+        "softprompt: training {} virtual tokens on task '{}' ({} init, {} lr {}, {} steps x batch {} x accum {}) -> {}",
+        cfg.num_virtual_tokens,
+        spec.name,
+        a.init,
+        optimizer.name(),
+        cfg.lr,
+        cfg.steps,
+        cfg.batch_size,
+        cfg.grad_accum,
+        out.display()
+    );
+    let summary = trainer::train(&m, &cfg, &out, a.resume, &stop, &mut obs)?;
+    obs.finish();
+    let best = summary
+        .best
+        .map(|(s, v)| format!("best validation {:.4} at step {s}", v))
+        .unwrap_or_else(|| "no validation split".into());
+    eprintln!(
+        "softprompt: {} steps in {:.0}s; {best}; prompt saved to {} (curve.png, train_log.jsonl beside it){}",
+        summary.steps_done,
+        summary.seconds,
+        out.display(),
+        if summary.interrupted { "; interrupted, continue with --resume" } else { "" }
+    );
+    if summary.interrupted {
+        return Err(Interrupted.into());
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! `POST /v1/classify`: rank classification over the label words of the prompt's task (or
+//! of a task given in the request), batched by the scheduler with the other requests.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+use softprompt_core::data::TaskSpec;
+use softprompt_core::infer::objective;
+use softprompt_core::infer::scheduler::ClassifyRequest;
+
+use crate::error::ServeError;
+use crate::router::RequestLog;
+use crate::state::{body, invalid, AppState, St};
+use crate::types::ClassifyBody;
+
+/// `POST /v1/classify`: rank the task's label words after the rendered template.
+pub async fn classify(
+    State(s): St,
+    Extension(log): Extension<Arc<RequestLog>>,
+    b: Result<Json<ClassifyBody>, JsonRejection>,
+) -> Response {
+    let r = classify_inner(s.clone(), b, &log).await;
+    s.finish_response(r)
+}
+
+async fn classify_inner(
+    s: Arc<AppState>,
+    b: Result<Json<ClassifyBody>, JsonRejection>,
+    log: &RequestLog,
+) -> Result<Response, ServeError> {
+    let slot = s.admit()?;
+    let r = body(b)?;
+    let entry = s.registry.get(&r.model)?;
+    let spec: TaskSpec = match &r.task {
+        Some(Value::String(name)) => softprompt_core::data::builtin_task(name)
+            .ok_or_else(|| invalid(format!("no built-in task '{name}'")))?,
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| invalid(format!("task: {e}")))?,
+        None => entry
+            .served
+            .prompt
+            .as_ref()
+            .and_then(|p| p.meta.as_ref())
+            .and_then(|m| m.task.clone())
+            .ok_or_else(|| invalid(format!("'{}' has no trained task: give \"task\"", r.model)))
+            .and_then(|t| {
+                serde_json::from_value(t).map_err(|e| invalid(format!("stored task: {e}")))
+            })?,
+    };
+    spec.validate().map_err(invalid)?;
+    let length_norm = r.length_norm.unwrap_or(false);
+    let model = s.model.clone();
+    let input = r.input;
+    let spec2 = spec.clone();
+    let (example, cands) = tokio::task::spawn_blocking(move || {
+        softprompt_core::train::eval::class_example(&model, &spec2, input)
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))?
+    .map_err(ServeError::from_core)?;
+    log.set_prompt(&entry.served.name, example.ids.len());
+    let n = entry.served.num_virtual_tokens()
+        + example.ids.len()
+        + example.cands.iter().map(Vec::len).max().unwrap_or(0);
+    if n > s.cfg.max_input_tokens {
+        return Err(invalid(format!(
+            "{n} tokens exceed --max-input-tokens {}",
+            s.cfg.max_input_tokens
+        )));
+    }
+    entry.requests.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    s.scheduler
+        .classify(ClassifyRequest {
+            prompt: entry.served.clone(),
+            example,
+            length_norm,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        })
+        .map_err(|_| ServeError::Unavailable("the server is shutting down".into()))?;
+    let scores = tokio::time::timeout(s.cfg.timeout, rx)
+        .await
+        .map_err(|_| ServeError::Timeout("no answer within --timeout-s".into()))?
+        .map_err(|_| ServeError::Internal("the scheduler dropped the request".into()))?
+        .map_err(ServeError::from_core)?;
+    drop(slot);
+    let probs = objective::softmax(&scores);
+    let best = objective::argmax(&scores);
+    let labels = spec.label_values();
+    let sp = &entry.served;
+    Ok(Json(json!({
+        "object": "classification",
+        "model": sp.name,
+        "task": spec.name,
+        "label": labels.get(best),
+        "candidate": cands.get(best),
+        "probabilities": labels.iter().zip(&probs).map(|(l, p)| (l.clone(), json!(p))).collect::<serde_json::Map<_, _>>(),
+        "scores": scores,
+        "softprompt": { "prompt": sp.name, "sha256": sp.sha256, "virtual_tokens": sp.num_virtual_tokens() },
+    }))
+    .into_response())
+}
