@@ -32,6 +32,9 @@ enum Cmd {
     Generate(cmd::generate::GenerateArgs),
     /// Train a soft prompt on a task (default: the built-in `demo` sentiment task).
     Train(Box<cmd::train::TrainArgs>),
+    /// Distill a long hard prompt into a few virtual tokens, without labels (the model with
+    /// the hard prompt teaches the model with a soft prompt).
+    Distill(Box<cmd::distill::DistillArgs>),
     /// Evaluate a soft prompt (or the bare template with --no-prompt) on a labelled file.
     Eval(cmd::eval::EvalArgs),
     /// Classify one input with a trained prompt (its task's template and label words).
@@ -65,6 +68,7 @@ fn run(c: Cmd) -> anyhow::Result<()> {
         Cmd::Score(a) => cmd::score::run(a),
         Cmd::Generate(a) => cmd::generate::run(a),
         Cmd::Train(a) => cmd::train::run(*a),
+        Cmd::Distill(a) => cmd::distill::run(*a),
         Cmd::Eval(a) => cmd::eval::run(a),
         Cmd::Classify(a) => cmd::classify::run(a),
         Cmd::Inspect(a) => cmd::inspect::run(*a),

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod classify;
 pub mod common;
 pub mod compare;
+pub mod distill;
 pub mod eval;
 pub mod export;
 pub mod generate;

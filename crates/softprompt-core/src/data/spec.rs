@@ -321,7 +321,7 @@ impl TaskSpec {
 }
 
 /// `\n`, `\t`, `\\` escapes of a command-line template.
-fn unescape_flag(s: &str) -> String {
+pub(crate) fn unescape_flag(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {

@@ -2,6 +2,7 @@
 //! loop; full fine-tuning (the baseline of `compare`) on the same pipeline.
 
 pub mod checkpoint;
+pub mod distill;
 pub mod eval;
 pub mod finetune;
 pub mod init;

@@ -232,16 +232,99 @@ pub(crate) fn load_train_val(
 fn make_prompt(
     model: &FrozenModel,
     cfg: &TrainConfig,
+    obj: &dyn Objective,
     emb: &Tensor,
     metrics: serde_json::Value,
 ) -> SoftPrompt {
     let mut p = SoftPrompt::for_model(model, emb.clone());
     if let Some(meta) = p.meta.as_mut() {
         meta.task = serde_json::to_value(&cfg.task).ok();
-        meta.training = serde_json::to_value(cfg).ok();
+        meta.training = obj.training_meta(cfg);
         meta.metrics = Some(metrics);
     }
     p
+}
+
+/// What the training loop optimises: training examples addressed by index (batched by
+/// length) and an evaluation of the prompt (higher `value` is better). [`train`] uses a
+/// task's labelled splits; `distill` the teacher's cached distributions.
+pub trait Objective {
+    /// Training examples.
+    fn train_len(&self) -> usize;
+    /// Validation examples (0: no evaluation, the last prompt is the result).
+    fn val_len(&self) -> usize;
+    /// Rows each training example puts through the model (without the prompt).
+    fn lengths(&self) -> Vec<usize>;
+    /// Loss and d loss / d prompt `[P, D]` of the training examples at `idx`.
+    fn batch(
+        &self,
+        model: &FrozenModel,
+        prompt: PromptRef,
+        idx: &[usize],
+    ) -> Result<objective::BatchResult>;
+    /// The prompt on the validation examples.
+    fn evaluate(&self, model: &FrozenModel, prompt: PromptRef) -> Result<EvalReport>;
+    /// The saved prompt's `training` metadata.
+    fn training_meta(&self, cfg: &TrainConfig) -> Option<serde_json::Value> {
+        serde_json::to_value(cfg).ok()
+    }
+}
+
+/// A task's labelled training split and optional validation split.
+struct TaskObjective<'a> {
+    cfg: &'a TrainConfig,
+    train: Tokenized,
+    val: Option<Tokenized>,
+}
+
+impl Objective for TaskObjective<'_> {
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+    fn val_len(&self) -> usize {
+        self.val.as_ref().map_or(0, |v| v.len())
+    }
+    fn lengths(&self) -> Vec<usize> {
+        self.train.lengths()
+    }
+    fn batch(
+        &self,
+        model: &FrozenModel,
+        prompt: PromptRef,
+        idx: &[usize],
+    ) -> Result<objective::BatchResult> {
+        match &self.train.select(idx) {
+            Tokenized::Class(b) => {
+                objective::classify_batch(&model.llama, Some(prompt), b, self.cfg.length_norm, true)
+            }
+            Tokenized::Gen(b) => objective::lm_batch(&model.llama, Some(prompt), b, true),
+        }
+    }
+    fn evaluate(&self, model: &FrozenModel, prompt: PromptRef) -> Result<EvalReport> {
+        let v = self
+            .val
+            .as_ref()
+            .ok_or_else(|| Error::Input("no validation split".into()))?;
+        eval::evaluate(
+            model,
+            Some(prompt),
+            v,
+            self.cfg.eval_batch_size,
+            self.cfg.length_norm,
+        )
+    }
+}
+
+/// Refuse settings the loop cannot run (before any data is loaded).
+fn check_run(cfg: &TrainConfig) -> Result<()> {
+    cfg.check_sizes()?;
+    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
+        return Err(Error::setting(
+            "lr",
+            format!("lr must be positive, got {}", cfg.lr),
+        ));
+    }
+    cfg.optimizer.validate()
 }
 
 /// Train a prompt. `stop` is polled between steps (Ctrl-C): the run then checkpoints and
@@ -254,14 +337,7 @@ pub fn train(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainSummary> {
-    cfg.check_sizes()?;
-    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::setting(
-            "lr",
-            format!("lr must be positive, got {}", cfg.lr),
-        ));
-    }
-    cfg.optimizer.validate()?;
+    check_run(cfg)?;
     let t_load = Instant::now();
     let (train_data, train_name, val) = load_train_val(model, cfg, obs)?;
     obs.on_message(&format!(
@@ -270,6 +346,29 @@ pub fn train(
         val.as_ref().map_or(0, |v| v.len()),
         t_load.elapsed().as_secs_f32()
     ));
+    let obj = TaskObjective {
+        cfg,
+        train: train_data,
+        val,
+    };
+    train_objective(model, cfg, &obj, out, resume, stop, obs)
+}
+
+/// The training loop of [`train`] on any [`Objective`] (`cfg`'s data fields are metadata
+/// here; the objective holds the data).
+pub fn train_objective(
+    model: &FrozenModel,
+    cfg: &TrainConfig,
+    obj: &dyn Objective,
+    out: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+) -> Result<TrainSummary> {
+    check_run(cfg)?;
+    if obj.train_len() == 0 {
+        return Err(Error::Input("no training examples".into()));
+    }
     let ckpt_dir = out.join("checkpoints");
     let log_path = out.join("train_log.jsonl");
     // A fresh run never writes over an earlier run's checkpoints (nothing a user had is lost).
@@ -351,7 +450,7 @@ pub fn train(
         .open(&log_path)
         .map_err(|e| Error::io(&log_path, e))?;
     let mut order = EpochBatches::new(
-        train_data.lengths(),
+        obj.lengths(),
         cfg.batch_size,
         cfg.seed,
         st.epoch,
@@ -385,19 +484,7 @@ pub fn train(
                 .next()
                 .ok_or_else(|| Error::Input("no training examples".into()))?;
             (st.epoch, st.batch_in_epoch) = order.position();
-            let batch = train_data.select(&idx);
-            let r = match &batch {
-                Tokenized::Class(b) => objective::classify_batch(
-                    &model.llama,
-                    Some(PromptRef::from_tensor(&emb)?),
-                    b,
-                    cfg.length_norm,
-                    true,
-                )?,
-                Tokenized::Gen(b) => {
-                    objective::lm_batch(&model.llama, Some(PromptRef::from_tensor(&emb)?), b, true)?
-                }
-            };
+            let r = obj.batch(model, PromptRef::from_tensor(&emb)?, &idx)?;
             loss += r.loss / cfg.grad_accum as f64;
             rows += r.rows;
             if let Some(g) = r.grad {
@@ -431,22 +518,16 @@ pub fn train(
 
         let last = st.step == cfg.steps;
         let stopping = stop.load(Ordering::SeqCst);
-        if let Some(v) = &val {
+        if obj.val_len() > 0 {
             if (cfg.eval_every > 0 && st.step % cfg.eval_every == 0) || last {
-                let rep = eval::evaluate(
-                    model,
-                    Some(PromptRef::from_tensor(&emb)?),
-                    v,
-                    cfg.eval_batch_size,
-                    cfg.length_norm,
-                )?;
+                let rep = obj.evaluate(model, PromptRef::from_tensor(&emb)?)?;
                 let better = st.best_value.is_none_or(|b| rep.value > b);
                 if better {
                     st.best_value = Some(rep.value);
                     st.best_step = Some(st.step);
                     st.evals_without_improvement = 0;
                     let metrics = json!({ rep.metric.clone(): rep.value, "step": st.step, "validation_examples": rep.n });
-                    make_prompt(model, cfg, &emb, metrics).save(out)?;
+                    make_prompt(model, cfg, obj, &emb, metrics).save(out)?;
                 } else {
                     st.evals_without_improvement += 1;
                 }
@@ -489,9 +570,9 @@ pub fn train(
     }
     log.flush().map_err(|e| Error::io(&log_path, e))?;
     let metrics_last = json!({ "step": st.step });
-    make_prompt(model, cfg, &emb, metrics_last.clone()).save(&out.join("last"))?;
-    if val.is_none() {
-        make_prompt(model, cfg, &emb, metrics_last).save(out)?;
+    make_prompt(model, cfg, obj, &emb, metrics_last.clone()).save(&out.join("last"))?;
+    if obj.val_len() == 0 {
+        make_prompt(model, cfg, obj, &emb, metrics_last).save(out)?;
     }
     if let Err(e) = plot_curve(&log_path, &out.join("curve.png"), &cfg.task.name) {
         obs.on_message(&format!("could not draw the curve: {e}"));
@@ -502,8 +583,8 @@ pub fn train(
         early_stopped,
         best: st.best_step.zip(st.best_value),
         final_eval: last_eval,
-        train_examples: train_data.len(),
-        validation_examples: val.as_ref().map_or(0, |v| v.len()),
+        train_examples: obj.train_len(),
+        validation_examples: obj.val_len(),
         seconds: st.seconds,
         output: out.to_path_buf(),
     })
