@@ -73,15 +73,6 @@ def main():
 
         hf = tmp / "hf"
         run([sp, "export", "--model", args.model, "--out", hf])
-        conf = json.loads((hf / "config.json").read_text())
-        q = conf.get("query_pre_attn_scalar")
-        if isinstance(q, float) and q.is_integer():
-            # Older exports wrote Gemma 3's query_pre_attn_scalar as a float (256.0), which
-            # transformers 5.24 refuses (it declares an int); issue #17 fixes the writer. Until
-            # that is in, write the same value as an int here.
-            conf["query_pre_attn_scalar"] = int(q)
-            (hf / "config.json").write_text(json.dumps(conf, indent=2))
-            print(f"patched config.json: query_pre_attn_scalar {q} -> {int(q)} (old export writer)")
         base = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32, attn_implementation="eager")
         tok = AutoTokenizer.from_pretrained(hf)
         model = PeftModel.from_pretrained(base, adapter).eval()
