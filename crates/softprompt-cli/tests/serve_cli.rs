@@ -325,9 +325,26 @@ fn bad_requests_get_4xx_and_change_nothing() {
             422,
         ),
         ("negative token id", with("prompt", json!([1, -2])), 422),
-        ("two prompts", with("prompt", json!(["a", "b"])), 422),
+        (
+            "two prompts streamed",
+            json!({ "model": "p000", "prompt": ["a", "b"], "stream": true }),
+            422,
+        ),
+        ("65 prompts", with("prompt", json!(vec!["a"; 65])), 422),
         ("n = 2", with("n", json!(2)), 422),
-        ("logprobs", with("logprobs", json!(5)), 422),
+        ("logprobs over the limit", with("logprobs", json!(21)), 422),
+        ("negative logprobs", with("logprobs", json!(-1)), 422),
+        ("logprobs not an integer", with("logprobs", json!("5")), 422),
+        (
+            "logprobs streamed",
+            json!({ "model": "p000", "prompt": "Hello", "logprobs": 1, "stream": true }),
+            422,
+        ),
+        (
+            "max_tokens 0 without echo",
+            with("max_tokens", json!(0)),
+            422,
+        ),
         (
             "input over --max-input-tokens",
             with("prompt", json!("word ".repeat(100))),
@@ -574,6 +591,138 @@ fn sigterm_drains_requests_in_flight() {
     assert!(log.iter().any(|l| l.contains("draining")), "{log:?}");
     let mut rest = Vec::new();
     let _ = r.read_to_end(&mut rest);
+}
+
+/// `softprompt score --json` on `text` (with `prompt`, or the base model): (ids, logprobs).
+fn cli_score(text: &str, prompt: Option<&Path>) -> (Value, Value) {
+    let mut c = bin();
+    c.args(["score", "--json", "--text", text]);
+    if let Some(p) = prompt {
+        c.arg("--prompt").arg(p);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (v["ids"].clone(), v["logprobs"].clone())
+}
+
+#[test]
+fn echo_and_logprobs_equal_score_bit_for_bit_and_batch_as_single_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts");
+    make_prompts(&prompts, 1, &[]);
+    let s = start(&["--prompts", prompts.to_str().unwrap()]);
+    let u = format!("{}/v1/completions", s.url);
+    let texts = [
+        "Review: a warm, funny film\nSentiment: positive",
+        "Once upon a time",
+    ];
+    let score = |model: &str, prompt: Value, extra: Value| {
+        let mut b = json!({ "model": model, "prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 3 });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            b[k] = v.clone();
+        }
+        let (code, v) = post(&u, &b);
+        assert_eq!(code, 200, "{v}");
+        v
+    };
+    for (model, dirp) in [("p000", Some(prompts.join("p000"))), ("base", None)] {
+        let batch = score(model, json!(texts), json!({}));
+        assert_eq!(batch["choices"].as_array().unwrap().len(), 2);
+        for (i, text) in texts.iter().enumerate() {
+            let (ids, cli) = cli_score(text, dirp.as_deref());
+            let one = score(model, json!(text), json!({}));
+            let c = &one["choices"][0];
+            assert_eq!(c["text"], json!(text));
+            let lp = c["logprobs"]["token_logprobs"].as_array().unwrap();
+            assert_eq!(lp.len(), ids.as_array().unwrap().len());
+            // Without a soft prompt the first token has no predictor (null, as OpenAI).
+            let scored: Vec<Value> = if dirp.is_none() {
+                assert!(lp[0].is_null());
+                lp[1..].to_vec()
+            } else {
+                lp.to_vec()
+            };
+            assert_eq!(
+                Value::from(scored),
+                cli,
+                "{model} {text:?}: server != score --json"
+            );
+            // The batch's choice i is the lone request's answer.
+            assert_eq!(batch["choices"][i]["index"], json!(i));
+            assert_eq!(batch["choices"][i]["logprobs"], c["logprobs"]);
+            // Top-k: 3 alternatives, sorted, and the token's own log-prob is at most the best.
+            for (j, top) in c["logprobs"]["top_logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+            {
+                if top.is_null() {
+                    continue;
+                }
+                let best = top
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|v| v.as_f64().unwrap())
+                    .fold(f64::MIN, f64::max);
+                assert!(
+                    top.as_object().unwrap().len() <= 3 && !top.as_object().unwrap().is_empty()
+                );
+                assert!(lp[j].as_f64().unwrap() <= best + 1e-12);
+            }
+            assert_eq!(c["logprobs"]["text_offset"][0], json!(0));
+        }
+    }
+    // Greedy generation with logprobs: each generated token is the top entry, with its log-prob.
+    let g = completion(
+        &s,
+        "p000",
+        "The capital of France is",
+        json!({ "logprobs": 2, "max_tokens": 4 }),
+    );
+    let lpg = &g["choices"][0]["logprobs"];
+    let toks = lpg["tokens"].as_array().unwrap();
+    assert_eq!(
+        toks.len(),
+        g["softprompt"]["token_ids"]
+            .as_array()
+            .map_or(4, Vec::len)
+            .max(1)
+            .min(4)
+    );
+    for (j, t) in toks.iter().enumerate() {
+        let top = lpg["top_logprobs"][j].as_object().unwrap();
+        let (best_tok, best_lp) = top
+            .iter()
+            .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
+            .unwrap();
+        assert_eq!(best_tok, t.as_str().unwrap());
+        assert_eq!(best_lp, &lpg["token_logprobs"][j]);
+    }
+    // lm_eval's request: echo, max_tokens 1, logprobs 1: prompt tokens + one generated.
+    let h = score(
+        "p000",
+        json!([texts[1]]),
+        json!({ "max_tokens": 1, "logprobs": 1 }),
+    );
+    let n = cli_score(texts[1], Some(&prompts.join("p000")))
+        .0
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        h["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        n + 1
+    );
 }
 
 #[test]

@@ -1,6 +1,15 @@
 //! `POST /v1/completions`: validation against the limits, the job handed to the scheduler,
 //! and the answer as one JSON object or as an SSE stream (`data: {...}` chunks, then
 //! `data: [DONE]`). Chat completions (`chat.rs`) end here too.
+//!
+//! Scoring for evaluation harnesses: `logprobs: k` (0..=[`MAX_LOGPROBS`]) and `echo` answer
+//! in OpenAI's legacy shape (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`). The
+//! log-probs come from one exact forward pass over prompt + generated tokens
+//! ([`infer::score_top`], the computation behind `softprompt score`), so they are the same bits
+//! as `softprompt score --json` on the same text and prompt. Without a soft prompt the first
+//! token has no predictor (`null`); with one it is predicted from the last virtual token.
+//! `prompt` may be a list of up to [`MAX_BATCH`] texts or id lists (one choice each, by
+//! `index`), without streaming. `max_tokens: 0` with `echo` scores the prompt alone.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
 use softprompt_core::infer::scheduler::{Cancel, Event, Finish, GenRequest};
-use softprompt_core::infer::Sampling;
+use softprompt_core::infer::{self, Sampling};
 use tokio::sync::mpsc;
 
 use crate::detok::Detok;
@@ -23,9 +32,20 @@ use crate::state::{body, invalid, now_unix, AppState, CancelOnDrop, Slot, St};
 use crate::types::{CompletionRequest, PromptInput, StopInput};
 
 /// A validated completion request.
+/// Most alternatives per token that `logprobs` may ask for.
+pub const MAX_LOGPROBS: i64 = 20;
+/// Most prompts in one request (`prompt` as a list).
+pub const MAX_BATCH: usize = 64;
+
 pub struct Job {
     pub entry: Arc<Entry>,
     pub ids: Vec<u32>,
+    /// Further prompts of a list (choices 1..), answered one after the other.
+    pub more: Vec<Vec<u32>>,
+    /// `logprobs: k`: the log-probs of the answer's tokens and the k best at each.
+    pub logprobs: Option<usize>,
+    /// The prompt's tokens come first in the answer (text and log-probs).
+    pub echo: bool,
     pub sampling: Sampling,
     pub stop: Vec<String>,
     pub stream: bool,
@@ -40,8 +60,21 @@ impl AppState {
         if r.n.is_some_and(|n| n != 1) || r.best_of.is_some_and(|n| n != 1) {
             return Err(invalid("only n = 1 (and best_of = 1) is supported"));
         }
-        if r.echo || r.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(invalid("echo and logprobs are not supported"));
+        let logprobs = match &r.logprobs {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => match v.as_i64() {
+                Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
+                _ => {
+                    return Err(invalid(format!(
+                        "logprobs must be an integer in 0..={MAX_LOGPROBS}, got {v}"
+                    )))
+                }
+            },
+        };
+        if r.stream && (r.echo || logprobs.is_some()) {
+            return Err(invalid(
+                "echo and logprobs are not supported with stream: send stream: false",
+            ));
         }
         if r.presence_penalty.unwrap_or(0.0) != 0.0 || r.frequency_penalty.unwrap_or(0.0) != 0.0 {
             return Err(invalid("presence/frequency penalties are not supported"));
@@ -60,40 +93,46 @@ impl AppState {
                 })
                 .collect()
         };
-        let one = |n: usize| {
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(invalid("one prompt per request (a list of exactly one)"))
+        let mut prompts = match r.prompt {
+            None => vec![Vec::new()],
+            Some(PromptInput::Text(t)) => vec![self.encode(&t, true)?],
+            Some(PromptInput::Ids(v)) => vec![check_ids(v)?],
+            Some(PromptInput::Texts(v)) => v
+                .iter()
+                .map(|t| self.encode(t, true))
+                .collect::<Result<_, _>>()?,
+            Some(PromptInput::IdLists(v)) => {
+                v.into_iter().map(check_ids).collect::<Result<_, _>>()?
             }
         };
-        let ids = match r.prompt {
-            None => Vec::new(),
-            Some(PromptInput::Text(t)) => self.encode(&t, true)?,
-            Some(PromptInput::Ids(v)) => check_ids(v)?,
-            Some(PromptInput::Texts(mut v)) => {
-                one(v.len())?;
-                self.encode(&v.remove(0), true)?
-            }
-            Some(PromptInput::IdLists(mut v)) => {
-                one(v.len())?;
-                check_ids(v.remove(0))?
-            }
-        };
-        let p = entry.served.num_virtual_tokens();
-        if ids.is_empty() && p == 0 {
-            return Err(invalid(
-                "empty prompt: the base model needs some input text",
-            ));
-        }
-        let input = p + ids.len();
-        if input > self.cfg.max_input_tokens {
+        if prompts.is_empty() || prompts.len() > MAX_BATCH {
             return Err(invalid(format!(
-                "{input} input tokens ({p} virtual + {} text) exceed --max-input-tokens {}",
-                ids.len(),
-                self.cfg.max_input_tokens
+                "prompt: a list of 1..={MAX_BATCH} prompts, got {}",
+                prompts.len()
             )));
         }
+        if prompts.len() > 1 && r.stream {
+            return Err(invalid("a list of prompts cannot be streamed"));
+        }
+        let p = entry.served.num_virtual_tokens();
+        let mut input = 0;
+        for ids in &prompts {
+            if ids.is_empty() && p == 0 {
+                return Err(invalid(
+                    "empty prompt: the base model needs some input text",
+                ));
+            }
+            input = input.max(p + ids.len());
+            if p + ids.len() > self.cfg.max_input_tokens {
+                return Err(invalid(format!(
+                    "{} input tokens ({p} virtual + {} text) exceed --max-input-tokens {}",
+                    p + ids.len(),
+                    ids.len(),
+                    self.cfg.max_input_tokens
+                )));
+            }
+        }
+        let ids = prompts.remove(0);
         let ctx = self.model.llama.max_positions();
         let max_tokens = r.max_tokens.unwrap_or(if r.until_eos {
             self.cfg
@@ -103,9 +142,10 @@ impl AppState {
         } else {
             16
         });
-        if max_tokens < 1 || max_tokens as u64 > self.cfg.max_output_tokens as u64 {
+        let least = if r.echo { 0 } else { 1 };
+        if max_tokens < least || max_tokens as u64 > self.cfg.max_output_tokens as u64 {
             return Err(invalid(format!(
-                "max_tokens must be in 1..={} (--max-output-tokens), got {max_tokens}",
+                "max_tokens must be in {least}..={} (--max-output-tokens; 0 only with echo), got {max_tokens}",
                 self.cfg.max_output_tokens
             )));
         }
@@ -116,7 +156,7 @@ impl AppState {
             )));
         }
         let min_tokens = r.min_tokens.unwrap_or(0);
-        if min_tokens < 0 || min_tokens > max_tokens as i64 {
+        if min_tokens < 0 || min_tokens > max_tokens.max(1) as i64 {
             return Err(invalid(format!(
                 "min_tokens must be in 0..=max_tokens, got {min_tokens}"
             )));
@@ -160,10 +200,15 @@ impl AppState {
             no_cache: false,
         };
         // top_p's range (and temperature's lower bound) as every sampler checks them.
-        sampling.validate().map_err(ServeError::from_core)?;
+        if max_tokens > 0 {
+            sampling.validate().map_err(ServeError::from_core)?;
+        }
         Ok(Job {
             entry,
             ids,
+            more: prompts,
+            logprobs,
+            echo: r.echo,
             sampling,
             stop,
             stream: r.stream,
@@ -175,6 +220,7 @@ impl AppState {
     pub fn submit(
         &self,
         job: &Job,
+        ids: &[u32],
     ) -> Result<(mpsc::UnboundedReceiver<Event>, CancelOnDrop), ServeError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = Cancel::default();
@@ -182,7 +228,7 @@ impl AppState {
         self.scheduler
             .generate(GenRequest {
                 prompt: job.entry.served.clone(),
-                ids: job.ids.clone(),
+                ids: ids.to_vec(),
                 sampling: job.sampling.clone(),
                 cancel: cancel.clone(),
                 sink: Box::new(move |e| tx.send(e).is_ok()),
@@ -203,6 +249,9 @@ pub async fn completions(
         Ok((slot, s.validate(r)?))
     });
     s.finish_response(match r {
+        Ok((slot, job)) if job.echo || job.logprobs.is_some() || !job.more.is_empty() => {
+            run_scored(s.clone(), slot, job, log).await
+        }
         Ok((slot, job)) => run_job(s.clone(), slot, job, log).await,
         Err(e) => Err(e),
     })
@@ -222,14 +271,54 @@ pub async fn run_job(
         s.next_id.fetch_add(1, Ordering::Relaxed)
     );
     let created = now_unix();
-    let (rx, cancel) = s.submit(&job)?;
+    let (rx, cancel) = s.submit(&job, &job.ids)?;
     let deadline = tokio::time::Instant::now() + s.cfg.timeout;
     if job.stream {
         return Ok(stream_response(
             s, job, id, created, rx, cancel, slot, deadline, log,
         ));
     }
-    let mut rx = rx;
+    let (text, ids, finish) = collect(&s, &job, rx, cancel, deadline, &log).await?;
+    job.entry
+        .tokens
+        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+    drop(slot);
+    let sp = &job.entry.served;
+    let choice = if job.chat {
+        json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": null })
+    } else {
+        json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": null })
+    };
+    Ok(Json(json!({
+        "id": id,
+        "object": if job.chat { "chat.completion" } else { "text_completion" },
+        "created": created,
+        "model": sp.name,
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": job.ids.len(),
+            "completion_tokens": ids.len(),
+            "total_tokens": job.ids.len() + ids.len(),
+        },
+        "softprompt": {
+            "prompt": sp.name,
+            "sha256": sp.sha256,
+            "virtual_tokens": sp.num_virtual_tokens(),
+            "token_ids": ids,
+        }
+    }))
+    .into_response())
+}
+
+/// The generated text, ids and finish reason of one submitted generation.
+async fn collect(
+    s: &AppState,
+    job: &Job,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    cancel: CancelOnDrop,
+    deadline: tokio::time::Instant,
+    log: &RequestLog,
+) -> Result<(String, Vec<u32>, &'static str), ServeError> {
     let eos = s.model.eos_ids();
     let mut detok = Detok::new(job.stop.clone());
     let mut text = String::new();
@@ -265,33 +354,98 @@ pub async fn run_job(
             }
         }
     };
-    job.entry
-        .tokens
-        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+    Ok((text, ids, finish))
+}
+
+/// A non-streamed answer with `logprobs`/`echo`, or for a list of prompts: each prompt is
+/// generated (unless `max_tokens` is 0), then prompt + generated tokens are scored exactly.
+async fn run_scored(
+    s: Arc<AppState>,
+    slot: Slot,
+    job: Job,
+    log: Arc<RequestLog>,
+) -> Result<Response, ServeError> {
+    log.set_prompt(&job.entry.served.name, job.ids.len());
+    let id = format!("cmpl-{}", s.next_id.fetch_add(1, Ordering::Relaxed));
+    let created = now_unix();
+    let deadline = tokio::time::Instant::now() + s.cfg.timeout;
+    let sp = job.entry.served.clone();
+    let p = sp.num_virtual_tokens();
+    let (mut choices, mut n_prompt, mut n_gen) = (Vec::new(), 0, 0);
+    let prompts: Vec<&Vec<u32>> = std::iter::once(&job.ids).chain(&job.more).collect();
+    for (index, ids) in prompts.into_iter().enumerate() {
+        let (mut text, gen, finish) = if job.sampling.max_new_tokens == 0 {
+            (String::new(), Vec::new(), "length")
+        } else {
+            let (rx, cancel) = s.submit(&job, ids)?;
+            collect(&s, &job, rx, cancel, deadline, &log).await?
+        };
+        job.entry
+            .tokens
+            .fetch_add(gen.len() as u64, Ordering::Relaxed);
+        n_prompt += ids.len();
+        n_gen += gen.len();
+        let start = if job.echo { 0 } else { ids.len() };
+        if job.echo {
+            text = s.model.decode(ids).map_err(ServeError::from_core)? + &text;
+        }
+        let logprobs = match job.logprobs {
+            None => serde_json::Value::Null,
+            Some(k) => {
+                let full: Vec<u32> = ids.iter().chain(&gen).copied().collect();
+                let scores = if p + full.len() < 2 {
+                    Vec::new() // one token, no predictor
+                } else {
+                    let (model, sp, full) = (s.model.clone(), sp.clone(), full.clone());
+                    tokio::task::spawn_blocking(move || {
+                        infer::score_top(&model.llama, sp.view()?, &full, k)
+                    })
+                    .await
+                    .map_err(|e| ServeError::Internal(e.to_string()))?
+                    .map_err(ServeError::from_core)?
+                };
+                let first = full.len() - scores.len(); // 1 without a soft prompt, else 0
+                let piece = |t: u32| s.model.decode(&[t]).map_err(ServeError::from_core);
+                let (mut tokens, mut lps, mut tops, mut offsets) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for i in start..full.len() {
+                    tokens.push(piece(full[i])?);
+                    let before = s
+                        .model
+                        .decode(&full[start..i])
+                        .map_err(ServeError::from_core)?;
+                    offsets.push(before.chars().count());
+                    match i.checked_sub(first).map(|j| &scores[j]) {
+                        None => {
+                            lps.push(serde_json::Value::Null);
+                            tops.push(serde_json::Value::Null);
+                        }
+                        Some(ts) => {
+                            lps.push(json!(ts.logprob));
+                            let mut m = serde_json::Map::new();
+                            for &(t, l) in &ts.top {
+                                m.entry(piece(t)?).or_insert(json!(l));
+                            }
+                            tops.push(serde_json::Value::Object(m));
+                        }
+                    }
+                }
+                json!({ "tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets })
+            }
+        };
+        choices.push(
+            json!({ "index": index, "text": text, "finish_reason": finish, "logprobs": logprobs }),
+        );
+    }
     drop(slot);
-    let sp = &job.entry.served;
-    let choice = if job.chat {
-        json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": null })
-    } else {
-        json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": null })
-    };
     Ok(Json(json!({
         "id": id,
-        "object": if job.chat { "chat.completion" } else { "text_completion" },
+        "object": "text_completion",
         "created": created,
         "model": sp.name,
-        "choices": [choice],
-        "usage": {
-            "prompt_tokens": job.ids.len(),
-            "completion_tokens": ids.len(),
-            "total_tokens": job.ids.len() + ids.len(),
-        },
-        "softprompt": {
-            "prompt": sp.name,
-            "sha256": sp.sha256,
-            "virtual_tokens": sp.num_virtual_tokens(),
-            "token_ids": ids,
-        }
+        "choices": choices,
+        "usage": { "prompt_tokens": n_prompt, "completion_tokens": n_gen, "total_tokens": n_prompt + n_gen },
+        "softprompt": { "prompt": sp.name, "sha256": sp.sha256, "virtual_tokens": p },
     }))
     .into_response())
 }

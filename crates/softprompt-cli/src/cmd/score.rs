@@ -23,7 +23,10 @@ pub struct ScoreArgs {
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
-    let m = load_model(&a.model)?;
+    let mut m = load_model(&a.model)?;
+    // Exact (batch-invariant) mode, as `softprompt serve` runs: the server's `echo`/`logprobs`
+    // answers are these same bits.
+    m.llama.exact = true;
     let sp = load_prompt(&m, &a.prompt)?;
     let ids = m.encode_input(&a.text)?; // with <bos> where the model expects one
     let lp = infer::score(

@@ -16,6 +16,28 @@ use crate::{Error, Result};
 /// `log p(ids[t] | prompt, ids[<t])` for every t that has a predictor: t = 0..n-1 with a
 /// prompt, t = 1..n-1 without. Log-softmax is accumulated in f64.
 pub fn score(model: &Llama, prompt: Option<PromptRef>, ids: &[u32]) -> Result<Vec<f64>> {
+    Ok(score_top(model, prompt, ids, 0)?
+        .into_iter()
+        .map(|t| t.logprob)
+        .collect())
+}
+
+/// One scored token: its log-prob and the `k` most likely tokens at its position.
+#[derive(Clone, Debug)]
+pub struct TokenScore {
+    pub logprob: f64,
+    /// `(id, log-prob)`, most likely first; ties by the smaller id.
+    pub top: Vec<(u32, f64)>,
+}
+
+/// [`score`] with the top-`k` alternatives of every scored position, from the same logits
+/// (so the log-probs are the same bits as `score`'s).
+pub fn score_top(
+    model: &Llama,
+    prompt: Option<PromptRef>,
+    ids: &[u32],
+    k: usize,
+) -> Result<Vec<TokenScore>> {
     let p = prompt_len(prompt);
     if ids.is_empty() || p + ids.len() < 2 {
         return Err(Error::Input(
@@ -30,10 +52,28 @@ pub fn score(model: &Llama, prompt: Option<PromptRef>, ids: &[u32]) -> Result<Ve
     let v = model.dims.vocab;
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(64) {
-        let logits = model.logits(&x, chunk);
+        let logits = model.logits(&x, chunk); // [chunk, V]
         for (lg, &r) in logits.chunks(v).zip(chunk) {
             let t = r + 1 - p;
-            out.push(lg[ids[t] as usize] as f64 - kernels::logsumexp(lg));
+            let lse = kernels::logsumexp(lg);
+            let mut top: Vec<(u32, f64)> = Vec::new();
+            if k > 0 {
+                let mut order: Vec<u32> = (0..v as u32).collect();
+                let by =
+                    |a: &u32, b: &u32| lg[*b as usize].total_cmp(&lg[*a as usize]).then(a.cmp(b));
+                let kk = k.min(v);
+                order.select_nth_unstable_by(kk - 1, by);
+                order.truncate(kk);
+                order.sort_unstable_by(by);
+                top = order
+                    .into_iter()
+                    .map(|j| (j, lg[j as usize] as f64 - lse))
+                    .collect();
+            }
+            out.push(TokenScore {
+                logprob: lg[ids[t] as usize] as f64 - lse,
+                top,
+            });
         }
     }
     Ok(out)

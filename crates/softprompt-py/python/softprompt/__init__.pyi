@@ -21,8 +21,9 @@ class Model:
     """A frozen base model with its tokenizer; computation releases the GIL."""
 
     @staticmethod
-    def load(model: str = "smollm2-135m", weights: str = "f32") -> "Model":
-        """Load a model (alias, .gguf file, HF folder or hub id); weights f32, quantized or bf16."""
+    def load(model: str = "smollm2-135m", weights: str = "f32", exact: bool = False) -> "Model":
+        """Load a model (alias, .gguf file, HF folder or hub id); weights f32, quantized or bf16.
+        exact=True: rows in a fixed order, as `softprompt serve`/`score` (their bits exactly)."""
     @property
     def source(self) -> str: ...
     @property
