@@ -1127,3 +1127,81 @@ fn tiny_gemma3_and_qwen3_load_with_hf_conventions() {
     );
     softprompt_core::model::FrozenModel::from_loaded(lw).expect("bind qwen3");
 }
+
+/// `{arch}.rope.scaling.*`: yarn becomes transformers' yarn, llama.cpp-only settings and
+/// unknown types are refused by name; Gemma 3's `rope.freq_base_swa` and
+/// `attention.sliding_window_pattern` are read; an unknown `tokenizer.ggml.pre` is refused.
+#[test]
+fn rope_scaling_metadata_and_pre_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |g: &Gguf, name: &str| load_gguf(&write(dir.path(), name, &g.bytes()));
+    let yarn = || {
+        let mut g = tiny_llama("llama");
+        g.kv_str("llama.rope.scaling.type", "yarn")
+            .kv_f32("llama.rope.scaling.factor", 4.0)
+            .kv_u32("llama.rope.scaling.original_context_length", 16);
+        g
+    };
+    let c = load(&yarn(), "yarn.gguf").expect("yarn").config;
+    let r = c.describe_rope();
+    assert_eq!(r["rope_type"], "yarn");
+    assert_eq!(r["factor"], 4.0);
+    assert_eq!(r["original_max_position_embeddings"], 16);
+    assert_eq!(r["rope_theta"], 50000.0);
+    // transformers' default attention_factor: 0.1 ln(factor) + 1.
+    assert!((r["attention_factor"].as_f64().unwrap() - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12);
+
+    let mut bad = yarn();
+    bad.kv_f32("llama.rope.scaling.yarn_log_multiplier", 0.1);
+    let e = load(&bad, "logmul.gguf")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("llama.rope.scaling.yarn_log_multiplier = 0.1"),
+        "{e}"
+    );
+    let mut bad = tiny_llama("llama");
+    bad.kv_str("llama.rope.scaling.type", "longrope");
+    let e = load(&bad, "longrope.gguf")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("llama.rope.scaling.type = \"longrope\""), "{e}");
+
+    // Gemma 3: a local base of its own, and a pattern that makes the one layer global.
+    let mut g = tiny_llama("gemma3");
+    g.kv_u32("gemma3.attention.sliding_window", 16)
+        .kv_f32("gemma3.rope.freq_base_swa", 20000.0)
+        .kv_u32("gemma3.attention.sliding_window_pattern", 1);
+    let c = softprompt_core::model::load::gguf::config_from_gguf(
+        &GgufFile::open(&write(dir.path(), "g.gguf", &g.bytes())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c.layer_types, Some(vec!["full_attention".to_string()]));
+    assert_eq!(c.rope_theta_local(), 20000.0);
+
+    for (pre, ok) in [("tekken", false), ("gpt-2", true), ("qwen2", true)] {
+        let mut g = tiny_llama("llama");
+        g.kvs.retain(|(k, _, _)| k != "tokenizer.ggml.pre");
+        g.kv_str("tokenizer.ggml.pre", pre);
+        let p = write(dir.path(), "pre.gguf", &g.bytes());
+        let r = tokenizer_from_gguf(&GgufFile::open(&p).unwrap());
+        match (r, ok) {
+            (Ok(_), true) => {}
+            (Err(e), false) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("tokenizer.ggml.pre = \"tekken\"") && e.contains("llama-bpe"),
+                    "{e}"
+                );
+            }
+            (r, _) => panic!("pre {pre}: {:?}", r.err()),
+        }
+    }
+    let mut g = tiny_llama("llama");
+    g.kvs.retain(|(k, _, _)| k != "tokenizer.ggml.pre");
+    let p = write(dir.path(), "nopre.gguf", &g.bytes());
+    let e = tokenizer_from_gguf(&GgufFile::open(&p).unwrap()).expect_err("refused");
+    assert!(e.to_string().contains("no tokenizer.ggml.pre"), "{e}");
+}

@@ -33,11 +33,13 @@ pub struct DistillArgs {
     /// VALUE=WORD,...: the inputs carry labels (only for the accuracy report, never trained on).
     #[arg(long)]
     labels: Option<String>,
+    /// Field of a record that holds its label (with --labels).
     #[arg(long, default_value = "label")]
     label_field: String,
     /// Output folder (prompt folder + teacher.json, hard_prompt/, distill.json/.md, log, curve).
     #[arg(long, short)]
     out: Option<PathBuf>,
+    /// Virtual tokens of the distilled prompt (P).
     #[arg(long, default_value_t = 20)]
     virtual_tokens: usize,
     /// text (the hard prompt's first P tokens), vocab[:TOP], random[:R], text:TEXT, file:DIR.
@@ -55,21 +57,28 @@ pub struct DistillArgs {
     /// adamw or adafactor.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
+    /// Peak learning rate.
     #[arg(long, default_value_t = 0.03)]
     lr: f32,
     /// constant, linear or cosine (after warm-up).
     #[arg(long, default_value = "linear")]
     schedule: String,
+    /// Linear warm-up steps.
     #[arg(long, default_value_t = 10)]
     warmup: u64,
+    /// Optimizer steps.
     #[arg(long, default_value_t = 200)]
     steps: u64,
+    /// Inputs per step.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Micro-batches whose gradients are summed per step.
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
+    /// Clip the prompt gradient to this L2 norm (0 = no clipping).
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f32,
+    /// Seed of the data order, the init and sampled teacher continuations.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Held-out KL every N steps (0 = at the end only).
@@ -81,13 +90,16 @@ pub struct DistillArgs {
     /// Use at most N training inputs.
     #[arg(long)]
     train_limit: Option<usize>,
+    /// Write a checkpoint every N steps.
     #[arg(long, default_value_t = 50)]
     checkpoint_every: u64,
+    /// Checkpoints kept (older ones are removed).
     #[arg(long, default_value_t = 2)]
     keep_checkpoints: usize,
     /// Cut inputs to their last N tokens.
     #[arg(long, default_value_t = 256)]
     max_len: usize,
+    /// Held-out inputs per evaluation batch.
     #[arg(long, default_value_t = 16)]
     eval_batch_size: usize,
     /// Folder that relative data files are resolved against.

@@ -52,7 +52,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
                 "intermediate_size": c.intermediate_size,
                 "vocab_size": c.vocab_size,
                 "context": m.llama.max_positions(),
-                "rope_theta": c.rope_theta,
+                "rope": c.describe_rope(),
                 "tie_word_embeddings": c.tie_word_embeddings,
                 "fingerprint": m.fingerprint,
                 "tokenizer_fingerprint": m.tokenizer_fingerprint,

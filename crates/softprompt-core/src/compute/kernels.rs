@@ -419,16 +419,17 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// `inv_freq[half]` as transformers computes it (in f32), possibly rescaled.
-    pub fn new(inv_freq: Vec<f32>, max_pos: usize) -> Self {
+    /// `inv_freq[half]` as transformers computes it (in f32), possibly rescaled; cos and sin
+    /// are multiplied by `attention_factor` (yarn; 1 otherwise), as transformers does.
+    pub fn new(inv_freq: Vec<f32>, max_pos: usize, attention_factor: f32) -> Self {
         let half = inv_freq.len();
         let mut cos = vec![0.0; max_pos * half];
         let mut sin = vec![0.0; max_pos * half];
         for p in 0..max_pos {
             for (i, f) in inv_freq.iter().enumerate() {
                 let a = p as f32 * f;
-                cos[p * half + i] = a.cos();
-                sin[p * half + i] = a.sin();
+                cos[p * half + i] = a.cos() * attention_factor;
+                sin[p * half + i] = a.sin() * attention_factor;
             }
         }
         Rope {
@@ -781,7 +782,7 @@ mod tests {
 
     #[test]
     fn rope_inverse_undoes_forward() {
-        let rope = Rope::new(vec![1.0, 0.1, 0.01, 0.001], 16);
+        let rope = Rope::new(vec![1.0, 0.1, 0.01, 0.001], 16, 1.0);
         let orig: Vec<f32> = (0..3 * 2 * 8).map(|i| (i as f32).sin()).collect();
         let mut x = orig.clone();
         let pos = [0, 5, 15];

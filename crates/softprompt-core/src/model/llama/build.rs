@@ -1,74 +1,14 @@
 //! Building a [`Llama`] from weights under Hugging Face names (every shape checked), its
-//! RoPE tables, and random weights for tests.
+//! RoPE tables (from [`LlamaConfig::rope`]), and random weights for tests.
 
 use std::collections::HashMap;
 
 use super::{Act, Block, Dims, Llama};
 use crate::compute::kernels::Rope;
 use crate::compute::weight::{QMatrix, Weight};
+use crate::model::config::LayerKind;
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
-
-/// inv_freq as transformers computes it (f32), with `linear` / `llama3` scaling
-/// (`scaled = false`: the plain table of base `theta`, as Gemma 3's local layers use).
-fn rope_inv_freq(cfg: &LlamaConfig, hd: usize, theta: f64, scaled: bool) -> Result<Vec<f32>> {
-    let theta = theta as f32;
-    let mut inv: Vec<f32> = (0..hd / 2)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
-        .collect();
-    let Some(sc) = cfg.rope_scaling.as_ref().filter(|v| !v.is_null() && scaled) else {
-        return Ok(inv);
-    };
-    let kind = sc
-        .get("rope_type")
-        .or_else(|| sc.get("type"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("default");
-    let num = |k: &str| sc.get(k).and_then(|v| v.as_f64());
-    match kind {
-        "default" => {}
-        "linear" => {
-            let f = num("factor")
-                .ok_or_else(|| Error::unsupported("rope_scaling", "linear without factor"))?
-                as f32;
-            inv.iter_mut().for_each(|x| *x /= f);
-        }
-        "llama3" => {
-            let (Some(f), Some(lo), Some(hi), Some(old)) = (
-                num("factor"),
-                num("low_freq_factor"),
-                num("high_freq_factor"),
-                num("original_max_position_embeddings"),
-            ) else {
-                return Err(Error::unsupported(
-                    "rope_scaling",
-                    "llama3 scaling with missing fields",
-                ));
-            };
-            let (lo_wl, hi_wl) = (old / lo, old / hi);
-            for x in inv.iter_mut() {
-                let fr = *x as f64;
-                let wl = 2.0 * std::f64::consts::PI / fr;
-                let new = if wl < hi_wl {
-                    fr
-                } else if wl > lo_wl {
-                    fr / f
-                } else {
-                    let s = (old / wl - lo) / (hi - lo);
-                    (1.0 - s) * fr / f + s * fr
-                };
-                *x = new as f32;
-            }
-        }
-        other => {
-            return Err(Error::unsupported(
-                "rope_scaling",
-                format!("rope type '{other}'"),
-            ))
-        }
-    }
-    Ok(inv)
-}
 
 /// Largest RoPE table built up front; longer contexts are refused with a clear error.
 const MAX_ROPE_TABLE: usize = 32768;
@@ -86,6 +26,7 @@ impl Llama {
         mut quant: HashMap<String, QMatrix>,
         source: &str,
     ) -> Result<Self> {
+        cfg.check().map_err(|m| Error::unsupported(source, m))?;
         let hd = cfg.head_dim();
         let dims = Dims {
             d: cfg.hidden_size,
@@ -257,15 +198,14 @@ impl Llama {
             ));
         }
         let max_pos = cfg.max_position_embeddings.min(MAX_ROPE_TABLE);
-        let rope = Rope::new(
-            rope_inv_freq(&cfg, hd, cfg.rope_theta_global(), true)?,
-            max_pos,
-        );
+        let rope_of = |kind: LayerKind| -> Result<Rope> {
+            let spec = cfg.rope(kind).map_err(|m| Error::unsupported(source, m))?;
+            let (inv_freq, attention_factor) = spec.inv_freq(hd);
+            Ok(Rope::new(inv_freq, max_pos, attention_factor))
+        };
+        let rope = rope_of(LayerKind::Full)?;
         let rope_local = if blocks.iter().any(|b| b.local_rope) {
-            Some(Rope::new(
-                rope_inv_freq(&cfg, hd, cfg.rope_theta_local(), false)?,
-                max_pos,
-            ))
+            Some(rope_of(LayerKind::Sliding)?)
         } else {
             None
         };

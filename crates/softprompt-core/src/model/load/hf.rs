@@ -16,7 +16,7 @@ use safetensors::tensor::{Dtype, TensorView, View};
 use safetensors::SafeTensors;
 
 use super::LoadedWeights;
-use crate::model::LlamaConfig;
+use crate::model::{config, LlamaConfig};
 use crate::{Error, Result, Tensor};
 
 /// Model types whose config.json and weight names the Llama implementation understands.
@@ -177,12 +177,14 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
         }
     })?;
     let bytes = read_capped(&path, file, MAX_CONFIG_JSON_BYTES)?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
+    let mut value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
     let model_type = value
         .get("model_type")
         .and_then(|v| v.as_str())
-        .unwrap_or("");
+        .unwrap_or("")
+        .to_string();
+    let model_type = model_type.as_str();
     if model_type.is_empty() {
         return Err(Error::format(&path, "no \"model_type\" field"));
     }
@@ -195,8 +197,25 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
             ),
         ));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::format(&path, format!("not a usable {model_type} config: {e}")))
+    if let Some(obj) = value.as_object_mut() {
+        config::fill_transformers_defaults(obj);
+    }
+    let cfg: LlamaConfig = serde_json::from_value(value)
+        .map_err(|e| Error::format(&path, format!("not a usable {model_type} config: {e}")))?;
+    let unsupported = |msg: String| Error::unsupported(path.display().to_string(), msg);
+    if cfg.attention_bias && matches!(model_type, "llama" | "qwen3" | "gemma3_text") {
+        return Err(unsupported(
+            "attention_bias = true (transformers then puts a bias on o_proj too, which \
+             softprompt does not implement)"
+                .into(),
+        ));
+    }
+    let mut ignored = Vec::new();
+    cfg.check_noting(&mut ignored).map_err(unsupported)?;
+    for line in ignored {
+        tracing::warn!("{}: {line}", path.display());
+    }
+    Ok(cfg)
 }
 
 fn read_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
@@ -346,7 +365,7 @@ impl View for F32View<'_> {
     }
 }
 
-/// Save as a Hugging Face folder: `config.json` (with `"torch_dtype": "float32"`), f32
+/// Save as a Hugging Face folder: `config.json` ([`transformers_config`]), f32
 /// `model.safetensors` — or, when `max_shard_bytes` is given and the weights do not fit in one
 /// shard, `model-0000i-of-0000N.safetensors` plus `model.safetensors.index.json` — and
 /// `tokenizer.json`. `dir` must not exist or be an empty folder; it is written atomically.
@@ -405,17 +424,113 @@ pub fn save_hf_folder(
     result
 }
 
-fn write_folder(tmp: &Path, lw: &LoadedWeights, max_shard_bytes: Option<usize>) -> Result<()> {
-    // config.json
-    let mut cfg = serde_json::to_value(&lw.config)
-        .map_err(|e| Error::Input(format!("cannot serialize the model config: {e}")))?;
-    if let Some(obj) = cfg.as_object_mut() {
-        obj.retain(|_, v| !v.is_null());
-        obj.insert(
-            "torch_dtype".into(),
-            serde_json::Value::String("float32".into()),
-        );
+/// `config.json` as transformers 5.24 writes it for the model's architecture: the fields of
+/// its config class (`LlamaConfig`, `MistralConfig`, `Qwen2Config`, `Qwen3Config`,
+/// `Gemma3TextConfig`) with the types the class declares (its strict dataclass refuses a
+/// float where it declares an int, and the reverse), the RoPE in `rope_parameters`, and
+/// `"dtype": "float32"`. Values that change the computation are the ones softprompt uses, so
+/// transformers computes what softprompt does.
+pub fn transformers_config(c: &LlamaConfig) -> Result<serde_json::Value> {
+    use serde_json::{json, Value};
+    let bad = |m: String| Error::Input(format!("cannot export the model config: {m}"));
+    c.check().map_err(bad)?;
+    let gemma = c.is_gemma3();
+    let (model_type, class) = match c.model_type.as_str() {
+        "llama" => ("llama", "LlamaForCausalLM"),
+        "mistral" => ("mistral", "MistralForCausalLM"),
+        "qwen2" => ("qwen2", "Qwen2ForCausalLM"),
+        "qwen3" => ("qwen3", "Qwen3ForCausalLM"),
+        _ if gemma => ("gemma3_text", "Gemma3ForCausalLM"),
+        other => {
+            return Err(bad(format!(
+                "model_type \"{other}\" has no transformers writer"
+            )))
+        }
+    };
+    let eos = match &c.eos_token_id {
+        None => Value::Null,
+        Some(config::TokenIds::One(x)) => json!(x),
+        Some(config::TokenIds::Many(v)) => json!(v),
+    };
+    let window = c.sliding_window.filter(|&w| w > 0);
+    let layer_types: Vec<&str> = (0..c.num_hidden_layers)
+        .map(|l| match window.is_some() && c.is_sliding_layer(l) {
+            true => "sliding_attention",
+            false => "full_attention",
+        })
+        .collect();
+    let mut m = json!({
+        "architectures": [class],
+        "model_type": model_type,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_kv_heads(),
+        "head_dim": c.head_dim(),
+        "max_position_embeddings": c.max_position_embeddings,
+        "rms_norm_eps": c.rms_norm_eps,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": eos,
+        "pad_token_id": c.pad_token_id,
+        "rope_parameters": c.rope_parameters_v5().map_err(bad)?,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": true,
+        "dtype": "float32",
+    });
+    let extra = match model_type {
+        "llama" => json!({
+            "hidden_act": c.hidden_act,
+            "attention_bias": c.attention_bias,
+            "mlp_bias": false,
+            "pretraining_tp": 1,
+        }),
+        "mistral" => json!({ "hidden_act": c.hidden_act, "sliding_window": window }),
+        "qwen2" | "qwen3" => {
+            let on = c.use_sliding_window == Some(true) && window.is_some();
+            let mut q = json!({
+                "hidden_act": c.hidden_act,
+                "use_sliding_window": on,
+                "sliding_window": if on { window } else { None },
+                "max_window_layers": c.max_window_layers.unwrap_or(28),
+                "layer_types": layer_types,
+            });
+            if model_type == "qwen3" {
+                q["attention_bias"] = json!(c.attention_bias);
+            }
+            q
+        }
+        _ => {
+            let s = c.query_pre_attn_scalar.unwrap_or(c.head_dim() as f64);
+            if s.fract() != 0.0 || s <= 0.0 || s > u32::MAX as f64 {
+                return Err(bad(format!(
+                    "query_pre_attn_scalar = {s}: transformers' Gemma3TextConfig declares a \
+                     positive int"
+                )));
+            }
+            json!({
+                "hidden_activation": c.activation(),
+                "query_pre_attn_scalar": s as u64,
+                "sliding_window": window,
+                "layer_types": layer_types,
+                "final_logit_softcapping": null,
+                "attn_logit_softcapping": null,
+                "use_bidirectional_attention": false,
+                "attention_bias": false,
+            })
+        }
+    };
+    if let (Some(m), Value::Object(x)) = (m.as_object_mut(), extra) {
+        m.extend(x);
     }
+    Ok(m)
+}
+
+fn write_folder(tmp: &Path, lw: &LoadedWeights, max_shard_bytes: Option<usize>) -> Result<()> {
+    let cfg = transformers_config(&lw.config)?;
     let cfg_path = tmp.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&cfg)
         .map_err(|e| Error::Input(format!("cannot serialize the model config: {e}")))?;

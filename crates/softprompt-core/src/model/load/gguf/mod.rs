@@ -211,17 +211,39 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
     let gemma = arch == "gemma3";
     let sliding_window = g.opt_usize(&key("attention.sliding_window"))?;
     let act = if gemma { "gelu_pytorch_tanh" } else { "silu" };
+    // `{arch}.attention.sliding_window_pattern`: every n-th layer global, or one bool per
+    // layer (true = sliding); llama.cpp's Gemma 3 default is every 6th.
+    let pattern_key = key("attention.sliding_window_pattern");
+    let sliding: Vec<bool> = match g.get(&pattern_key) {
+        None => (0..n_layers)
+            .map(|l| (l + 1) % GEMMA3_SLIDING_PATTERN != 0)
+            .collect(),
+        Some(GgufValue::Array(GgufArray::Bool(v))) if v.len() == n_layers => v.clone(),
+        Some(_) => match g.opt_usize(&pattern_key) {
+            Ok(Some(n)) if n > 0 => (0..n_layers).map(|l| (l + 1) % n != 0).collect(),
+            _ => {
+                return Err(err(format!(
+                    "{pattern_key} must be a positive integer or {n_layers} booleans"
+                )))
+            }
+        },
+    };
     let layer_types = (gemma && sliding_window.is_some()).then(|| {
-        (0..n_layers)
-            .map(|l| {
-                if (l + 1) % GEMMA3_SLIDING_PATTERN == 0 {
-                    "full_attention".to_string()
-                } else {
+        sliding
+            .iter()
+            .map(|&s| {
+                if s {
                     "sliding_attention".to_string()
+                } else {
+                    "full_attention".to_string()
                 }
             })
             .collect()
     });
+    let local_base = match g.opt_f32(&key("rope.freq_base_swa"))? {
+        Some(b) => f32_decimal(b),
+        None => GEMMA3_LOCAL_ROPE_BASE,
+    };
     for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
         if let Some(v) = g.opt_f32(&key(k))? {
             if v != 0.0 {
@@ -258,12 +280,19 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
         // llama.cpp: 1/sqrt(head_dim) for every Gemma 3 size but 27B (which transformers'
         // config spells as query_pre_attn_scalar = hidden/heads).
         query_pre_attn_scalar: gemma.then_some(head_dim as f64),
-        rope_local_base_freq: gemma.then_some(GEMMA3_LOCAL_ROPE_BASE),
+        rope_local_base_freq: gemma.then_some(local_base),
         layer_types,
         sliding_window_pattern: None,
         final_logit_softcapping: None,
         attn_logit_softcapping: None,
         rope_parameters: None,
+        original_max_position_embeddings: None,
+        partial_rotary_factor: None,
+        use_sliding_window: None,
+        max_window_layers: None,
+        mlp_bias: None,
+        use_bidirectional_attention: None,
+        attention_dropout: None,
     })
 }
 
@@ -275,23 +304,63 @@ fn rope_scaling(
     theta: f64,
 ) -> Result<Option<serde_json::Value>> {
     let what = || g.path().display().to_string();
-    let ty = g.opt_str(&format!("{arch}.rope.scaling.type"))?;
-    let factor = g.opt_f32(&format!("{arch}.rope.scaling.factor"))?;
+    let k = |s: &str| format!("{arch}.rope.scaling.{s}");
+    let ty = g.opt_str(&k("type"))?;
+    let factor = g.opt_f32(&k("factor"))?;
+    // llama.cpp settings with no transformers counterpart: refused unless neutral.
+    for (name, neutral) in [
+        ("attn_factor", 1.0),
+        ("yarn_log_multiplier", 0.0),
+        ("yarn_ext_factor", 1.0),
+        ("yarn_attn_factor", 1.0),
+        ("yarn_beta_fast", 32.0),
+        ("yarn_beta_slow", 1.0),
+        ("alpha", 1.0),
+    ] {
+        if let Some(v) = g.opt_f32(&k(name))? {
+            if v != neutral && ty != Some("none") && ty.is_some() {
+                return Err(Error::unsupported(
+                    what(),
+                    format!("{} = {v} (only {neutral} is implemented)", k(name)),
+                ));
+            }
+        }
+    }
     let from_meta = match (ty, factor) {
         (None | Some("none"), _) => None,
         (Some("linear"), Some(f)) if f > 0.0 => Some(
             serde_json::json!({"type": "linear", "rope_type": "linear", "factor": f32_decimal(f)}),
         ),
-        (Some("linear"), _) => {
+        (Some("yarn"), Some(f)) if f > 0.0 => {
+            let orig = g.opt_usize(&k("original_context_length"))?.ok_or_else(|| {
+                Error::format(
+                    g.path(),
+                    format!(
+                        "{} is yarn without {}",
+                        k("type"),
+                        k("original_context_length")
+                    ),
+                )
+            })?;
+            Some(serde_json::json!({
+                "rope_type": "yarn",
+                "factor": f32_decimal(f),
+                "original_max_position_embeddings": orig,
+            }))
+        }
+        (Some(t @ ("linear" | "yarn")), _) => {
             return Err(Error::format(
                 g.path(),
-                format!("{arch}.rope.scaling.type is linear without a positive factor"),
+                format!("{} is {t} without a positive {}", k("type"), k("factor")),
             ))
         }
         (Some(t), _) => {
             return Err(Error::unsupported(
                 what(),
-                format!("RoPE scaling type {t:?}"),
+                format!(
+                    "{} = {t:?} (softprompt implements none, linear and yarn)",
+                    k("type")
+                ),
             ))
         }
     };

@@ -8,7 +8,11 @@
 //! | `smollm`, `starcoder`, `refact` | Sequence[Digits(individual), ByteLevel(prefix=false, regex=true)] |
 //! | `qwen2` | Sequence[Split(Qwen2 regex, isolated), ByteLevel(regex=false)] |
 //! | `llama-bpe`, `llama3` | Sequence[Split(Llama 3 regex, isolated), ByteLevel(regex=false)], BPE `ignore_merges` |
-//! | `gpt2`, `default`, missing, anything else | ByteLevel(prefix=false, regex=true) (the GPT-2 split) |
+//! | `gpt-2`, `gpt2` | ByteLevel(prefix=false, regex=true) (the GPT-2 split) |
+//!
+//! Any other value, `default` or a missing key is refused ([`KNOWN_PRE`]): each llama.cpp
+//! pre-tokenizer has its own split (e.g. `tekken`, `deepseek-r1-qwen`), and splitting its text
+//! like GPT-2 would give other ids than the model was trained on, silently.
 //!
 //! Decoder: ByteLevel. Tokens of type 3 (control) become special added tokens and type 4
 //! (user-defined) plain added tokens, so neither is ever split by BPE. No special token is
@@ -36,6 +40,18 @@ use crate::{Error, Result};
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2 pre-tokenizer split (single digits), as in its tokenizer.json.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The `tokenizer.ggml.pre` values of byte-level BPE vocabularies this module rebuilds.
+pub const KNOWN_PRE: [&str; 8] = [
+    "smollm",
+    "starcoder",
+    "refact",
+    "qwen2",
+    "llama-bpe",
+    "llama3",
+    "gpt-2",
+    "gpt2",
+];
 
 /// GGUF token types (llama.cpp `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -72,7 +88,22 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
             ))
         }
     }
-    let pre = gguf.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
+    let pre = gguf.opt_str("tokenizer.ggml.pre")?.unwrap_or("");
+    if !KNOWN_PRE.contains(&pre) {
+        let what = if pre.is_empty() {
+            "no tokenizer.ggml.pre (a GGUF converted before llama.cpp recorded it: convert it again)"
+                .to_string()
+        } else {
+            format!("tokenizer.ggml.pre = {pre:?}")
+        };
+        return Err(Error::unsupported(
+            path.display().to_string(),
+            format!(
+                "{what}; softprompt knows the byte-level BPE pre-tokenizers {}",
+                KNOWN_PRE.join(", ")
+            ),
+        ));
+    }
     let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
     let merges = gguf.get_str_array("tokenizer.ggml.merges")?;
     if tokens.len() > u32::MAX as usize {
