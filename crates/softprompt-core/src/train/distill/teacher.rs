@@ -197,7 +197,7 @@ pub(super) fn clip_input(mut ids: Vec<u32>, max_len: usize, prefix: &[u32]) -> V
 
 /// The teacher data: from `OUT/teacher.json` when its key matches, else generated and saved.
 /// Returns (train, held-out, loaded from the cache, seconds spent).
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(super) fn teacher_data(
     model: &FrozenModel,
     cfg: &TrainConfig,
