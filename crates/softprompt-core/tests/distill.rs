@@ -14,7 +14,9 @@ use softprompt_core::model::input::PromptRef;
 use softprompt_core::model::llama::{random_weights, Llama};
 use softprompt_core::model::LlamaConfig;
 use softprompt_core::prompt::SoftPrompt;
-use softprompt_core::train::distill::{self, kl_batch, top_k_dist, DistillConfig, TeacherExample};
+use softprompt_core::train::distill::kl::kl_batch;
+use softprompt_core::train::distill::teacher::{top_k_dist, TeacherExample};
+use softprompt_core::train::distill::{self, DistillConfig};
 use softprompt_core::train::{trainer::StepLog, Init, Observer, Quiet};
 
 fn tiny(model_type: &str, tie: bool, extra: serde_json::Value) -> Llama {

@@ -39,7 +39,7 @@ fn py_err(context: Option<&str>, e: Error) -> PyErr {
             PyFileNotFoundError::new_err(msg)
         }
         Error::Io { .. } => PyOSError::new_err(msg),
-        Error::Input(_) | Error::Mismatch(_) => PyValueError::new_err(msg),
+        Error::Input(_) | Error::Mismatch(_) | Error::Setting { .. } => PyValueError::new_err(msg),
         _ => SoftpromptError::new_err(msg),
     }
 }

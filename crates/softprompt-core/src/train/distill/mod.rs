@@ -1,0 +1,395 @@
+//! Prompt (context) distillation: a long hard prompt into a few virtual tokens, without labels.
+//!
+//! - **Teacher**: the frozen model with the hard prompt before each input. The hard prompt is
+//!   tokenized on its own, as a model input (`<bos>` first for Gemma), and the input after it
+//!   as a continuation (no second `<bos>`): `encode_input(hard) ++ encode(input)`. This is
+//!   exactly what a server caching the hard prompt as a prefix computes; end the hard prompt
+//!   with the separator you would type before the input (a newline).
+//! - **Student**: the same model with a `P`-row soft prompt and no hard prompt:
+//!   `[P soft rows] ++ encode_input(input)` (the usual layout of a prompt folder).
+//! - **Teacher data**, made once: for each input, `--teacher-tokens N` continuation tokens
+//!   (greedy, or sampled with the run's seed at `temperature` for training inputs; held-out
+//!   inputs are always greedy), stopping after an end-of-sequence token. At each of those
+//!   positions the teacher's next-token distribution is kept as its `k` most probable tokens
+//!   and the remaining mass as one bucket. A full distribution is V floats (49,152 for
+//!   SmolLM2, 262,144 for Gemma 3): 200 KB to 1 MB per position, gigabytes for hundreds of
+//!   inputs; the top 32 hold nearly all of the mass, and with the rest as a (k+1)-th outcome
+//!   the target is still a distribution, so the loss below stays a proper divergence (zero
+//!   exactly when the student's bucketed distribution equals the teacher's). The hard prompt's
+//!   keys and values are computed once and copied for every input.
+//!   Cached in `OUT/teacher.json` (atomic write) with a key of everything it depends on
+//!   (hard prompt sha256, model and tokenizer fingerprints, the inputs, N, k, temperature,
+//!   seed): a rerun or `--resume` with the same key reuses it and never runs the long prompt.
+//! - **Loss**, per continuation position t with teacher buckets p (top-k ids K, rest
+//!   `p_r = 1 - sum_K p_i`) and student probabilities q = softmax(z):
+//!   `KL_t = sum_{i in K} p_i (ln p_i - ln q_i) + p_r (ln p_r - ln q_r)`, `q_r = 1 - sum_K q_i`
+//!   computed in log space as `logsumexp(z_j, j not in K) - logsumexp(z)`; `0 ln 0 = 0`.
+//!   The loss is the mean of `KL_t` over the batch's positions. Its gradient w.r.t. the
+//!   student's logits (with `sum_K p_i + p_r = 1`):
+//!   `dKL_t/dz_j = q_j - p_j` for j in K, `(q_j / q_r) (q_r - p_r)` for j not in K,
+//!   computed as `exp(z_j - lse_rest) (q_r - p_r)` so nothing overflows when `q_r` is tiny. It
+//!   flows back through the output projection and the model's input-gradient backward to
+//!   d loss / d prompt, as the LM loss head's `softmax - onehot` does.
+//! - **Training** is the trainer's loop ([`super::trainer::train_objective`]): schedules,
+//!   checkpoints, exact resume, `train_log.jsonl`, `curve.png`; validation is the held-out
+//!   inputs' mean KL (metric `neg_kl`, higher is better) every `eval_every` steps.
+//! - **Init** (the CLI's default): the hard prompt's text, i.e. its first P tokens (repeated
+//!   when it has fewer), as `--init text:` does.
+//! - **Evaluation** on held-out inputs: greedy exact match of the student's continuation with
+//!   the teacher's (and of the bare model's), teacher-forced token agreement (student argmax
+//!   = teacher token), mean KL; with labels, rank-classification accuracy of the hard prompt,
+//!   the soft prompt and no prompt. Written to `OUT/distill.json` and `OUT/distill.md`.
+//! - `OUT/hard_prompt/` is a prompt folder holding the hard prompt's input embeddings
+//!   (`encode_input(hard)`, scaled as the model scales them), for serving the hard prompt as
+//!   a cached prefix beside the distilled prompt.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+pub mod kl;
+pub mod markdown;
+pub mod teacher;
+
+use self::kl::{agreement, DistillObjective};
+use self::markdown::report_markdown;
+use self::teacher::teacher_data;
+use super::eval::{self, EvalReport, Tokenized};
+use super::trainer::{self, Objective, Observer, TrainConfig, TrainSummary};
+use crate::compute::kernels;
+use crate::data::{self, Items, TaskKind, TaskSpec};
+use crate::fsio::atomic_write;
+use crate::infer::objective::{BatchResult, ClassExample};
+use crate::infer::{self, Sampling};
+use crate::model::input::{PromptRef, SeqInput};
+use crate::model::llama::{self, KvCache, Llama};
+use crate::model::FrozenModel;
+use crate::prompt::{self, SoftPrompt};
+use crate::{Error, Result};
+
+/// Teacher settings of a distillation run (the student's are the [`TrainConfig`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DistillConfig {
+    /// The hard prompt's text.
+    pub hard_prompt: String,
+    /// Continuation tokens generated by the teacher per input.
+    pub teacher_tokens: usize,
+    /// Teacher probabilities kept per position (plus the rest's mass).
+    pub top_k: usize,
+    /// 0: greedy teacher continuations; > 0: sampled (training inputs) with the run's seed.
+    pub temperature: f32,
+    /// Without a validation file: the last `holdout` inputs are held out for evaluation.
+    pub holdout: usize,
+    /// How a record becomes the input text (e.g. `Review: {sentence}\nSentiment:`); plain
+    /// text files (`.txt`, one input per line) fill `{text}`.
+    pub template: String,
+    /// `VALUE=WORD,...`: the inputs carry labels (in `label_field`), reported as task accuracy
+    /// of the hard prompt, the soft prompt and no prompt. Never used for training.
+    pub labels: Option<String>,
+    pub label_field: String,
+}
+
+/// Greedy agreement of a prompt (or none) with the teacher on held-out inputs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Agreement {
+    /// Fraction of inputs whose greedy continuation equals the teacher's, token for token.
+    pub exact_match: f64,
+    /// Fraction of teacher positions where the argmax (teacher-forced) is the teacher's token.
+    pub token_agreement: f64,
+    /// Mean KL(teacher || model) per position over the k+1 buckets.
+    pub mean_kl: f64,
+}
+
+/// Rank-classification accuracy of the hard prompt, the soft prompt and no prompt.
+#[derive(Clone, Debug, Serialize)]
+pub struct Accuracy {
+    pub n: usize,
+    pub hard_prompt: f64,
+    pub soft_prompt: f64,
+    pub no_prompt: f64,
+}
+
+/// `OUT/distill.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DistillReport {
+    pub model: String,
+    pub hard_prompt_sha256: String,
+    /// Tokens of `encode_input(hard prompt)`.
+    pub hard_prompt_tokens: usize,
+    pub virtual_tokens: usize,
+    /// Prompt positions per request: hard prompt tokens / virtual tokens.
+    pub prompt_length_ratio: f64,
+    /// Mean tokens per request over the held-out inputs (prompt + input).
+    pub tokens_per_request_hard: f64,
+    pub tokens_per_request_soft: f64,
+    pub teacher_tokens: usize,
+    pub top_k: usize,
+    pub train_inputs: usize,
+    pub heldout_inputs: usize,
+    pub student: Agreement,
+    pub no_prompt: Agreement,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<Accuracy>,
+    pub steps: u64,
+    pub train_seconds: f64,
+    pub teacher_seconds: f64,
+    /// The teacher data came from `teacher.json`.
+    pub teacher_cached: bool,
+}
+
+/// SHA-256 of the hard prompt's UTF-8 bytes, hex.
+pub fn sha256_hex(text: &str) -> String {
+    format!("{:x}", Sha256::digest(text.as_bytes()))
+}
+
+/// The task the distilled prompt is saved with: classification when labels are given
+/// (so `classify` works with it), else generation with the input template.
+pub fn task_spec(dc: &DistillConfig) -> Result<TaskSpec> {
+    match &dc.labels {
+        Some(l) => {
+            let mut s = TaskSpec::from_flags(&dc.template, l, &dc.label_field)?;
+            s.name = "distill".into();
+            s.description = "prompt distillation inputs (labels only evaluate)".into();
+            Ok(s)
+        }
+        None => {
+            let s = TaskSpec {
+                name: "distill".into(),
+                description: "prompt distillation inputs".into(),
+                kind: TaskKind::Generation {
+                    template: data::spec::unescape_flag(&dc.template),
+                    target: " {target}".into(),
+                    alt_templates: Vec::new(),
+                },
+                train: None,
+                validation: None,
+                test: None,
+            };
+            s.validate().map_err(Error::Input)?;
+            Ok(s)
+        }
+    }
+}
+
+/// Input texts of a file, and the classification items when the task has labels.
+fn read_inputs(
+    file: &str,
+    cfg: &TrainConfig,
+) -> Result<(Vec<String>, Option<Vec<data::ClassItem>>)> {
+    let (records, name) = if file.ends_with(".txt") {
+        let path = data::resolve_data_file(file, cfg.data_root.as_deref())?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let recs = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                let mut fields = serde_json::Map::new();
+                fields.insert("text".into(), json!(l));
+                data::Record {
+                    line: i + 1,
+                    fields,
+                }
+            })
+            .collect();
+        (recs, path.display().to_string())
+    } else {
+        let (r, _, name) = data::load_split(file, cfg.data_root.as_deref(), cfg.skip_bad_rows)?;
+        (r, name)
+    };
+    let (items, _) = data::prepare(&cfg.task, &records, Path::new(&name), cfg.skip_bad_rows)?;
+    let out: (Vec<String>, _) = match items {
+        Items::Class(v) => (v.iter().map(|i| i.text.clone()).collect(), Some(v)),
+        Items::Gen(v) => (v.into_iter().map(|i| i.input).collect(), None),
+    };
+    if out.0.is_empty() {
+        return Err(Error::Input(format!("{name}: no inputs")));
+    }
+    Ok(out)
+}
+
+/// Tokenized classification items: with the student's input ids, or the teacher's (no
+/// tokenizer prefix: the hard prompt rows come first).
+fn class_examples(
+    model: &FrozenModel,
+    items: &[data::ClassItem],
+    max_len: usize,
+    teacher: bool,
+) -> Result<Vec<ClassExample>> {
+    let Tokenized::Class(mut v) = eval::tokenize(model, &Items::Class(items.to_vec()), max_len)?
+    else {
+        return Err(Error::Input(
+            "labelled inputs are not a classification task".into(),
+        ));
+    };
+    if teacher {
+        let prefix = model.input_prefix()?;
+        for e in &mut v {
+            if e.ids.starts_with(&prefix) {
+                e.ids.drain(..prefix.len());
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// Distill `dc.hard_prompt` into `cfg.num_virtual_tokens` virtual tokens on the inputs of
+/// `cfg.train_file` (held out: `cfg.validation_file`, cut to `eval_limit`, or the last
+/// `dc.holdout` inputs), then evaluate (not when interrupted: the report is None). Writes the prompt folder, `teacher.json`,
+/// `hard_prompt/`, `distill.json` and `distill.md` into `out`.
+pub fn distill(
+    model: &FrozenModel,
+    cfg: &TrainConfig,
+    dc: &DistillConfig,
+    out: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+) -> Result<(TrainSummary, Option<DistillReport>)> {
+    if dc.teacher_tokens == 0 || dc.top_k == 0 {
+        return Err(Error::Input(
+            "--teacher-tokens and --top-k must be at least 1".into(),
+        ));
+    }
+    if !(dc.temperature >= 0.0 && dc.temperature.is_finite()) {
+        return Err(Error::Input(format!(
+            "--temperature must be >= 0, got {}",
+            dc.temperature
+        )));
+    }
+    let hard = model.encode_input(&dc.hard_prompt)?;
+    if hard.is_empty() || dc.hard_prompt.trim().is_empty() {
+        return Err(Error::Input("the hard prompt is empty".into()));
+    }
+    let ckpt_dir = out.join("checkpoints");
+    if !resume && std::fs::read_dir(&ckpt_dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(Error::Input(format!(
+            "{} holds checkpoints of an earlier run: continue it with --resume, or choose another --out",
+            ckpt_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+
+    let (mut texts, mut items) = read_inputs(&cfg.train_file, cfg)?;
+    let (mut val_texts, mut val_items) = match &cfg.validation_file {
+        Some(f) => read_inputs(f, cfg)?,
+        None => {
+            let n = dc.holdout.min(texts.len().saturating_sub(1));
+            let cut = texts.len() - n;
+            let items_val = items.as_mut().map(|v| v.split_off(cut));
+            (texts.split_off(cut), items_val)
+        }
+    };
+    if let Some(n) = cfg.train_limit {
+        texts.truncate(n);
+        if let Some(v) = items.as_mut() {
+            v.truncate(n);
+        }
+    }
+    if let Some(n) = cfg.eval_limit {
+        val_texts.truncate(n);
+        if let Some(v) = val_items.as_mut() {
+            v.truncate(n);
+        }
+    }
+    let (train, heldout, cached, teacher_secs) =
+        teacher_data(model, cfg, dc, &hard, (&texts, &val_texts), out, stop, obs)?;
+
+    // The hard prompt as a prompt folder (its input embeddings), for serving it as a prefix.
+    let mut hp = SoftPrompt::for_model(model, prompt::init::from_tokens(model, &hard)?);
+    if let Some(meta) = hp.meta.as_mut() {
+        meta.training = Some(json!({
+            "hard_prompt": {"sha256": sha256_hex(&dc.hard_prompt), "tokens": hard.len()}
+        }));
+        meta.task = serde_json::to_value(&cfg.task).ok();
+    }
+    hp.save(&out.join("hard_prompt"))?;
+
+    let obj = DistillObjective {
+        cfg,
+        dc,
+        hard_tokens: hard.len(),
+        train,
+        heldout,
+    };
+    let summary = trainer::train_objective(model, cfg, &obj, out, resume, stop, obs)?;
+    if summary.interrupted {
+        return Ok((summary, None));
+    }
+
+    obs.on_message("evaluating on the held-out inputs");
+    let soft = SoftPrompt::load_for(model, out, false)?;
+    let bs = cfg.eval_batch_size;
+    let student = agreement(model, Some(soft.view()?), &obj.heldout, bs)?;
+    let no_prompt = agreement(model, None, &obj.heldout, bs)?;
+    let accuracy = match &val_items {
+        Some(v) if v.iter().any(|i| i.label.is_some()) => {
+            let acc = |prompt: Option<PromptRef>, ex: Vec<ClassExample>| -> Result<(f64, usize)> {
+                let r = eval::evaluate(model, prompt, &Tokenized::Class(ex), bs, cfg.length_norm)?;
+                Ok((r.value, r.n))
+            };
+            let hard_rows = prompt::init::from_tokens(model, &hard)?;
+            let (h, n) = acc(
+                Some(PromptRef::from_tensor(&hard_rows)?),
+                class_examples(model, v, cfg.max_len, true)?,
+            )?;
+            let student_ex = class_examples(model, v, cfg.max_len, false)?;
+            let (s, _) = acc(Some(soft.view()?), student_ex.clone())?;
+            let (b, _) = acc(None, student_ex)?;
+            Some(Accuracy {
+                n,
+                hard_prompt: h,
+                soft_prompt: s,
+                no_prompt: b,
+            })
+        }
+        _ => None,
+    };
+    let mean_in = obj.heldout.iter().map(|e| e.ids.len()).sum::<usize>() as f64
+        / obj.heldout.len().max(1) as f64;
+    let prefix_len = model.input_prefix()?.len() as f64;
+    let p = cfg.num_virtual_tokens;
+    let report = DistillReport {
+        model: model.source.clone(),
+        hard_prompt_sha256: sha256_hex(&dc.hard_prompt),
+        hard_prompt_tokens: hard.len(),
+        virtual_tokens: p,
+        prompt_length_ratio: hard.len() as f64 / p as f64,
+        tokens_per_request_hard: hard.len() as f64 + mean_in - prefix_len,
+        tokens_per_request_soft: p as f64 + mean_in,
+        teacher_tokens: dc.teacher_tokens,
+        top_k: dc.top_k,
+        train_inputs: obj.train.len(),
+        heldout_inputs: obj.heldout.len(),
+        student,
+        no_prompt,
+        accuracy,
+        steps: summary.steps_done,
+        train_seconds: summary.seconds,
+        teacher_seconds: teacher_secs,
+        teacher_cached: cached,
+    };
+    let j = serde_json::to_vec_pretty(&report).map_err(|e| Error::Input(e.to_string()))?;
+    atomic_write(&out.join("distill.json"), &j)?;
+    atomic_write(&out.join("distill.md"), report_markdown(&report).as_bytes())?;
+    Ok((summary, Some(report)))
+}
+
+/// The default output folder of a distillation: `runs/distill`, `-2`, ... (with `resume`
+/// the first).
+pub fn default_out(resume: bool) -> PathBuf {
+    let base = PathBuf::from("runs").join("distill");
+    if resume {
+        return base;
+    }
+    std::iter::once(base.clone())
+        .chain((2..).map(|i| PathBuf::from("runs").join(format!("distill-{i}"))))
+        .find(|p| !p.exists())
+        .unwrap_or(base)
+}
