@@ -25,6 +25,9 @@ pub struct ServeConfig {
     pub max_prompts: usize,
     /// Per-request deadline.
     pub timeout: Duration,
+    /// Playground uploads: largest file (bytes) and most rows.
+    pub max_upload_bytes: usize,
+    pub max_upload_rows: usize,
 }
 
 impl Default for ServeConfig {
@@ -41,6 +44,8 @@ impl Default for ServeConfig {
             max_body_bytes: 1 << 20,
             max_prompts: 1000,
             timeout: Duration::from_secs(120),
+            max_upload_bytes: 8 << 20,
+            max_upload_rows: 50_000,
         }
     }
 }

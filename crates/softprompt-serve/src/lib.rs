@@ -6,7 +6,7 @@
 //! /v1/chat/completions` (the model's chat template), `GET /v1/models`, `POST /v1/classify`
 //! (rank over the label words the prompt was trained with), `GET /health`, `GET /metrics`
 //! (Prometheus), and the admin API `GET/POST /admin/prompts`, `DELETE /admin/prompts/{name}`
-//! (bearer key). Every request gets one access-log line (`tracing`, target
+//! (bearer key), and the browser playground at `/` (`playground`). Every request gets one access-log line (`tracing`, target
 //! `softprompt_serve::access`).
 //!
 //! Modules: `router` (routes, access log), one per endpoint group (`completions` with its SSE
@@ -24,6 +24,7 @@ pub mod error;
 mod health;
 pub mod loadtest;
 mod metrics;
+mod playground;
 pub mod registry;
 mod router;
 mod state;
@@ -92,6 +93,7 @@ impl Server {
             in_flight: Arc::new(AtomicUsize::new(0)),
             next_id: AtomicU64::new(1),
             metrics: Metrics::default(),
+            jobs: Default::default(),
         });
         Ok((Server { state, listener }, failed))
     }

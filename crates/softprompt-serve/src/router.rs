@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use crate::error::ServeError;
 use crate::metrics::Metrics;
 use crate::state::AppState;
-use crate::{admin, chat, classify, completions, health, metrics};
+use crate::{admin, chat, classify, completions, health, metrics, playground};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.max_body_bytes;
@@ -31,6 +31,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/classify", post(classify::classify))
         .route("/admin/prompts", get(admin::list).post(admin::load))
         .route("/admin/prompts/{name}", delete(admin::unload))
+        .merge(playground::routes(&state))
         .fallback(|| async { ServeError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), access_log))

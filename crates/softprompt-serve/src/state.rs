@@ -28,6 +28,8 @@ pub struct AppState {
     pub in_flight: Arc<AtomicUsize>,
     pub next_id: AtomicU64,
     pub metrics: Metrics,
+    /// Playground training jobs.
+    pub jobs: crate::playground::jobs::Jobs,
 }
 
 pub type St = State<Arc<AppState>>;

@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// Per-request deadline in seconds (504 after it; a stream ends with finish_reason "timeout").
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
+    /// Largest file (bytes) the playground at `/` accepts for training.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_upload_bytes: usize,
+    /// Most rows of a file the playground accepts for training.
+    #[arg(long, default_value_t = 50_000)]
+    max_upload_rows: usize,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -87,6 +93,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         max_prompts: a.max_prompts,
         timeout: Duration::from_secs(a.timeout_s),
+        max_upload_bytes: a.max_upload_bytes,
+        max_upload_rows: a.max_upload_rows,
     };
     softprompt_serve::serve_blocking(cfg, model, |addr, n, failed| {
         for (name, e) in failed {
@@ -95,6 +103,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         eprintln!("softprompt serve: {n} prompts loaded");
         // Tests and scripts read this line for the address.
         eprintln!("softprompt serve: listening on http://{addr}");
+        eprintln!("softprompt serve: playground at http://{addr}/");
     })?;
     tracing::info!("stopped");
     Ok(())
