@@ -405,15 +405,15 @@ async function inspectPrompt() {
     rowm("base model", meta.base_model || "–");
     rowm("model fingerprint", `${meta.model_fingerprint || "–"} (${r.fingerprint_matches === false ? "DIFFERS from the served model" : r.fingerprint_matches ? "matches the served model" : "not recorded"})`);
     rowm("created", `${meta.created_at || "–"} by ${meta.created_by || "–"}`);
-    rowm("task", meta.task ? JSON.stringify(meta.task, null, 1) : "–");
-    rowm("metrics", meta.metrics ? JSON.stringify(meta.metrics, null, 1) : "–");
+    rowm("task", meta.task ? JSON.stringify(meta.task) : "–");
+    rowm("metrics", meta.metrics ? JSON.stringify(meta.metrics) : "–");
     rowm("nearest hard prompt", ins.hard_prompt.text);
     const e = ins.embedding_norms;
     rowm("token embedding norms", `min ${fmt(e.min)} · median ${fmt(e.median)} · p95 ${fmt(e.p95)} · max ${fmt(e.max)}`);
     if (ins.notes.length) rowm("notes", ins.notes.join("\n"));
-    const parts = [el("h3", { text: `${name}: ${ins.num_virtual_tokens} virtual tokens × ${ins.hidden_size}` }), dl,
-      el("h3", { text: "Nearest tokens, norms and drift" }), t,
-      el("h3", { text: "Cosine similarity between the prompt's vectors" }), heatmap(ins.prompt_similarity)];
+    const parts = [el("h3", { text: `${name}: ${ins.num_virtual_tokens} virtual tokens × ${ins.hidden_size}; nearest tokens, norms and drift` }), t,
+      el("h3", { text: "Cosine similarity between the prompt's vectors" }), heatmap(ins.prompt_similarity),
+      el("h3", { text: "Metadata" }), dl];
     parts.push(el("h3", { text: "Compare report" }), r.compare ? el("pre", { text: r.compare }) : el("p", { class: "muted", text: "none (run softprompt compare --out into the prompt's folder)" }));
     out.replaceChildren(...parts);
   } catch (e) {

@@ -79,7 +79,11 @@ impl Job {
         Job {
             id,
             name,
-            kind: if distill.is_some() { "distill" } else { "train" },
+            kind: if distill.is_some() {
+                "distill"
+            } else {
+                "train"
+            },
             cfg,
             distill,
             dir,
@@ -152,9 +156,10 @@ impl Jobs {
 
     /// A name taken by a job that is queued or running.
     pub fn name_pending(&self, name: &str) -> bool {
-        self.lock().all.iter().any(|j| {
-            j.name == name && matches!(j.lock().status, Status::Queued | Status::Running)
-        })
+        self.lock()
+            .all
+            .iter()
+            .any(|j| j.name == name && matches!(j.lock().status, Status::Queued | Status::Running))
     }
 
     /// Queue `job`; start the worker if none runs.
@@ -164,9 +169,11 @@ impl Jobs {
         g.all.push(job);
         // Forget the oldest finished jobs beyond KEEP_JOBS.
         while g.all.len() > KEEP_JOBS {
-            let Some(i) = g.all.iter().position(|j| {
-                !matches!(j.lock().status, Status::Queued | Status::Running)
-            }) else {
+            let Some(i) = g
+                .all
+                .iter()
+                .position(|j| !matches!(j.lock().status, Status::Queued | Status::Running))
+            else {
                 break;
             };
             let old = g.all.remove(i);
@@ -313,7 +320,9 @@ impl Observer for Watch<'_> {
     }
 
     fn on_message(&mut self, msg: &str) {
-        self.job.lock().messages.push(msg.to_string());
+        // The page sees the job's files by their own names, not the server's folders.
+        let dir = format!("{}/", self.job.dir.display());
+        self.job.lock().messages.push(msg.replace(&dir, ""));
     }
 }
 

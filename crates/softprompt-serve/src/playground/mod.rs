@@ -57,7 +57,10 @@ pub fn routes(state: &AppState) -> Router<Arc<AppState>> {
         .route("/playground/app.js", get(app_js))
         .route("/playground/style.css", get(style_css))
         .route("/playground/api/info", get(info))
-        .route("/playground/api/preview", post(preview).layer(upload.clone()))
+        .route(
+            "/playground/api/preview",
+            post(preview).layer(upload.clone()),
+        )
         .route(
             "/playground/api/jobs",
             post(submit).get(list_jobs).layer(upload),
@@ -294,8 +297,8 @@ fn preview_blocking(s: &AppState, b: &TrainBody) -> Result<Value, ServeError> {
             .train
             .clone()
             .ok_or_else(|| invalid(format!("task {} has no data: upload a file", spec.name)))?;
-        let (r, _, name) = data::load_split(&file, None, b.skip_bad_rows)
-            .map_err(|e| invalid(e.to_string()))?;
+        let (r, _, name) =
+            data::load_split(&file, None, b.skip_bad_rows).map_err(|e| invalid(e.to_string()))?;
         (r, name)
     };
     let columns: Vec<&String> = records
@@ -425,8 +428,7 @@ fn fill_job(
         }
         let save = |f: &str, t: &str| -> Result<String, ServeError> {
             let p = dir.join(f);
-            softprompt_core::fsio::atomic_write(&p, t.as_bytes())
-                .map_err(ServeError::from_core)?;
+            softprompt_core::fsio::atomic_write(&p, t.as_bytes()).map_err(ServeError::from_core)?;
             Ok(p.to_string_lossy().into_owned())
         };
         let val = if va.is_empty() {
@@ -498,7 +500,7 @@ fn fill_job(
         num_virtual_tokens: vt,
         init,
         lr: b.lr.unwrap_or(d.lr),
-        warmup_steps: d.warmup_steps.min(steps / 5),
+        warmup_steps: d.warmup_steps.min(steps / 10),
         steps,
         batch_size,
         seed: b.seed.unwrap_or(0),
@@ -520,8 +522,12 @@ async fn list_jobs(State(s): St) -> Json<Value> {
 }
 
 fn job_id(id: &str) -> Result<u64, ServeError> {
-    id.parse()
-        .map_err(|_| ServeError::NotFound(format!("no job '{}'", id.chars().take(32).collect::<String>())))
+    id.parse().map_err(|_| {
+        ServeError::NotFound(format!(
+            "no job '{}'",
+            id.chars().take(32).collect::<String>()
+        ))
+    })
 }
 
 /// `GET /playground/api/jobs/{id}`.
@@ -580,10 +586,7 @@ pub fn install_prompt(s: &AppState, name: &str, out: &Path) -> Result<(), ServeE
 
 /// `GET /playground/api/prompts/{name}/inspect`: what `softprompt inspect` reports (nearest
 /// tokens, norms, drift), the metadata, and the compare report when the folder has one.
-async fn inspect(
-    State(s): St,
-    UrlPath(name): UrlPath<String>,
-) -> Result<Json<Value>, ServeError> {
+async fn inspect(State(s): St, UrlPath(name): UrlPath<String>) -> Result<Json<Value>, ServeError> {
     let e = s.registry.get(&name)?;
     let Some(prompt) = e.served.prompt.clone() else {
         return Err(invalid(format!(
@@ -664,7 +667,10 @@ async fn download(
     .map_err(|e| ServeError::Internal(e.to_string()))??;
     let mut r = bytes.into_response();
     let hd = r.headers_mut();
-    hd.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+    hd.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.zip\"")) {
         hd.insert(header::CONTENT_DISPOSITION, v);
     }
