@@ -32,10 +32,11 @@ impl Drop for Proc {
     }
 }
 
-fn start_server(prompts: &Path) -> (Proc, String) {
+fn start_server(prompts: &Path, extra: &[&str]) -> (Proc, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_softprompt"))
         .args(["serve", "--bind", "127.0.0.1:0", "--prompts"])
         .arg(prompts)
+        .args(extra)
         .env("SOFTPROMPT_ADMIN_KEY", KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -254,7 +255,7 @@ fn playground_trains_serves_and_downloads_a_prompt_in_a_real_browser() {
     let csv = tmp.path().join("reviews.csv");
     labelled_csv(&csv);
 
-    let (_server, url) = start_server(&prompts);
+    let (_server, url) = start_server(&prompts, &[]);
     let (driver, sid) = Driver::start(&downloads, &tmp.path().join("profile"));
     let p = Page { d: &driver, s: sid };
     p.cmd("POST", "/url", Some(json!({ "url": format!("{url}/") })));
@@ -416,4 +417,185 @@ fn playground_trains_serves_and_downloads_a_prompt_in_a_real_browser() {
         got.embeddings, served.embeddings,
         "the download is the served prompt"
     );
+}
+
+fn api(url: &str, body: &Value, key: Option<&str>) -> (u16, Value) {
+    let mut req = ureq::post(url);
+    if let Some(k) = key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    match req.send_json(body.clone()) {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+fn job_status(url: &str, id: &Value) -> String {
+    let v: Value = ureq::get(&format!("{url}/playground/api/jobs/{id}"))
+        .call()
+        .expect("job")
+        .into_json()
+        .expect("json");
+    v["progress"]["status"].as_str().unwrap_or("").to_string()
+}
+
+/// The playground API without a browser: the key, the upload limits and bad files give 4xx
+/// with a message that names the problem; a queued job is cancelled before it starts, a
+/// running one stops and installs nothing.
+#[test]
+fn playground_api_refuses_bad_uploads_and_cancels_jobs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let prompts = tmp.path().join("prompts");
+    std::fs::create_dir_all(&prompts).expect("prompts dir");
+    let (_server, url) = start_server(
+        &prompts,
+        &["--max-upload-rows", "30", "--max-upload-bytes", "4000"],
+    );
+    let jobs = format!("{url}/playground/api/jobs");
+    let csv = |rows: usize| {
+        let mut s = String::from("sentence,label\n");
+        for i in 0..rows {
+            s += &format!("review number {i} was fine,{}\n", i % 2);
+        }
+        s
+    };
+    let body = |name: &str, file: &str, data: String| json!({ "name": name, "task": "demo", "filename": file, "data": data, "steps": 2000 });
+    let cases: Vec<(&str, Value, Option<&str>, u16, &str)> = vec![
+        (
+            "no key",
+            body("a", "d.csv", csv(10)),
+            None,
+            401,
+            "admin key",
+        ),
+        (
+            "wrong key",
+            body("a", "d.csv", csv(10)),
+            Some("x"),
+            401,
+            "admin key",
+        ),
+        (
+            "rows",
+            body("a", "d.csv", csv(31)),
+            Some(KEY),
+            413,
+            "--max-upload-rows",
+        ),
+        (
+            "bytes",
+            body("a", "d.csv", "x".repeat(5000)),
+            Some(KEY),
+            413,
+            "--max-upload-bytes",
+        ),
+        (
+            "extension",
+            body("a", "d.txt", csv(10)),
+            Some(KEY),
+            422,
+            ".csv",
+        ),
+        (
+            "columns",
+            body("a", "d.csv", "sentence,label\ngood,1\nbad,0,extra\n".into()),
+            Some(KEY),
+            422,
+            "line 3",
+        ),
+        (
+            "label",
+            body("a", "d.csv", "sentence,label\ngood,1\nbad,7\n".into()),
+            Some(KEY),
+            422,
+            "7",
+        ),
+        (
+            "name",
+            body("../x", "d.csv", csv(10)),
+            Some(KEY),
+            422,
+            "bad prompt name",
+        ),
+        (
+            "base name",
+            body("base", "d.csv", csv(10)),
+            Some(KEY),
+            422,
+            "bad prompt name",
+        ),
+        (
+            "task",
+            json!({ "name": "a", "task": "nope" }),
+            Some(KEY),
+            422,
+            "no built-in task",
+        ),
+        (
+            "labels",
+            json!({ "name": "a", "template": "{sentence} is", "data": csv(10), "filename": "d.csv" }),
+            Some(KEY),
+            422,
+            "label words",
+        ),
+    ];
+    for (what, b, key, status, needle) in &cases {
+        let (c, v) = api(&jobs, b, *key);
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert_eq!(c, *status, "{what}: {v}");
+        assert!(
+            msg.contains(needle),
+            "{what}: message {msg:?} lacks {needle:?}"
+        );
+    }
+    assert!(ureq::get(&jobs).call().is_ok(), "the server is still up");
+
+    // Preview: rendered rows with their token counts.
+    let (c, v) = api(
+        &format!("{url}/playground/api/preview"),
+        &json!({ "template": "Text: {sentence}\nVerdict:", "labels": "0=bad,1=good", "data": csv(10), "filename": "d.csv" }),
+        Some(KEY),
+    );
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["rows_total"], json!(10));
+    assert_eq!(
+        v["rows"][0]["text"],
+        json!("Text: review number 0 was fine\nVerdict:")
+    );
+    assert!(v["rows"][0]["tokens"].as_u64().unwrap_or(0) > 5);
+    assert_eq!(v["rows"][1]["label"], json!(" good"));
+
+    // One job runs, the next waits; a name in use is refused; cancel both.
+    let (c, a) = api(&jobs, &body("first", "d.csv", csv(20)), Some(KEY));
+    assert_eq!(c, 200, "{a}");
+    let (c, b) = api(&jobs, &body("second", "d.csv", csv(20)), Some(KEY));
+    assert_eq!(c, 200, "{b}");
+    let (c, v) = api(&jobs, &body("first", "d.csv", csv(20)), Some(KEY));
+    assert_eq!(c, 422, "a pending name: {v}");
+    assert_eq!(job_status(&url, &b["id"]), "queued");
+    let (c, v) = api(&format!("{jobs}/{}/cancel", b["id"]), &json!({}), Some(KEY));
+    assert_eq!(
+        (c, v["progress"]["status"].as_str()),
+        (200, Some("cancelled"))
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while job_status(&url, &a["id"]) != "running" {
+        assert!(Instant::now() < deadline, "the first job never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (c, _) = api(&format!("{jobs}/{}/cancel", a["id"]), &json!({}), None);
+    assert_eq!(c, 401, "cancel needs the key");
+    let (c, _) = api(&format!("{jobs}/{}/cancel", a["id"]), &json!({}), Some(KEY));
+    assert_eq!(c, 200);
+    while job_status(&url, &a["id"]) != "cancelled" {
+        assert!(Instant::now() < deadline, "the first job did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        job_status(&url, &b["id"]),
+        "cancelled",
+        "the queued job never ran"
+    );
+    assert!(!prompts.join("first").exists() && !prompts.join("second").exists());
 }

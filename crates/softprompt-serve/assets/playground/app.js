@@ -303,9 +303,11 @@ function drawJob() {
   $("job-log").textContent = p.messages.join("\n");
   if (p.error) show("train-msg", `Job ${p.status}: ${p.error}`);
   chart($("chart"), p.loss, p.validation, p.total_steps);
+  $("val-name").textContent = `validation ${p.metric || "accuracy"}`;
 }
 
-// Loss (left axis) and validation accuracy (right axis, 0..1) against the step.
+// Loss (left axis) and the validation metric (right axis: 0..1 for accuracy, else its range)
+// against the step.
 function chart(cv, loss, val, total) {
   const g = cv.getContext("2d");
   const W = cv.width, H = cv.height, L = 50, R = 50, T = 15, B = 30;
@@ -317,15 +319,17 @@ function chart(cv, loss, val, total) {
   const maxLoss = Math.max(...loss.map((p) => p.value), 1e-6);
   const x = (s) => L + (W - L - R) * (s / maxStep);
   const yl = (v) => T + (H - T - B) * (1 - v / maxLoss);
-  const ya = (v) => T + (H - T - B) * (1 - v);
+  const vlo = Math.min(0, ...val.map((p) => p.value)), vhi = Math.max(1, ...val.map((p) => p.value));
+  const ya = (v) => T + (H - T - B) * (1 - (v - vlo) / (vhi - vlo || 1));
   g.fillStyle = "#667";
   g.fillText("0", L - 10, H - B + 12);
   g.fillText(String(maxStep), W - R - 10, H - B + 14);
   g.fillText("step", (W - L - R) / 2 + L, H - 6);
   g.fillText(maxLoss.toFixed(2), 4, T + 8);
   g.fillText("loss", 4, T + 22);
-  g.fillText("1.0", W - R + 6, T + 8);
-  g.fillText("acc", W - R + 6, T + 22);
+  g.fillText(vhi.toFixed(2), W - R + 6, T + 8);
+  g.fillText("val", W - R + 6, T + 22);
+  g.fillText(vlo.toFixed(2), W - R + 6, H - B);
   const line = (pts, y, color) => {
     if (!pts.length) return;
     g.strokeStyle = color; g.fillStyle = color; g.lineWidth = 2;

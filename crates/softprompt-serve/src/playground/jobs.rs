@@ -45,8 +45,10 @@ pub struct Progress {
     pub total_steps: u64,
     /// Training loss per step.
     pub loss: Vec<Point>,
-    /// Validation metric (accuracy) per evaluation.
+    /// Validation metric per evaluation, and its name ("accuracy"; a distillation's is a
+    /// negated KL divergence).
     pub validation: Vec<Point>,
+    pub metric: Option<String>,
     pub tokens_per_s: Option<f64>,
     pub eta_s: Option<f64>,
     pub elapsed_s: f64,
@@ -94,6 +96,7 @@ impl Job {
                 total_steps,
                 loss: Vec::new(),
                 validation: Vec::new(),
+                metric: None,
                 tokens_per_s: None,
                 eta_s: None,
                 elapsed_s: 0.0,
@@ -313,7 +316,9 @@ impl Observer for Watch<'_> {
     }
 
     fn on_eval(&mut self, e: &EvalLog) {
-        self.job.lock().validation.push(Point {
+        let mut p = self.job.lock();
+        p.metric = Some(e.report.metric.clone());
+        p.validation.push(Point {
             step: e.step,
             value: e.report.value,
         });

@@ -57,10 +57,7 @@ pub fn routes(state: &AppState) -> Router<Arc<AppState>> {
         .route("/playground/app.js", get(app_js))
         .route("/playground/style.css", get(style_css))
         .route("/playground/api/info", get(info))
-        .route(
-            "/playground/api/preview",
-            post(preview).layer(upload.clone()),
-        )
+        .route("/playground/api/preview", post(preview).layer(upload))
         .route(
             "/playground/api/jobs",
             post(submit).get(list_jobs).layer(upload),
@@ -170,9 +167,25 @@ impl TrainBody {
     fn spec(&self) -> Result<TaskSpec, ServeError> {
         let field = nonempty(&self.label_field).unwrap_or("label");
         match nonempty(&self.template) {
+            // Distilling without labels: the template only makes the inputs.
+            Some(t)
+                if nonempty(&self.labels).is_none() && nonempty(&self.hard_prompt).is_some() =>
+            {
+                distill::task_spec(&DistillConfig {
+                    hard_prompt: String::new(),
+                    teacher_tokens: 0,
+                    top_k: 0,
+                    temperature: 0.0,
+                    holdout: 0,
+                    template: t.to_string(),
+                    labels: None,
+                    label_field: field.to_string(),
+                })
+                .map_err(|e| invalid(format!("template: {e}")))
+            }
             Some(t) => {
                 let labels = self.labels.as_deref().unwrap_or("");
-                if labels.trim().is_empty() && self.hard_prompt.is_none() {
+                if labels.trim().is_empty() {
                     return Err(invalid(
                         "label words are missing: give them as VALUE=WORD,... (e.g. 0=negative,1=positive)",
                     ));
@@ -415,6 +428,9 @@ fn fill_job(
         if records.len() < 2 {
             return Err(invalid("the file needs at least 2 rows"));
         }
+        // Every row fits the task (fields, labels) now, not when the job starts.
+        data::prepare::prepare(&spec, &records, Path::new("upload"), b.skip_bad_rows)
+            .map_err(|e| invalid(e.to_string()))?;
         let (mut tr, mut va) = (String::new(), String::new());
         for (i, r) in records.iter().enumerate() {
             let line = serde_json::to_string(&r.fields).map_err(|e| invalid(e.to_string()))?;
