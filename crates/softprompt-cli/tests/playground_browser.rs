@@ -598,4 +598,9 @@ fn playground_api_refuses_bad_uploads_and_cancels_jobs() {
         "the queued job never ran"
     );
     assert!(!prompts.join("first").exists() && !prompts.join("second").exists());
+    // Ended jobs leave no files behind (uploads, checkpoints, previews).
+    let left: Vec<_> = std::fs::read_dir(prompts.join(".playground"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in .playground: {left:?}");
 }

@@ -5,9 +5,9 @@
 //! Endpoints: `POST /v1/completions` (`model` names a prompt, or the base model), `POST
 //! /v1/chat/completions` (the model's chat template), `GET /v1/models`, `POST /v1/classify`
 //! (rank over the label words the prompt was trained with), `GET /health`, `GET /metrics`
-//! (Prometheus), and the admin API `GET/POST /admin/prompts`, `DELETE /admin/prompts/{name}`
-//! (bearer key), and the browser playground at `/` (`playground`). Every request gets one access-log line (`tracing`, target
-//! `softprompt_serve::access`).
+//! (Prometheus), the admin API `GET/POST /admin/prompts`, `DELETE /admin/prompts/{name}`
+//! (bearer key), and the browser playground at `/` (`playground`: try, train, inspect). Every
+//! request gets one access-log line (`tracing`, target `softprompt_serve::access`).
 //!
 //! Modules: `router` (routes, access log), one per endpoint group (`completions` with its SSE
 //! stream and `detok`, `chat`, `classify`, `admin`, `health`, `metrics`), `types` (request

@@ -180,7 +180,8 @@ async function runColumn(i, input, maxTokens, temperature) {
       bars(out, c.probabilities);
     }
   } catch (e) {
-    out.append(el("div", { class: "error", text: "classify: " + e.message }));
+    // A prompt trained for generation has no classes: nothing to show, not an error.
+    if (!/not a classification task/.test(e.message)) out.append(el("div", { class: "error", text: "classify: " + e.message }));
   }
   const text = el("div", { class: "out" });
   out.append(text);

@@ -179,8 +179,7 @@ impl Jobs {
             else {
                 break;
             };
-            let old = g.all.remove(i);
-            let _ = std::fs::remove_dir_all(&old.dir);
+            g.all.remove(i);
         }
         if !g.running {
             g.running = true;
@@ -210,6 +209,7 @@ impl Jobs {
             Status::Queued => {
                 g.queue.retain(|j| j.id != id);
                 job.finish(Status::Cancelled, None);
+                remove_dir(&job.dir);
             }
             Status::Running => job.stop.store(true, Ordering::Relaxed),
             _ => {
@@ -240,6 +240,8 @@ fn worker(state: Arc<AppState>) {
         };
         let t0 = Instant::now();
         let r = run(&state, &job);
+        // The upload, checkpoints and outputs go; a trained prompt lives in PROMPTS/NAME now.
+        remove_dir(&job.dir);
         job.lock().elapsed_s = t0.elapsed().as_secs_f64();
         match r {
             Ok(true) => job.finish(Status::Done, None),
