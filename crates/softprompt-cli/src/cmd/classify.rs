@@ -7,17 +7,14 @@ use softprompt_core::infer::objective;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train;
 
-use super::common::{load_model, load_prompt, ModelArgs, PromptArgs, TaskArgs};
+use super::common::{load_model, ModelArgs, PromptOrTemplate, TaskArgs};
 
 #[derive(Args)]
 pub struct ClassifyArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
-    prompt: PromptArgs,
-    /// Classify with the template alone (a hard prompt, zero-shot) instead of a soft prompt.
-    #[arg(long, conflicts_with = "prompt")]
-    no_prompt: bool,
+    prompt: PromptOrTemplate,
     #[command(flatten)]
     task: TaskArgs,
     /// The input text: fills the template's only field (e.g. {sentence}).
@@ -36,11 +33,7 @@ pub struct ClassifyArgs {
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
     let m = load_model(&a.model)?;
-    let sp = if a.no_prompt {
-        None
-    } else {
-        load_prompt(&m, &a.prompt)?
-    };
+    let sp = a.prompt.load(&m)?;
     let spec = a.task.resolve(sp.as_ref(), None)?;
     let input = match (a.text, a.input) {
         (_, Some(j)) => serde_json::from_str(&j).context("--input must be a JSON object")?,

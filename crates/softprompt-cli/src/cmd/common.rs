@@ -107,6 +107,26 @@ pub struct PromptArgs {
     pub force: bool,
 }
 
+/// A soft prompt, or the task's template alone (`--no-prompt`), for the commands that classify.
+#[derive(Args, Clone)]
+pub struct PromptOrTemplate {
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// Use the template alone (a hard prompt, zero-shot) instead of a soft prompt.
+    #[arg(long, conflicts_with = "prompt")]
+    pub no_prompt: bool,
+}
+
+impl PromptOrTemplate {
+    /// The prompt, or `None` with `--no-prompt` or without `--prompt`.
+    pub fn load(&self, model: &FrozenModel) -> Result<Option<SoftPrompt>> {
+        if self.no_prompt {
+            return Ok(None);
+        }
+        load_prompt(model, &self.prompt)
+    }
+}
+
 /// Which task: a built-in name, a task file, or an ad-hoc template + labels.
 #[derive(Args, Clone, Default)]
 pub struct TaskArgs {

@@ -9,17 +9,14 @@ use softprompt_core::data;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train;
 
-use super::common::{load_model, load_prompt, ModelArgs, PromptArgs, TaskArgs};
+use super::common::{load_model, ModelArgs, PromptOrTemplate, TaskArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
-    prompt: PromptArgs,
-    /// Evaluate the template alone (a hard prompt, zero-shot) instead of a soft prompt.
-    #[arg(long, conflicts_with = "prompt")]
-    no_prompt: bool,
+    prompt: PromptOrTemplate,
     #[command(flatten)]
     task: TaskArgs,
     /// Labelled data (JSONL/CSV/TSV); default: the task's validation split.
@@ -50,13 +47,9 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let m = load_model(&a.model)?;
-    let sp = if a.no_prompt {
-        None
-    } else {
-        load_prompt(&m, &a.prompt)?
-    };
+    let sp = a.prompt.load(&m)?;
     anyhow::ensure!(
-        a.no_prompt || sp.is_some(),
+        a.prompt.no_prompt || sp.is_some(),
         "give --prompt DIR, or --no-prompt to evaluate the template alone"
     );
     let spec = a.task.resolve(sp.as_ref(), None)?;
@@ -89,7 +82,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     v["data"] = json!(name);
     v["task"] = json!(spec.name);
     v["template"] = json!(spec.templates().first().copied().unwrap_or(""));
-    v["prompt"] = json!(a.prompt.prompt.as_ref().map(|p| p.display().to_string()));
+    v["prompt"] = json!(a
+        .prompt
+        .prompt
+        .prompt
+        .as_ref()
+        .map(|p| p.display().to_string()));
     v["seconds"] = json!(secs);
     v["examples_per_second"] = json!(rep.n as f64 / secs);
     if let data::Items::Class(ci) = &items {
