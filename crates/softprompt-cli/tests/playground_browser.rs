@@ -75,7 +75,20 @@ fn free_port() -> u16 {
 struct Driver {
     base: String,
     agent: ureq::Agent,
+    /// The session, deleted when dropped (that closes Chromium, also when a test fails).
+    sid: std::cell::RefCell<Option<String>>,
     _proc: Proc,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(sid) = self.sid.borrow_mut().take() {
+            let _ = self
+                .agent
+                .delete(&format!("{}/session/{sid}", self.base))
+                .call();
+        }
+    }
 }
 
 impl Driver {
@@ -96,6 +109,7 @@ impl Driver {
         let d = Driver {
             base,
             agent,
+            sid: std::cell::RefCell::new(None),
             _proc: proc,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -119,6 +133,7 @@ impl Driver {
         }}});
         let v = d.call("POST", "/session", Some(caps));
         let sid = v["sessionId"].as_str().expect("session id").to_string();
+        *d.sid.borrow_mut() = Some(sid.clone());
         (d, sid)
     }
 
@@ -402,7 +417,6 @@ fn playground_trains_serves_and_downloads_a_prompt_in_a_real_browser() {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let _ = p.d.call("DELETE", &format!("/session/{}", p.s), None);
 
     let out = tmp.path().join("unzipped");
     let file = std::fs::File::open(&zip_path).expect("zip");
