@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub max_output_tokens: usize,
     pub max_body_bytes: usize,
     pub max_prompts: usize,
+    /// Prompts in one `/v1/classify` ensemble.
+    pub max_ensemble: usize,
     /// Per-request deadline.
     pub timeout: Duration,
     /// Playground uploads: largest file (bytes) and most rows.
@@ -43,6 +45,7 @@ impl Default for ServeConfig {
             max_output_tokens: 512,
             max_body_bytes: 1 << 20,
             max_prompts: 1000,
+            max_ensemble: 8,
             timeout: Duration::from_secs(120),
             max_upload_bytes: 8 << 20,
             max_upload_rows: 50_000,

@@ -4,10 +4,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use softprompt_core::infer::objective;
-use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train;
 
-use super::common::{load_model, ModelArgs, PromptOrTemplate, TaskArgs};
+use super::common::{load_model, prompt_views, ModelArgs, PromptOrTemplate, TaskArgs};
 
 #[derive(Args)]
 pub struct ClassifyArgs {
@@ -33,21 +32,17 @@ pub struct ClassifyArgs {
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
     let m = load_model(&a.model)?;
-    let sp = a.prompt.load(&m)?;
-    let spec = a.task.resolve(sp.as_ref(), None)?;
+    let sps = a.prompt.load(&m)?;
+    let spec = a.task.resolve(sps.first(), None)?;
     let input = match (a.text, a.input) {
         (_, Some(j)) => serde_json::from_str(&j).context("--input must be a JSON object")?,
         (Some(t), None) => json!(t),
         (None, None) => anyhow::bail!("give --text or --input"),
     };
     let (ex, cands) = train::eval::class_example(&m, &spec, input)?;
-    let r = objective::classify_batch(
-        &m.llama,
-        sp.as_ref().map(SoftPrompt::view).transpose()?,
-        std::slice::from_ref(&ex),
-        a.length_norm,
-        false,
-    )?;
+    let views = prompt_views(&sps)?;
+    let r =
+        objective::classify_ensemble(&m.llama, &views, std::slice::from_ref(&ex), a.length_norm)?;
     let probs = objective::softmax(&r.scores[0]);
     let best = objective::argmax(&r.scores[0]);
     let labels = spec.label_values();

@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Largest `max_tokens` a request may ask for.
     #[arg(long, default_value_t = 512)]
     max_output_tokens: usize,
+    /// Most prompts in one /v1/classify ensemble ("model": [NAME, ...]).
+    #[arg(long, default_value_t = 8)]
+    max_ensemble: usize,
     /// Largest request body (bytes); larger ones get 413.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -92,6 +95,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_output_tokens: a.max_output_tokens,
         max_body_bytes: a.max_body_bytes,
         max_prompts: a.max_prompts,
+        max_ensemble: a.max_ensemble,
         timeout: Duration::from_secs(a.timeout_s),
         max_upload_bytes: a.max_upload_bytes,
         max_upload_rows: a.max_upload_rows,

@@ -9,6 +9,6 @@ pub mod init;
 pub mod optim;
 pub mod trainer;
 
-pub use eval::{evaluate, tokenize, EvalReport, Tokenized};
+pub use eval::{evaluate, evaluate_ensemble, tokenize, EvalReport, Tokenized};
 pub use init::Init;
 pub use trainer::{train, Observer, Quiet, TrainConfig, TrainSummary};
