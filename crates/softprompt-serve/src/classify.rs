@@ -161,6 +161,7 @@ async fn classify_inner(
         "label": labels.get(best),
         "candidate": cands.get(best),
         "probabilities": labels.iter().zip(&probs).map(|(l, p)| (l.clone(), json!(p))).collect::<serde_json::Map<_, _>>(),
+        "candidates": labels.iter().zip(&cands).map(|(l, c)| (l.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
         "scores": scores,
         "softprompt": if one { info[0].clone() } else { json!(info) },
     }))

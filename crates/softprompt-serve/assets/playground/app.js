@@ -146,14 +146,16 @@ async function stream(body, out) {
   }
 }
 
-function bars(box, probs) {
+// One bar per class, largest first, named by its label value and word (`words`: value -> the
+// label word the classifier scores, as /v1/classify returns them).
+function bars(box, probs, words = {}) {
   const wrap = el("div", { class: "bars" });
   const entries = Object.entries(probs).sort((a, b) => b[1] - a[1]);
   for (const [label, p] of entries) {
     const fill = el("div", { class: "fill" });
     fill.style.width = `${(100 * p).toFixed(1)}%`;
     wrap.append(el("div", { class: "bar", "data-label": label, "data-p": String(p) },
-      el("span", { text: label }), el("div", {}, fill), el("span", { class: "num", text: `${(100 * p).toFixed(1)}%` })));
+      el("span", { text: words[label] ? `${label}${words[label]}` : label }), el("div", {}, fill), el("span", { class: "num", text: `${(100 * p).toFixed(1)}%` })));
   }
   box.append(wrap);
 }
@@ -177,7 +179,7 @@ async function runColumn(i, input, maxTokens, temperature) {
     if (m && m.softprompt.task) {
       const c = await post("/v1/classify", { model, input });
       out.append(el("div", { class: "muted", text: `class: ${c.label} (task ${c.task})` }));
-      bars(out, c.probabilities);
+      bars(out, c.probabilities, c.candidates);
     }
   } catch (e) {
     // A prompt trained for generation has no classes: nothing to show, not an error.
