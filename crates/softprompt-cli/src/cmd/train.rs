@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::builder::PossibleValue;
 use clap::Args;
 use softprompt_core::train::optim::{OptimizerKind, Schedule};
+use softprompt_core::train::reparam::Reparam;
 use softprompt_core::train::{trainer, TrainConfig};
 
 use super::common::{
@@ -40,6 +41,10 @@ pub fn schedule_parser() -> Choices<Schedule> {
     )
 }
 
+fn parse_reparam(s: &str) -> std::result::Result<Reparam, String> {
+    s.parse().map_err(|e: softprompt_core::Error| e.to_string())
+}
+
 /// The flags of the optimization loop, shared by `train` and `distill` (defaults: core's
 /// `TrainConfig::default()`).
 #[derive(Args)]
@@ -56,6 +61,11 @@ pub struct RunArgs {
     /// Weight decay of either optimizer.
     #[arg(long, default_value_t = D.optimizer.weight_decay())]
     weight_decay: f32,
+    /// Prompt parameterization while training: none, or residual[:BOTTLENECK] (residual
+    /// prompt tuning: P + LayerNorm(MLP(P)), bottleneck 128 by default, adamw only); the saved
+    /// prompt is always a plain one.
+    #[arg(long, default_value = "none", value_parser = parse_reparam)]
+    reparam: Reparam,
     /// Learning-rate schedule after warm-up.
     #[arg(long, default_value = D.schedule.as_str(), value_parser = schedule_parser())]
     schedule: Schedule,
@@ -128,6 +138,7 @@ impl RunArgs {
             max_len: self.max_len,
             train_limit: self.train_limit,
             eval_batch_size: self.eval_batch_size,
+            reparam: self.reparam,
             ..base
         }
     }
@@ -198,10 +209,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let stop = stop_on_ctrl_c("")?;
     let mut obs = Progress::new(cfg.steps, a.run.quiet);
     eprintln!(
-        "softprompt: training {} virtual tokens on task '{}' ({} init, {} lr {}, {} steps x batch {} x accum {}) -> {}",
+        "softprompt: training {} virtual tokens on task '{}' ({} init{}, {} lr {}, {} steps x batch {} x accum {}) -> {}",
         cfg.num_virtual_tokens,
         spec.name,
         a.init,
+        match cfg.reparam {
+            Reparam::None => String::new(),
+            r => format!(", reparam {r}"),
+        },
         cfg.optimizer.name(),
         cfg.lr,
         cfg.steps,

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod finetune;
 pub mod init;
 pub mod optim;
+pub mod reparam;
 pub mod trainer;
 
 pub use eval::{evaluate, evaluate_ensemble, tokenize, EvalReport, Tokenized};

@@ -13,6 +13,8 @@
 //! ([`crate::data::EpochBatches`]), so the data position is `(epoch, batch index)`; the
 //! prompt and the optimizer moments are restored bit for bit, and the kernels are
 //! deterministic, so a resumed run reproduces the uninterrupted run's losses exactly.
+//! With `reparam: residual` ([`super::reparam`]) the objective sees the folded `P'`, which is
+//! what evaluations and saved prompts hold; the checkpoints add `P`, the MLP and its moments.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::eval::{self, EvalReport, Tokenized};
 use super::init::{init_prompt, Init};
 use super::optim::{self, Optimizer, OptimizerKind, Schedule};
+use super::reparam::{self, Reparam};
 use crate::data::{self, EpochBatches, TaskSpec};
 use crate::infer::objective;
 use crate::model::input::PromptRef;
@@ -71,6 +74,10 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// Folder that relative data files are resolved against.
     pub data_root: Option<PathBuf>,
+    /// How the prompt is parameterized while training (the saved prompt is always the plain
+    /// `[P, D]` the objective saw); absent in older configs = none.
+    #[serde(default)]
+    pub reparam: Reparam,
 }
 
 /// The defaults of `softprompt train`: the built-in demo task, 20 virtual tokens from the
@@ -107,6 +114,7 @@ impl Default for TrainConfig {
             skip_bad_rows: false,
             eval_batch_size: 32,
             data_root: None,
+            reparam: Reparam::None,
         }
     }
 }
@@ -324,7 +332,8 @@ fn check_run(cfg: &TrainConfig) -> Result<()> {
             format!("lr must be positive, got {}", cfg.lr),
         ));
     }
-    cfg.optimizer.validate()
+    cfg.optimizer.validate()?;
+    cfg.reparam.validate(&cfg.optimizer)
 }
 
 /// Train a prompt. `stop` is polled between steps (Ctrl-C): the run then checkpoints and
@@ -392,7 +401,7 @@ pub fn train_objective(
     } else {
         None
     };
-    match resumed {
+    match &resumed {
         Some(ck) => {
             let saved: TrainConfig = serde_json::from_value(ck.state["config"].clone())
                 .map_err(|e| Error::format(&ckpt_dir, format!("checkpoint config: {e}")))?;
@@ -444,6 +453,11 @@ pub fn train_objective(
             std::fs::write(&log_path, b"").map_err(|e| Error::io(&log_path, e))?;
         }
     }
+    // With a reparameterization, `emb` is the P' the objective sees and `rp` holds P and the MLP.
+    let ck_reparam = resumed
+        .as_ref()
+        .map(|c| (&c.tensors[..], &c.state["reparam"]));
+    let mut rp = reparam::setup(cfg.reparam, cfg.optimizer, cfg.seed, &mut emb, ck_reparam)?;
     let mut log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -463,13 +477,23 @@ pub fn train_objective(
     let mut last_eval = None;
     obs.on_start(st.step, cfg.steps);
 
-    let save_ckpt = |emb: &Tensor, opt: &Optimizer, st: &RunState| -> Result<()> {
+    let save_ckpt = |emb: &Tensor,
+                     opt: &Optimizer,
+                     rp: Option<&reparam::Residual>,
+                     st: &RunState|
+     -> Result<()> {
         let (mut tensors, ostate) = opt.state();
         tensors.insert(0, ("prompt".to_string(), vec![p, d], emb.data.clone()));
+        let mut state = json!({ "config": cfg, "run": st, "optimizer": ostate });
+        if let Some(r) = rp {
+            let (t, j) = r.state();
+            tensors.extend(t);
+            state["reparam"] = j;
+        }
         let ck = Checkpoint {
             step: st.step,
             tensors,
-            state: json!({ "config": cfg, "run": st, "optimizer": ostate }),
+            state,
         };
         checkpoint::save_checkpoint(&ckpt_dir, &ck, cfg.keep_checkpoints.max(1))?;
         Ok(())
@@ -499,9 +523,16 @@ pub fn train_objective(
                 format!("loss became {loss} at step {}: lower lr", st.step),
             ));
         }
+        // With a reparameterization, dL/dP' becomes [dP ; dMLP], clipped as one vector.
+        if let Some(r) = &rp {
+            grad = r.backward(&grad);
+        }
         let grad_norm = optim::clip_grad_norm(&mut grad, cfg.max_grad_norm);
         let lr = optim::lr_at(cfg.schedule, cfg.lr, st.step, cfg.steps, cfg.warmup_steps);
-        opt.step(&mut emb.data, &grad, lr);
+        match &mut rp {
+            Some(r) => emb = r.step(&mut opt, &grad, lr),
+            None => opt.step(&mut emb.data, &grad, lr),
+        }
         st.step += 1;
         let s = StepLog {
             step: st.step,
@@ -550,7 +581,7 @@ pub fn train_objective(
         st.seconds = secs_before + t0.elapsed().as_secs_f64();
         let periodic = cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0;
         if periodic || stopping || early_stopped || last {
-            save_ckpt(&emb, &opt, &st)?;
+            save_ckpt(&emb, &opt, rp.as_ref(), &st)?;
         }
         if stopping {
             interrupted = true;

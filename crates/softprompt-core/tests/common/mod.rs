@@ -159,6 +159,7 @@ pub fn demo_config(steps: u64) -> softprompt_core::train::TrainConfig {
         skip_bad_rows: false,
         eval_batch_size: 32,
         data_root: None,
+        reparam: Default::default(),
     }
 }
 
