@@ -128,6 +128,7 @@ def train(
     train_limit: Optional[int] = None,
     skip_bad_rows: bool = False,
     eval_batch_size: int = 32,
+    reparam: str = "none",
     resume: bool = False,
     callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
 ) -> Dict[str, Any]:
