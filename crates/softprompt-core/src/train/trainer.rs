@@ -453,11 +453,6 @@ pub fn train_objective(
             std::fs::write(&log_path, b"").map_err(|e| Error::io(&log_path, e))?;
         }
     }
-    // With a reparameterization, `emb` is the P' the objective sees and `rp` holds P and the MLP.
-    let ck_reparam = resumed
-        .as_ref()
-        .map(|c| (&c.tensors[..], &c.state["reparam"]));
-    let mut rp = reparam::setup(cfg.reparam, cfg.optimizer, cfg.seed, &mut emb, ck_reparam)?;
     let mut log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -470,6 +465,11 @@ pub fn train_objective(
         st.epoch,
         st.batch_in_epoch,
     );
+    // With a reparameterization, `emb` is the P' the objective sees and `rp` holds P and the MLP.
+    let ck_reparam = resumed
+        .as_ref()
+        .map(|c| (&c.tensors[..], &c.state["reparam"]));
+    let mut rp = reparam::setup(cfg.reparam, cfg.optimizer, cfg.seed, &mut emb, ck_reparam)?;
     let t0 = Instant::now();
     let secs_before = st.seconds;
     let mut interrupted = false;
