@@ -25,6 +25,10 @@ pub struct ServeConfig {
     pub max_prompts: usize,
     /// Per-request deadline.
     pub timeout: Duration,
+    /// Rescan the prompt folder this often (None: scanned once at start).
+    pub watch_interval: Option<Duration>,
+    /// Largest admin upload body (`PUT /admin/prompts/{name}`).
+    pub max_upload_bytes: usize,
 }
 
 impl Default for ServeConfig {
@@ -41,6 +45,8 @@ impl Default for ServeConfig {
             max_body_bytes: 1 << 20,
             max_prompts: 1000,
             timeout: Duration::from_secs(120),
+            watch_interval: None,
+            max_upload_bytes: 16 << 20,
         }
     }
 }

@@ -30,7 +30,7 @@ mod state;
 mod types;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use softprompt_core::infer::scheduler::{Scheduler, SchedulerConfig};
@@ -39,7 +39,7 @@ use softprompt_core::model::FrozenModel;
 pub use config::ServeConfig;
 pub use error::ServeError;
 use metrics::Metrics;
-use registry::Registry;
+use registry::{Registry, ScanReport};
 use state::AppState;
 
 /// A loaded server, ready to run.
@@ -53,20 +53,28 @@ impl Server {
     /// (name, reason) and skipped.
     pub async fn bind(
         cfg: ServeConfig,
-        mut model: FrozenModel,
+        model: FrozenModel,
     ) -> Result<(Server, Vec<(String, ServeError)>), ServeError> {
+        let server = Server::bind_unready(cfg, model).await?;
+        let failed = server.scan_store().await?.failed;
+        Ok((server, failed))
+    }
+
+    /// Start the scheduler and bind, without scanning the prompt folder: the server answers
+    /// `/health/live` (and 503 elsewhere) until [`Server::scan_store`] has run once.
+    pub async fn bind_unready(
+        cfg: ServeConfig,
+        mut model: FrozenModel,
+    ) -> Result<Server, ServeError> {
         // Batch-invariant kernels: a request's output never depends on its batch mates.
         model.llama.exact = true;
         let model = Arc::new(model);
-        let m2 = model.clone();
-        let c2 = cfg.clone();
-        let (registry, failed) = tokio::task::spawn_blocking(move || {
-            let r = Registry::new(m2, c2.prompts.as_deref(), &c2.base_name, c2.max_prompts)?;
-            let failed = r.load_all();
-            Ok::<_, ServeError>((r, failed))
-        })
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))??;
+        let registry = Registry::new(
+            model.clone(),
+            cfg.prompts.as_deref(),
+            &cfg.base_name,
+            cfg.max_prompts,
+        )?;
         let scheduler = Scheduler::start(
             model.clone(),
             SchedulerConfig {
@@ -92,8 +100,14 @@ impl Server {
             in_flight: Arc::new(AtomicUsize::new(0)),
             next_id: AtomicU64::new(1),
             metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
         });
-        Ok((Server { state, listener }, failed))
+        Ok(Server { state, listener })
+    }
+
+    /// Scan the prompt folder (see [`registry`]); the server is ready once a scan read it.
+    pub async fn scan_store(&self) -> Result<ScanReport, ServeError> {
+        scan(&self.state).await
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -110,15 +124,55 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = router::router(self.state.clone());
+        let state = self.state.clone();
         axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Not ready while draining: load balancers send new requests elsewhere.
+                state.ready.store(false, Ordering::Release);
+            })
             .await
     }
 }
 
-/// Run a server to completion on its own runtime: bind, report through `on_ready` (address,
-/// prompts loaded, prompts that failed), serve until SIGTERM or Ctrl-C, then stop accepting
-/// and drain the requests in flight.
+/// One scan of the store on a blocking thread; readiness follows whether it could read it.
+async fn scan(state: &Arc<AppState>) -> Result<ScanReport, ServeError> {
+    let s2 = state.clone();
+    let r = tokio::task::spawn_blocking(move || s2.registry.scan())
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    state.ready.store(r.is_ok(), Ordering::Release);
+    r
+}
+
+/// Rescan the store every `every`, logging what changed (never returns).
+async fn watch(state: Arc<AppState>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match scan(&state).await {
+            Ok(r) => {
+                for n in &r.loaded {
+                    tracing::info!(prompt = %n, "store: loaded");
+                }
+                for n in &r.unloaded {
+                    tracing::info!(prompt = %n, "store: unloaded");
+                }
+                for (n, e) in &r.failed {
+                    tracing::warn!(prompt = %n, "store: skipped until it changes: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("store: not ready: {e}"),
+        }
+    }
+}
+
+/// Run a server to completion on its own runtime: bind (answering `/health/live` at once),
+/// scan the prompt folder, report through `on_ready` (address, prompts loaded, prompts that
+/// failed), keep watching the folder when `cfg.watch_interval` is set, serve until SIGTERM or
+/// Ctrl-C, then stop accepting and drain the requests in flight.
 pub fn serve_blocking(
     cfg: ServeConfig,
     model: FrozenModel,
@@ -130,14 +184,21 @@ pub fn serve_blocking(
         .build()
         .map_err(|e| ServeError::Internal(format!("tokio runtime: {e}")))?;
     rt.block_on(async move {
-        let (server, failed) = Server::bind(cfg, model).await?;
+        let watch_every = cfg.watch_interval;
+        let server = Server::bind_unready(cfg, model).await?;
         let addr = server
             .local_addr()
             .map_err(|e| ServeError::Internal(e.to_string()))?;
-        on_ready(addr, server.prompts_loaded(), &failed);
-        server
-            .run(shutdown_signal())
+        let state = server.state.clone();
+        let serving = tokio::spawn(server.run(shutdown_signal()));
+        let failed = scan(&state).await?.failed;
+        on_ready(addr, state.registry.len(), &failed);
+        if let Some(every) = watch_every {
+            tokio::spawn(watch(state, every));
+        }
+        serving
             .await
+            .map_err(|e| ServeError::Internal(e.to_string()))?
             .map_err(|e| ServeError::Internal(e.to_string()))
     })
 }

@@ -79,3 +79,10 @@ pub struct ClassifyBody {
 pub struct LoadBody {
     pub name: String,
 }
+
+/// `PUT /admin/prompts/{name}`: the prompt folder's files, base64.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadBody {
+    pub files: std::collections::BTreeMap<String, String>,
+}
