@@ -7,8 +7,10 @@ pub mod eval;
 pub mod finetune;
 pub mod init;
 pub mod optim;
+pub mod parallel;
 pub mod trainer;
 
 pub use eval::{evaluate, tokenize, EvalReport, Tokenized};
 pub use init::Init;
-pub use trainer::{train, Observer, Quiet, TrainConfig, TrainSummary};
+pub use parallel::{Reducer, Single};
+pub use trainer::{train, train_with, Observer, Quiet, TrainConfig, TrainSummary};
