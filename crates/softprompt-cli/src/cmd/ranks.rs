@@ -34,6 +34,9 @@ pub fn reducer() -> Result<Box<dyn Reducer>> {
 
 #[cfg(feature = "mpi")]
 mod mpi_world {
+    use std::cell::Cell;
+    use std::time::Instant;
+
     use anyhow::{Context, Result};
     use mpi::collective::SystemOperation;
     use mpi::traits::{Communicator, CommunicatorCollectives};
@@ -43,6 +46,9 @@ mod mpi_world {
     pub struct World {
         world: mpi::topology::SimpleCommunicator,
         _universe: mpi::environment::Universe,
+        /// Seconds waiting at the barrier (for the slowest rank), seconds in the all-reduce
+        /// itself, all-reduces of the gradient.
+        cost: Cell<(f64, f64, u64)>,
     }
 
     impl World {
@@ -53,6 +59,7 @@ mod mpi_world {
             Ok(World {
                 world: universe.world(),
                 _universe: universe,
+                cost: Cell::new((0.0, 0.0, 0)),
             })
         }
     }
@@ -65,10 +72,34 @@ mod mpi_world {
             self.world.size() as usize
         }
         fn all_reduce_sum(&self, buf: &mut [f64]) -> softprompt_core::Result<()> {
+            // A barrier first, so the all-reduce's own cost is told apart from waiting for
+            // the slowest rank (a few microseconds on one machine).
+            let t0 = Instant::now();
+            self.world.barrier();
+            let t1 = Instant::now();
             let send = buf.to_vec();
             self.world
                 .all_reduce_into(&send[..], buf, SystemOperation::sum());
+            if buf.len() > 1 {
+                let (w, r, n) = self.cost.get();
+                self.cost.set((
+                    w + (t1 - t0).as_secs_f64(),
+                    r + t1.elapsed().as_secs_f64(),
+                    n + 1,
+                ));
+            }
             Ok(())
+        }
+        fn summary(&self) -> Option<String> {
+            let (w, r, n) = self.cost.get();
+            (n > 0).then(|| {
+                format!(
+                    "{n} gradient all-reduces of {} ranks: {:.3} ms each, {:.1} ms each waiting for the slowest rank",
+                    self.size(),
+                    r / n as f64 * 1e3,
+                    w / n as f64 * 1e3
+                )
+            })
         }
     }
 }

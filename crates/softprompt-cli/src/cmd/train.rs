@@ -214,6 +214,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     );
     let summary = trainer::train_with(&m, &cfg, &out, a.resume, &stop, obs, &*red)?;
     progress.finish();
+    if let Some(s) = red.summary() {
+        eprintln!("softprompt: {s}");
+    }
     let best = summary
         .best
         .map(|(s, v)| format!("best validation {:.4} at step {s}", v))

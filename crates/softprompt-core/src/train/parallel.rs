@@ -14,6 +14,10 @@ pub trait Reducer {
     fn size(&self) -> usize;
     /// Sum `buf` element-wise over the ranks, in place; every rank gets the same sums.
     fn all_reduce_sum(&self, buf: &mut [f64]) -> Result<()>;
+    /// A line on what the reductions cost, for the end of a run (None: nothing to say).
+    fn summary(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One process: nothing to reduce.

@@ -146,7 +146,8 @@ pub struct StepLog {
     /// Rows (virtual + real tokens) processed this step (by all ranks).
     pub tokens: usize,
     pub seconds: f64,
-    /// Of `seconds`, the time spent in all-reduces (0 in one process).
+    /// Of `seconds`, the time in all-reduces, waiting for the slowest rank included (0 in one
+    /// process).
     pub reduce_seconds: f64,
 }
 
