@@ -393,3 +393,110 @@ fn base64_encode(b: &[u8]) -> String {
     }
     s
 }
+
+/// The store's edge cases on one replica (no nginx needed): dot-folders are never served, a
+/// broken folder is skipped and loaded once it changes, a bad upload leaves nothing behind.
+#[test]
+fn the_store_ignores_partial_writes_retries_broken_folders_and_refuses_bad_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, spare) = (dir.path().join("store"), dir.path().join("spare"));
+    for (out, count) in [(&store, "2"), (&spare, "2")] {
+        let o = bin()
+            .args([
+                "init",
+                "--count",
+                count,
+                "--seed",
+                "7",
+                "--virtual-tokens",
+                "4",
+                "--out",
+            ])
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let key = dir.path().join("key");
+    std::fs::write(&key, KEY).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _r = replica(&store, &key, port);
+    for p in ["/health/live", "/health/ready"] {
+        assert_eq!(
+            agent().get(&format!("{url}{p}")).call().unwrap().status(),
+            200
+        );
+    }
+    let names = || -> Vec<String> { models(&url).unwrap().into_iter().map(|m| m.0).collect() };
+    assert_eq!(names(), ["base", "p000", "p001"]);
+    // A writer's unfinished folder (a dot-name) is never served.
+    let tmp = store.join(".tmp-half");
+    std::fs::create_dir(&tmp).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(spare.join("p000").join(f), tmp.join(f)).unwrap();
+    }
+    // A folder copied in place with truncated weights: skipped, not half-loaded.
+    let broken = store.join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::copy(
+        spare.join("p001/adapter_config.json"),
+        broken.join("adapter_config.json"),
+    )
+    .unwrap();
+    let w = std::fs::read(spare.join("p001/adapter_model.safetensors")).unwrap();
+    std::fs::write(broken.join("adapter_model.safetensors"), &w[..w.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(names(), ["base", "p000", "p001"]);
+    // Completing the file is a change: the next scan loads it.
+    std::fs::write(broken.join("adapter_model.safetensors"), &w).unwrap();
+    assert!(wait_for(&url, |m| sha_of(m, "broken").is_some()).is_some());
+    // Uploads that must be refused, leaving the store as it was.
+    let before: Vec<_> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let cfg = base64_encode(&std::fs::read(spare.join("p000/adapter_config.json")).unwrap());
+    let half = base64_encode(&w[..w.len() / 2]);
+    for (files, why) in [
+        (
+            json!({ "adapter_config.json": cfg }),
+            "adapter_model.safetensors is missing",
+        ),
+        (
+            json!({ "adapter_config.json": cfg, "adapter_model.safetensors": "%%%" }),
+            "not base64",
+        ),
+        (
+            json!({ "adapter_config.json": cfg, "adapter_model.safetensors": half }),
+            "prompt 'bad'",
+        ),
+        (
+            json!({ "adapter_config.json": cfg, "adapter_model.safetensors": half, "run.sh": "" }),
+            "unexpected file",
+        ),
+    ] {
+        let r = agent()
+            .put(&format!("{url}/admin/prompts/bad"))
+            .set("Authorization", &format!("Bearer {KEY}"))
+            .send_json(json!({ "files": files }));
+        match r {
+            Err(ureq::Error::Status(422, r)) => {
+                let v: Value = r.into_json().unwrap();
+                let msg = v["error"]["message"].as_str().unwrap().to_string();
+                assert!(msg.contains(why), "{why}: {msg}");
+            }
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    let after: Vec<_> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "a refused upload left files in the store");
+    // Without the key: 401.
+    let r = agent()
+        .put(&format!("{url}/admin/prompts/x"))
+        .send_json(json!({ "files": {} }));
+    assert!(matches!(r, Err(ureq::Error::Status(401, _))));
+}
