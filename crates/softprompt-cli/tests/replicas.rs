@@ -343,11 +343,23 @@ fn replicas_behind_nginx_answer_exactly_through_store_churn_and_a_restart() {
     });
     let (rep, restart_s) = run;
     drop(a);
+    // Requests nginx moved to the other replica (refused, reset or 503 on the first one).
+    let log = std::fs::read_to_string(lb_dir.join("access.log")).unwrap_or_default();
+    let retried = log
+        .lines()
+        .filter(|l| l.contains("/v1/completions"))
+        .filter(|l| {
+            l.split("upstream_status=")
+                .nth(1)
+                .is_some_and(|s| s.contains(','))
+        })
+        .count();
     let summary = json!({
         "one_replica": { "requests_per_s": one.requests_per_s(), "tokens_per_s": one.tokens_per_s(), "ok": one.ok, "errors": one.errors, "p50_ms": one.percentile(0.5) },
         "two_replicas_nginx": { "requests_per_s": two.requests_per_s(), "tokens_per_s": two.tokens_per_s(), "ok": two.ok, "errors": two.errors, "p50_ms": two.percentile(0.5) },
         "disturbed": rep.to_json(),
         "restart_to_ready_s": restart_s,
+        "retried_by_nginx": retried,
         "churn_steps": churn_steps.load(Ordering::Relaxed),
         "worst_store_change_visible_s": *worst_visible.lock().unwrap(),
     });

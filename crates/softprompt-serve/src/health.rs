@@ -26,8 +26,8 @@ pub async fn live() -> Json<Value> {
     Json(json!({ "status": "live" }))
 }
 
-/// `GET /health/ready`: 200 once the model is loaded and the first store scan is done (and
-/// the last scan could read the store), 503 before, while draining, or with the store gone.
+/// `GET /health/ready`: 200 once the model is loaded and the first store scan is done, 503
+/// before and while draining.
 pub async fn ready(State(s): St) -> (StatusCode, Json<Value>) {
     let ready = s.ready.load(Ordering::Acquire);
     let code = if ready {

@@ -4,15 +4,16 @@
 //!
 //! Endpoints: `POST /v1/completions` (`model` names a prompt, or the base model), `POST
 //! /v1/chat/completions` (the model's chat template), `GET /v1/models`, `POST /v1/classify`
-//! (rank over the label words the prompt was trained with), `GET /health`, `GET /metrics`
-//! (Prometheus), and the admin API `GET/POST /admin/prompts`, `DELETE /admin/prompts/{name}`
-//! (bearer key). Every request gets one access-log line (`tracing`, target
+//! (rank over the label words the prompt was trained with), `GET /health`, `/health/live`,
+//! `/health/ready`, `GET /metrics` (Prometheus), and the admin API `GET/POST /admin/prompts`,
+//! `PUT/DELETE /admin/prompts/{name}` (bearer key; PUT uploads into the store). Every request gets one access-log line (`tracing`, target
 //! `softprompt_serve::access`).
 //!
 //! Modules: `router` (routes, access log), one per endpoint group (`completions` with its SSE
 //! stream and `detok`, `chat`, `classify`, `admin`, `health`, `metrics`), `types` (request
 //! bodies), `state` (what the handlers share), `config`, `error` (one error enum, mapped to
-//! HTTP statuses), `registry` (the prompts), `loadtest` (the client side).
+//! HTTP statuses), `registry` (the prompts and the shared store they are watched in),
+//! `loadtest` (the client side).
 
 mod admin;
 mod chat;
@@ -107,7 +108,9 @@ impl Server {
 
     /// Scan the prompt folder (see [`registry`]); the server is ready once a scan read it.
     pub async fn scan_store(&self) -> Result<ScanReport, ServeError> {
-        scan(&self.state).await
+        let r = scan(&self.state).await?;
+        self.state.ready.store(true, Ordering::Release);
+        Ok(r)
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -135,17 +138,17 @@ impl Server {
     }
 }
 
-/// One scan of the store on a blocking thread; readiness follows whether it could read it.
+/// One scan of the store on a blocking thread.
 async fn scan(state: &Arc<AppState>) -> Result<ScanReport, ServeError> {
     let s2 = state.clone();
-    let r = tokio::task::spawn_blocking(move || s2.registry.scan())
+    tokio::task::spawn_blocking(move || s2.registry.scan())
         .await
-        .map_err(|e| ServeError::Internal(e.to_string()))?;
-    state.ready.store(r.is_ok(), Ordering::Release);
-    r
+        .map_err(|e| ServeError::Internal(e.to_string()))?
 }
 
-/// Rescan the store every `every`, logging what changed (never returns).
+/// Rescan the store every `every`, logging what changed (never returns). A store that cannot
+/// be read is logged and the loaded prompts kept: a shared mount's hiccup must not take every
+/// replica out of service at once.
 async fn watch(state: Arc<AppState>, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -164,7 +167,7 @@ async fn watch(state: Arc<AppState>, every: std::time::Duration) {
                     tracing::warn!(prompt = %n, "store: skipped until it changes: {e}");
                 }
             }
-            Err(e) => tracing::warn!("store: not ready: {e}"),
+            Err(e) => tracing::warn!("store: scan failed, keeping the loaded prompts: {e}"),
         }
     }
 }
@@ -192,6 +195,7 @@ pub fn serve_blocking(
         let state = server.state.clone();
         let serving = tokio::spawn(server.run(shutdown_signal()));
         let failed = scan(&state).await?.failed;
+        state.ready.store(true, Ordering::Release);
         on_ready(addr, state.registry.len(), &failed);
         if let Some(every) = watch_every {
             tokio::spawn(watch(state, every));
