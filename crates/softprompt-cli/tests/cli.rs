@@ -296,3 +296,87 @@ fn bad_training_settings_name_their_flag() {
         );
     }
 }
+
+/// `--prompt A --prompt B` is an ensemble: classify's class probabilities are the mean of each
+/// prompt's own, eval of a prompt twice equals eval of it once, and prompts of different tasks
+/// are refused by name.
+#[test]
+fn prompt_ensembles_average_class_probabilities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = bin().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ens = tmp.path().join("ens");
+    let e = ens.to_str().unwrap();
+    run(&[
+        "init",
+        "--task",
+        "demo",
+        "--virtual-tokens",
+        "4",
+        "--count",
+        "2",
+        "--out",
+        e,
+    ]);
+    let (a, b) = (format!("{e}/p000"), format!("{e}/p001"));
+    let text = "a gorgeous, witty, seductive movie";
+    let probs = |prompts: &[&str]| -> Vec<f64> {
+        let mut args = vec!["classify", "--json", "--text", text];
+        for p in prompts {
+            args.extend(["--prompt", p]);
+        }
+        let v: serde_json::Value = serde_json::from_str(&run(&args)).unwrap();
+        let m = v["probabilities"].as_object().unwrap();
+        m.values().map(|p| p.as_f64().unwrap()).collect()
+    };
+    let (pa, pb, pe) = (probs(&[&a]), probs(&[&b]), probs(&[&a, &b]));
+    assert!(
+        pa.iter().zip(&pb).any(|(x, y)| (x - y).abs() > 1e-4),
+        "two seeds gave the same probabilities {pa:?}: the test cannot tell them apart"
+    );
+    for ((x, y), e) in pa.iter().zip(&pb).zip(&pe) {
+        assert!(
+            (e - (x + y) / 2.0).abs() < 1e-9,
+            "{pe:?} is not the mean of {pa:?} and {pb:?}"
+        );
+    }
+
+    let eval = |prompts: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--json", "--limit", "8"];
+        for p in prompts {
+            args.extend(["--prompt", p]);
+        }
+        serde_json::from_str(&run(&args)).unwrap()
+    };
+    let (once, twice) = (eval(&[&a]), eval(&[&a, &a]));
+    assert_eq!(once["value"], twice["value"]);
+    let (l1, l2) = (
+        once["loss"].as_f64().unwrap(),
+        twice["loss"].as_f64().unwrap(),
+    );
+    assert!((l1 - l2).abs() < 1e-9, "loss {l1} vs {l2}");
+    assert_eq!(twice["prompt"].as_array().map(Vec::len), Some(2));
+
+    let other = tmp.path().join("other");
+    let o = other.to_str().unwrap();
+    run(&[
+        "init",
+        "--template",
+        "Q: {text}\nA:",
+        "--labels",
+        "0=no,1=yes",
+        "--virtual-tokens",
+        "4",
+        "--out",
+        o,
+    ]);
+    let out = bin()
+        .args(["classify", "--text", text, "--prompt", &a, "--prompt", o])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, &["other", "share one task"]);
+}

@@ -729,7 +729,7 @@ fn echo_and_logprobs_equal_score_bit_for_bit_and_batch_as_single_requests() {
 fn classify_uses_the_prompts_task_and_matches_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = dir.path().join("prompts");
-    make_prompts(&prompts, 1, &["--init", "labels", "--task", "demo"]);
+    make_prompts(&prompts, 2, &["--task", "demo"]);
     let s = start(&["--prompts", prompts.to_str().unwrap()]);
     let text = "a warm, funny and moving film";
     let (code, v) = post(
@@ -764,6 +764,48 @@ fn classify_uses_the_prompts_task_and_matches_the_cli() {
         &json!({ "model": "base", "input": text, "task": "demo" }),
     );
     assert_eq!(code, 200, "{v}");
+
+    // An ensemble: the mean of its prompts' probabilities, as the CLI's `--prompt A --prompt B`.
+    let probs = |v: &Value| -> Vec<f64> {
+        let m = v["probabilities"].as_object().unwrap();
+        m.values().map(|p| p.as_f64().unwrap()).collect()
+    };
+    let one = |name: &str| {
+        let (code, v) = post(
+            &format!("{}/v1/classify", s.url),
+            &json!({ "model": name, "input": text }),
+        );
+        assert_eq!(code, 200, "{v}");
+        probs(&v)
+    };
+    let (pa, pb) = (one("p000"), one("p001"));
+    let (code, v) = post(
+        &format!("{}/v1/classify", s.url),
+        &json!({ "model": ["p000", "p001"], "input": text }),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["softprompt"].as_array().map(Vec::len), Some(2), "{v}");
+    for ((x, y), e) in pa.iter().zip(&pb).zip(probs(&v)) {
+        assert!((e - (x + y) / 2.0).abs() < 1e-12, "{v}");
+    }
+    let out = bin()
+        .args(["classify", "--json", "--text", text, "--prompt"])
+        .arg(prompts.join("p000"))
+        .arg("--prompt")
+        .arg(prompts.join("p001"))
+        .output()
+        .unwrap();
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (x, y) in probs(&cli).iter().zip(probs(&v)) {
+        assert!((x - y).abs() < 1e-4, "CLI {cli} vs server {v}");
+    }
+    // Prompts of different tasks (the base model has none) are refused by name.
+    let (code, v) = post(
+        &format!("{}/v1/classify", s.url),
+        &json!({ "model": ["p000", "base"], "input": text }),
+    );
+    assert_eq!(code, 422, "{v}");
+    assert!(v.to_string().contains("different tasks"), "{v}");
     let _: PathBuf = prompts;
 }
 

@@ -12,7 +12,7 @@ use crate::state::{body, AppState, St};
 use crate::types::{LoadBody, UploadBody};
 
 /// The bearer key, compared in constant time.
-fn authorize(s: &AppState, h: &HeaderMap) -> Result<(), ServeError> {
+pub(crate) fn authorize(s: &AppState, h: &HeaderMap) -> Result<(), ServeError> {
     let Some(key) = &s.cfg.admin_key else {
         return Err(ServeError::Forbidden(
             "admin endpoints are disabled (start the server with an admin key)".into(),

@@ -35,21 +35,48 @@ async fn classify_inner(
 ) -> Result<Response, ServeError> {
     let slot = s.admit()?;
     let r = body(b)?;
-    let entry = s.registry.get(&r.model)?;
-    let spec: TaskSpec = match &r.task {
-        Some(Value::String(name)) => softprompt_core::data::builtin_task(name)
-            .ok_or_else(|| invalid(format!("no built-in task '{name}'")))?,
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| invalid(format!("task: {e}")))?,
-        None => entry
+    let names = r.model.names();
+    if names.is_empty() || names.len() > s.cfg.max_ensemble {
+        return Err(invalid(format!(
+            "\"model\": give 1 to {} prompt names (--max-ensemble)",
+            s.cfg.max_ensemble
+        )));
+    }
+    let entries = names
+        .iter()
+        .map(|n| s.registry.get(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The task a prompt was trained on (its softprompt.json), by name.
+    let stored_task = |i: usize| {
+        entries[i]
             .served
             .prompt
             .as_ref()
             .and_then(|p| p.meta.as_ref())
             .and_then(|m| m.task.clone())
-            .ok_or_else(|| invalid(format!("'{}' has no trained task: give \"task\"", r.model)))
-            .and_then(|t| {
-                serde_json::from_value(t).map_err(|e| invalid(format!("stored task: {e}")))
-            })?,
+    };
+    let spec: TaskSpec = match &r.task {
+        Some(Value::String(name)) => softprompt_core::data::builtin_task(name)
+            .ok_or_else(|| invalid(format!("no built-in task '{name}'")))?,
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| invalid(format!("task: {e}")))?,
+        None => {
+            for i in 1..entries.len() {
+                let name = |t: Option<Value>| t.and_then(|t| t.get("name").cloned());
+                if name(stored_task(i)) != name(stored_task(0)) {
+                    return Err(invalid(format!(
+                        "'{}' and '{}' were trained for different tasks: an ensemble's prompts share one (or give \"task\")",
+                        names[i], names[0]
+                    )));
+                }
+            }
+            stored_task(0)
+                .ok_or_else(|| {
+                    invalid(format!("'{}' has no trained task: give \"task\"", names[0]))
+                })
+                .and_then(|t| {
+                    serde_json::from_value(t).map_err(|e| invalid(format!("stored task: {e}")))
+                })?
+        }
     };
     spec.validate().map_err(invalid)?;
     let length_norm = r.length_norm.unwrap_or(false);
@@ -62,47 +89,81 @@ async fn classify_inner(
     .await
     .map_err(|e| ServeError::Internal(e.to_string()))?
     .map_err(ServeError::from_core)?;
-    log.set_prompt(&entry.served.name, example.ids.len());
-    let n = entry.served.num_virtual_tokens()
-        + example.ids.len()
-        + example.cands.iter().map(Vec::len).max().unwrap_or(0);
-    if n > s.cfg.max_input_tokens {
-        return Err(invalid(format!(
-            "{n} tokens exceed --max-input-tokens {}",
-            s.cfg.max_input_tokens
-        )));
+    log.set_prompt(&names.join("+"), example.ids.len());
+    let cand_len = example.cands.iter().map(Vec::len).max().unwrap_or(0);
+    let mut replies = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let n = entry.served.num_virtual_tokens() + example.ids.len() + cand_len;
+        if n > s.cfg.max_input_tokens {
+            return Err(invalid(format!(
+                "{n} tokens exceed --max-input-tokens {}",
+                s.cfg.max_input_tokens
+            )));
+        }
     }
-    entry.requests.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    s.scheduler
-        .classify(ClassifyRequest {
-            prompt: entry.served.clone(),
-            example,
-            length_norm,
-            reply: Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        })
-        .map_err(|_| ServeError::Unavailable("the server is shutting down".into()))?;
-    let scores = tokio::time::timeout(s.cfg.timeout, rx)
-        .await
-        .map_err(|_| ServeError::Timeout("no answer within --timeout-s".into()))?
-        .map_err(|_| ServeError::Internal("the scheduler dropped the request".into()))?
-        .map_err(ServeError::from_core)?;
+    // One request per prompt: the scheduler batches them with each other and with the
+    // other requests over the one frozen model.
+    for entry in &entries {
+        entry.requests.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.scheduler
+            .classify(ClassifyRequest {
+                prompt: entry.served.clone(),
+                example: example.clone(),
+                length_norm,
+                reply: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            })
+            .map_err(|_| ServeError::Unavailable("the server is shutting down".into()))?;
+        replies.push(rx);
+    }
+    let mut all_scores = Vec::with_capacity(replies.len());
+    for rx in replies {
+        let scores = tokio::time::timeout(s.cfg.timeout, rx)
+            .await
+            .map_err(|_| ServeError::Timeout("no answer within --timeout-s".into()))?
+            .map_err(|_| ServeError::Internal("the scheduler dropped the request".into()))?
+            .map_err(ServeError::from_core)?;
+        all_scores.push(scores);
+    }
     drop(slot);
+    // An ensemble's scores: log of the averaged class probabilities (as
+    // `objective::classify_ensemble`); one prompt's: its own scores.
+    let scores = match all_scores.as_slice() {
+        [one] => one.clone(),
+        many => {
+            let k = many.len() as f64;
+            let mut p = vec![0.0; many[0].len()];
+            for sc in many {
+                for (a, q) in p.iter_mut().zip(objective::softmax(sc)) {
+                    *a += q / k;
+                }
+            }
+            p.iter().map(|q| q.ln()).collect()
+        }
+    };
     let probs = objective::softmax(&scores);
     let best = objective::argmax(&scores);
     let labels = spec.label_values();
-    let sp = &entry.served;
+    let info: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let sp = &e.served;
+            json!({ "prompt": sp.name, "sha256": sp.sha256, "virtual_tokens": sp.num_virtual_tokens() })
+        })
+        .collect();
+    let one = entries.len() == 1;
     Ok(Json(json!({
         "object": "classification",
-        "model": sp.name,
+        "model": if one { json!(names[0]) } else { json!(names) },
         "task": spec.name,
         "label": labels.get(best),
         "candidate": cands.get(best),
         "probabilities": labels.iter().zip(&probs).map(|(l, p)| (l.clone(), json!(p))).collect::<serde_json::Map<_, _>>(),
+        "candidates": labels.iter().zip(&cands).map(|(l, c)| (l.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
         "scores": scores,
-        "softprompt": { "prompt": sp.name, "sha256": sp.sha256, "virtual_tokens": sp.num_virtual_tokens() },
+        "softprompt": if one { info[0].clone() } else { json!(info) },
     }))
     .into_response())
 }

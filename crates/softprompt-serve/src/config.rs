@@ -23,12 +23,17 @@ pub struct ServeConfig {
     pub max_output_tokens: usize,
     pub max_body_bytes: usize,
     pub max_prompts: usize,
+    /// Prompts in one `/v1/classify` ensemble.
+    pub max_ensemble: usize,
     /// Per-request deadline.
     pub timeout: Duration,
     /// Rescan the prompt folder this often (None: scanned once at start).
     pub watch_interval: Option<Duration>,
     /// Largest admin upload body (`PUT /admin/prompts/{name}`).
+    pub max_prompt_upload_bytes: usize,
+    /// Playground uploads: largest file (bytes) and most rows.
     pub max_upload_bytes: usize,
+    pub max_upload_rows: usize,
 }
 
 impl Default for ServeConfig {
@@ -44,9 +49,12 @@ impl Default for ServeConfig {
             max_output_tokens: 512,
             max_body_bytes: 1 << 20,
             max_prompts: 1000,
+            max_ensemble: 8,
             timeout: Duration::from_secs(120),
             watch_interval: None,
-            max_upload_bytes: 16 << 20,
+            max_prompt_upload_bytes: 16 << 20,
+            max_upload_bytes: 8 << 20,
+            max_upload_rows: 50_000,
         }
     }
 }

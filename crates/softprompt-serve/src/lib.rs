@@ -5,9 +5,10 @@
 //! Endpoints: `POST /v1/completions` (`model` names a prompt, or the base model), `POST
 //! /v1/chat/completions` (the model's chat template), `GET /v1/models`, `POST /v1/classify`
 //! (rank over the label words the prompt was trained with), `GET /health`, `/health/live`,
-//! `/health/ready`, `GET /metrics` (Prometheus), and the admin API `GET/POST /admin/prompts`,
-//! `PUT/DELETE /admin/prompts/{name}` (bearer key; PUT uploads into the store). Every request gets one access-log line (`tracing`, target
-//! `softprompt_serve::access`).
+//! `/health/ready`, `GET /metrics` (Prometheus), the admin API `GET/POST /admin/prompts`,
+//! `PUT/DELETE /admin/prompts/{name}` (bearer key; PUT uploads into the store), and the
+//! browser playground at `/` (`playground`: try, train, inspect). Every request gets one
+//! access-log line (`tracing`, target `softprompt_serve::access`).
 //!
 //! Modules: `router` (routes, access log), one per endpoint group (`completions` with its SSE
 //! stream and `detok`, `chat`, `classify`, `admin`, `health`, `metrics`), `types` (request
@@ -25,6 +26,7 @@ pub mod error;
 mod health;
 pub mod loadtest;
 mod metrics;
+mod playground;
 pub mod registry;
 mod router;
 mod state;
@@ -102,6 +104,7 @@ impl Server {
             next_id: AtomicU64::new(1),
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
+            jobs: Default::default(),
         });
         Ok(Server { state, listener })
     }

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use crate::error::ServeError;
 use crate::metrics::Metrics;
 use crate::state::AppState;
-use crate::{admin, chat, classify, completions, health, metrics};
+use crate::{admin, chat, classify, completions, health, metrics, playground};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.max_body_bytes;
@@ -36,8 +36,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/prompts/{name}",
             delete(admin::unload)
                 .put(admin::upload)
-                .layer(DefaultBodyLimit::max(state.cfg.max_upload_bytes)),
+                .layer(DefaultBodyLimit::max(state.cfg.max_prompt_upload_bytes)),
         )
+        .merge(playground::routes(&state))
         .fallback(|| async { ServeError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), gate))

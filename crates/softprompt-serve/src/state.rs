@@ -30,6 +30,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Model loaded and store scanned (`/health/ready`); false again while draining.
     pub ready: AtomicBool,
+    /// Playground training jobs.
+    pub jobs: crate::playground::jobs::Jobs,
 }
 
 pub type St = State<Arc<AppState>>;

@@ -65,7 +65,9 @@ pub struct ChatRequest {
 /// `POST /v1/classify`.
 #[derive(Deserialize)]
 pub struct ClassifyBody {
-    pub model: String,
+    /// A served prompt's name, or a list of names of one task: an ensemble whose class
+    /// probabilities are averaged.
+    pub model: OneOrMany,
     /// A text (fills the template's only field) or an object of the template's fields.
     pub input: Value,
     /// A built-in task name or a task spec; default: the task the prompt was trained on.
@@ -85,4 +87,21 @@ pub struct LoadBody {
 #[serde(deny_unknown_fields)]
 pub struct UploadBody {
     pub files: std::collections::BTreeMap<String, String>,
+}
+
+/// A string, or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
 }

@@ -4,20 +4,16 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use softprompt_core::infer::objective;
-use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train;
 
-use super::common::{load_model, load_prompt, ModelArgs, PromptArgs, TaskArgs};
+use super::common::{load_model, prompt_views, ModelArgs, PromptOrTemplate, TaskArgs};
 
 #[derive(Args)]
 pub struct ClassifyArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
-    prompt: PromptArgs,
-    /// Classify with the template alone (a hard prompt, zero-shot) instead of a soft prompt.
-    #[arg(long, conflicts_with = "prompt")]
-    no_prompt: bool,
+    prompt: PromptOrTemplate,
     #[command(flatten)]
     task: TaskArgs,
     /// The input text: fills the template's only field (e.g. {sentence}).
@@ -36,25 +32,17 @@ pub struct ClassifyArgs {
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
     let m = load_model(&a.model)?;
-    let sp = if a.no_prompt {
-        None
-    } else {
-        load_prompt(&m, &a.prompt)?
-    };
-    let spec = a.task.resolve(sp.as_ref(), None)?;
+    let sps = a.prompt.load(&m)?;
+    let spec = a.task.resolve(sps.first(), None)?;
     let input = match (a.text, a.input) {
         (_, Some(j)) => serde_json::from_str(&j).context("--input must be a JSON object")?,
         (Some(t), None) => json!(t),
         (None, None) => anyhow::bail!("give --text or --input"),
     };
     let (ex, cands) = train::eval::class_example(&m, &spec, input)?;
-    let r = objective::classify_batch(
-        &m.llama,
-        sp.as_ref().map(SoftPrompt::view).transpose()?,
-        std::slice::from_ref(&ex),
-        a.length_norm,
-        false,
-    )?;
+    let views = prompt_views(&sps)?;
+    let r =
+        objective::classify_ensemble(&m.llama, &views, std::slice::from_ref(&ex), a.length_norm)?;
     let probs = objective::softmax(&r.scores[0]);
     let best = objective::argmax(&r.scores[0]);
     let labels = spec.label_values();

@@ -10,6 +10,7 @@ use clap::builder::{PossibleValue, TypedValueParser};
 use clap::Args;
 use softprompt_core::compute::weight::WeightFormat;
 use softprompt_core::data::{self, TaskSpec};
+use softprompt_core::model::input::PromptRef;
 use softprompt_core::model::FrozenModel;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::{trainer, Init};
@@ -105,6 +106,69 @@ pub struct PromptArgs {
     /// Use the prompt even if it was trained for a different base model (same hidden size).
     #[arg(long)]
     pub force: bool,
+}
+
+/// Soft prompts of one task (several: an ensemble, their class probabilities averaged), or
+/// the task's template alone (`--no-prompt`), for the commands that classify.
+#[derive(Args, Clone)]
+pub struct PromptOrTemplate {
+    /// Soft prompt: a PEFT adapter folder. Give it several times for an ensemble of prompts
+    /// trained for one task (Lester et al. 2021, §7).
+    #[arg(long, short)]
+    pub prompt: Vec<PathBuf>,
+    /// Use the prompts even if they were trained for a different base model (same hidden size).
+    #[arg(long)]
+    pub force: bool,
+    /// Use the template alone (a hard prompt, zero-shot) instead of a soft prompt.
+    #[arg(long, conflicts_with = "prompt")]
+    pub no_prompt: bool,
+}
+
+impl PromptOrTemplate {
+    /// The prompts (none with `--no-prompt` or without `--prompt`). An ensemble's prompts must
+    /// name one task in their metadata (or none).
+    pub fn load(&self, model: &FrozenModel) -> Result<Vec<SoftPrompt>> {
+        if self.no_prompt {
+            return Ok(Vec::new());
+        }
+        let v = self
+            .prompt
+            .iter()
+            .map(|dir| SoftPrompt::load_for(model, dir, self.force))
+            .collect::<softprompt_core::Result<Vec<_>>>()?;
+        let task = |p: &SoftPrompt| {
+            p.meta
+                .as_ref()
+                .and_then(|m| m.task.as_ref())
+                .and_then(|t| t.get("name"))
+                .and_then(|n| n.as_str())
+                .map(str::to_owned)
+        };
+        if let Some(first) = v.first() {
+            for (p, dir) in v.iter().zip(&self.prompt).skip(1) {
+                anyhow::ensure!(
+                    task(p) == task(first),
+                    "--prompt {}: trained for task {:?}, but {} for {:?}; an ensemble's prompts share one task",
+                    dir.display(),
+                    task(p),
+                    self.prompt[0].display(),
+                    task(first)
+                );
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// The prompts as the model reads them; no prompt is the bare model (`[None]`).
+pub fn prompt_views(sps: &[SoftPrompt]) -> Result<Vec<Option<PromptRef<'_>>>> {
+    if sps.is_empty() {
+        return Ok(vec![None]);
+    }
+    Ok(sps
+        .iter()
+        .map(|p| p.view().map(Some))
+        .collect::<softprompt_core::Result<_>>()?)
 }
 
 /// Which task: a built-in name, a task file, or an ad-hoc template + labels.

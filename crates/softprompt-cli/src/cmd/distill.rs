@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use softprompt_core::train::distill::{self, DistillConfig};
-use softprompt_core::train::{optim, trainer, Init};
+use softprompt_core::train::{Init, TrainConfig};
 
 use super::common::{load_model, stop_on_ctrl_c, Interrupted, ModelArgs, Progress};
+use super::train::RunArgs;
 
 #[derive(Args)]
 pub struct DistillArgs {
@@ -39,9 +40,6 @@ pub struct DistillArgs {
     /// Output folder (prompt folder + teacher.json, hard_prompt/, distill.json/.md, log, curve).
     #[arg(long, short)]
     out: Option<PathBuf>,
-    /// Virtual tokens of the distilled prompt (P).
-    #[arg(long, default_value_t = 20)]
-    virtual_tokens: usize,
     /// text (the hard prompt's first P tokens), vocab[:TOP], random[:R], text:TEXT, file:DIR.
     #[arg(long, default_value = "text")]
     init: String,
@@ -54,63 +52,11 @@ pub struct DistillArgs {
     /// 0 = greedy teacher continuations; > 0 = sampled with --seed.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
-    /// adamw or adafactor.
-    #[arg(long, default_value = "adamw")]
-    optimizer: String,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 0.03)]
-    lr: f32,
-    /// constant, linear or cosine (after warm-up).
-    #[arg(long, default_value = "linear")]
-    schedule: String,
-    /// Linear warm-up steps.
-    #[arg(long, default_value_t = 10)]
-    warmup: u64,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 200)]
-    steps: u64,
-    /// Inputs per step.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// Micro-batches whose gradients are summed per step.
-    #[arg(long, default_value_t = 1)]
-    grad_accum: usize,
-    /// Clip the prompt gradient to this L2 norm (0 = no clipping).
-    #[arg(long, default_value_t = 1.0)]
-    max_grad_norm: f32,
-    /// Seed of the data order, the init and sampled teacher continuations.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Held-out KL every N steps (0 = at the end only).
-    #[arg(long, default_value_t = 50)]
-    eval_every: u64,
-    /// Use at most N held-out inputs.
-    #[arg(long)]
-    eval_limit: Option<usize>,
-    /// Use at most N training inputs.
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Write a checkpoint every N steps.
-    #[arg(long, default_value_t = 50)]
-    checkpoint_every: u64,
-    /// Checkpoints kept (older ones are removed).
-    #[arg(long, default_value_t = 2)]
-    keep_checkpoints: usize,
-    /// Cut inputs to their last N tokens.
-    #[arg(long, default_value_t = 256)]
-    max_len: usize,
-    /// Held-out inputs per evaluation batch.
-    #[arg(long, default_value_t = 16)]
-    eval_batch_size: usize,
+    #[command(flatten)]
+    run: RunArgs,
     /// Folder that relative data files are resolved against.
     #[arg(long)]
     data_root: Option<PathBuf>,
-    /// Continue from OUT/checkpoints (the teacher data in OUT/teacher.json is reused).
-    #[arg(long)]
-    resume: bool,
-    /// No progress bar (log lines instead).
-    #[arg(long)]
-    quiet: bool,
 }
 
 pub fn run(a: DistillArgs) -> Result<()> {
@@ -135,45 +81,21 @@ pub fn run(a: DistillArgs) -> Result<()> {
     } else {
         a.init.parse()?
     };
-    let optimizer = match a.optimizer.as_str() {
-        "adamw" => optim::OptimizerKind::adamw_default(),
-        "adafactor" => optim::OptimizerKind::adafactor_lester(),
-        other => anyhow::bail!("--optimizer {other}: expected adamw or adafactor"),
-    };
     let m = load_model(&a.model)?;
-    let cfg = trainer::TrainConfig {
+    let cfg = a.run.apply(TrainConfig {
         task: distill::task_spec(&dc)?,
         train_file: a.inputs.clone(),
         validation_file: a.validation.clone(),
-        num_virtual_tokens: a.virtual_tokens,
         init,
-        optimizer,
-        lr: a.lr,
-        schedule: a.schedule.parse()?,
-        warmup_steps: a.warmup,
-        steps: a.steps,
-        batch_size: a.batch_size,
-        grad_accum: a.grad_accum,
-        max_grad_norm: a.max_grad_norm,
-        seed: a.seed,
-        eval_every: a.eval_every,
-        eval_limit: a.eval_limit,
-        patience: None,
-        checkpoint_every: a.checkpoint_every,
-        keep_checkpoints: a.keep_checkpoints,
-        max_len: a.max_len,
-        length_norm: false,
-        train_limit: a.train_limit,
-        skip_bad_rows: false,
-        eval_batch_size: a.eval_batch_size,
         data_root: a.data_root.clone(),
-    };
+        ..TrainConfig::default()
+    });
     let out = a
         .out
         .clone()
-        .unwrap_or_else(|| distill::default_out(a.resume));
+        .unwrap_or_else(|| distill::default_out(a.run.resume));
     let stop = stop_on_ctrl_c("")?;
-    let mut obs = Progress::new(cfg.steps, a.quiet);
+    let mut obs = Progress::new(cfg.steps, a.run.quiet);
     eprintln!(
         "softprompt: distilling a {}-character hard prompt into {} virtual tokens ({} teacher tokens, top-{} + rest; {} steps x batch {}) -> {}",
         dc.hard_prompt.chars().count(),
@@ -184,7 +106,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
         cfg.batch_size,
         out.display()
     );
-    let (summary, r) = distill::distill(&m, &cfg, &dc, &out, a.resume, &stop, &mut obs)?;
+    let (summary, r) = distill::distill(&m, &cfg, &dc, &out, a.run.resume, &stop, &mut obs)?;
     obs.finish();
     let Some(r) = r else {
         eprintln!(

@@ -6,20 +6,16 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use softprompt_core::data;
-use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train;
 
-use super::common::{load_model, load_prompt, ModelArgs, PromptArgs, TaskArgs};
+use super::common::{load_model, prompt_views, ModelArgs, PromptOrTemplate, TaskArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
-    prompt: PromptArgs,
-    /// Evaluate the template alone (a hard prompt, zero-shot) instead of a soft prompt.
-    #[arg(long, conflicts_with = "prompt")]
-    no_prompt: bool,
+    prompt: PromptOrTemplate,
     #[command(flatten)]
     task: TaskArgs,
     /// Labelled data (JSONL/CSV/TSV); default: the task's validation split.
@@ -50,16 +46,12 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let m = load_model(&a.model)?;
-    let sp = if a.no_prompt {
-        None
-    } else {
-        load_prompt(&m, &a.prompt)?
-    };
+    let sps = a.prompt.load(&m)?;
     anyhow::ensure!(
-        a.no_prompt || sp.is_some(),
+        a.prompt.no_prompt || !sps.is_empty(),
         "give --prompt DIR, or --no-prompt to evaluate the template alone"
     );
-    let spec = a.task.resolve(sp.as_ref(), None)?;
+    let spec = a.task.resolve(sps.first(), None)?;
     let spec = spec.with_template(a.template_index).with_context(|| {
         format!(
             "task {} has no template number {}",
@@ -77,19 +69,24 @@ pub fn run(a: EvalArgs) -> Result<()> {
         tok.truncate(n);
     }
     let t = std::time::Instant::now();
-    let rep = train::evaluate(
-        &m,
-        sp.as_ref().map(SoftPrompt::view).transpose()?,
-        &tok,
-        a.batch_size,
-        a.length_norm,
-    )?;
+    let views = prompt_views(&sps)?;
+    let rep = train::evaluate_ensemble(&m, &views, &tok, a.batch_size, a.length_norm)?;
     let secs = t.elapsed().as_secs_f64();
     let mut v = serde_json::to_value(&rep)?;
     v["data"] = json!(name);
     v["task"] = json!(spec.name);
     v["template"] = json!(spec.templates().first().copied().unwrap_or(""));
-    v["prompt"] = json!(a.prompt.prompt.as_ref().map(|p| p.display().to_string()));
+    let dirs: Vec<String> = a
+        .prompt
+        .prompt
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    v["prompt"] = match dirs.len() {
+        0 => json!(null),
+        1 => json!(dirs[0]),
+        _ => json!(dirs), // an ensemble
+    };
     v["seconds"] = json!(secs);
     v["examples_per_second"] = json!(rep.n as f64 / secs);
     if let data::Items::Class(ci) = &items {

@@ -48,7 +48,8 @@ pub fn run(a: InitArgs) -> Result<()> {
         if let Some(m) = p.meta.as_mut() {
             m.training =
                 Some(serde_json::json!({ "init": a.init, "seed": seed, "trained_steps": 0 }));
-            if matches!(init, Init::Labels) {
+            // The task is the prompt's when it was named or shaped the init.
+            if a.task.task.is_some() || a.task.template.is_some() || matches!(init, Init::Labels) {
                 m.task = serde_json::to_value(&spec).ok();
             }
         }

@@ -22,9 +22,9 @@ pub struct ServeArgs {
     /// shared storage (NFS) where another host's writes raise no event here.
     #[arg(long, default_value_t = 0)]
     watch_interval_ms: u64,
-    /// Largest admin upload (PUT /admin/prompts/NAME) body, bytes.
+    /// Largest admin prompt upload (PUT /admin/prompts/NAME) body, bytes.
     #[arg(long, default_value_t = 16 << 20)]
-    max_upload_bytes: usize,
+    max_prompt_upload_bytes: usize,
     /// Address to listen on (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     bind: std::net::SocketAddr,
@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// Largest `max_tokens` a request may ask for.
     #[arg(long, default_value_t = 512)]
     max_output_tokens: usize,
+    /// Most prompts in one /v1/classify ensemble ("model": [NAME, ...]).
+    #[arg(long, default_value_t = 8)]
+    max_ensemble: usize,
     /// Largest request body (bytes); larger ones get 413.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -56,6 +59,12 @@ pub struct ServeArgs {
     /// Per-request deadline in seconds (504 after it; a stream ends with finish_reason "timeout").
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
+    /// Largest file (bytes) the playground at `/` accepts for training.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_upload_bytes: usize,
+    /// Most rows of a file the playground accepts for training.
+    #[arg(long, default_value_t = 50_000)]
+    max_upload_rows: usize,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -94,10 +103,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_output_tokens: a.max_output_tokens,
         max_body_bytes: a.max_body_bytes,
         max_prompts: a.max_prompts,
+        max_ensemble: a.max_ensemble,
         timeout: Duration::from_secs(a.timeout_s),
         watch_interval: (a.watch_interval_ms > 0)
             .then(|| Duration::from_millis(a.watch_interval_ms)),
+        max_prompt_upload_bytes: a.max_prompt_upload_bytes,
         max_upload_bytes: a.max_upload_bytes,
+        max_upload_rows: a.max_upload_rows,
     };
     softprompt_serve::serve_blocking(cfg, model, |addr, n, failed| {
         for (name, e) in failed {
@@ -106,6 +118,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         eprintln!("softprompt serve: {n} prompts loaded");
         // Tests and scripts read this line for the address.
         eprintln!("softprompt serve: listening on http://{addr}");
+        eprintln!("softprompt serve: playground at http://{addr}/");
     })?;
     tracing::info!("stopped");
     Ok(())

@@ -40,27 +40,13 @@ pub fn schedule_parser() -> Choices<Schedule> {
     )
 }
 
+/// The flags of the optimization loop, shared by `train` and `distill` (defaults: core's
+/// `TrainConfig::default()`).
 #[derive(Args)]
-pub struct TrainArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    task: TaskArgs,
-    /// Training data (default: the task's train split).
-    #[arg(long)]
-    train: Option<String>,
-    /// Validation data (default: the task's validation split).
-    #[arg(long)]
-    validation: Option<String>,
-    /// Output folder (PEFT adapter + softprompt.json, checkpoints, log, curve); default
-    /// runs/TASK, or runs/TASK-2, -3... if taken (with --resume: runs/TASK).
-    #[arg(long, short)]
-    out: Option<PathBuf>,
+pub struct RunArgs {
     /// Number of virtual tokens.
     #[arg(long, default_value_t = D.num_virtual_tokens)]
-    virtual_tokens: usize,
-    #[arg(long, default_value = "vocab", value_parser = parse_init, help = INIT_HELP)]
-    init: String,
+    pub virtual_tokens: usize,
     /// Optimizer.
     #[arg(long, default_value = D.optimizer.name(), value_parser = optimizer_parser())]
     optimizer: OptimizerKind,
@@ -97,9 +83,6 @@ pub struct TrainArgs {
     /// Evaluate on at most N validation examples.
     #[arg(long)]
     eval_limit: Option<usize>,
-    /// Stop after N evaluations without improvement.
-    #[arg(long)]
-    patience: Option<usize>,
     /// Save a checkpoint (prompt, optimizer, data position) every N steps, and at Ctrl-C.
     #[arg(long, default_value_t = D.checkpoint_every)]
     checkpoint_every: u64,
@@ -109,24 +92,76 @@ pub struct TrainArgs {
     /// Cut texts to their last N tokens.
     #[arg(long, default_value_t = D.max_len)]
     max_len: usize,
-    /// Average multi-token candidates' log-probs over their tokens.
-    #[arg(long)]
-    length_norm: bool,
     /// Use at most N training examples.
     #[arg(long)]
     train_limit: Option<usize>,
-    /// Skip malformed rows (counted) instead of stopping at the first.
-    #[arg(long)]
-    skip_bad_rows: bool,
     /// Examples per evaluation batch.
     #[arg(long, default_value_t = D.eval_batch_size)]
     eval_batch_size: usize,
     /// Continue from OUT/checkpoints.
     #[arg(long)]
-    resume: bool,
+    pub resume: bool,
     /// No progress bar (log lines instead).
     #[arg(long)]
-    quiet: bool,
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// `base` with this run's optimization settings.
+    pub fn apply(&self, base: TrainConfig) -> TrainConfig {
+        let optimizer = self.optimizer.with_weight_decay(self.weight_decay);
+        TrainConfig {
+            num_virtual_tokens: self.virtual_tokens,
+            optimizer,
+            lr: self.lr.unwrap_or(optimizer.default_lr()),
+            schedule: self.schedule,
+            warmup_steps: self.warmup,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_grad_norm: self.max_grad_norm,
+            seed: self.seed,
+            eval_every: self.eval_every,
+            eval_limit: self.eval_limit,
+            checkpoint_every: self.checkpoint_every,
+            keep_checkpoints: self.keep_checkpoints,
+            max_len: self.max_len,
+            train_limit: self.train_limit,
+            eval_batch_size: self.eval_batch_size,
+            ..base
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Training data (default: the task's train split).
+    #[arg(long)]
+    train: Option<String>,
+    /// Validation data (default: the task's validation split).
+    #[arg(long)]
+    validation: Option<String>,
+    /// Output folder (PEFT adapter + softprompt.json, checkpoints, log, curve); default
+    /// runs/TASK, or runs/TASK-2, -3... if taken (with --resume: runs/TASK).
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value = "vocab", value_parser = parse_init, help = INIT_HELP)]
+    init: String,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Stop after N evaluations without improvement.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Average multi-token candidates' log-probs over their tokens.
+    #[arg(long)]
+    length_norm: bool,
+    /// Skip malformed rows (counted) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_rows: bool,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -144,39 +179,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
         .clone()
         .or_else(|| spec.train.clone())
         .with_context(|| format!("task {} has no train split: give --train FILE", spec.name))?;
-    let optimizer = a.optimizer.with_weight_decay(a.weight_decay);
-    let cfg = TrainConfig {
+    let cfg = a.run.apply(TrainConfig {
         task: spec.clone(),
         train_file,
         validation_file: a.validation.clone().or_else(|| spec.validation.clone()),
-        num_virtual_tokens: a.virtual_tokens,
         init: a.init.parse()?,
-        optimizer,
-        lr: a.lr.unwrap_or(optimizer.default_lr()),
-        schedule: a.schedule,
-        warmup_steps: a.warmup,
-        steps: a.steps,
-        batch_size: a.batch_size,
-        grad_accum: a.grad_accum,
-        max_grad_norm: a.max_grad_norm,
-        seed: a.seed,
-        eval_every: a.eval_every,
-        eval_limit: a.eval_limit,
         patience: a.patience,
-        checkpoint_every: a.checkpoint_every,
-        keep_checkpoints: a.keep_checkpoints,
-        max_len: a.max_len,
         length_norm: a.length_norm,
-        train_limit: a.train_limit,
         skip_bad_rows: a.skip_bad_rows,
-        eval_batch_size: a.eval_batch_size,
         data_root: a.task.data_root.clone(),
-    };
+        ..TrainConfig::default()
+    });
     // Default output: runs/TASK, or runs/TASK-2, -3... so a second run never meets the first
     // one's checkpoints (with --resume: runs/TASK itself).
     let out = a.out.clone().unwrap_or_else(|| {
         let base = PathBuf::from("runs").join(&spec.name);
-        if a.resume {
+        if a.run.resume {
             return base;
         }
         std::iter::once(base.clone())
@@ -185,12 +203,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .unwrap_or(base)
     });
     let stop = stop_on_ctrl_c("")?;
-    let mut progress = Progress::new(cfg.steps, a.quiet || !root);
+    let mut progress = Progress::new(cfg.steps, a.run.quiet || !root);
     let mut quiet = trainer::Quiet;
     let obs: &mut dyn trainer::Observer = if root { &mut progress } else { &mut quiet };
     if !root {
         return finish(trainer::train_with(
-            &m, &cfg, &out, a.resume, &stop, obs, &*red,
+            &m,
+            &cfg,
+            &out,
+            a.run.resume,
+            &stop,
+            obs,
+            &*red,
         )?);
     }
     if red.size() > 1 {
@@ -205,14 +229,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         cfg.num_virtual_tokens,
         spec.name,
         a.init,
-        optimizer.name(),
+        cfg.optimizer.name(),
         cfg.lr,
         cfg.steps,
         cfg.batch_size,
         cfg.grad_accum,
         out.display()
     );
-    let summary = trainer::train_with(&m, &cfg, &out, a.resume, &stop, obs, &*red)?;
+    let summary = trainer::train_with(&m, &cfg, &out, a.run.resume, &stop, obs, &*red)?;
     progress.finish();
     if let Some(s) = red.summary() {
         eprintln!("softprompt: {s}");

@@ -307,6 +307,59 @@ fn classify_impl(
     })
 }
 
+/// A prompt ensemble (Lester et al. 2021, §7): every prompt of `prompts` (`None`: the bare
+/// model) ranks the batch's candidates, and an example's class scores are the logs of the class
+/// probabilities averaged over the prompts, `log (1/K) sum_k softmax(s_k)`; `loss` is their
+/// mean NLL of the label. Each prompt's pass computes its prefix once for the whole batch
+/// (K prefixes + K x B inputs go through the shared frozen model, against K x B x (P + T) rows
+/// for one batch mixing the prompts per row). One prompt gives [`classify_batch`]'s result.
+pub fn classify_ensemble(
+    model: &Llama,
+    prompts: &[Option<PromptRef>],
+    batch: &[ClassExample],
+    length_norm: bool,
+) -> Result<BatchResult> {
+    match prompts {
+        [] => Err(Error::Input("an ensemble needs at least one prompt".into())),
+        [p] => classify_batch(model, *p, batch, length_norm, false),
+        _ => {
+            let k = prompts.len() as f64;
+            let mut probs: Vec<Vec<f64>> = batch.iter().map(|e| vec![0.0; e.cands.len()]).collect();
+            let mut rows = 0;
+            for &p in prompts {
+                let r = classify_batch(model, p, batch, length_norm, false)?;
+                rows += r.rows;
+                for (acc, s) in probs.iter_mut().zip(&r.scores) {
+                    for (a, q) in acc.iter_mut().zip(softmax(s)) {
+                        *a += q / k;
+                    }
+                }
+            }
+            let scores: Vec<Vec<f64>> = probs
+                .iter()
+                .map(|row| row.iter().map(|q| q.ln()).collect())
+                .collect();
+            let labelled: Vec<f64> = batch
+                .iter()
+                .zip(&scores)
+                .filter_map(|(e, s)| e.label.map(|y| -s[y]))
+                .collect();
+            let loss = if labelled.is_empty() {
+                0.0
+            } else {
+                labelled.iter().sum::<f64>() / labelled.len() as f64
+            };
+            Ok(BatchResult {
+                weight: labelled.len() as f64,
+                loss,
+                scores,
+                grad: None,
+                rows,
+            })
+        }
+    }
+}
+
 /// Language modelling on target tokens only: mean NLL over all target tokens of the batch.
 pub fn lm_batch(
     model: &Llama,

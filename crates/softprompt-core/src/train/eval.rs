@@ -196,6 +196,19 @@ pub fn evaluate(
     batch_size: usize,
     length_norm: bool,
 ) -> Result<EvalReport> {
+    evaluate_ensemble(model, &[prompt], data, batch_size, length_norm)
+}
+
+/// Evaluate an ensemble of prompts of one classification task: class probabilities averaged
+/// over the prompts ([`objective::classify_ensemble`]). One prompt is [`evaluate`]; a
+/// generation task takes exactly one.
+pub fn evaluate_ensemble(
+    model: &FrozenModel,
+    prompts: &[Option<PromptRef>],
+    data: &Tokenized,
+    batch_size: usize,
+    length_norm: bool,
+) -> Result<EvalReport> {
     let bs = batch_size.max(1);
     match data {
         Tokenized::Class(v) => {
@@ -204,7 +217,7 @@ pub fn evaluate(
             let (mut correct, mut labelled, mut loss) = (0usize, 0usize, 0.0f64);
             let mut predictions = Vec::with_capacity(v.len());
             for chunk in v.chunks(bs) {
-                let r = objective::classify_batch(&model.llama, prompt, chunk, length_norm, false)?;
+                let r = objective::classify_ensemble(&model.llama, prompts, chunk, length_norm)?;
                 let nl = chunk.iter().filter(|e| e.label.is_some()).count();
                 loss += r.loss * nl as f64;
                 for (ex, s) in chunk.iter().zip(&r.scores) {
@@ -231,6 +244,12 @@ pub fn evaluate(
             })
         }
         Tokenized::Gen(v) => {
+            let &[prompt] = prompts else {
+                return Err(Error::Input(format!(
+                    "a generation task is evaluated with one prompt, not an ensemble of {}",
+                    prompts.len()
+                )));
+            };
             let eos = model.eos_ids();
             let (mut em, mut f1, mut loss, mut n) = (0.0, 0.0, 0.0, 0usize);
             for ex in v.iter().filter(|e| !e.target.is_empty()) {

@@ -10,7 +10,7 @@ pub mod optim;
 pub mod parallel;
 pub mod trainer;
 
-pub use eval::{evaluate, tokenize, EvalReport, Tokenized};
+pub use eval::{evaluate, evaluate_ensemble, tokenize, EvalReport, Tokenized};
 pub use init::Init;
 pub use parallel::{Reducer, Single};
 pub use trainer::{train, train_with, Observer, Quiet, TrainConfig, TrainSummary};

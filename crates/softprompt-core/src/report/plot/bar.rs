@@ -5,6 +5,7 @@ use std::path::Path;
 use super::axis::*;
 use super::canvas::Canvas;
 use super::font::*;
+use super::frame::Frame;
 use super::*;
 use crate::{Error, Result};
 
@@ -28,67 +29,28 @@ pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]
     let finite: Vec<f64> = bars.iter().map(|b| b.1).filter(|v| v.is_finite()).collect();
     let lo = finite.iter().copied().fold(0.0f64, f64::min);
     let hi = finite.iter().copied().fold(0.0f64, f64::max);
-    let ya = Axis::nice(lo, hi, 6);
-    let ticks: Vec<(f64, String)> = ya
-        .ticks()
-        .into_iter()
-        .map(|v| (v, format_tick(v, ya.step)))
-        .collect();
-
     let ls = LABEL_SCALE;
-    let title_h = TEXT_H * TITLE_SCALE;
-    let tick_w = ticks
-        .iter()
-        .map(|(_, s)| text_width(s, ls))
-        .max()
-        .unwrap_or(0);
-    let left = 12 + TEXT_H * ls + 10 + tick_w + TICK_LEN + 4;
-    let right = w - 20;
-    let top = 14 + title_h + 16;
     let label_lines = 2;
-    let bottom = h - (12 + label_lines * (TEXT_H * ls + 3) + 6);
-
-    cv.text_centered(
-        w / 2,
-        14,
-        &fit_text(title, w - 20, TITLE_SCALE),
-        TITLE_SCALE,
-        TEXT_COLOR,
+    let f = Frame::draw(
+        &mut cv,
+        title,
+        y_label,
+        Axis::nice(lo, hi, 6),
+        20,
+        12 + label_lines * (TEXT_H * ls + 3) + 6,
     );
-    cv.text_up_centered(
-        12,
-        (top + bottom) / 2,
-        &fit_text(y_label, bottom - top, ls),
-        ls,
-        TEXT_COLOR,
-    );
-
-    let (ft, fb) = (top as f64, bottom as f64);
-    for (v, label) in &ticks {
-        let y = ya.map(*v, fb, ft).round() as i64;
-        cv.fill_rect(left + 1, y, right, y + 1, GRID_COLOR);
-        cv.fill_rect(left - TICK_LEN, y, left, y + 1, AXIS_COLOR);
-        cv.text_right(
-            left - TICK_LEN - 4,
-            y - GLYPH_H * ls / 2,
-            label,
-            ls,
-            TEXT_COLOR,
-        );
-    }
-    cv.rect_outline(left, top, right, bottom, AXIS_COLOR);
+    f.outline(&mut cv, bars.is_empty());
     if bars.is_empty() {
-        cv.text_centered(
-            (left + right) / 2,
-            (top + bottom) / 2 - 7,
-            "no data",
-            2,
-            MUTED_COLOR,
-        );
         return cv.save(path);
     }
+    let Frame {
+        left,
+        right,
+        bottom,
+        ..
+    } = f;
 
-    let zero_y = ya.map(0.0, fb, ft).round() as i64;
+    let zero_y = f.y(0.0).round() as i64;
     let slot = (right - left) as f64 / n as f64;
     let bar_w = ((slot * 0.6) as i64).clamp(4, 120);
     for (i, (label, v)) in bars.iter().enumerate() {
@@ -96,7 +58,7 @@ pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]
         let c = PALETTE[i % PALETTE.len()];
         let text_max = (slot as i64 - 6).max(ADVANCE);
         if v.is_finite() {
-            let y = ya.map(*v, fb, ft).round() as i64;
+            let y = f.y(*v).round() as i64;
             let (y0, y1) = if y <= zero_y {
                 (y, zero_y)
             } else {

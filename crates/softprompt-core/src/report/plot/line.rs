@@ -5,6 +5,7 @@ use std::path::Path;
 use super::axis::*;
 use super::canvas::Canvas;
 use super::font::*;
+use super::frame::{tick_labels, Frame};
 use super::*;
 use crate::Result;
 
@@ -20,7 +21,7 @@ pub fn line_chart(
     y_label: &str,
     series: &[Series],
 ) -> Result<()> {
-    let (w, h) = (CHART_WIDTH as i64, CHART_HEIGHT as i64);
+    let h = CHART_HEIGHT as i64;
     let mut cv = Canvas::new(CHART_WIDTH, CHART_HEIGHT);
 
     // Data range over finite points.
@@ -41,38 +42,17 @@ pub fn line_chart(
         (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
     let xa = Axis::nice(x0, x1, 8);
-    let ya = Axis::nice(y0, y1, 6);
-    let y_ticks: Vec<(f64, String)> = ya
-        .ticks()
-        .into_iter()
-        .map(|v| (v, format_tick(v, ya.step)))
-        .collect();
-    let x_ticks: Vec<(f64, String)> = xa
-        .ticks()
-        .into_iter()
-        .map(|v| (v, format_tick(v, xa.step)))
-        .collect();
-
-    // Layout.
+    let x_ticks = tick_labels(&xa);
     let ls = LABEL_SCALE;
-    let title_h = TEXT_H * TITLE_SCALE;
-    let y_tick_w = y_ticks
-        .iter()
-        .map(|(_, s)| text_width(s, ls))
-        .max()
-        .unwrap_or(0);
-    let left = 12 + TEXT_H * ls + 10 + y_tick_w + TICK_LEN + 4;
-    let right = w - 24;
-    let top = 14 + title_h + 16;
-    let bottom = h - (12 + TEXT_H * ls + 10 + TEXT_H * ls + TICK_LEN + 4);
-
-    cv.text_centered(
-        w / 2,
-        14,
-        &fit_text(title, w - 20, TITLE_SCALE),
-        TITLE_SCALE,
-        TEXT_COLOR,
+    let f = Frame::draw(
+        &mut cv,
+        title,
+        y_label,
+        Axis::nice(y0, y1, 6),
+        24,
+        12 + TEXT_H * ls + 10 + TEXT_H * ls + TICK_LEN + 4,
     );
+    let (left, right, top, bottom) = (f.left, f.right, f.top, f.bottom);
     cv.text_centered(
         (left + right) / 2,
         h - 12 - TEXT_H * ls,
@@ -80,28 +60,7 @@ pub fn line_chart(
         ls,
         TEXT_COLOR,
     );
-    cv.text_up_centered(
-        12,
-        (top + bottom) / 2,
-        &fit_text(y_label, bottom - top, ls),
-        ls,
-        TEXT_COLOR,
-    );
-
-    // Grid and ticks.
-    let (fl, fr, ft, fb) = (left as f64, right as f64, top as f64, bottom as f64);
-    for (v, label) in &y_ticks {
-        let y = ya.map(*v, fb, ft).round() as i64;
-        cv.fill_rect(left + 1, y, right, y + 1, GRID_COLOR);
-        cv.fill_rect(left - TICK_LEN, y, left, y + 1, AXIS_COLOR);
-        cv.text_right(
-            left - TICK_LEN - 4,
-            y - GLYPH_H * ls / 2,
-            label,
-            ls,
-            TEXT_COLOR,
-        );
-    }
+    let (fl, fr) = (left as f64, right as f64);
     // Skip x labels that would overlap the previous one.
     let mut last_end = i64::MIN;
     for (v, label) in &x_ticks {
@@ -114,21 +73,11 @@ pub fn line_chart(
             last_end = x + tw / 2;
         }
     }
-    cv.rect_outline(left, top, right, bottom, AXIS_COLOR);
-
-    if !has_data {
-        cv.text_centered(
-            (left + right) / 2,
-            (top + bottom) / 2 - 7,
-            "no data",
-            2,
-            MUTED_COLOR,
-        );
-    }
+    f.outline(&mut cv, !has_data);
 
     // Series, clipped to the plot frame.
     cv.set_clip(left + 1, top + 1, right, bottom);
-    let to_px = |(x, y): (f64, f64)| (xa.map(x, fl, fr), ya.map(y, fb, ft));
+    let to_px = |(x, y): (f64, f64)| (xa.map(x, fl, fr), f.y(y));
     for (k, s) in series.iter().enumerate() {
         let c = PALETTE[k % PALETTE.len()];
         let n_finite = s.points.iter().filter(finite).count();

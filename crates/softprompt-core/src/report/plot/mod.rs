@@ -5,13 +5,15 @@
 //! atomically (temp file + rename): a reader never sees a half-written image.
 //!
 //! Files: `font.rs` (the glyphs and text layout), `canvas.rs` (an RGB image with drawing
-//! primitives, saved as PNG), `axis.rs` (nice ticks and value labels), and one file per
+//! primitives, saved as PNG), `axis.rs` (nice ticks and value labels), `frame.rs` (title, y axis
+//! and plot rectangle of line and bar charts), and one file per
 //! chart: `line.rs`, `heatmap.rs`, `bar.rs`.
 
 mod axis;
 mod bar;
 mod canvas;
 mod font;
+mod frame;
 mod heatmap;
 mod line;
 
