@@ -1,4 +1,4 @@
-//! The admin API (bearer key): list, load and unload prompts at run time.
+//! The admin API (bearer key): list, load, upload and unload prompts at run time.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::error::ServeError;
 use crate::health::prompt_json;
 use crate::state::{body, AppState, St};
-use crate::types::LoadBody;
+use crate::types::{LoadBody, UploadBody};
 
 /// The bearer key, compared in constant time.
 pub(crate) fn authorize(s: &AppState, h: &HeaderMap) -> Result<(), ServeError> {
@@ -65,14 +65,52 @@ pub async fn load(
     Ok(Json(prompt_json(&name, &e)))
 }
 
-/// `DELETE /admin/prompts/{name}`: requests in flight keep the prompt they started with.
+/// `PUT /admin/prompts/{name} {"files": {"adapter_config.json": BASE64, ...}}`: write the
+/// prompt into the store atomically (every replica sharing it sees it) and load it here.
+pub async fn upload(
+    State(s): St,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Result<Json<UploadBody>, JsonRejection>,
+) -> Result<Json<Value>, ServeError> {
+    use base64::Engine;
+    authorize(&s, &h)?;
+    let files = body(b)?
+        .files
+        .into_iter()
+        .map(|(f, b64)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| ServeError::Invalid(format!("files.{f}: not base64: {e}")))?;
+            Ok((f, bytes))
+        })
+        .collect::<Result<Vec<_>, ServeError>>()?;
+    let s2 = s.clone();
+    let n2 = name.clone();
+    let e = tokio::task::spawn_blocking(move || s2.registry.install(&n2, &files))
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))??;
+    Ok(Json(prompt_json(&name, &e)))
+}
+
+/// `DELETE /admin/prompts/{name}`: requests in flight keep the prompt they started with. A
+/// server that watches its store also removes the folder from it (else the next scan would
+/// load it again), so every replica drops the prompt.
 pub async fn unload(
     State(s): St,
     h: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ServeError> {
     authorize(&s, &h)?;
-    let e = s.registry.unload(&name)?;
+    let e = if s.cfg.watch_interval.is_some() {
+        let s2 = s.clone();
+        let n2 = name.clone();
+        tokio::task::spawn_blocking(move || s2.registry.remove(&n2))
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))??
+    } else {
+        s.registry.unload(&name)?
+    };
     Ok(Json(
         json!({ "id": name, "unloaded": true, "sha256": e.served.sha256 }),
     ))

@@ -27,6 +27,10 @@ pub struct ServeConfig {
     pub max_ensemble: usize,
     /// Per-request deadline.
     pub timeout: Duration,
+    /// Rescan the prompt folder this often (None: scanned once at start).
+    pub watch_interval: Option<Duration>,
+    /// Largest admin upload body (`PUT /admin/prompts/{name}`).
+    pub max_prompt_upload_bytes: usize,
     /// Playground uploads: largest file (bytes) and most rows.
     pub max_upload_bytes: usize,
     pub max_upload_rows: usize,
@@ -47,6 +51,8 @@ impl Default for ServeConfig {
             max_prompts: 1000,
             max_ensemble: 8,
             timeout: Duration::from_secs(120),
+            watch_interval: None,
+            max_prompt_upload_bytes: 16 << 20,
             max_upload_bytes: 8 << 20,
             max_upload_rows: 50_000,
         }

@@ -1,9 +1,10 @@
-//! `GET /health` and `GET /v1/models`.
+//! `GET /health`, `/health/live`, `/health/ready` and `GET /v1/models`.
 
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -18,6 +19,28 @@ pub async fn health(State(s): St) -> Json<Value> {
         "prompts": s.registry.len(),
         "in_flight": s.in_flight.load(Ordering::Relaxed),
     }))
+}
+
+/// `GET /health/live`: the process answers (a load balancer restarts it when this fails).
+pub async fn live() -> Json<Value> {
+    Json(json!({ "status": "live" }))
+}
+
+/// `GET /health/ready`: 200 once the model is loaded and the first store scan is done, 503
+/// before and while draining.
+pub async fn ready(State(s): St) -> (StatusCode, Json<Value>) {
+    let ready = s.ready.load(Ordering::Acquire);
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(
+            json!({ "status": if ready { "ready" } else { "not ready" }, "prompts": s.registry.len() }),
+        ),
+    )
 }
 
 /// A prompt as `/v1/models` and the admin API list it.

@@ -4,15 +4,17 @@
 //!
 //! Endpoints: `POST /v1/completions` (`model` names a prompt, or the base model), `POST
 //! /v1/chat/completions` (the model's chat template), `GET /v1/models`, `POST /v1/classify`
-//! (rank over the label words the prompt was trained with), `GET /health`, `GET /metrics`
-//! (Prometheus), the admin API `GET/POST /admin/prompts`, `DELETE /admin/prompts/{name}`
-//! (bearer key), and the browser playground at `/` (`playground`: try, train, inspect). Every
-//! request gets one access-log line (`tracing`, target `softprompt_serve::access`).
+//! (rank over the label words the prompt was trained with), `GET /health`, `/health/live`,
+//! `/health/ready`, `GET /metrics` (Prometheus), the admin API `GET/POST /admin/prompts`,
+//! `PUT/DELETE /admin/prompts/{name}` (bearer key; PUT uploads into the store), and the
+//! browser playground at `/` (`playground`: try, train, inspect). Every request gets one
+//! access-log line (`tracing`, target `softprompt_serve::access`).
 //!
 //! Modules: `router` (routes, access log), one per endpoint group (`completions` with its SSE
 //! stream and `detok`, `chat`, `classify`, `admin`, `health`, `metrics`), `types` (request
 //! bodies), `state` (what the handlers share), `config`, `error` (one error enum, mapped to
-//! HTTP statuses), `registry` (the prompts), `loadtest` (the client side).
+//! HTTP statuses), `registry` (the prompts and the shared store they are watched in),
+//! `loadtest` (the client side).
 
 mod admin;
 mod chat;
@@ -31,7 +33,7 @@ mod state;
 mod types;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use softprompt_core::infer::scheduler::{Scheduler, SchedulerConfig};
@@ -40,7 +42,7 @@ use softprompt_core::model::FrozenModel;
 pub use config::ServeConfig;
 pub use error::ServeError;
 use metrics::Metrics;
-use registry::Registry;
+use registry::{Registry, ScanReport};
 use state::AppState;
 
 /// A loaded server, ready to run.
@@ -54,20 +56,28 @@ impl Server {
     /// (name, reason) and skipped.
     pub async fn bind(
         cfg: ServeConfig,
-        mut model: FrozenModel,
+        model: FrozenModel,
     ) -> Result<(Server, Vec<(String, ServeError)>), ServeError> {
+        let server = Server::bind_unready(cfg, model).await?;
+        let failed = server.scan_store().await?.failed;
+        Ok((server, failed))
+    }
+
+    /// Start the scheduler and bind, without scanning the prompt folder: the server answers
+    /// `/health/live` (and 503 elsewhere) until [`Server::scan_store`] has run once.
+    pub async fn bind_unready(
+        cfg: ServeConfig,
+        mut model: FrozenModel,
+    ) -> Result<Server, ServeError> {
         // Batch-invariant kernels: a request's output never depends on its batch mates.
         model.llama.exact = true;
         let model = Arc::new(model);
-        let m2 = model.clone();
-        let c2 = cfg.clone();
-        let (registry, failed) = tokio::task::spawn_blocking(move || {
-            let r = Registry::new(m2, c2.prompts.as_deref(), &c2.base_name, c2.max_prompts)?;
-            let failed = r.load_all();
-            Ok::<_, ServeError>((r, failed))
-        })
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))??;
+        let registry = Registry::new(
+            model.clone(),
+            cfg.prompts.as_deref(),
+            &cfg.base_name,
+            cfg.max_prompts,
+        )?;
         let scheduler = Scheduler::start(
             model.clone(),
             SchedulerConfig {
@@ -93,9 +103,17 @@ impl Server {
             in_flight: Arc::new(AtomicUsize::new(0)),
             next_id: AtomicU64::new(1),
             metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
             jobs: Default::default(),
         });
-        Ok((Server { state, listener }, failed))
+        Ok(Server { state, listener })
+    }
+
+    /// Scan the prompt folder (see [`registry`]); the server is ready once a scan read it.
+    pub async fn scan_store(&self) -> Result<ScanReport, ServeError> {
+        let r = scan(&self.state).await?;
+        self.state.ready.store(true, Ordering::Release);
+        Ok(r)
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -112,15 +130,55 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = router::router(self.state.clone());
+        let state = self.state.clone();
         axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Not ready while draining: load balancers send new requests elsewhere.
+                state.ready.store(false, Ordering::Release);
+            })
             .await
     }
 }
 
-/// Run a server to completion on its own runtime: bind, report through `on_ready` (address,
-/// prompts loaded, prompts that failed), serve until SIGTERM or Ctrl-C, then stop accepting
-/// and drain the requests in flight.
+/// One scan of the store on a blocking thread.
+async fn scan(state: &Arc<AppState>) -> Result<ScanReport, ServeError> {
+    let s2 = state.clone();
+    tokio::task::spawn_blocking(move || s2.registry.scan())
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?
+}
+
+/// Rescan the store every `every`, logging what changed (never returns). A store that cannot
+/// be read is logged and the loaded prompts kept: a shared mount's hiccup must not take every
+/// replica out of service at once.
+async fn watch(state: Arc<AppState>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match scan(&state).await {
+            Ok(r) => {
+                for n in &r.loaded {
+                    tracing::info!(prompt = %n, "store: loaded");
+                }
+                for n in &r.unloaded {
+                    tracing::info!(prompt = %n, "store: unloaded");
+                }
+                for (n, e) in &r.failed {
+                    tracing::warn!(prompt = %n, "store: skipped until it changes: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("store: scan failed, keeping the loaded prompts: {e}"),
+        }
+    }
+}
+
+/// Run a server to completion on its own runtime: bind (answering `/health/live` at once),
+/// scan the prompt folder, report through `on_ready` (address, prompts loaded, prompts that
+/// failed), keep watching the folder when `cfg.watch_interval` is set, serve until SIGTERM or
+/// Ctrl-C, then stop accepting and drain the requests in flight.
 pub fn serve_blocking(
     cfg: ServeConfig,
     model: FrozenModel,
@@ -132,14 +190,22 @@ pub fn serve_blocking(
         .build()
         .map_err(|e| ServeError::Internal(format!("tokio runtime: {e}")))?;
     rt.block_on(async move {
-        let (server, failed) = Server::bind(cfg, model).await?;
+        let watch_every = cfg.watch_interval;
+        let server = Server::bind_unready(cfg, model).await?;
         let addr = server
             .local_addr()
             .map_err(|e| ServeError::Internal(e.to_string()))?;
-        on_ready(addr, server.prompts_loaded(), &failed);
-        server
-            .run(shutdown_signal())
+        let state = server.state.clone();
+        let serving = tokio::spawn(server.run(shutdown_signal()));
+        let failed = scan(&state).await?.failed;
+        state.ready.store(true, Ordering::Release);
+        on_ready(addr, state.registry.len(), &failed);
+        if let Some(every) = watch_every {
+            tokio::spawn(watch(state, every));
+        }
+        serving
             .await
+            .map_err(|e| ServeError::Internal(e.to_string()))?
             .map_err(|e| ServeError::Internal(e.to_string()))
     })
 }

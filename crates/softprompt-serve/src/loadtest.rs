@@ -52,6 +52,9 @@ pub struct LoadReport {
     pub ok: usize,
     pub rejected: usize,
     pub errors: usize,
+    /// Of `errors`, those a client may retry: 502/503/504 or a connection error (a replica
+    /// restarting behind a load balancer).
+    pub retryable: usize,
     /// First few error texts.
     pub error_samples: Vec<String>,
     pub mismatches: usize,
@@ -82,7 +85,7 @@ impl LoadReport {
 
     pub fn to_json(&self) -> Value {
         json!({
-            "ok": self.ok, "rejected_429": self.rejected, "errors": self.errors,
+            "ok": self.ok, "rejected_429": self.rejected, "errors": self.errors, "retryable_errors": self.retryable,
             "error_samples": self.error_samples,
             "mismatches": self.mismatches, "checked": self.checked, "distinct_cases": self.distinct_cases,
             "completion_tokens": self.completion_tokens, "elapsed_s": self.elapsed.as_secs_f64(),
@@ -141,27 +144,34 @@ type Answer = (Case, Vec<u64>, f64);
 enum Outcome {
     Ok(Vec<u64>),
     Rejected,
-    Error(String),
+    /// (why, retryable)
+    Error(String, bool),
 }
+
+/// The header a load balancer routes on (`deploy/nginx.conf`: `hash` on it, so each prompt's
+/// requests meet on one replica and share its KV prefix); nginx cannot read JSON bodies.
+pub const MODEL_HEADER: &str = "X-Softprompt-Model";
 
 fn post(agent: &ureq::Agent, url: &str, b: &Value) -> Outcome {
     match agent
         .post(&format!("{url}/v1/completions"))
+        .set(MODEL_HEADER, b["model"].as_str().unwrap_or(""))
         .send_json(b.clone())
     {
         Ok(r) => match r.into_json::<Value>() {
             Ok(v) => match v["softprompt"]["token_ids"].as_array() {
                 Some(a) => Outcome::Ok(a.iter().filter_map(Value::as_u64).collect()),
-                None => Outcome::Error(format!("no token_ids in {v}")),
+                None => Outcome::Error(format!("no token_ids in {v}"), false),
             },
-            Err(e) => Outcome::Error(format!("bad body: {e}")),
+            // The connection broke mid-body.
+            Err(e) => Outcome::Error(format!("bad body: {e}"), true),
         },
         Err(ureq::Error::Status(429, _)) => Outcome::Rejected,
-        Err(ureq::Error::Status(code, r)) => Outcome::Error(format!(
-            "HTTP {code}: {}",
-            r.into_string().unwrap_or_default()
-        )),
-        Err(e) => Outcome::Error(e.to_string()),
+        Err(ureq::Error::Status(code, r)) => Outcome::Error(
+            format!("HTTP {code}: {}", r.into_string().unwrap_or_default()),
+            matches!(code, 502..=504),
+        ),
+        Err(e) => Outcome::Error(e.to_string(), true),
     }
 }
 
@@ -194,7 +204,7 @@ pub fn run(cfg: &LoadConfig, mut progress: impl FnMut(&str)) -> Result<LoadRepor
 
     let results: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let rejected = Arc::new(AtomicUsize::new(0));
-    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
     let issued = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -240,8 +250,11 @@ pub fn run(cfg: &LoadConfig, mut progress: impl FnMut(&str)) -> Result<LoadRepor
                             rejected.fetch_add(1, Ordering::Relaxed);
                             std::thread::sleep(Duration::from_millis(20));
                         }
-                        Outcome::Error(e) => {
-                            errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                        Outcome::Error(e, retry) => {
+                            errors
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((e, retry));
                         }
                     }
                 }
@@ -283,7 +296,15 @@ pub fn run(cfg: &LoadConfig, mut progress: impl FnMut(&str)) -> Result<LoadRepor
         ok: results.len(),
         rejected: rejected.load(Ordering::Relaxed),
         errors: errors.len(),
-        error_samples: errors.into_iter().take(5).collect(),
+        retryable: errors.iter().filter(|e| e.1).count(),
+        // Non-retryable errors first: they are the ones to look at.
+        error_samples: errors
+            .iter()
+            .filter(|e| !e.1)
+            .chain(errors.iter().filter(|e| e.1))
+            .take(5)
+            .map(|e| e.0.clone())
+            .collect(),
         elapsed,
         mean_batch,
         ..LoadReport::default()
@@ -306,7 +327,7 @@ pub fn run(cfg: &LoadConfig, mut progress: impl FnMut(&str)) -> Result<LoadRepor
             match post(&agent, &url, &body(cfg, c)) {
                 Outcome::Ok(v) => *ids = v,
                 Outcome::Rejected => return Err("a lone reference request got 429".into()),
-                Outcome::Error(e) => return Err(format!("reference request failed: {e}")),
+                Outcome::Error(e, _) => return Err(format!("reference request failed: {e}")),
             }
         }
         for (c, ids, _) in &results {

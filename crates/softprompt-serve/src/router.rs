@@ -24,18 +24,42 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.max_body_bytes;
     Router::new()
         .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/models", get(health::models))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/classify", post(classify::classify))
         .route("/admin/prompts", get(admin::list).post(admin::load))
-        .route("/admin/prompts/{name}", delete(admin::unload))
+        .route(
+            "/admin/prompts/{name}",
+            delete(admin::unload)
+                .put(admin::upload)
+                .layer(DefaultBodyLimit::max(state.cfg.max_prompt_upload_bytes)),
+        )
         .merge(playground::routes(&state))
         .fallback(|| async { ServeError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), gate))
         .layer(middleware::from_fn_with_state(state.clone(), access_log))
         .with_state(state)
+}
+
+/// Before the first store scan (and while draining) only the health and metrics endpoints
+/// answer; the rest get 503, which a load balancer retries on another replica.
+async fn gate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if state.ready.load(Ordering::Acquire)
+        || matches!(
+            req.uri().path(),
+            "/health" | "/health/live" | "/health/ready" | "/metrics"
+        )
+    {
+        return next.run(req).await;
+    }
+    axum::response::IntoResponse::into_response(ServeError::Unavailable(
+        "the server is not ready (loading its prompts, or shutting down); retry".into(),
+    ))
 }
 
 /// What the access line and the latency histograms need to know of one request: put in the

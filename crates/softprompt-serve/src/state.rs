@@ -1,7 +1,7 @@
 //! What every handler shares: the model, the prompts, the scheduler, the limits and the
 //! counters; admission (429 beyond --max-concurrent), JSON bodies, tokenizing, error answers.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,8 @@ pub struct AppState {
     pub in_flight: Arc<AtomicUsize>,
     pub next_id: AtomicU64,
     pub metrics: Metrics,
+    /// Model loaded and store scanned (`/health/ready`); false again while draining.
+    pub ready: AtomicBool,
     /// Playground training jobs.
     pub jobs: crate::playground::jobs::Jobs,
 }

@@ -82,6 +82,13 @@ pub struct LoadBody {
     pub name: String,
 }
 
+/// `PUT /admin/prompts/{name}`: the prompt folder's files, base64.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadBody {
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
 /// A string, or a list of strings.
 #[derive(Deserialize)]
 #[serde(untagged)]

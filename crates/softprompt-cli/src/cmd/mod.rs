@@ -13,6 +13,7 @@ pub mod info;
 pub mod init;
 pub mod inspect;
 pub mod loadtest;
+pub mod ranks;
 pub mod score;
 pub mod serve;
 pub mod train;

@@ -14,9 +14,17 @@ use super::common::{load_model, ModelArgs};
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Folder of soft-prompt folders; each `DIR/NAME` is served as model `NAME`.
+    /// Folder of soft-prompt folders (the store); each `DIR/NAME` is served as model `NAME`.
     #[arg(long)]
     prompts: Option<PathBuf>,
+    /// Rescan --prompts every this many ms, loading added or changed prompt folders and
+    /// unloading removed ones (0: scan once at start). Polling, not file events: it works on
+    /// shared storage (NFS) where another host's writes raise no event here.
+    #[arg(long, default_value_t = 0)]
+    watch_interval_ms: u64,
+    /// Largest admin prompt upload (PUT /admin/prompts/NAME) body, bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_prompt_upload_bytes: usize,
     /// Address to listen on (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     bind: std::net::SocketAddr,
@@ -97,6 +105,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_prompts: a.max_prompts,
         max_ensemble: a.max_ensemble,
         timeout: Duration::from_secs(a.timeout_s),
+        watch_interval: (a.watch_interval_ms > 0)
+            .then(|| Duration::from_millis(a.watch_interval_ms)),
+        max_prompt_upload_bytes: a.max_prompt_upload_bytes,
         max_upload_bytes: a.max_upload_bytes,
         max_upload_rows: a.max_upload_rows,
     };

@@ -176,6 +176,13 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    // Under `mpirun -np N` (feature `mpi`): data parallel, rank 0 writes and reports.
+    let red = super::ranks::reducer()?;
+    let root = red.rank() == 0;
+    anyhow::ensure!(
+        red.size() == 1 || a.out.is_some(),
+        "with several MPI ranks give --out DIR (every rank must write to, and resume from, the same folder)"
+    );
     let m = load_model(&a.model)?;
     let spec = a.task.resolve(None, Some("demo"))?;
     let train_file = a
@@ -207,7 +214,27 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .unwrap_or(base)
     });
     let stop = stop_on_ctrl_c("")?;
-    let mut obs = Progress::new(cfg.steps, a.run.quiet);
+    let mut progress = Progress::new(cfg.steps, a.run.quiet || !root);
+    let mut quiet = trainer::Quiet;
+    let obs: &mut dyn trainer::Observer = if root { &mut progress } else { &mut quiet };
+    if !root {
+        return finish(trainer::train_with(
+            &m,
+            &cfg,
+            &out,
+            a.run.resume,
+            &stop,
+            obs,
+            &*red,
+        )?);
+    }
+    if red.size() > 1 {
+        eprintln!(
+            "softprompt: data parallel over {} MPI ranks: each takes 1/{} of every batch",
+            red.size(),
+            red.size()
+        );
+    }
     eprintln!(
         "softprompt: training {} virtual tokens on task '{}' ({} init{}, {} lr {}, {} steps x batch {} x accum {}) -> {}",
         cfg.num_virtual_tokens,
@@ -224,8 +251,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         cfg.grad_accum,
         out.display()
     );
-    let summary = trainer::train(&m, &cfg, &out, a.run.resume, &stop, &mut obs)?;
-    obs.finish();
+    let summary = trainer::train_with(&m, &cfg, &out, a.run.resume, &stop, obs, &*red)?;
+    progress.finish();
+    if let Some(s) = red.summary() {
+        eprintln!("softprompt: {s}");
+    }
     let best = summary
         .best
         .map(|(s, v)| format!("best validation {:.4} at step {s}", v))
@@ -237,6 +267,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         out.display(),
         if summary.interrupted { "; interrupted, continue with --resume" } else { "" }
     );
+    finish(summary)
+}
+
+fn finish(summary: softprompt_core::train::TrainSummary) -> Result<()> {
     if summary.interrupted {
         return Err(Interrupted.into());
     }

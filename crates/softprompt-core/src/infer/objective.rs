@@ -34,6 +34,9 @@ pub struct BatchResult {
     /// Rows (virtual + real tokens) that went through the model (a soft prompt shared by an
     /// evaluation batch goes through once).
     pub rows: usize,
+    /// The loss's denominator (labelled examples, or target tokens): a batch computed in
+    /// parts recombines as sum(weight * loss) / sum(weight), its gradient alike.
+    pub weight: f64,
 }
 
 /// What a batch pass returns: per-target NLLs, d loss / d prompt `[P, D]` when asked for, and
@@ -300,6 +303,7 @@ fn classify_impl(
         scores,
         grad,
         rows,
+        weight: n_labelled as f64,
     })
 }
 
@@ -346,6 +350,7 @@ pub fn classify_ensemble(
                 labelled.iter().sum::<f64>() / labelled.len() as f64
             };
             Ok(BatchResult {
+                weight: labelled.len() as f64,
                 loss,
                 scores,
                 grad: None,
@@ -424,6 +429,7 @@ fn lm_impl(
         scores,
         grad,
         rows,
+        weight: count as f64,
     })
 }
 

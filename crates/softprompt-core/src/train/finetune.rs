@@ -135,6 +135,7 @@ pub fn finetune(
         }
         last_loss = loss;
         let s = StepLog {
+            reduce_seconds: 0.0,
             step,
             epoch: order.position().0,
             loss,

@@ -7,9 +7,11 @@ pub mod eval;
 pub mod finetune;
 pub mod init;
 pub mod optim;
+pub mod parallel;
 pub mod reparam;
 pub mod trainer;
 
 pub use eval::{evaluate, evaluate_ensemble, tokenize, EvalReport, Tokenized};
 pub use init::Init;
-pub use trainer::{train, Observer, Quiet, TrainConfig, TrainSummary};
+pub use parallel::{Reducer, Single};
+pub use trainer::{train, train_with, Observer, Quiet, TrainConfig, TrainSummary};

@@ -9,6 +9,12 @@
 //! - `train_log.jsonl`: one JSON object per step and per evaluation;
 //! - `curve.png`: loss and validation metric against the step.
 //!
+//! Data parallel ([`train_with`] and a [`Reducer`] of several ranks): every rank walks the
+//! same data order, computes its [`parallel::share`] of each micro-batch, and the weighted
+//! losses and gradients are summed over the ranks, so every rank applies the update of the
+//! whole batch; evaluation runs on every rank (the same numbers, no exchange needed for early
+//! stopping), and only rank 0 writes files.
+//!
 //! Exact resume: the data order of epoch `e` is a pure function of `(seed, e)`
 //! ([`crate::data::EpochBatches`]), so the data position is `(epoch, batch index)`; the
 //! prompt and the optimizer moments are restored bit for bit, and the kernels are
@@ -28,6 +34,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::eval::{self, EvalReport, Tokenized};
 use super::init::{init_prompt, Init};
 use super::optim::{self, Optimizer, OptimizerKind, Schedule};
+use super::parallel::{self, Reducer, Single};
 use super::reparam::{self, Reparam};
 use crate::data::{self, EpochBatches, TaskSpec};
 use crate::infer::objective;
@@ -144,9 +151,12 @@ pub struct StepLog {
     pub loss: f64,
     pub lr: f32,
     pub grad_norm: f32,
-    /// Rows (virtual + real tokens) processed this step.
+    /// Rows (virtual + real tokens) processed this step (by all ranks).
     pub tokens: usize,
     pub seconds: f64,
+    /// Of `seconds`, the time in all-reduces, waiting for the slowest rank included (0 in one
+    /// process).
+    pub reduce_seconds: f64,
 }
 
 /// An evaluation, as logged.
@@ -346,6 +356,19 @@ pub fn train(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainSummary> {
+    train_with(model, cfg, out, resume, stop, obs, &Single)
+}
+
+/// [`train`], data parallel over the ranks of `red` (see the module doc).
+pub fn train_with(
+    model: &FrozenModel,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+    red: &dyn Reducer,
+) -> Result<TrainSummary> {
     check_run(cfg)?;
     let t_load = Instant::now();
     let (train_data, train_name, val) = load_train_val(model, cfg, obs)?;
@@ -360,7 +383,7 @@ pub fn train(
         train: train_data,
         val,
     };
-    train_objective(model, cfg, &obj, out, resume, stop, obs)
+    train_objective_with(model, cfg, &obj, out, resume, stop, obs, red)
 }
 
 /// The training loop of [`train`] on any [`Objective`] (`cfg`'s data fields are metadata
@@ -374,7 +397,24 @@ pub fn train_objective(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainSummary> {
+    train_objective_with(model, cfg, obj, out, resume, stop, obs, &Single)
+}
+
+/// [`train_objective`], data parallel over the ranks of `red`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_objective_with(
+    model: &FrozenModel,
+    cfg: &TrainConfig,
+    obj: &dyn Objective,
+    out: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+    red: &dyn Reducer,
+) -> Result<TrainSummary> {
     check_run(cfg)?;
+    // Rank 0 writes the run's files; the others only compute.
+    let writer = red.rank() == 0;
     if obj.train_len() == 0 {
         return Err(Error::Input("no training examples".into()));
     }
@@ -429,7 +469,9 @@ pub fn train_objective(
                 .cloned()
                 .collect();
             opt = Optimizer::from_state(&opt_tensors, &ck.state["optimizer"])?;
-            truncate_log(&log_path, st.step)?;
+            if writer {
+                truncate_log(&log_path, st.step)?;
+            }
             obs.on_message(&format!(
                 "resumed from step {} (epoch {}, batch {})",
                 st.step, st.epoch, st.batch_in_epoch
@@ -450,14 +492,23 @@ pub fn train_objective(
                 evals_without_improvement: 0,
                 seconds: 0.0,
             };
-            std::fs::write(&log_path, b"").map_err(|e| Error::io(&log_path, e))?;
+            if writer {
+                std::fs::write(&log_path, b"").map_err(|e| Error::io(&log_path, e))?;
+            }
         }
     }
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log_path)
-        .map_err(|e| Error::io(&log_path, e))?;
+    // Ranks other than 0 log nowhere.
+    let mut log: Box<dyn Write> = if writer {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&log_path)
+                .map_err(|e| Error::io(&log_path, e))?,
+        )
+    } else {
+        Box::new(std::io::sink())
+    };
     let mut order = EpochBatches::new(
         obj.lengths(),
         cfg.batch_size,
@@ -482,6 +533,9 @@ pub fn train_objective(
                      rp: Option<&reparam::Residual>,
                      st: &RunState|
      -> Result<()> {
+        if !writer {
+            return Ok(());
+        }
         let (mut tensors, ostate) = opt.state();
         tensors.insert(0, ("prompt".to_string(), vec![p, d], emb.data.clone()));
         let mut state = json!({ "config": cfg, "run": st, "optimizer": ostate });
@@ -502,20 +556,49 @@ pub fn train_objective(
     while st.step < cfg.steps {
         let ts = Instant::now();
         let mut grad = vec![0.0f32; p * d]; // [P, D]
-        let (mut loss, mut rows) = (0.0f64, 0usize);
+        let (mut loss, mut rows, mut reduce_seconds) = (0.0f64, 0usize, 0.0f64);
         for _ in 0..cfg.grad_accum {
             let idx = order
                 .next()
                 .ok_or_else(|| Error::Input("no training examples".into()))?;
             (st.epoch, st.batch_in_epoch) = order.position();
-            let r = obj.batch(model, PromptRef::from_tensor(&emb)?, &idx)?;
-            loss += r.loss / cfg.grad_accum as f64;
-            rows += r.rows;
-            if let Some(g) = r.grad {
-                for (a, b) in grad.iter_mut().zip(&g) {
-                    *a += b / cfg.grad_accum as f32;
+            if red.size() == 1 {
+                let r = obj.batch(model, PromptRef::from_tensor(&emb)?, &idx)?;
+                loss += r.loss / cfg.grad_accum as f64;
+                rows += r.rows;
+                if let Some(g) = r.grad {
+                    for (a, b) in grad.iter_mut().zip(&g) {
+                        *a += b / cfg.grad_accum as f32;
+                    }
+                }
+                continue;
+            }
+            // This rank's share, weighted by its loss denominator: [w * grad (P*D), w * loss,
+            // w, rows], summed over the ranks.
+            let mine = parallel::share(&idx, red.rank(), red.size());
+            let mut buf = vec![0.0f64; p * d + 3];
+            if !mine.is_empty() {
+                let r = obj.batch(model, PromptRef::from_tensor(&emb)?, mine)?;
+                if let Some(g) = r.grad {
+                    for (a, b) in buf.iter_mut().zip(&g) {
+                        *a = r.weight * *b as f64;
+                    }
+                }
+                buf[p * d] = r.weight * r.loss;
+                buf[p * d + 1] = r.weight;
+                buf[p * d + 2] = r.rows as f64;
+            }
+            let tr = Instant::now();
+            red.all_reduce_sum(&mut buf)?;
+            reduce_seconds += tr.elapsed().as_secs_f64();
+            let w = buf[p * d + 1];
+            if w > 0.0 {
+                loss += buf[p * d] / w / cfg.grad_accum as f64;
+                for (a, b) in grad.iter_mut().zip(&buf[..p * d]) {
+                    *a += (b / w / cfg.grad_accum as f64) as f32;
                 }
             }
+            rows += buf[p * d + 2] as usize;
         }
         if !loss.is_finite() {
             return Err(Error::setting(
@@ -542,13 +625,24 @@ pub fn train_objective(
             grad_norm,
             tokens: rows,
             seconds: ts.elapsed().as_secs_f64(),
+            reduce_seconds,
         };
-        writeln!(log, "{}", json!({"type": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "seconds": s.seconds}))
-            .map_err(|e| Error::io(&log_path, e))?;
+        let mut line = json!({"type": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "seconds": s.seconds});
+        if red.size() > 1 {
+            line["ranks"] = json!(red.size());
+            line["reduce_seconds"] = json!(s.reduce_seconds);
+        }
+        writeln!(log, "{line}").map_err(|e| Error::io(&log_path, e))?;
         obs.on_step(&s);
 
         let last = st.step == cfg.steps;
-        let stopping = stop.load(Ordering::SeqCst);
+        let mut stopping = stop.load(Ordering::SeqCst);
+        if red.size() > 1 {
+            // Stop together: a rank that left the loop alone would hang the others.
+            let mut any = [stopping as u8 as f64];
+            red.all_reduce_sum(&mut any)?;
+            stopping = any[0] > 0.0;
+        }
         if obj.val_len() > 0 {
             if (cfg.eval_every > 0 && st.step % cfg.eval_every == 0) || last {
                 let rep = obj.evaluate(model, PromptRef::from_tensor(&emb)?)?;
@@ -558,7 +652,9 @@ pub fn train_objective(
                     st.best_step = Some(st.step);
                     st.evals_without_improvement = 0;
                     let metrics = json!({ rep.metric.clone(): rep.value, "step": st.step, "validation_examples": rep.n });
-                    make_prompt(model, cfg, obj, &emb, metrics).save(out)?;
+                    if writer {
+                        make_prompt(model, cfg, obj, &emb, metrics).save(out)?;
+                    }
                 } else {
                     st.evals_without_improvement += 1;
                 }
@@ -601,12 +697,14 @@ pub fn train_objective(
     }
     log.flush().map_err(|e| Error::io(&log_path, e))?;
     let metrics_last = json!({ "step": st.step });
-    make_prompt(model, cfg, obj, &emb, metrics_last.clone()).save(&out.join("last"))?;
-    if obj.val_len() == 0 {
-        make_prompt(model, cfg, obj, &emb, metrics_last).save(out)?;
-    }
-    if let Err(e) = plot_curve(&log_path, &out.join("curve.png"), &cfg.task.name) {
-        obs.on_message(&format!("could not draw the curve: {e}"));
+    if writer {
+        make_prompt(model, cfg, obj, &emb, metrics_last.clone()).save(&out.join("last"))?;
+        if obj.val_len() == 0 {
+            make_prompt(model, cfg, obj, &emb, metrics_last).save(out)?;
+        }
+        if let Err(e) = plot_curve(&log_path, &out.join("curve.png"), &cfg.task.name) {
+            obs.on_message(&format!("could not draw the curve: {e}"));
+        }
     }
     Ok(TrainSummary {
         steps_done: st.step,

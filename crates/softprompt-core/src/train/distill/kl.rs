@@ -170,6 +170,7 @@ pub fn kl_batch(
             scores: Vec::new(),
             grad,
             rows: n,
+            weight: count as f64,
         },
         agree,
     ))
