@@ -6,6 +6,7 @@ pub mod distill;
 pub mod eval;
 pub mod finetune;
 pub mod init;
+pub mod lora;
 pub mod optim;
 pub mod parallel;
 pub mod reparam;
