@@ -8,9 +8,10 @@ mod common;
 use std::sync::atomic::AtomicBool;
 
 use common::{demo_config, tiny_demo_model};
-use softprompt_core::compare::{self, CompareConfig};
+use softprompt_core::compare::{self, CompareConfig, LoraSettings, Method};
 use softprompt_core::model::FrozenModel;
 use softprompt_core::train::finetune::finetune;
+use softprompt_core::train::lora::{train_lora, Lora, DEFAULT_MODULES};
 use softprompt_core::train::optim::OptimizerKind;
 use softprompt_core::train::Quiet;
 use softprompt_core::Error;
@@ -39,6 +40,44 @@ fn full_finetuning_lowers_the_loss_and_saves_a_loadable_model() {
     // The saved folder is the trained model.
     let saved = FrozenModel::load(out.join("model").to_str().unwrap()).unwrap();
     assert_eq!(saved.weights_digest(), m.weights_digest());
+}
+
+#[test]
+fn lora_lowers_the_loss_and_gives_the_weights_back() {
+    let mut m = tiny_demo_model(5);
+    let before = m.weights_digest();
+    let mut cfg = demo_config(40);
+    cfg.lr = 1e-3;
+    cfg.warmup_steps = 0;
+    cfg.validation_file = None;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("lora");
+    let mut ad = Lora::new(&m.llama, 8, 16.0, &DEFAULT_MODULES, 0).unwrap();
+    let s = train_lora(
+        &mut m,
+        &mut ad,
+        &cfg,
+        &out,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(s.steps_done, 40);
+    let losses: Vec<f64> = common::step_losses(&out).iter().map(|x| x.1).collect();
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    let (first, last) = (mean(&losses[..8]), mean(&losses[32..]));
+    assert!(
+        last < 0.8 * first,
+        "LoRA loss did not go down: first 8 steps {first:.4}, last 8 {last:.4}"
+    );
+    assert_ne!(
+        m.weights_digest(),
+        before,
+        "the merged weights did not change"
+    );
+    assert!(out.join("adapter/adapter_model.safetensors").is_file());
+    ad.restore(&mut m.llama).unwrap();
+    assert_eq!(m.weights_digest(), before);
 }
 
 /// The error of a demo-task fine-tuning run of `steps` steps without validation.
@@ -72,6 +111,11 @@ fn comparison_writes_its_files_and_measures_forgetting() {
         ft_optimizer: OptimizerKind::adamw_default(),
         shots: 2,
         second_task: None,
+        methods: Method::ALL.to_vec(),
+        lora: LoraSettings {
+            lr: 3e-3,
+            ..LoraSettings::default()
+        },
     };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cmp");
@@ -80,24 +124,37 @@ fn comparison_writes_its_files_and_measures_forgetting() {
     for f in ["compare.md", "compare.png", "compare.json"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    // Prompt tuning: the base model is byte-identical, so the perplexity is exactly the same.
-    assert_eq!(c.prompt_tuning.weights_digest_after, c.base.weights_digest);
-    assert_eq!(c.prompt_tuning.general_ppl_after, c.base.general_ppl);
-    assert_eq!(c.prompt_tuning.trainable_parameters, 4 * 32);
-    // Full fine-tuning changed the weights and the perplexity.
-    assert_ne!(
-        c.full_finetuning.weights_digest_after,
-        c.base.weights_digest
+    let (pt, ft, lo) = (
+        c.prompt_tuning.as_ref().unwrap(),
+        c.full_finetuning.as_ref().unwrap(),
+        c.lora.as_ref().unwrap(),
     );
-    assert_ne!(c.full_finetuning.general_ppl_after, c.base.general_ppl);
-    assert!(c.full_finetuning.artifact_bytes > 10 * c.prompt_tuning.artifact_bytes);
-    assert_eq!(c.hard.zero_shot.len(), 2);
-    assert_eq!(c.hard.few_shot.len(), 1);
+    // Prompt tuning: the base model is byte-identical, so the perplexity is exactly the same.
+    assert_eq!(pt.weights_digest_after, c.base.weights_digest);
+    assert_eq!(pt.general_ppl_after, c.base.general_ppl);
+    assert_eq!(pt.trainable_parameters, 4 * 32);
+    // Full fine-tuning changed the weights and the perplexity.
+    assert_ne!(ft.weights_digest_after, c.base.weights_digest);
+    assert_ne!(ft.general_ppl_after, c.base.general_ppl);
+    assert!(ft.artifact_bytes > 10 * pt.artifact_bytes);
+    // LoRA: r (D_in + D_out) per q/v matrix; the merged weights changed, its adapter is
+    // between the prompt and the full model in size.
+    let (d, qd, kvd, layers) = (32, 32, 16, 2);
+    assert_eq!(lo.trainable_parameters, layers * 8 * (d + qd + d + kvd));
+    assert_ne!(lo.weights_digest_after, c.base.weights_digest);
+    assert_ne!(lo.general_ppl_after, c.base.general_ppl);
+    assert!(lo.artifact_bytes > pt.artifact_bytes && lo.artifact_bytes < ft.artifact_bytes);
+    assert!(lo.artifact.join("adapter_model.safetensors").is_file());
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(md.contains("| LoRA (r=8, q/v, merged) |"), "{md}");
+    let h = c.hard.as_ref().unwrap();
+    assert_eq!(h.zero_shot.len(), 2);
+    assert_eq!(h.few_shot.len(), 1);
     let t = &c.timing;
     for ms in [
-        t.zero_shot_ms,
+        t.zero_shot_ms.unwrap(),
         t.few_shot_ms.unwrap(),
-        t.prompt_tuning_ms,
+        t.prompt_tuning_ms.unwrap(),
         t.full_finetuning_ms,
     ] {
         assert!(ms.is_finite() && ms > 0.0, "{t:?}");
@@ -106,9 +163,56 @@ fn comparison_writes_its_files_and_measures_forgetting() {
     assert!(compare::run(&mut m, &cfg, &out, false, &stop, &mut Quiet).is_err());
     let c2 = compare::run(&mut m, &cfg, &out, true, &stop, &mut Quiet).unwrap();
     assert_eq!(
-        c2.full_finetuning.general_ppl_after,
-        c.full_finetuning.general_ppl_after
+        c2.full_finetuning.unwrap().general_ppl_after,
+        ft.general_ppl_after
     );
+    assert_eq!(c2.lora.unwrap().accuracy, lo.accuracy);
+}
+
+#[test]
+fn comparison_runs_only_the_chosen_methods() {
+    let mut m = tiny_demo_model(4);
+    let before = m.weights_digest();
+    let mut pcfg = demo_config(3);
+    pcfg.eval_limit = Some(16);
+    pcfg.train_limit = Some(32);
+    let methods: Vec<Method> = "lora".split(',').map(|s| s.parse().unwrap()).collect();
+    let cfg = CompareConfig {
+        model: "tiny-demo".into(),
+        prompt: pcfg,
+        ft_lr: 1e-3,
+        ft_optimizer: OptimizerKind::adamw_default(),
+        shots: 2,
+        second_task: None,
+        methods,
+        lora: LoraSettings::default(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cmp");
+    let c = compare::run(
+        &mut m,
+        &cfg,
+        &out,
+        false,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert!(c.hard.is_none() && c.prompt_tuning.is_none() && c.full_finetuning.is_none());
+    assert_eq!(c.lora.as_ref().unwrap().steps, 3);
+    assert!(c.timing.zero_shot_ms.is_none() && c.timing.prompt_tuning_ms.is_none());
+    // The LoRA stage gives the base weights back.
+    assert_eq!(m.weights_digest(), before);
+    assert!(!out.join("prompt_tuning").exists() && !out.join("full_finetune").exists());
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(
+        md.contains("| | LoRA (r=8, q/v, merged) |\n|---|---:|\n"),
+        "{md}"
+    );
+    assert!("hard,bogus"
+        .split(',')
+        .map(str::parse::<Method>)
+        .any(|r| r.is_err()));
 }
 
 /// Full fine-tuning needs f32 weights: the default model loaded with its GGUF blocks kept

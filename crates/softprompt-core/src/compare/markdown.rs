@@ -3,158 +3,26 @@
 use std::path::Path;
 
 use super::measure::PPL_WINDOW;
-use super::{best, Comparison, HardResult, SecondTask};
+use super::{best, Comparison, SecondTask, TrainedStage};
 use crate::fsio::atomic_write;
 use crate::report::markdown::{human_bytes, human_count, human_secs};
 use crate::report::plot;
 use crate::{Error, Result};
 
-/// The Markdown table: the seed's comparison, with measured numbers.
+/// The Markdown table: the seed's comparison, with measured numbers (one column per method
+/// that ran).
 pub fn markdown(c: &Comparison) -> String {
     let b = &c.base;
-    let (pt, ft) = (&c.prompt_tuning, &c.full_finetuning);
-    let z = best(&c.hard.zero_shot);
-    let f = best(&c.hard.few_shot);
+    let tm = &c.timing;
     let pc = |x: f64| format!("{:.1}%", 100.0 * x);
     let mem = |m: Option<u64>| m.map_or("n/a".into(), human_bytes);
+    let ms = |x: Option<f64>| x.map_or("n/a".into(), |x| format!("{x:.1} ms"));
     let na = "n/a".to_string();
     let task = &c.config.prompt.task.name;
-    let mut s = String::new();
-    s.push_str(&format!(
-        "## softprompt compare: {task} on {}\n\n",
-        c.config.model
-    ));
-    s.push_str(&format!(
-        "Same training data, batches ({} x {}), seed and schedule for both trained methods; \
-         validation = the task's validation split ({} examples).\n\n",
-        c.config.prompt.steps, c.config.prompt.batch_size, pt.n
-    ));
-    s.push_str(
-        "| | hard prompt, zero-shot | hard prompt, few-shot | prompt tuning | full fine-tuning |\n",
-    );
-    s.push_str("|---|---:|---:|---:|---:|\n");
-    let zs = |g: &dyn Fn(&HardResult) -> String| z.map_or(na.clone(), g);
-    let fs = |g: &dyn Fn(&HardResult) -> String| f.map_or(na.clone(), g);
-    let row = |s: &mut String, name: &str, cells: [String; 4]| {
-        s.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
-    };
-    row(
-        &mut s,
-        "trainable parameters",
-        [
-            "0".into(),
-            "0".into(),
-            format!(
-                "{} ({:.4}% of {})",
-                human_count(pt.trainable_parameters),
-                100.0 * pt.trainable_parameters as f64 / b.num_parameters as f64,
-                human_count(b.num_parameters)
-            ),
-            human_count(ft.trainable_parameters),
-        ],
-    );
-    row(
-        &mut s,
-        "artifact on disk",
-        [
-            zs(&|r| format!("{} B (template)", r.template.len())),
-            fs(&|r| {
-                let demos = c
-                    .hard
-                    .few_shot
-                    .iter()
-                    .position(|x| x.template == r.template)
-                    .and_then(|i| c.hard.demo_prefixes.get(i))
-                    .map_or(0, |p| p.len());
-                format!("{} B (template + demos)", r.template.len() + demos)
-            }),
-            format!("{} (PEFT adapter)", human_bytes(pt.artifact_bytes)),
-            format!("{} (f32 HF folder)", human_bytes(ft.artifact_bytes)),
-        ],
-    );
-    row(
-        &mut s,
-        "training wall time",
-        [
-            format!("0 (template search {})", human_secs(c.hard.seconds)),
-            "0 (same search)".into(),
-            format!("{} ({} steps)", human_secs(pt.train_seconds), pt.steps),
-            format!("{} ({} steps)", human_secs(ft.train_seconds), ft.steps),
-        ],
-    );
-    row(
-        &mut s,
-        "peak memory (RSS, stage)",
-        [
-            mem(c.hard.peak_rss_bytes),
-            "(same stage)".into(),
-            mem(pt.peak_rss_bytes),
-            mem(ft.peak_rss_bytes),
-        ],
-    );
-    row(
-        &mut s,
-        "training loss (mean of first → last steps)",
-        [
-            na.clone(),
-            na.clone(),
-            match (pt.first_loss, pt.last_loss) {
-                (Some(a), Some(b)) => format!("{a:.3} → {b:.3}"),
-                _ => na.clone(),
-            },
-            match (ft.first_loss, ft.last_loss) {
-                (Some(a), Some(b)) => format!("{a:.3} → {b:.3}"),
-                _ => na.clone(),
-            },
-        ],
-    );
-    row(
-        &mut s,
-        &format!("**{task} validation accuracy**"),
-        [
-            zs(&|r| format!("{} (best of {})", pc(r.accuracy), c.hard.zero_shot.len())),
-            fs(&|r| format!("{} ({}-shot, best template)", pc(r.accuracy), r.shots)),
-            format!("**{}**", pc(pt.accuracy)),
-            format!("**{}**", pc(ft.accuracy)),
-        ],
-    );
-    let tm = &c.timing;
-    row(
-        &mut s,
-        "inference per example (tokens in)",
-        [
-            zs(&|r| format!("{:.1} ms ({:.0})", tm.zero_shot_ms, r.tokens_per_example)),
-            fs(&|r| {
-                format!(
-                    "{} ({:.0})",
-                    tm.few_shot_ms.map_or(na.clone(), |x| format!("{x:.1} ms")),
-                    r.tokens_per_example
-                )
-            }),
-            format!(
-                "{:.1} ms ({:.0})",
-                tm.prompt_tuning_ms, pt.tokens_per_example
-            ),
-            format!(
-                "{:.1} ms ({:.0})",
-                tm.full_finetuning_ms, ft.tokens_per_example
-            ),
-        ],
-    );
     let ppl = |after: f64| {
         let d = after - b.general_ppl;
-        format!("{:.3} → {:.3} ({d:+.3})", b.general_ppl, after)
+        format!("**{:.3} → {:.3} ({d:+.3})**", b.general_ppl, after)
     };
-    row(
-        &mut s,
-        "forgetting: general-text perplexity (before → after)",
-        [
-            "unchanged (no training)".into(),
-            "unchanged (no training)".into(),
-            format!("**{}**", ppl(pt.general_ppl_after)),
-            format!("**{}**", ppl(ft.general_ppl_after)),
-        ],
-    );
     let st = |after: &Option<SecondTask>| match (&b.second_task, after) {
         (Some(x), Some(y)) => format!(
             "{} → {} ({:+.1} pt)",
@@ -164,22 +32,6 @@ pub fn markdown(c: &Comparison) -> String {
         ),
         _ => na.clone(),
     };
-    let second_name = b
-        .second_task
-        .as_ref()
-        .map_or("second task".to_string(), |s| {
-            format!("{} validation ({})", s.name, s.n)
-        });
-    row(
-        &mut s,
-        &format!("forgetting: {second_name} accuracy, no prompt"),
-        [
-            "unchanged (no training)".into(),
-            "unchanged (no training)".into(),
-            st(&pt.second_task_after),
-            st(&ft.second_task_after),
-        ],
-    );
     let same = |d: &str| {
         if d == b.weights_digest {
             format!("byte-identical (sha256 {}…)", &d[..12])
@@ -187,24 +39,165 @@ pub fn markdown(c: &Comparison) -> String {
             format!("changed (sha256 {}…)", &d[..12])
         }
     };
-    row(
-        &mut s,
-        "base model weights after training",
-        [
-            "untouched".into(),
-            "untouched".into(),
-            same(&pt.weights_digest_after),
-            same(&ft.weights_digest_after),
-        ],
-    );
+    let untrained = || "unchanged (no training)".to_string();
+    let mut cols: Vec<(String, Vec<String>)> = Vec::new();
+    if let Some(h) = &c.hard {
+        if let Some(r) = best(&h.zero_shot) {
+            cols.push((
+                "hard prompt, zero-shot".into(),
+                vec![
+                    "0".into(),
+                    format!("{} B (template)", r.template.len()),
+                    format!("0 (template search {})", human_secs(h.seconds)),
+                    mem(h.peak_rss_bytes),
+                    na.clone(),
+                    format!("{} (best of {})", pc(r.accuracy), h.zero_shot.len()),
+                    format!("{} ({:.0})", ms(tm.zero_shot_ms), r.tokens_per_example),
+                    untrained(),
+                    untrained(),
+                    "untouched".into(),
+                ],
+            ));
+        }
+        if let Some(r) = best(&h.few_shot) {
+            let demos = h
+                .few_shot
+                .iter()
+                .position(|x| x.template == r.template)
+                .and_then(|i| h.demo_prefixes.get(i))
+                .map_or(0, |p| p.len());
+            cols.push((
+                "hard prompt, few-shot".into(),
+                vec![
+                    "0".into(),
+                    format!("{} B (template + demos)", r.template.len() + demos),
+                    "0 (same search)".into(),
+                    "(same stage)".into(),
+                    na.clone(),
+                    format!("{} ({}-shot, best template)", pc(r.accuracy), r.shots),
+                    format!("{} ({:.0})", ms(tm.few_shot_ms), r.tokens_per_example),
+                    untrained(),
+                    untrained(),
+                    "untouched".into(),
+                ],
+            ));
+        }
+    }
+    let trained = |t: &TrainedStage, artifact: &str, infer: Option<f64>, weights: String| {
+        vec![
+            format!(
+                "{} ({:.4}% of {})",
+                human_count(t.trainable_parameters),
+                100.0 * t.trainable_parameters as f64 / b.num_parameters as f64,
+                human_count(b.num_parameters)
+            ),
+            format!("{} ({artifact})", human_bytes(t.artifact_bytes)),
+            format!("{} ({} steps)", human_secs(t.train_seconds), t.steps),
+            mem(t.peak_rss_bytes),
+            match (t.first_loss, t.last_loss) {
+                (Some(a), Some(b)) => format!("{a:.3} → {b:.3}"),
+                _ => na.clone(),
+            },
+            format!("**{}**", pc(t.accuracy)),
+            format!("{} ({:.0})", ms(infer), t.tokens_per_example),
+            ppl(t.general_ppl_after),
+            st(&t.second_task_after),
+            weights,
+        ]
+    };
+    if let Some(t) = &c.prompt_tuning {
+        cols.push((
+            "prompt tuning".into(),
+            trained(
+                t,
+                "PEFT adapter",
+                tm.prompt_tuning_ms,
+                same(&t.weights_digest_after),
+            ),
+        ));
+    }
+    if let Some(t) = &c.lora {
+        let l = &c.config.lora;
+        cols.push((
+            format!("LoRA (r={}, q/v, merged)", l.rank),
+            trained(
+                t,
+                "PEFT LoRA adapter, f32",
+                Some(tm.full_finetuning_ms),
+                format!(
+                    "merged: {}; restored byte-identical after the stage",
+                    same(&t.weights_digest_after)
+                ),
+            ),
+        ));
+    }
+    if let Some(t) = &c.full_finetuning {
+        cols.push((
+            "full fine-tuning".into(),
+            trained(
+                t,
+                "f32 HF folder",
+                Some(tm.full_finetuning_ms),
+                same(&t.weights_digest_after),
+            ),
+        ));
+    }
+    let n_val = [&c.prompt_tuning, &c.lora, &c.full_finetuning]
+        .into_iter()
+        .flatten()
+        .map(|t| t.n)
+        .next()
+        .or_else(|| {
+            c.hard
+                .as_ref()
+                .and_then(|h| best(&h.zero_shot))
+                .map(|r| r.n)
+        })
+        .unwrap_or(0);
+    let second_name = b
+        .second_task
+        .as_ref()
+        .map_or("second task".to_string(), |s| {
+            format!("{} validation ({})", s.name, s.n)
+        });
+    let rows = [
+        "trainable parameters".to_string(),
+        "artifact on disk".into(),
+        "training wall time".into(),
+        "peak memory (RSS, stage)".into(),
+        "training loss (mean of first → last steps)".into(),
+        format!("**{task} validation accuracy**"),
+        "inference per example (tokens in)".into(),
+        "forgetting: general-text perplexity (before → after)".into(),
+        format!("forgetting: {second_name} accuracy, no prompt"),
+        "base model weights after training".into(),
+    ];
+    let mut s = String::new();
+    s.push_str(&format!(
+        "## softprompt compare: {task} on {}\n\n",
+        c.config.model
+    ));
+    s.push_str(&format!(
+        "Same training data, batches ({} x {}), seed and schedule for every trained method; \
+         validation = the task's validation split ({n_val} examples).\n\n",
+        c.config.prompt.steps, c.config.prompt.batch_size
+    ));
+    let heads: Vec<&str> = cols.iter().map(|c| c.0.as_str()).collect();
+    s.push_str(&format!("| | {} |\n", heads.join(" | ")));
+    s.push_str(&format!("|---|{}\n", "---:|".repeat(cols.len())));
+    for (i, name) in rows.iter().enumerate() {
+        let cells: Vec<&str> = cols.iter().map(|c| c.1[i].as_str()).collect();
+        s.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
+    }
     s.push_str(&format!(
         "\nBase weights sha256 before training: `{}`. General text: {} tokens \
          (`crates/softprompt-core/data/general_text.txt`), perplexity over windows of {PPL_WINDOW} tokens. \
          Peak memory is the process's resident high-water mark reset at the start of each \
          stage (the loaded model alone: {}). Inference: rank classification of the first {} \
-         validation examples, batches of {}, the four inputs timed back to back on one model \
+         validation examples, batches of {}, the inputs timed back to back on one model \
          in {} interleaved rounds (best round), since the cost depends on the architecture \
-         and the input length, not on the weights' values.\n",
+         and the input length, not on the weights' values (merged LoRA and full \
+         fine-tuning: the base model's forward).\n",
         b.weights_digest,
         b.general_tokens,
         mem(b.rss_after_load_bytes),
@@ -214,9 +207,8 @@ pub fn markdown(c: &Comparison) -> String {
     ));
     let hard_lines: Vec<String> = c
         .hard
-        .zero_shot
         .iter()
-        .chain(&c.hard.few_shot)
+        .flat_map(|h| h.zero_shot.iter().chain(&h.few_shot))
         .map(|r| {
             format!(
                 "- `{}` ({}-shot): {}",
@@ -226,10 +218,12 @@ pub fn markdown(c: &Comparison) -> String {
             )
         })
         .collect();
-    s.push_str(&format!(
-        "\nHard prompts evaluated:\n{}\n",
-        hard_lines.join("\n")
-    ));
+    if !hard_lines.is_empty() {
+        s.push_str(&format!(
+            "\nHard prompts evaluated:\n{}\n",
+            hard_lines.join("\n")
+        ));
+    }
     s
 }
 
@@ -240,23 +234,35 @@ pub fn report(c: &Comparison, out: &Path) -> Result<()> {
     let json = serde_json::to_string_pretty(c)
         .map_err(|e| Error::Input(format!("cannot serialize the comparison: {e}")))?;
     atomic_write(&out.join("compare.json"), json.as_bytes())?;
-    let z = best(&c.hard.zero_shot).map_or(f64::NAN, |r| r.accuracy);
-    let f = best(&c.hard.few_shot).map_or(f64::NAN, |r| r.accuracy);
-    let (pt, ft) = (&c.prompt_tuning, &c.full_finetuning);
-    let bars = vec![
-        ("zero-shot: accuracy".to_string(), z),
-        (format!("{}-shot: accuracy", c.config.shots), f),
-        ("prompt tuning: accuracy".to_string(), pt.accuracy),
-        ("full FT: accuracy".to_string(), ft.accuracy),
-        (
-            "prompt tuning: ppl change".to_string(),
-            pt.general_ppl_after / c.base.general_ppl - 1.0,
-        ),
-        (
-            "full FT: ppl change".to_string(),
-            ft.general_ppl_after / c.base.general_ppl - 1.0,
-        ),
+    let mut bars = Vec::new();
+    if let Some(h) = &c.hard {
+        bars.push((
+            "zero-shot: accuracy".to_string(),
+            best(&h.zero_shot).map_or(f64::NAN, |r| r.accuracy),
+        ));
+        bars.push((
+            format!("{}-shot: accuracy", c.config.shots),
+            best(&h.few_shot).map_or(f64::NAN, |r| r.accuracy),
+        ));
+    }
+    let trained = [
+        ("prompt tuning", &c.prompt_tuning),
+        ("LoRA", &c.lora),
+        ("full FT", &c.full_finetuning),
     ];
+    for (name, t) in trained {
+        if let Some(t) = t {
+            bars.push((format!("{name}: accuracy"), t.accuracy));
+        }
+    }
+    for (name, t) in trained {
+        if let Some(t) = t {
+            bars.push((
+                format!("{name}: ppl change"),
+                t.general_ppl_after / c.base.general_ppl - 1.0,
+            ));
+        }
+    }
     plot::bar_chart(
         &out.join("compare.png"),
         &format!(

@@ -122,8 +122,8 @@ pub(super) const TIMING_ROUNDS: usize = 2;
 pub(super) fn time_inference(
     model: &FrozenModel,
     cfg: &CompareConfig,
-    hard: &HardStage,
-    pt_dir: &Path,
+    hard: Option<&HardStage>,
+    pt_dir: Option<&Path>,
     val_file: &str,
 ) -> Result<TimingStage> {
     let pcfg = &cfg.prompt;
@@ -146,14 +146,19 @@ pub(super) fn time_inference(
         tok.truncate(TIMING_EXAMPLES);
         Ok(tok)
     };
-    let zero_t = best(&hard.zero_shot).map_or(0, |r| index_of(&r.template));
-    let zero = tokens_for(zero_t, "")?;
-    let few = match (best(&hard.few_shot), hard.demo_prefixes.first()) {
-        (Some(r), Some(p)) => Some(tokens_for(index_of(&r.template), p)?),
+    let zero = match hard.and_then(|h| best(&h.zero_shot)) {
+        Some(r) => Some(tokens_for(index_of(&r.template), "")?),
+        None => None,
+    };
+    let few = match hard.map(|h| (best(&h.few_shot), h.demo_prefixes.first())) {
+        Some((Some(r), Some(p))) => Some(tokens_for(index_of(&r.template), p)?),
         _ => None,
     };
     let main = tokens_for(0, "")?;
-    let sp = SoftPrompt::load_for(model, pt_dir, true)?;
+    let sp = match pt_dir {
+        Some(d) => Some(SoftPrompt::load_for(model, d, true)?),
+        None => None,
+    };
     let time = |prompt: Option<PromptRef>, tok: &Tokenized| -> Result<f64> {
         let t = Instant::now();
         eval::evaluate(model, prompt, tok, pcfg.eval_batch_size, pcfg.length_norm)?;
@@ -161,19 +166,23 @@ pub(super) fn time_inference(
     };
     let mut best_ms = [f64::INFINITY; 4];
     for _ in 0..TIMING_ROUNDS {
-        best_ms[0] = best_ms[0].min(time(None, &zero)?);
+        if let Some(z) = &zero {
+            best_ms[0] = best_ms[0].min(time(None, z)?);
+        }
         if let Some(f) = &few {
             best_ms[1] = best_ms[1].min(time(None, f)?);
         }
-        best_ms[2] = best_ms[2].min(time(Some(sp.view()?), &main)?);
+        if let Some(sp) = &sp {
+            best_ms[2] = best_ms[2].min(time(Some(sp.view()?), &main)?);
+        }
         best_ms[3] = best_ms[3].min(time(None, &main)?);
     }
     Ok(TimingStage {
-        examples: zero.len(),
+        examples: main.len(),
         rounds: TIMING_ROUNDS,
-        zero_shot_ms: best_ms[0],
+        zero_shot_ms: zero.as_ref().map(|_| best_ms[0]),
         few_shot_ms: few.as_ref().map(|_| best_ms[1]),
-        prompt_tuning_ms: best_ms[2],
+        prompt_tuning_ms: sp.as_ref().map(|_| best_ms[2]),
         full_finetuning_ms: best_ms[3],
     })
 }

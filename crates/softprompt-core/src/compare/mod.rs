@@ -1,5 +1,5 @@
-//! `softprompt compare`: hard prompt vs prompt tuning vs full fine-tuning on one task and
-//! model, measured. Stages, in order, each saved to `OUT/stages/NAME.json` when finished
+//! `softprompt compare`: hard prompt vs prompt tuning vs LoRA vs full fine-tuning on one
+//! task and model, measured (`CompareConfig::methods` picks the rows). Stages, in order, each saved to `OUT/stages/NAME.json` when finished
 //! (so `--resume` skips it):
 //!
 //! 1. `base`: the untouched model's perplexity on [`GENERAL_TEXT`], its accuracy on a second
@@ -9,7 +9,11 @@
 //! 3. `prompt`: prompt tuning with the regular trainer (its own checkpoints make it
 //!    resumable mid-run), then the base model's perplexity and second-task accuracy again and
 //!    its digest (byte-identical by construction: the numbers are measured, not assumed);
-//! 4. `full`: full fine-tuning ([`crate::train::finetune`]) on the same data, batches, seed
+//! 4. `lora`: LoRA ([`crate::train::lora`], rank 8 on the attention q/v projections by
+//!    default) on the same data, batches, seed and schedule, evaluated with the adapters
+//!    merged into the weights (the base model's inference cost), then removed (the base
+//!    weights' digest is checked);
+//! 5. `full`: full fine-tuning ([`crate::train::finetune`]) on the same data, batches, seed
 //!    and schedule, then the same measurements on the fine-tuned model (restarts when
 //!    interrupted: no mid-run checkpoints).
 //!
@@ -39,6 +43,7 @@ use crate::model::FrozenModel;
 use crate::prompt::SoftPrompt;
 use crate::train::eval;
 use crate::train::finetune;
+use crate::train::lora::{self, Lora};
 use crate::train::trainer::{self, Observer, TrainConfig};
 use crate::{Error, Result};
 
@@ -60,6 +65,68 @@ pub struct CompareConfig {
     pub shots: usize,
     /// Second, untouched task for the forgetting measurement (None: skipped).
     pub second_task: Option<TaskSpec>,
+    /// The rows to run (default: all of [`Method::ALL`]).
+    #[serde(default = "all_methods")]
+    pub methods: Vec<Method>,
+    /// LoRA's rank, alpha and learning rate (AdamW, `ft_optimizer`'s settings).
+    #[serde(default)]
+    pub lora: LoraSettings,
+}
+
+/// A row of the comparison (`--methods hard,prompt,full,lora`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Hard prompts, zero- and few-shot.
+    Hard,
+    /// Prompt tuning.
+    Prompt,
+    /// Full fine-tuning.
+    Full,
+    /// LoRA on the attention q/v projections (merged for inference).
+    Lora,
+}
+
+impl Method {
+    pub const ALL: [Method; 4] = [Method::Hard, Method::Prompt, Method::Full, Method::Lora];
+}
+
+fn all_methods() -> Vec<Method> {
+    Method::ALL.to_vec()
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Method> {
+        match s.trim() {
+            "hard" => Ok(Method::Hard),
+            "prompt" => Ok(Method::Prompt),
+            "full" => Ok(Method::Full),
+            "lora" => Ok(Method::Lora),
+            o => Err(Error::setting(
+                "methods",
+                format!("unknown method '{o}': choose from hard, prompt, full, lora"),
+            )),
+        }
+    }
+}
+
+/// LoRA's settings in a comparison.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoraSettings {
+    pub rank: usize,
+    pub alpha: f32,
+    pub lr: f32,
+}
+
+impl Default for LoraSettings {
+    fn default() -> Self {
+        LoraSettings {
+            rank: lora::DEFAULT_RANK,
+            alpha: lora::DEFAULT_ALPHA,
+            lr: 5e-4,
+        }
+    }
 }
 
 /// Measurements of the untouched model.
@@ -131,10 +198,12 @@ pub struct TimingStage {
     pub examples: usize,
     pub rounds: usize,
     /// Milliseconds per example: hard zero-shot (best template), hard k-shot, prompt
-    /// tuning (main template + soft prompt), full fine-tuning (main template, no prompt).
-    pub zero_shot_ms: f64,
+    /// tuning (main template + soft prompt), the main template with no prompt (the cost of
+    /// full fine-tuning and of merged LoRA: the base model's architecture). None: the
+    /// method was not run.
+    pub zero_shot_ms: Option<f64>,
     pub few_shot_ms: Option<f64>,
-    pub prompt_tuning_ms: f64,
+    pub prompt_tuning_ms: Option<f64>,
     pub full_finetuning_ms: f64,
 }
 
@@ -143,9 +212,11 @@ pub struct TimingStage {
 pub struct Comparison {
     pub config: CompareConfig,
     pub base: BaseStage,
-    pub hard: HardStage,
-    pub prompt_tuning: TrainedStage,
-    pub full_finetuning: TrainedStage,
+    /// None: the method was not among `config.methods`.
+    pub hard: Option<HardStage>,
+    pub prompt_tuning: Option<TrainedStage>,
+    pub full_finetuning: Option<TrainedStage>,
+    pub lora: Option<TrainedStage>,
     pub timing: TimingStage,
     /// Wall time of the whole command, this invocation (resumed stages not counted).
     pub seconds: f64,
@@ -189,6 +260,12 @@ pub fn run(
                 "{} holds an earlier comparison: resume it, or choose another output folder",
                 stages.display()
             ),
+        ));
+    }
+    if cfg.methods.is_empty() {
+        return Err(Error::setting(
+            "methods",
+            "no method to compare: name at least one of hard, prompt, full, lora",
         ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -237,97 +314,103 @@ pub fn run(
     ));
 
     // --- 2. hard prompts ---
-    let hard: HardStage = match load_stage(out, "hard")? {
-        Some(h) if resume => {
-            obs.on_message("hard prompts: done earlier (resumed)");
-            h
-        }
-        _ => {
-            let ts = Instant::now();
-            reset_peak_rss();
-            let templates = pcfg.task.templates().len();
-            let (mut zero, mut few, mut prefixes) = (Vec::new(), Vec::new(), Vec::new());
-            // Every template zero-shot; then k-shot with the best zero-shot template (a
-            // k-shot evaluation costs about k+1 times a zero-shot one).
-            let mut plan: Vec<(usize, usize)> = (0..templates).map(|t| (t, 0)).collect();
-            let mut i = 0;
-            while i < plan.len() {
-                let (ti, k) = plan[i];
-                i += 1;
-                let spec = pcfg
-                    .task
-                    .with_template(ti)
-                    .ok_or_else(|| Error::Input("template index out of range".into()))?;
-                let tpl = spec.templates()[0].to_string();
-                let mut val = items(&spec, &val_file, pcfg)?;
-                if let (Some(n), Items::Class(c)) = (pcfg.eval_limit, &mut val) {
-                    c.truncate(n);
-                }
-                let prefix = if k == 0 {
-                    String::new()
-                } else {
-                    let train = items(&spec, &pcfg.train_file, pcfg)?;
-                    demo_prefix(&train, k, pcfg.seed)
-                };
-                // The demonstrations need room: no clipping of the input.
-                let tok = eval::tokenize(
-                    model,
-                    &with_prefix(&val, &prefix),
-                    pcfg.max_len + prefix.len(),
-                )?;
-                let te = Instant::now();
-                let rep =
-                    eval::evaluate(model, None, &tok, pcfg.eval_batch_size, pcfg.length_norm)?;
-                let r = HardResult {
-                    template: tpl.clone(),
-                    shots: k,
-                    accuracy: rep.value,
-                    n: rep.n,
-                    seconds: te.elapsed().as_secs_f64(),
-                    tokens_per_example: mean_tokens(&tok),
-                };
-                obs.on_message(&format!(
-                    "hard prompt, template {} ({k}-shot): accuracy {:.4} on {} ({:.1}s)",
-                    ti + 1,
-                    r.accuracy,
-                    r.n,
-                    r.seconds
-                ));
-                if k == 0 {
-                    zero.push(r);
-                    if zero.len() == templates && cfg.shots > 0 {
-                        let best_t = (0..templates).fold(0, |b, t| {
-                            if zero[t].accuracy > zero[b].accuracy {
-                                t
-                            } else {
-                                b
-                            }
-                        });
-                        plan.push((best_t, cfg.shots));
-                    }
-                } else {
-                    few.push(r);
-                    prefixes.push(prefix);
-                }
+    let runs = |m: Method| cfg.methods.contains(&m);
+    let hard: Option<HardStage> = if !runs(Method::Hard) {
+        None
+    } else {
+        Some(match load_stage(out, "hard")? {
+            Some(h) if resume => {
+                obs.on_message("hard prompts: done earlier (resumed)");
+                h
             }
-            let h = HardStage {
-                zero_shot: zero,
-                few_shot: few,
-                demo_prefixes: prefixes,
-                seconds: ts.elapsed().as_secs_f64(),
-                peak_rss_bytes: peak_rss(),
-            };
-            save_stage(out, "hard", &h)?;
-            h
-        }
+            _ => {
+                let ts = Instant::now();
+                reset_peak_rss();
+                let templates = pcfg.task.templates().len();
+                let (mut zero, mut few, mut prefixes) = (Vec::new(), Vec::new(), Vec::new());
+                // Every template zero-shot; then k-shot with the best zero-shot template (a
+                // k-shot evaluation costs about k+1 times a zero-shot one).
+                let mut plan: Vec<(usize, usize)> = (0..templates).map(|t| (t, 0)).collect();
+                let mut i = 0;
+                while i < plan.len() {
+                    let (ti, k) = plan[i];
+                    i += 1;
+                    let spec = pcfg
+                        .task
+                        .with_template(ti)
+                        .ok_or_else(|| Error::Input("template index out of range".into()))?;
+                    let tpl = spec.templates()[0].to_string();
+                    let mut val = items(&spec, &val_file, pcfg)?;
+                    if let (Some(n), Items::Class(c)) = (pcfg.eval_limit, &mut val) {
+                        c.truncate(n);
+                    }
+                    let prefix = if k == 0 {
+                        String::new()
+                    } else {
+                        let train = items(&spec, &pcfg.train_file, pcfg)?;
+                        demo_prefix(&train, k, pcfg.seed)
+                    };
+                    // The demonstrations need room: no clipping of the input.
+                    let tok = eval::tokenize(
+                        model,
+                        &with_prefix(&val, &prefix),
+                        pcfg.max_len + prefix.len(),
+                    )?;
+                    let te = Instant::now();
+                    let rep =
+                        eval::evaluate(model, None, &tok, pcfg.eval_batch_size, pcfg.length_norm)?;
+                    let r = HardResult {
+                        template: tpl.clone(),
+                        shots: k,
+                        accuracy: rep.value,
+                        n: rep.n,
+                        seconds: te.elapsed().as_secs_f64(),
+                        tokens_per_example: mean_tokens(&tok),
+                    };
+                    obs.on_message(&format!(
+                        "hard prompt, template {} ({k}-shot): accuracy {:.4} on {} ({:.1}s)",
+                        ti + 1,
+                        r.accuracy,
+                        r.n,
+                        r.seconds
+                    ));
+                    if k == 0 {
+                        zero.push(r);
+                        if zero.len() == templates && cfg.shots > 0 {
+                            let best_t = (0..templates).fold(0, |b, t| {
+                                if zero[t].accuracy > zero[b].accuracy {
+                                    t
+                                } else {
+                                    b
+                                }
+                            });
+                            plan.push((best_t, cfg.shots));
+                        }
+                    } else {
+                        few.push(r);
+                        prefixes.push(prefix);
+                    }
+                }
+                let h = HardStage {
+                    zero_shot: zero,
+                    few_shot: few,
+                    demo_prefixes: prefixes,
+                    seconds: ts.elapsed().as_secs_f64(),
+                    peak_rss_bytes: peak_rss(),
+                };
+                save_stage(out, "hard", &h)?;
+                h
+            }
+        })
     };
 
     // --- 3. prompt tuning ---
     let pt_dir = out.join("prompt_tuning");
-    let prompt_tuning: TrainedStage = match load_stage(out, "prompt")? {
+    let prompt_tuning: Option<TrainedStage> = match load_stage(out, "prompt")? {
+        _ if !runs(Method::Prompt) => None,
         Some(p) if resume => {
             obs.on_message("prompt tuning: done earlier (resumed)");
-            p
+            Some(p)
         }
         _ => {
             reset_peak_rss();
@@ -347,80 +430,115 @@ pub fn run(
             }
             let train_peak = peak_rss();
             let sp = SoftPrompt::load_for(model, &pt_dir, false)?;
-            let val = items(&pcfg.task, &val_file, pcfg)?;
-            let mut tok = eval::tokenize(model, &val, pcfg.max_len)?;
-            if let Some(n) = pcfg.eval_limit {
-                tok.truncate(n);
-            }
-            let te = Instant::now();
-            let rep = eval::evaluate(
+            let artifact_bytes = ["adapter_model.safetensors", "adapter_config.json"]
+                .iter()
+                .map(|f| disk_bytes(&pt_dir.join(f)))
+                .sum::<Result<u64>>()?;
+            let p = measure_trained(
                 model,
-                Some(sp.view()?),
-                &tok,
-                pcfg.eval_batch_size,
-                pcfg.length_norm,
+                cfg,
+                &val_file,
+                Some(&sp),
+                Trained {
+                    name: "prompt tuning",
+                    trainable_parameters: sp.embeddings.data.len(),
+                    artifact: pt_dir.clone(),
+                    artifact_bytes,
+                    seconds: sum.seconds,
+                    steps: sum.steps_done,
+                    log: pt_dir.join("train_log.jsonl"),
+                    peak: train_peak,
+                },
+                obs,
             )?;
-            let eval_seconds = te.elapsed().as_secs_f64();
-            obs.on_message(&format!(
-                "prompt tuning: validation accuracy {:.4} on {}",
-                rep.value, rep.n
-            ));
-            let (general_ppl_after, _) = perplexity(model, GENERAL_TEXT)?;
-            let second_task_after = match &cfg.second_task {
-                Some(s) => Some(second_task_accuracy(model, s, pcfg)?),
-                None => None,
-            };
-            let digest = model.weights_digest();
             obs.on_message(&format!(
                 "prompt tuning: base weights sha256 before {} after {} ({})",
                 &base.weights_digest[..16],
-                &digest[..16],
-                if digest == base.weights_digest {
+                &p.weights_digest_after[..16],
+                if p.weights_digest_after == base.weights_digest {
                     "byte-identical"
                 } else {
                     "CHANGED"
                 }
             ));
-            let artifact_bytes = ["adapter_model.safetensors", "adapter_config.json"]
-                .iter()
-                .map(|f| disk_bytes(&pt_dir.join(f)))
-                .sum::<Result<u64>>()?;
-            let (first_loss, last_loss) = first_last_loss(&pt_dir.join("train_log.jsonl"));
-            let p = TrainedStage {
-                trainable_parameters: sp.embeddings.data.len(),
-                artifact: pt_dir.clone(),
-                artifact_bytes,
-                train_seconds: sum.seconds,
-                steps: sum.steps_done,
-                first_loss,
-                last_loss,
-                peak_rss_bytes: train_peak,
-                accuracy: rep.value,
-                n: rep.n,
-                eval_seconds,
-                tokens_per_example: mean_tokens(&tok) + pcfg.num_virtual_tokens as f64,
-                general_ppl_after,
-                second_task_after,
-                weights_digest_after: digest,
-            };
             save_stage(out, "prompt", &p)?;
-            p
+            Some(p)
         }
     };
 
-    // --- 4. full fine-tuning ---
-    let ft_dir = out.join("full_finetune");
-    let full_finetuning: TrainedStage = match load_stage(out, "full")? {
-        Some(f) if resume => {
-            obs.on_message("full fine-tuning: done earlier (resumed)");
-            f
+    // --- 4. LoRA (merged into the weights for training and evaluation, then removed) ---
+    let lora_dir = out.join("lora");
+    let lora: Option<TrainedStage> = match load_stage(out, "lora")? {
+        _ if !runs(Method::Lora) => None,
+        Some(l) if resume => {
+            obs.on_message("LoRA: done earlier (resumed)");
+            Some(l)
         }
         _ => {
-            if model.weights_digest() != base.weights_digest {
-                return Err(Error::Mismatch(
-                    "the model is not the one the base stage measured".into(),
-                ));
-            }
+            same_model(model, &base)?;
+            reset_peak_rss();
+            let mut lcfg = pcfg.clone();
+            lcfg.lr = cfg.lora.lr;
+            lcfg.optimizer = cfg.ft_optimizer;
+            lcfg.validation_file = None;
+            let mut ad = Lora::new(
+                &model.llama,
+                cfg.lora.rank,
+                cfg.lora.alpha,
+                &lora::DEFAULT_MODULES,
+                pcfg.seed,
+            )?;
+            obs.on_message(&format!(
+                "LoRA: rank {} alpha {} on q/v, AdamW lr {}, {} steps x batch {}",
+                ad.rank, ad.alpha, lcfg.lr, lcfg.steps, lcfg.batch_size
+            ));
+            let run = (|| {
+                let sum = lora::train_lora(model, &mut ad, &lcfg, &lora_dir, stop, obs)?;
+                if sum.interrupted {
+                    return Err(Error::setting(
+                        "resume",
+                        "interrupted during LoRA: resuming the comparison restarts this stage",
+                    ));
+                }
+                let train_peak = peak_rss();
+                let adapter = lora_dir.join("adapter");
+                measure_trained(
+                    model,
+                    cfg,
+                    &val_file,
+                    None,
+                    Trained {
+                        name: "LoRA",
+                        trainable_parameters: sum.trainable_parameters,
+                        artifact_bytes: disk_bytes(&adapter)?,
+                        artifact: adapter,
+                        seconds: sum.seconds,
+                        steps: sum.steps_done,
+                        log: lora_dir.join("train_log.jsonl"),
+                        peak: train_peak,
+                    },
+                    obs,
+                )
+            })();
+            // The base weights back, whatever happened (they were kept aside).
+            ad.restore(&mut model.llama)?;
+            let l = run?;
+            same_model(model, &base)?;
+            save_stage(out, "lora", &l)?;
+            Some(l)
+        }
+    };
+
+    // --- 5. full fine-tuning ---
+    let ft_dir = out.join("full_finetune");
+    let full_finetuning: Option<TrainedStage> = match load_stage(out, "full")? {
+        _ if !runs(Method::Full) => None,
+        Some(f) if resume => {
+            obs.on_message("full fine-tuning: done earlier (resumed)");
+            Some(f)
+        }
+        _ => {
+            same_model(model, &base)?;
             reset_peak_rss();
             let mut fcfg = pcfg.clone();
             fcfg.lr = cfg.ft_lr;
@@ -438,55 +556,39 @@ pub fn run(
                 ));
             }
             let train_peak = peak_rss();
-            let ft_losses = first_last_loss(&ft_dir.join("train_log.jsonl"));
-            let val = items(&pcfg.task, &val_file, pcfg)?;
-            let mut tok = eval::tokenize(model, &val, pcfg.max_len)?;
-            if let Some(n) = pcfg.eval_limit {
-                tok.truncate(n);
-            }
-            let te = Instant::now();
-            let rep = eval::evaluate(model, None, &tok, pcfg.eval_batch_size, pcfg.length_norm)?;
-            let eval_seconds = te.elapsed().as_secs_f64();
-            obs.on_message(&format!(
-                "full fine-tuning: validation accuracy {:.4} on {}",
-                rep.value, rep.n
-            ));
-            let (general_ppl_after, _) = perplexity(model, GENERAL_TEXT)?;
-            let second_task_after = match &cfg.second_task {
-                Some(s) => Some(second_task_accuracy(model, s, pcfg)?),
-                None => None,
-            };
-            let f = TrainedStage {
-                trainable_parameters: sum.trainable_parameters,
-                artifact: ft_dir.join("model"),
-                artifact_bytes: disk_bytes(&ft_dir.join("model"))?,
-                train_seconds: sum.seconds,
-                steps: sum.steps_done,
-                first_loss: ft_losses.0,
-                last_loss: ft_losses.1,
-                peak_rss_bytes: train_peak,
-                accuracy: rep.value,
-                n: rep.n,
-                eval_seconds,
-                tokens_per_example: mean_tokens(&tok),
-                general_ppl_after,
-                second_task_after,
-                weights_digest_after: model.weights_digest(),
-            };
+            let f = measure_trained(
+                model,
+                cfg,
+                &val_file,
+                None,
+                Trained {
+                    name: "full fine-tuning",
+                    trainable_parameters: sum.trainable_parameters,
+                    artifact: ft_dir.join("model"),
+                    artifact_bytes: disk_bytes(&ft_dir.join("model"))?,
+                    seconds: sum.seconds,
+                    steps: sum.steps_done,
+                    log: ft_dir.join("train_log.jsonl"),
+                    peak: train_peak,
+                },
+                obs,
+            )?;
             save_stage(out, "full", &f)?;
-            f
+            Some(f)
         }
     };
-    // --- 5. inference cost, back to back ---
+    // --- 6. inference cost, back to back ---
     let timing: TimingStage = match load_stage(out, "timing")? {
         Some(t) if resume => t,
         _ => {
-            let t = time_inference(model, cfg, &hard, &pt_dir, &val_file)?;
+            let pt = prompt_tuning.as_ref().map(|_| pt_dir.as_path());
+            let t = time_inference(model, cfg, hard.as_ref(), pt, &val_file)?;
+            let ms = |x: Option<f64>| x.map_or("n/a".into(), |x| format!("{x:.1} ms"));
             obs.on_message(&format!(
-                "inference per example: zero-shot {:.1} ms, few-shot {}, prompt tuning {:.1} ms, full fine-tuning {:.1} ms",
-                t.zero_shot_ms,
-                t.few_shot_ms.map_or("n/a".into(), |x| format!("{x:.1} ms")),
-                t.prompt_tuning_ms,
+                "inference per example: zero-shot {}, few-shot {}, prompt tuning {}, no prompt (full fine-tuning, merged LoRA) {:.1} ms",
+                ms(t.zero_shot_ms),
+                ms(t.few_shot_ms),
+                ms(t.prompt_tuning_ms),
                 t.full_finetuning_ms
             ));
             save_stage(out, "timing", &t)?;
@@ -499,11 +601,89 @@ pub fn run(
         hard,
         prompt_tuning,
         full_finetuning,
+        lora,
         timing,
         seconds: t0.elapsed().as_secs_f64(),
     };
     report(&c, out)?;
     Ok(c)
+}
+
+/// The error when the model is not the untouched one the base stage measured.
+fn same_model(model: &FrozenModel, base: &BaseStage) -> Result<()> {
+    if model.weights_digest() != base.weights_digest {
+        return Err(Error::Mismatch(
+            "the model is not the one the base stage measured".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What a trained method's stage knows before its measurements.
+struct Trained {
+    name: &'static str,
+    trainable_parameters: usize,
+    artifact: PathBuf,
+    artifact_bytes: u64,
+    seconds: f64,
+    steps: u64,
+    log: PathBuf,
+    peak: Option<u64>,
+}
+
+/// Validation accuracy (timed), general-text perplexity, second-task accuracy and the
+/// weights' digest of `model` as it is now (with the soft prompt `sp`, if any, for the
+/// validation accuracy only).
+fn measure_trained(
+    model: &FrozenModel,
+    cfg: &CompareConfig,
+    val_file: &str,
+    sp: Option<&SoftPrompt>,
+    t: Trained,
+    obs: &mut dyn Observer,
+) -> Result<TrainedStage> {
+    let pcfg = &cfg.prompt;
+    let val = items(&pcfg.task, val_file, pcfg)?;
+    let mut tok = eval::tokenize(model, &val, pcfg.max_len)?;
+    if let Some(n) = pcfg.eval_limit {
+        tok.truncate(n);
+    }
+    let te = Instant::now();
+    let view = sp.map(|s| s.view()).transpose()?;
+    let rep = eval::evaluate(model, view, &tok, pcfg.eval_batch_size, pcfg.length_norm)?;
+    let eval_seconds = te.elapsed().as_secs_f64();
+    obs.on_message(&format!(
+        "{}: validation accuracy {:.4} on {}",
+        t.name, rep.value, rep.n
+    ));
+    let (general_ppl_after, _) = perplexity(model, GENERAL_TEXT)?;
+    let second_task_after = match &cfg.second_task {
+        Some(s) => Some(second_task_accuracy(model, s, pcfg)?),
+        None => None,
+    };
+    let (first_loss, last_loss) = first_last_loss(&t.log);
+    Ok(TrainedStage {
+        trainable_parameters: t.trainable_parameters,
+        artifact: t.artifact,
+        artifact_bytes: t.artifact_bytes,
+        train_seconds: t.seconds,
+        steps: t.steps,
+        first_loss,
+        last_loss,
+        peak_rss_bytes: t.peak,
+        accuracy: rep.value,
+        n: rep.n,
+        eval_seconds,
+        tokens_per_example: mean_tokens(&tok)
+            + if sp.is_some() {
+                pcfg.num_virtual_tokens as f64
+            } else {
+                0.0
+            },
+        general_ppl_after,
+        second_task_after,
+        weights_digest_after: model.weights_digest(),
+    })
 }
 
 pub(super) fn best(v: &[HardResult]) -> Option<&HardResult> {
