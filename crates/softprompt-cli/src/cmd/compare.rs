@@ -1,4 +1,4 @@
-//! `softprompt compare`: hard prompt vs prompt tuning vs full fine-tuning, measured
+//! `softprompt compare`: hard prompt vs prompt tuning vs LoRA vs full fine-tuning, measured
 //! (softprompt_core::compare does the work; this file parses flags and draws progress).
 
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ pub struct CompareArgs {
     #[command(flatten)]
     task: TaskArgs,
     /// Output folder: compare.md, compare.png, compare.json, stages/, prompt_tuning/,
-    /// full_finetune/ (default runs/compare-TASK).
+    /// lora/, full_finetune/ (default runs/compare-TASK).
     #[arg(long, short)]
     out: Option<PathBuf>,
     /// Optimizer steps of each trained method (same batches for both).
@@ -43,6 +43,18 @@ pub struct CompareArgs {
     /// Full fine-tuning's learning rate (AdamW, weight decay 0.01).
     #[arg(long, default_value_t = 3e-5)]
     ft_lr: f32,
+    /// The rows to run, comma-separated, from hard, prompt, full, lora.
+    #[arg(long, value_delimiter = ',', default_value = "hard,prompt,full,lora")]
+    methods: Vec<compare::Method>,
+    /// LoRA's rank (on the attention q/v projections).
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    /// LoRA's alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f32,
+    /// LoRA's learning rate (AdamW, weight decay 0.01).
+    #[arg(long, default_value_t = 5e-4)]
+    lora_lr: f32,
     /// Learning-rate schedule after warm-up (both methods).
     #[arg(long, default_value = "linear", value_parser = schedule_parser())]
     schedule: Schedule,
@@ -150,6 +162,12 @@ pub fn run(a: CompareArgs) -> Result<()> {
         ft_optimizer: OptimizerKind::adamw_default(),
         shots: a.shots,
         second_task: second_task(&a, &spec)?,
+        methods: a.methods.clone(),
+        lora: compare::LoraSettings {
+            rank: a.lora_rank,
+            alpha: a.lora_alpha,
+            lr: a.lora_lr,
+        },
     };
     let out = a
         .out

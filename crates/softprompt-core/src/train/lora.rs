@@ -1,7 +1,8 @@
 //! LoRA (low-rank adaptation), a comparison baseline for `compare` (not a serving feature):
-//! `W = W0 + (alpha / r) B A` on chosen projections (PEFT's defaults here: r = 8, alpha = 16,
-//! `A [r, D_in]` Kaiming-uniform with `a = sqrt(5)`, i.e. `U(-1/sqrt(D_in), 1/sqrt(D_in))`,
-//! `B [D_out, r] = 0`), on the attention q and v projections of every layer by default.
+//! `W = W0 + (alpha / r) B A` on chosen projections: r = 8 and PEFT's init (`A [r, D_in]`
+//! Kaiming-uniform with `a = sqrt(5)`, i.e. `U(-1/sqrt(D_in), 1/sqrt(D_in))`, `B [D_out, r]
+//! = 0`), alpha = 16 (scale 2, the common `alpha = 2r`; PEFT's `LoraConfig` default is
+//! alpha = 8, scale 1), on the attention q and v projections of every layer by default.
 //!
 //! Simplest correct path, not the fast one: each step merges the adapters into the model's
 //! weights, runs the full-weight backward of [`crate::model::llama::grads`] (it computes
@@ -71,7 +72,7 @@ impl Lora {
     ) -> Result<Lora> {
         if rank == 0 || !(alpha > 0.0 && alpha.is_finite()) {
             return Err(Error::setting(
-                "lora",
+                "lora_rank",
                 format!("LoRA needs rank >= 1 and alpha > 0, got rank {rank}, alpha {alpha}"),
             ));
         }
@@ -102,7 +103,7 @@ impl Lora {
         }
         if targets.is_empty() {
             return Err(Error::setting(
-                "lora",
+                "lora_rank",
                 format!("no weight of this model matches the LoRA modules {modules:?}"),
             ));
         }
