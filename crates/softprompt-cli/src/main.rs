@@ -48,7 +48,7 @@ enum Cmd {
     /// Load-test a running server: N clients over M prompts, latency and throughput, and a
     /// check of every answer against the same request sent alone.
     Loadtest(cmd::loadtest::LoadtestArgs),
-    /// Hard prompt vs prompt tuning vs full fine-tuning on one task, measured: trainable
+    /// Hard prompt vs prompt tuning vs LoRA vs full fine-tuning on one task, measured: trainable
     /// parameters, artifact size, training time, peak memory, accuracy, inference cost and
     /// forgetting (compare.md, compare.png, compare.json).
     Compare(Box<cmd::compare::CompareArgs>),

@@ -62,6 +62,13 @@ fn compare_on_the_demo_task_writes_the_table_chart_and_json() {
     assert!(pt["artifact_bytes"].as_u64().unwrap() < 100_000);
     assert!(out.join("full_finetune/model/model.safetensors").is_file());
     assert!(v["timing"]["prompt_tuning_ms"].as_f64().unwrap() > 0.0);
+    // LoRA (default rank 8 on q/v): 30 layers x 8 x (576 + 576 + 576 + 192) parameters,
+    // evaluated merged, the base weights given back before full fine-tuning.
+    let lo = &v["lora"];
+    assert_eq!(lo["trainable_parameters"].as_u64().unwrap(), 460_800);
+    assert_ne!(lo["weights_digest_after"], v["base"]["weights_digest"]);
+    assert!(out.join("lora/adapter/adapter_model.safetensors").is_file());
+    assert_eq!(v["config"]["lora"]["rank"], 8);
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
     assert!(md.contains("| trainable parameters |"), "{md}");
     assert!(md.contains("byte-identical"), "{md}");
@@ -76,4 +83,22 @@ fn compare_on_the_demo_task_writes_the_table_chart_and_json() {
     assert!(t.elapsed().as_secs() < 60);
     let v2: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v2["full_finetuning"], v["full_finetuning"]);
+    assert_eq!(v2["lora"], v["lora"]);
+
+    // --methods: an unknown name is refused naming the flag.
+    let o = bin()
+        .args([
+            "compare",
+            "--task",
+            "demo",
+            "--methods",
+            "prompt,bogus",
+            "--out",
+        ])
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bogus") && err.contains("--methods"), "{err}");
 }

@@ -70,14 +70,14 @@ fn lora_grads_match_finite_differences() {
     m.loss_and_grads(&seqs, &targets, &mut grads).unwrap();
     let ab = lora.grads(&mut grads);
     let eps = 1e-2f32;
-    for ti in 0..lora.targets.len() {
+    for (ti, (da, db)) in ab.iter().enumerate() {
         for which in 0..2 {
             let n = if which == 0 {
                 lora.targets[ti].a.len()
             } else {
                 lora.targets[ti].b.len()
             };
-            let g = if which == 0 { &ab[ti].0 } else { &ab[ti].1 };
+            let g = if which == 0 { da } else { db };
             let (mut num, mut den) = (0.0f64, 0.0f64);
             for i in (0..8).map(|k| (k * 7919 + 13) % n) {
                 let mut loss_at = |delta: f32| {
