@@ -25,10 +25,10 @@ pub struct CompareArgs {
     /// lora/, full_finetune/ (default runs/compare-TASK).
     #[arg(long, short)]
     out: Option<PathBuf>,
-    /// Optimizer steps of each trained method (same batches for both).
+    /// Optimizer steps of each trained method (the same batches for all).
     #[arg(long, default_value_t = 300)]
     steps: u64,
-    /// Examples per batch (both trained methods).
+    /// Examples per batch (every trained method).
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// Demonstrations in the few-shot hard prompt (0: zero-shot only).
@@ -55,10 +55,10 @@ pub struct CompareArgs {
     /// LoRA's learning rate (AdamW, weight decay 0.01).
     #[arg(long, default_value_t = 5e-4)]
     lora_lr: f32,
-    /// Learning-rate schedule after warm-up (both methods).
+    /// Learning-rate schedule after warm-up (every trained method).
     #[arg(long, default_value = "linear", value_parser = schedule_parser())]
     schedule: Schedule,
-    /// Warm-up steps (both methods).
+    /// Warm-up steps (every trained method).
     #[arg(long, default_value_t = 10)]
     warmup: u64,
     /// Clip the gradient's L2 norm (0 = off).

@@ -56,9 +56,9 @@ pub const GENERAL_TEXT: &str = include_str!("../../data/general_text.txt");
 pub struct CompareConfig {
     pub model: String,
     /// Prompt tuning's training config (also the data, batches, seed and schedule of full
-    /// fine-tuning).
+    /// fine-tuning and LoRA).
     pub prompt: TrainConfig,
-    /// Full fine-tuning's learning rate and optimizer (AdamW).
+    /// Full fine-tuning's learning rate and optimizer (AdamW; LoRA's optimizer too).
     pub ft_lr: f32,
     pub ft_optimizer: crate::train::optim::OptimizerKind,
     /// Demonstrations in the few-shot hard prompt.
