@@ -52,34 +52,98 @@ pub fn finetune(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<FinetuneSummary> {
+    check_lr(cfg, "fine-tuning", "ft_lr")?;
+    // Refuses quantized matrices before any work.
+    let sizes: Vec<usize> = model.llama.params()?.iter().map(|p| p.len()).collect();
+    let trainable_parameters = sizes.iter().sum();
+    let mut opts: Vec<Optimizer> = sizes
+        .iter()
+        .map(|&n| Optimizer::new(cfg.optimizer, n, 1))
+        .collect();
+    let run = WeightRun {
+        name: "fine-tuning",
+        lr_setting: "ft_lr",
+        header: format!("full fine-tuning: {trainable_parameters} trainable parameters"),
+        trainable_parameters,
+    };
+    let summary = weight_loop(model, cfg, out, stop, obs, run, &mut |model, grads, lr| {
+        if cfg.grad_accum > 1 {
+            grads.scale(1.0 / cfg.grad_accum as f32);
+        }
+        // Global-norm clipping over all parameters (torch.nn.utils.clip_grad_norm_).
+        let norm = grads.global_norm();
+        if cfg.max_grad_norm > 0.0 && norm.is_finite() {
+            let coef = cfg.max_grad_norm as f64 / (norm + 1e-6);
+            if coef < 1.0 {
+                grads.scale(coef as f32);
+            }
+        }
+        let params = model.llama.params_mut()?;
+        params
+            .into_par_iter()
+            .zip(grads.buffers_mut())
+            .zip(opts.par_iter_mut())
+            .for_each(|((p, g), o)| o.step(p, g, lr));
+        Ok(norm)
+    })?;
+    if !summary.interrupted {
+        save_model(model, &out.join("model"))?;
+    }
+    Ok(summary)
+}
+
+/// `cfg.lr` positive and finite (an error naming `setting` otherwise), sizes and optimizer valid.
+pub(super) fn check_lr(cfg: &TrainConfig, name: &str, setting: &'static str) -> Result<()> {
     cfg.check_sizes()?;
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
         return Err(Error::setting(
-            "ft_lr",
+            setting,
             format!(
-                "the fine-tuning learning rate (ft_lr) must be positive, got {}",
+                "the {name} learning rate ({setting}) must be positive, got {}",
                 cfg.lr
             ),
         ));
     }
-    cfg.optimizer.validate()?;
-    // Refuses quantized matrices before any work.
-    let sizes: Vec<usize> = model.llama.params()?.iter().map(|p| p.len()).collect();
-    let trainable_parameters = sizes.iter().sum();
+    cfg.optimizer.validate()
+}
+
+/// What a run of [`weight_loop`] is called in its messages and errors.
+pub(super) struct WeightRun {
+    /// "fine-tuning", "LoRA".
+    pub name: &'static str,
+    /// The setting an exploding loss blames.
+    pub lr_setting: &'static str,
+    /// The first message, before the data's size is appended.
+    pub header: String,
+    pub trainable_parameters: usize,
+}
+
+/// The training loop of the weight-training baselines (full fine-tuning, LoRA): the task's
+/// data as [`super::train`] batches it, every weight's gradient summed into one [`Grads`] over
+/// the micro-batches of a step, then `update(model, grads, lr)` (scaling, clipping, the
+/// optimizer step; it returns the gradient norm it clipped) and the gradients zeroed; the log,
+/// the evaluations with the model as `update` left it, and `stop` between steps. Saving the
+/// result is the caller's.
+pub(super) fn weight_loop(
+    model: &mut FrozenModel,
+    cfg: &TrainConfig,
+    out: &Path,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+    run: WeightRun,
+    update: &mut dyn FnMut(&mut FrozenModel, &mut Grads, f32) -> Result<f64>,
+) -> Result<FinetuneSummary> {
     let (train_data, train_name, val) = load_train_val(model, cfg, obs)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let log_path = out.join("train_log.jsonl");
     let mut log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
     obs.on_message(&format!(
-        "full fine-tuning: {trainable_parameters} trainable parameters, {} training examples from {train_name}",
+        "{}, {} training examples from {train_name}",
+        run.header,
         train_data.len()
     ));
 
     let mut grads = Grads::new(&model.llama);
-    let mut opts: Vec<Optimizer> = sizes
-        .iter()
-        .map(|&n| Optimizer::new(cfg.optimizer, n, 1))
-        .collect();
     let mut order = EpochBatches::new(train_data.lengths(), cfg.batch_size, cfg.seed, 0, 0);
     let t0 = Instant::now();
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
@@ -106,28 +170,15 @@ pub fn finetune(
         }
         if !loss.is_finite() {
             return Err(Error::setting(
-                "ft_lr",
-                format!("fine-tuning loss became {loss} at step {step}: lower ft_lr"),
+                run.lr_setting,
+                format!(
+                    "{} loss became {loss} at step {step}: lower {}",
+                    run.name, run.lr_setting
+                ),
             ));
         }
-        if cfg.grad_accum > 1 {
-            grads.scale(1.0 / cfg.grad_accum as f32);
-        }
-        // Global-norm clipping over all parameters (torch.nn.utils.clip_grad_norm_).
-        let norm = grads.global_norm();
-        if cfg.max_grad_norm > 0.0 && norm.is_finite() {
-            let coef = cfg.max_grad_norm as f64 / (norm + 1e-6);
-            if coef < 1.0 {
-                grads.scale(coef as f32);
-            }
-        }
         let lr = optim::lr_at(cfg.schedule, cfg.lr, step, cfg.steps, cfg.warmup_steps);
-        let params = model.llama.params_mut()?;
-        params
-            .into_par_iter()
-            .zip(grads.buffers_mut())
-            .zip(opts.par_iter_mut())
-            .for_each(|((p, g), o)| o.step(p, g, lr));
+        let norm = update(model, &mut grads, lr)?;
         grads.zero();
         step += 1;
         if step == 1 {
@@ -168,16 +219,13 @@ pub fn finetune(
     }
     let seconds = t0.elapsed().as_secs_f64();
     log.flush().map_err(|e| Error::io(&log_path, e))?;
-    if !interrupted {
-        save_model(model, &out.join("model"))?;
-    }
     Ok(FinetuneSummary {
         steps_done: step,
         interrupted,
         first_loss,
         last_loss,
         final_eval,
-        trainable_parameters,
+        trainable_parameters: run.trainable_parameters,
         train_examples: train_data.len(),
         seconds,
     })

@@ -13,22 +13,17 @@
 //! exact original bytes. Evaluation uses the merged weights: the inference cost is the base
 //! model's.
 
-use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
 
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::json;
 
-use super::eval::{self, Tokenized};
-use super::finetune::FinetuneSummary;
-use super::optim::{self, Optimizer};
-use super::trainer::{load_train_val, EvalLog, Observer, StepLog, TrainConfig};
-use crate::data::EpochBatches;
+use super::finetune::{check_lr, weight_loop, FinetuneSummary, WeightRun};
+use super::optim::Optimizer;
+use super::trainer::{Observer, TrainConfig};
 use crate::fsio::atomic_write;
-use crate::infer::objective;
 use crate::model::llama::grads::Grads;
 use crate::model::llama::Llama;
 use crate::model::FrozenModel;
@@ -248,27 +243,19 @@ pub fn train_lora(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<FinetuneSummary> {
-    cfg.check_sizes()?;
-    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::setting(
-            "lora_lr",
-            format!("the LoRA learning rate must be positive, got {}", cfg.lr),
-        ));
-    }
-    cfg.optimizer.validate()?;
+    check_lr(cfg, "LoRA", "lora_lr")?;
     let trainable_parameters = lora.trainable_parameters();
-    let (train_data, train_name, val) = load_train_val(model, cfg, obs)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let log_path = out.join("train_log.jsonl");
-    let mut log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
-    obs.on_message(&format!(
-        "LoRA r={} alpha={} on {} matrices: {trainable_parameters} trainable parameters, {} training examples from {train_name}",
-        lora.rank,
-        lora.alpha,
-        lora.targets.len(),
-        train_data.len()
-    ));
-    let mut grads = Grads::new(&model.llama);
+    let run = WeightRun {
+        name: "LoRA",
+        lr_setting: "lora_lr",
+        header: format!(
+            "LoRA r={} alpha={} on {} matrices: {trainable_parameters} trainable parameters",
+            lora.rank,
+            lora.alpha,
+            lora.targets.len()
+        ),
+        trainable_parameters,
+    };
     // One optimizer per A and per B, in target order.
     let mut opts: Vec<(Optimizer, Optimizer)> = lora
         .targets
@@ -280,39 +267,9 @@ pub fn train_lora(
             )
         })
         .collect();
-    let mut order = EpochBatches::new(train_data.lengths(), cfg.batch_size, cfg.seed, 0, 0);
-    let t0 = Instant::now();
-    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
-    let mut final_eval = None;
-    let mut step = 0u64;
-    let mut interrupted = false;
-    obs.on_start(0, cfg.steps);
     lora.merge(&mut model.llama)?;
-    while step < cfg.steps {
-        let ts = Instant::now();
-        let (mut loss, mut rows) = (0.0f64, 0usize);
-        for _ in 0..cfg.grad_accum {
-            let idx = order
-                .next()
-                .ok_or_else(|| Error::Input("no training examples".into()))?;
-            let batch = train_data.select(&idx);
-            let r = match &batch {
-                Tokenized::Class(b) => {
-                    objective::classify_batch_weights(&model.llama, b, cfg.length_norm, &mut grads)?
-                }
-                Tokenized::Gen(b) => objective::lm_batch_weights(&model.llama, b, &mut grads)?,
-            };
-            loss += r.loss / cfg.grad_accum as f64;
-            rows += r.rows;
-        }
-        if !loss.is_finite() {
-            return Err(Error::setting(
-                "lora_lr",
-                format!("LoRA loss became {loss} at step {step}: lower the learning rate"),
-            ));
-        }
-        let mut ab = lora.grads(&mut grads);
-        grads.zero();
+    let summary = weight_loop(model, cfg, out, stop, obs, run, &mut |model, grads, lr| {
+        let mut ab = lora.grads(grads);
         let mut coef = 1.0 / cfg.grad_accum as f64;
         // Global-norm clipping over A and B (torch.nn.utils.clip_grad_norm_ on the
         // trainable parameters).
@@ -330,62 +287,15 @@ pub fn train_lora(
                 .flat_map(|(a, b)| a.iter_mut().chain(b.iter_mut()))
                 .for_each(|g| *g *= coef as f32);
         }
-        let lr = optim::lr_at(cfg.schedule, cfg.lr, step, cfg.steps, cfg.warmup_steps);
         for ((t, (da, db)), (oa, ob)) in lora.targets.iter_mut().zip(&ab).zip(&mut opts) {
             oa.step(&mut t.a, da, lr);
             ob.step(&mut t.b, db, lr);
         }
         lora.merge(&mut model.llama)?;
-        step += 1;
-        if step == 1 {
-            first_loss = loss;
-        }
-        last_loss = loss;
-        let s = StepLog {
-            reduce_seconds: 0.0,
-            step,
-            epoch: order.position().0,
-            loss,
-            lr,
-            grad_norm: norm as f32,
-            tokens: rows,
-            seconds: ts.elapsed().as_secs_f64(),
-        };
-        writeln!(log, "{}", json!({"type": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "seconds": s.seconds}))
-            .map_err(|e| Error::io(&log_path, e))?;
-        obs.on_step(&s);
-        let last = step == cfg.steps;
-        if let Some(v) = &val {
-            if (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) || last {
-                let rep = eval::evaluate(model, None, v, cfg.eval_batch_size, cfg.length_norm)?;
-                writeln!(log, "{}", json!({"type": "eval", "step": step, "metric": rep.metric, "value": rep.value, "loss": rep.loss}))
-                    .map_err(|e| Error::io(&log_path, e))?;
-                obs.on_eval(&EvalLog {
-                    step,
-                    report: rep.clone(),
-                    best: false,
-                });
-                final_eval = Some(rep);
-            }
-        }
-        if stop.load(Ordering::SeqCst) && !last {
-            interrupted = true;
-            break;
-        }
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    log.flush().map_err(|e| Error::io(&log_path, e))?;
-    if !interrupted {
+        Ok(norm)
+    })?;
+    if !summary.interrupted {
         lora.save(&out.join("adapter"), &model.source)?;
     }
-    Ok(FinetuneSummary {
-        steps_done: step,
-        interrupted,
-        first_loss,
-        last_loss,
-        final_eval,
-        trainable_parameters,
-        train_examples: train_data.len(),
-        seconds,
-    })
+    Ok(summary)
 }
