@@ -2,30 +2,12 @@
 //! differences of the merged model's loss on a tiny random model; merging then restoring
 //! leaves the weights bit-identical; the PEFT-named adapter file.
 
+mod common;
+
+use common::tiny_llama;
 use softprompt_core::model::input::{SeqInput, Target};
 use softprompt_core::model::llama::grads::Grads;
-use softprompt_core::model::llama::{random_weights, Llama};
-use softprompt_core::model::LlamaConfig;
 use softprompt_core::train::lora::{Lora, DEFAULT_ALPHA, DEFAULT_MODULES, DEFAULT_RANK};
-
-fn model(seed: u64) -> Llama {
-    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": 61,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": true,
-    }))
-    .unwrap();
-    let w = random_weights(&cfg, seed);
-    Llama::new(cfg, w, "tiny").unwrap()
-}
 
 const SEQS: [&[u32]; 2] = [&[3, 17, 42, 5, 60, 9, 11], &[8, 1, 30, 3]];
 
@@ -51,7 +33,7 @@ fn batch() -> (Vec<SeqInput<'static>>, Vec<Target>) {
 
 #[test]
 fn lora_grads_match_finite_differences() {
-    let mut m = model(7);
+    let mut m = tiny_llama(7);
     let mut lora = Lora::new(&m, 4, DEFAULT_ALPHA, &DEFAULT_MODULES, 1).unwrap();
     // q and v of both layers.
     assert_eq!(lora.targets.len(), 4);
@@ -105,7 +87,7 @@ fn lora_grads_match_finite_differences() {
 
 #[test]
 fn merge_then_restore_is_bit_identical_and_adapter_is_peft_named() {
-    let mut m = model(3);
+    let mut m = tiny_llama(3);
     let before: Vec<Vec<f32>> = m.params().unwrap().iter().map(|p| p.to_vec()).collect();
     let mut lora = Lora::new(&m, DEFAULT_RANK, DEFAULT_ALPHA, &DEFAULT_MODULES, 2).unwrap();
     // r (D_in + D_out) per matrix: q [32, 32], v [16, 32].

@@ -6,33 +6,12 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{demo_config, step_losses, tiny_demo_model};
+use common::{demo_config, step_losses, tiny_demo_model, tiny_llama};
 use softprompt_core::model::input::{Example, PromptRef};
-use softprompt_core::model::llama::{random_weights, Llama};
-use softprompt_core::model::LlamaConfig;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::optim::OptimizerKind;
 use softprompt_core::train::reparam::{Reparam, Residual};
 use softprompt_core::train::{self, checkpoint, trainer, Observer, Quiet};
-
-fn tiny_llama() -> Llama {
-    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": 61,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": true,
-    }))
-    .unwrap();
-    let w = random_weights(&cfg, 11);
-    Llama::new(cfg, w, "tiny").unwrap()
-}
 
 fn batch() -> Vec<Example> {
     let a: Vec<u32> = vec![3, 17, 42, 5, 60, 9, 11];
@@ -52,7 +31,7 @@ fn batch() -> Vec<Example> {
 
 #[test]
 fn residual_gradient_matches_finite_differences() {
-    let m = tiny_llama();
+    let m = tiny_llama(11);
     let (p, d, mb) = (3, m.dims.d, 6);
     let init = softprompt_core::prompt::init::random_uniform(p, d, 0.5, 5);
     let mut r = Residual::new(&init, mb, OptimizerKind::adamw_default(), 1).unwrap();

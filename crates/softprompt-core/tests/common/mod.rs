@@ -75,6 +75,27 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, (Vec<usize>, 
     out
 }
 
+/// A tiny random Llama (D = 32, 2 layers, 4 heads over 2 KV heads, 61 tokens, tied
+/// embeddings) for finite-difference checks.
+pub fn tiny_llama(seed: u64) -> Llama {
+    let cfg: softprompt_core::model::LlamaConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 61,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": true,
+    }))
+    .unwrap();
+    let w = softprompt_core::model::llama::random_weights(&cfg, seed);
+    Llama::new(cfg, w, "tiny").unwrap()
+}
+
 /// A tiny random Llama with a word-level tokenizer over the built-in demo task's words:
 /// fast enough to train for real in a unit test.
 pub fn tiny_demo_model(seed: u64) -> softprompt_core::model::FrozenModel {
