@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::error::ServeError;
 use crate::health::prompt_json;
-use crate::state::{body, AppState, St};
+use crate::state::{blocking, body, AppState, St};
 use crate::types::{LoadBody, UploadBody};
 
 /// The bearer key, compared in constant time.
@@ -59,9 +59,7 @@ pub async fn load(
     let name = body(b)?.name;
     let s2 = s.clone();
     let n2 = name.clone();
-    let e = tokio::task::spawn_blocking(move || s2.registry.load(&n2))
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))??;
+    let e = blocking(move || s2.registry.load(&n2)).await??;
     Ok(Json(prompt_json(&name, &e)))
 }
 
@@ -87,9 +85,7 @@ pub async fn upload(
         .collect::<Result<Vec<_>, ServeError>>()?;
     let s2 = s.clone();
     let n2 = name.clone();
-    let e = tokio::task::spawn_blocking(move || s2.registry.install(&n2, &files))
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))??;
+    let e = blocking(move || s2.registry.install(&n2, &files)).await??;
     Ok(Json(prompt_json(&name, &e)))
 }
 
@@ -105,9 +101,7 @@ pub async fn unload(
     let e = if s.cfg.watch_interval.is_some() {
         let s2 = s.clone();
         let n2 = name.clone();
-        tokio::task::spawn_blocking(move || s2.registry.remove(&n2))
-            .await
-            .map_err(|e| ServeError::Internal(e.to_string()))??
+        blocking(move || s2.registry.remove(&n2)).await??
     } else {
         s.registry.unload(&name)?
     };

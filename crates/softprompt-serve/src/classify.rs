@@ -15,7 +15,7 @@ use softprompt_core::infer::scheduler::ClassifyRequest;
 
 use crate::error::ServeError;
 use crate::router::RequestLog;
-use crate::state::{body, invalid, AppState, St};
+use crate::state::{blocking, body, invalid, AppState, St};
 use crate::types::ClassifyBody;
 
 /// `POST /v1/classify`: rank the task's label words after the rendered template.
@@ -83,12 +83,10 @@ async fn classify_inner(
     let model = s.model.clone();
     let input = r.input;
     let spec2 = spec.clone();
-    let (example, cands) = tokio::task::spawn_blocking(move || {
-        softprompt_core::train::eval::class_example(&model, &spec2, input)
-    })
-    .await
-    .map_err(|e| ServeError::Internal(e.to_string()))?
-    .map_err(ServeError::from_core)?;
+    let (example, cands) =
+        blocking(move || softprompt_core::train::eval::class_example(&model, &spec2, input))
+            .await?
+            .map_err(ServeError::from_core)?;
     log.set_prompt(&names.join("+"), example.ids.len());
     let cand_len = example.cands.iter().map(Vec::len).max().unwrap_or(0);
     let mut replies = Vec::with_capacity(entries.len());

@@ -28,7 +28,7 @@ use crate::detok::Detok;
 use crate::error::ServeError;
 use crate::registry::Entry;
 use crate::router::RequestLog;
-use crate::state::{body, invalid, now_unix, AppState, CancelOnDrop, Slot, St};
+use crate::state::{blocking, body, invalid, now_unix, AppState, CancelOnDrop, Slot, St};
 use crate::types::{CompletionRequest, PromptInput, StopInput};
 
 /// A validated completion request.
@@ -397,12 +397,9 @@ async fn run_scored(
                     Vec::new() // one token, no predictor
                 } else {
                     let (model, sp, full) = (s.model.clone(), sp.clone(), full.clone());
-                    tokio::task::spawn_blocking(move || {
-                        infer::score_top(&model.llama, sp.view()?, &full, k)
-                    })
-                    .await
-                    .map_err(|e| ServeError::Internal(e.to_string()))?
-                    .map_err(ServeError::from_core)?
+                    blocking(move || infer::score_top(&model.llama, sp.view()?, &full, k))
+                        .await?
+                        .map_err(ServeError::from_core)?
                 };
                 let first = full.len() - scores.len(); // 1 without a soft prompt, else 0
                 let piece = |t: u32| s.model.decode(&[t]).map_err(ServeError::from_core);

@@ -144,9 +144,7 @@ impl Server {
 /// One scan of the store on a blocking thread.
 async fn scan(state: &Arc<AppState>) -> Result<ScanReport, ServeError> {
     let s2 = state.clone();
-    tokio::task::spawn_blocking(move || s2.registry.scan())
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))?
+    state::blocking(move || s2.registry.scan()).await?
 }
 
 /// Rescan the store every `every`, logging what changed (never returns). A store that cannot

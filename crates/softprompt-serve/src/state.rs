@@ -105,6 +105,16 @@ impl Drop for CancelOnDrop {
 }
 
 /// The JSON body, or a 400/413/422 in our error format.
+/// `f` on tokio's blocking pool (model work, file I/O), so the runtime's threads never wait on
+/// it; a panic inside becomes a 500.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))
+}
+
 pub fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ServeError> {
     match b {
         Ok(Json(v)) => Ok(v),

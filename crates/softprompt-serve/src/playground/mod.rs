@@ -36,7 +36,7 @@ use self::jobs::{Job, Jobs, PROMPT_FILES};
 use crate::admin::authorize;
 use crate::error::ServeError;
 use crate::registry::valid_name;
-use crate::state::{body, invalid, AppState, St};
+use crate::state::{blocking, body, invalid, AppState, St};
 
 const INDEX_HTML: &str = include_str!("../../assets/playground/index.html");
 const APP_JS: &str = include_str!("../../assets/playground/app.js");
@@ -294,10 +294,7 @@ async fn preview(
     authorize(&s, &h)?;
     let b = body(b)?;
     let s2 = s.clone();
-    tokio::task::spawn_blocking(move || preview_blocking(&s2, &b))
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))?
-        .map(Json)
+    blocking(move || preview_blocking(&s2, &b)).await?.map(Json)
 }
 
 fn preview_blocking(s: &AppState, b: &TrainBody) -> Result<Value, ServeError> {
@@ -369,9 +366,7 @@ async fn submit(
     authorize(&s, &h)?;
     let b = body(b)?;
     let s2 = s.clone();
-    let job = tokio::task::spawn_blocking(move || make_job(&s2, &b))
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))??;
+    let job = blocking(move || make_job(&s2, &b)).await??;
     let job = Arc::new(job);
     Jobs::submit(&s, job.clone());
     Ok(Json(job.json()))
@@ -610,11 +605,10 @@ async fn inspect(State(s): St, UrlPath(name): UrlPath<String>) -> Result<Json<Va
         )));
     };
     let model = s.model.clone();
-    let mut report = tokio::task::spawn_blocking(move || {
+    let mut report = blocking(move || {
         softprompt_core::inspect::inspect(&model, &prompt, softprompt_core::inspect::DEFAULT_K)
     })
-    .await
-    .map_err(|e| ServeError::Internal(e.to_string()))?
+    .await?
     .map_err(ServeError::from_core)?;
     report.prompt = None;
     let meta = e.served.prompt.as_ref().and_then(|p| p.meta.clone());
@@ -660,7 +654,7 @@ async fn download(
         )));
     };
     let n2 = name.clone();
-    let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ServeError> {
+    let bytes = blocking(move || -> Result<Vec<u8>, ServeError> {
         let tmp = tempfile::tempdir().map_err(|e| ServeError::Internal(e.to_string()))?;
         prompt.save(tmp.path()).map_err(ServeError::from_core)?;
         let internal = |e: &dyn std::fmt::Display| ServeError::Internal(format!("zip: {e}"));
@@ -679,8 +673,7 @@ async fn download(
         }
         Ok(z.finish().map_err(|e| internal(&e))?.into_inner())
     })
-    .await
-    .map_err(|e| ServeError::Internal(e.to_string()))??;
+    .await??;
     let mut r = bytes.into_response();
     let hd = r.headers_mut();
     hd.insert(
