@@ -126,21 +126,9 @@ async fn classify_inner(
         all_scores.push(scores);
     }
     drop(slot);
-    // An ensemble's scores: log of the averaged class probabilities (as
-    // `objective::classify_ensemble`); one prompt's: its own scores.
-    let scores = match all_scores.as_slice() {
-        [one] => one.clone(),
-        many => {
-            let k = many.len() as f64;
-            let mut p = vec![0.0; many[0].len()];
-            for sc in many {
-                for (a, q) in p.iter_mut().zip(objective::softmax(sc)) {
-                    *a += q / k;
-                }
-            }
-            p.iter().map(|q| q.ln()).collect()
-        }
-    };
+    // An ensemble's scores: log of the averaged class probabilities, as the CLI's.
+    let scores =
+        objective::ensemble_scores(&all_scores.iter().map(Vec::as_slice).collect::<Vec<_>>());
     let probs = objective::softmax(&scores);
     let best = objective::argmax(&scores);
     let labels = spec.label_values();

@@ -323,21 +323,15 @@ pub fn classify_ensemble(
         [] => Err(Error::Input("an ensemble needs at least one prompt".into())),
         [p] => classify_batch(model, *p, batch, length_norm, false),
         _ => {
-            let k = prompts.len() as f64;
-            let mut probs: Vec<Vec<f64>> = batch.iter().map(|e| vec![0.0; e.cands.len()]).collect();
+            let mut per_prompt = Vec::with_capacity(prompts.len()); // [K][B][classes]
             let mut rows = 0;
             for &p in prompts {
                 let r = classify_batch(model, p, batch, length_norm, false)?;
                 rows += r.rows;
-                for (acc, s) in probs.iter_mut().zip(&r.scores) {
-                    for (a, q) in acc.iter_mut().zip(softmax(s)) {
-                        *a += q / k;
-                    }
-                }
+                per_prompt.push(r.scores);
             }
-            let scores: Vec<Vec<f64>> = probs
-                .iter()
-                .map(|row| row.iter().map(|q| q.ln()).collect())
+            let scores: Vec<Vec<f64>> = (0..batch.len())
+                .map(|e| ensemble_scores(&per_prompt.iter().map(|s| &s[e][..]).collect::<Vec<_>>()))
                 .collect();
             let labelled: Vec<f64> = batch
                 .iter()
@@ -356,6 +350,25 @@ pub fn classify_ensemble(
                 grad: None,
                 rows,
             })
+        }
+    }
+}
+
+/// One example's ensemble scores from each prompt's class scores: the logs of the class
+/// probabilities averaged over the prompts, `log (1/K) sum_k softmax(s_k)`; one prompt's
+/// scores are returned as they are.
+pub fn ensemble_scores(per_prompt: &[&[f64]]) -> Vec<f64> {
+    match per_prompt {
+        [one] => one.to_vec(),
+        many => {
+            let k = many.len() as f64;
+            let mut p = vec![0.0; many.first().map_or(0, |s| s.len())];
+            for s in many {
+                for (a, q) in p.iter_mut().zip(softmax(s)) {
+                    *a += q / k;
+                }
+            }
+            p.iter().map(|q| q.ln()).collect()
         }
     }
 }
