@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{demo_config, step_losses, tiny_demo_model};
+use common::{demo_config, step_losses, tiny_demo_model, StopAt};
 use softprompt_core::infer;
 use softprompt_core::model::input::PromptRef;
 use softprompt_core::model::llama::{random_weights, Llama};
@@ -17,7 +17,7 @@ use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::distill::kl::kl_batch;
 use softprompt_core::train::distill::teacher::{top_k_dist, TeacherExample};
 use softprompt_core::train::distill::{self, DistillConfig};
-use softprompt_core::train::{trainer::StepLog, Init, Observer, Quiet};
+use softprompt_core::train::{Init, Quiet};
 
 fn tiny(model_type: &str, tie: bool, extra: serde_json::Value) -> Llama {
     let mut cfg = serde_json::json!({
@@ -179,19 +179,6 @@ fn demo_distill(steps: u64) -> (softprompt_core::train::TrainConfig, DistillConf
     cfg.checkpoint_every = 0;
     cfg.init = Init::Text(dc.hard_prompt.clone());
     (cfg, dc)
-}
-
-/// Sets the stop flag after a given step (what Ctrl-C does) and records messages.
-struct StopAt(u64, &'static AtomicBool, Vec<String>);
-impl Observer for StopAt {
-    fn on_step(&mut self, s: &StepLog) {
-        if s.step == self.0 {
-            self.1.store(true, Ordering::SeqCst);
-        }
-    }
-    fn on_message(&mut self, m: &str) {
-        self.2.push(m.to_string());
-    }
 }
 
 #[test]

@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use common::{demo_config, step_losses, tiny_demo_model, tiny_llama};
+use common::{demo_config, step_losses, tiny_demo_model, tiny_llama, StopAt};
 use softprompt_core::model::input::{Example, PromptRef};
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::optim::OptimizerKind;
 use softprompt_core::train::reparam::{Reparam, Residual};
-use softprompt_core::train::{self, checkpoint, trainer, Observer, Quiet};
+use softprompt_core::train::{self, checkpoint, trainer, Quiet};
 
 fn batch() -> Vec<Example> {
     let a: Vec<u32> = vec![3, 17, 42, 5, 60, 9, 11];
@@ -174,16 +174,6 @@ fn residual_refuses_adafactor() {
     assert!(e.to_string().contains("adamw"), "{e}");
 }
 
-/// Sets the stop flag after a given step (what Ctrl-C does).
-struct StopAt(u64, &'static AtomicBool);
-impl Observer for StopAt {
-    fn on_step(&mut self, s: &trainer::StepLog) {
-        if s.step == self.0 {
-            self.1.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
 #[test]
 fn interrupted_then_resumed_residual_run_equals_uninterrupted_run() {
     let m = tiny_demo_model(2);
@@ -197,7 +187,15 @@ fn interrupted_then_resumed_residual_run_equals_uninterrupted_run() {
 
     let b = tmp.path().join("b");
     static STOP: AtomicBool = AtomicBool::new(false);
-    let s = train::train(&m, &cfg, &b, false, &STOP, &mut StopAt(5, &STOP)).unwrap();
+    let s = train::train(
+        &m,
+        &cfg,
+        &b,
+        false,
+        &STOP,
+        &mut StopAt(5, &STOP, Vec::new()),
+    )
+    .unwrap();
     assert!(s.interrupted && s.steps_done == 5);
     let s = train::train(&m, &cfg, &b, true, &AtomicBool::new(false), &mut Quiet).unwrap();
     assert_eq!(s.steps_done, 10);

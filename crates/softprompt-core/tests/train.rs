@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use common::{demo_config, step_losses, tiny_demo_model};
+use common::{demo_config, step_losses, tiny_demo_model, StopAt};
 use softprompt_core::model::input::PromptRef;
 use softprompt_core::prompt::SoftPrompt;
-use softprompt_core::train::{self, trainer, Observer, Quiet};
+use softprompt_core::train::{self, trainer, Quiet};
 
 fn mean(xs: &[(u64, f64)]) -> f64 {
     xs.iter().map(|x| x.1).sum::<f64>() / xs.len() as f64
@@ -45,16 +45,6 @@ fn tiny_model_loss_falls_and_only_the_prompt_changes() {
     );
 }
 
-/// Sets the stop flag after a given step (what Ctrl-C does).
-struct StopAt(u64, &'static AtomicBool);
-impl Observer for StopAt {
-    fn on_step(&mut self, s: &trainer::StepLog) {
-        if s.step == self.0 {
-            self.1.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
 #[test]
 fn interrupted_then_resumed_run_equals_uninterrupted_run() {
     let m = tiny_demo_model(2);
@@ -71,7 +61,15 @@ fn interrupted_then_resumed_run_equals_uninterrupted_run() {
 
     let b = tmp.path().join("b");
     static STOP: AtomicBool = AtomicBool::new(false);
-    let s = train::train(&m, &cfg, &b, false, &STOP, &mut StopAt(6, &STOP)).unwrap();
+    let s = train::train(
+        &m,
+        &cfg,
+        &b,
+        false,
+        &STOP,
+        &mut StopAt(6, &STOP, Vec::new()),
+    )
+    .unwrap();
     assert!(s.interrupted && s.steps_done == 6);
     let s = train::train(&m, &cfg, &b, true, &AtomicBool::new(false), &mut Quiet).unwrap();
     assert_eq!(s.steps_done, 14);

@@ -194,3 +194,22 @@ pub fn step_losses(out: &std::path::Path) -> Vec<(u64, f64)> {
         .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
         .collect()
 }
+
+/// An observer that sets the stop flag after step `.0` (what Ctrl-C does) and records the
+/// run's messages in `.2`.
+pub struct StopAt(
+    pub u64,
+    pub &'static std::sync::atomic::AtomicBool,
+    pub Vec<String>,
+);
+
+impl softprompt_core::train::Observer for StopAt {
+    fn on_step(&mut self, s: &softprompt_core::train::trainer::StepLog) {
+        if s.step == self.0 {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn on_message(&mut self, m: &str) {
+        self.2.push(m.to_string());
+    }
+}
