@@ -112,6 +112,8 @@ fn comparison_writes_its_files_and_measures_forgetting() {
         shots: 2,
         second_task: None,
         methods: Method::ALL.to_vec(),
+        residual: compare::default_residual(),
+        deep_lr: compare::default_deep_lr(),
         lora: LoraSettings {
             lr: 3e-3,
             ..LoraSettings::default()
@@ -185,6 +187,8 @@ fn comparison_runs_only_the_chosen_methods() {
         shots: 2,
         second_task: None,
         methods,
+        residual: compare::default_residual(),
+        deep_lr: compare::default_deep_lr(),
         lora: LoraSettings::default(),
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -213,6 +217,90 @@ fn comparison_runs_only_the_chosen_methods() {
         .split(',')
         .map(str::parse::<Method>)
         .any(|r| r.is_err()));
+}
+
+/// The prompt rows: plain, residual and deep prompts trained on the same batches, and the
+/// ensemble of the three, each saved as a PEFT adapter of its kind, the base untouched.
+#[test]
+fn comparison_of_prompt_methods_and_their_ensemble() {
+    use softprompt_core::model::input::PromptKind;
+    use softprompt_core::prompt::SoftPrompt;
+    let mut m = tiny_demo_model(4);
+    let before = m.weights_digest();
+    let mut pcfg = demo_config(4);
+    pcfg.eval_limit = Some(24);
+    pcfg.train_limit = Some(32);
+    let cfg = CompareConfig {
+        model: "tiny-demo".into(),
+        prompt: pcfg,
+        ft_lr: 1e-3,
+        ft_optimizer: OptimizerKind::adamw_default(),
+        shots: 0,
+        second_task: None,
+        methods: "prompt,residual,deep,ensemble"
+            .split(',')
+            .map(|s| s.parse().unwrap())
+            .collect(),
+        residual: "residual:8".parse().unwrap(),
+        deep_lr: 0.02,
+        lora: LoraSettings::default(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cmp");
+    let c = compare::run(
+        &mut m,
+        &cfg,
+        &out,
+        false,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(m.weights_digest(), before);
+    let (pt, res, deep, ens) = (
+        c.prompt_tuning.as_ref().unwrap(),
+        c.residual.as_ref().unwrap(),
+        c.deep.as_ref().unwrap(),
+        c.ensemble.as_ref().unwrap(),
+    );
+    let (d, w) = (m.llama.dims.d, m.llama.prefix_width());
+    assert_eq!(pt.trainable_parameters, 4 * d);
+    assert_eq!(res.trainable_parameters, 4 * d);
+    assert_eq!(deep.trainable_parameters, 4 * w);
+    assert_eq!(
+        ens.trainable_parameters,
+        pt.trainable_parameters + res.trainable_parameters + deep.trainable_parameters
+    );
+    assert_eq!(
+        SoftPrompt::load(&out.join("deep")).unwrap().kind(),
+        PromptKind::Prefix
+    );
+    let residual = SoftPrompt::load(&out.join("residual")).unwrap();
+    assert_eq!(residual.kind(), PromptKind::Input);
+    // Residual and plain start from the same init and batches but train differently.
+    let plain = SoftPrompt::load(&out.join("prompt_tuning")).unwrap();
+    assert_ne!(residual.embeddings.data, plain.embeddings.data);
+    assert!(c.timing.deep_ms.is_some() && c.timing.prompt_tuning_ms.is_some());
+    assert_eq!(ens.n, pt.n);
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(
+        md.contains("| | prompt tuning | residual prompt tuning (residual:8) | deep prompt (prefix tuning) | ensemble of 3 prompts |"),
+        "{md}"
+    );
+    // Fewer than two prompt rows: no ensemble.
+    let mut cfg2 = cfg.clone();
+    cfg2.methods = vec![Method::Deep, Method::Ensemble];
+    let e = compare::run(
+        &mut m,
+        &cfg2,
+        &tmp.path().join("c2"),
+        false,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("at least two"), "{e}");
 }
 
 /// Full fine-tuning needs f32 weights: the default model loaded with its GGUF blocks kept

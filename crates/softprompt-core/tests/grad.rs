@@ -5,6 +5,9 @@ use softprompt_core::model::input::{Example, PromptRef, SeqInput};
 use softprompt_core::model::llama::{random_weights, KvCache, Llama};
 use softprompt_core::model::LlamaConfig;
 
+mod common;
+use common::{tiny_from, tiny_gemma3_config, tiny_qwen3_config};
+
 fn tiny_config(model_type: &str, tie: bool) -> LlamaConfig {
     serde_json::from_value(serde_json::json!({
         "model_type": model_type,
@@ -20,56 +23,6 @@ fn tiny_config(model_type: &str, tie: bool) -> LlamaConfig {
         "tie_word_embeddings": tie,
     }))
     .unwrap()
-}
-
-/// Gemma-3-shaped: QK-norm, sandwich norms, (1+w) norms, GELU-tanh, scaled embeddings, a
-/// local (window 4, RoPE base 10000) and a global layer (base 1e6), query_pre_attn_scalar
-/// differing from head_dim, and Hq*hd (64) != hidden (32).
-fn tiny_gemma3_config() -> LlamaConfig {
-    serde_json::from_value(serde_json::json!({
-        "model_type": "gemma3_text",
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "vocab_size": 61,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "rope_local_base_freq": 10000.0,
-        "sliding_window": 4,
-        "layer_types": ["sliding_attention", "full_attention"],
-        "query_pre_attn_scalar": 12,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": true,
-    }))
-    .unwrap()
-}
-
-/// Qwen3-shaped: QK-norm (plain w), no bias, explicit head_dim with Hq*hd != hidden.
-fn tiny_qwen3_config() -> LlamaConfig {
-    serde_json::from_value(serde_json::json!({
-        "model_type": "qwen3",
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "vocab_size": 61,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": false,
-    }))
-    .unwrap()
-}
-
-fn tiny_from(cfg: LlamaConfig, seed: u64) -> Llama {
-    let w = random_weights(&cfg, seed);
-    Llama::new(cfg, w, "tiny").unwrap()
 }
 
 fn tiny(model_type: &str, tie: bool) -> Llama {

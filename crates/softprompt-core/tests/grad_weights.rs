@@ -275,3 +275,37 @@ fn hf_export_reloads_to_the_same_model() {
         );
     }
 }
+
+/// `Grads::only` (LoRA's gradients) computes the kept parameters' gradients bit-identical
+/// to the full backward's and leaves the others empty; the loss and input gradient are
+/// unchanged.
+#[test]
+fn partial_weight_grads_equal_the_full_ones() {
+    for cfg in [config(serde_json::json!({})), gemma3()] {
+        let m = model(cfg, 9);
+        let (seqs, targets) = (seqs(), targets());
+        let mut all = Grads::new(&m);
+        let (l1, dx1, _) = m.loss_and_grads(&seqs, &targets, &mut all).unwrap();
+        let n = all.buffers_mut().len();
+        // The q and v projections of every block (as LoRA's default targets), plus the last
+        // parameter.
+        let names: Vec<String> = m.param_specs().into_iter().map(|p| p.name).collect();
+        let mut keep: Vec<usize> = (0..n)
+            .filter(|&i| names[i].ends_with("q_proj.weight") || names[i].ends_with("v_proj.weight"))
+            .collect();
+        keep.push(n - 1);
+        assert!(keep.len() > 2);
+        let mut some = Grads::only(&m, &keep);
+        let (l2, dx2, _) = m.loss_and_grads(&seqs, &targets, &mut some).unwrap();
+        assert_eq!(l1.to_bits(), l2.to_bits());
+        assert_eq!(dx1, dx2);
+        let (a, b) = (all.buffers_mut(), some.buffers_mut());
+        for i in 0..n {
+            if keep.contains(&i) {
+                assert_eq!(a[i], b[i], "{}", names[i]);
+            } else {
+                assert!(b[i].is_empty(), "{} should be skipped", names[i]);
+            }
+        }
+    }
+}

@@ -13,7 +13,8 @@ use softprompt_core::train::TrainConfig;
 use super::common::{
     load_model, stop_on_ctrl_c, task_by_name, Interrupted, ModelArgs, Progress, TaskArgs,
 };
-use super::train::schedule_parser;
+use super::train::{parse_reparam, schedule_parser};
+use softprompt_core::train::reparam::Reparam;
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -22,7 +23,7 @@ pub struct CompareArgs {
     #[command(flatten)]
     task: TaskArgs,
     /// Output folder: compare.md, compare.png, compare.json, stages/, prompt_tuning/,
-    /// lora/, full_finetune/ (default runs/compare-TASK).
+    /// residual/, deep/, lora/, full_finetune/ (default runs/compare-TASK).
     #[arg(long, short)]
     out: Option<PathBuf>,
     /// Optimizer steps of each trained method (the same batches for all).
@@ -43,9 +44,16 @@ pub struct CompareArgs {
     /// Full fine-tuning's learning rate (AdamW, weight decay 0.01).
     #[arg(long, default_value_t = 3e-5)]
     ft_lr: f32,
-    /// The rows to run, comma-separated, from hard, prompt, full, lora.
+    /// The rows to run, comma-separated, from hard, prompt, residual, deep, ensemble (of the
+    /// prompt methods that ran), lora, full.
     #[arg(long, value_delimiter = ',', default_value = "hard,prompt,full,lora")]
     methods: Vec<compare::Method>,
+    /// The residual row's reparameterization: residual[:BOTTLENECK].
+    #[arg(long, default_value = "residual", value_parser = parse_reparam)]
+    residual: Reparam,
+    /// The deep-prompt row's learning rate (AdamW).
+    #[arg(long, default_value_t = compare::default_deep_lr())]
+    deep_lr: f32,
     /// LoRA's rank (on the attention q/v projections).
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
@@ -163,6 +171,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
         shots: a.shots,
         second_task: second_task(&a, &spec)?,
         methods: a.methods.clone(),
+        residual: a.residual,
+        deep_lr: a.deep_lr,
         lora: compare::LoraSettings {
             rank: a.lora_rank,
             alpha: a.lora_alpha,

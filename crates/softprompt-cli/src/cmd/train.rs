@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use anyhow::{Context, Result};
 use clap::builder::PossibleValue;
 use clap::Args;
+use softprompt_core::model::input::PromptKind;
 use softprompt_core::train::optim::{OptimizerKind, Schedule};
 use softprompt_core::train::reparam::Reparam;
 use softprompt_core::train::{trainer, TrainConfig};
@@ -41,7 +42,7 @@ pub fn schedule_parser() -> Choices<Schedule> {
     )
 }
 
-fn parse_reparam(s: &str) -> std::result::Result<Reparam, String> {
+pub fn parse_reparam(s: &str) -> std::result::Result<Reparam, String> {
     s.parse().map_err(|e: softprompt_core::Error| e.to_string())
 }
 
@@ -66,6 +67,11 @@ pub struct RunArgs {
     /// prompt is always a plain one.
     #[arg(long, default_value = "none", value_parser = parse_reparam)]
     reparam: Reparam,
+    /// Train a deep prompt (prefix tuning, P-tuning v2): keys and values of the virtual
+    /// tokens at every layer instead of input embeddings, saved as a PEFT PREFIX_TUNING
+    /// adapter. It starts from the keys and values of the init's rows.
+    #[arg(long)]
+    deep: bool,
     /// Learning-rate schedule after warm-up.
     #[arg(long, default_value = D.schedule.as_str(), value_parser = schedule_parser())]
     schedule: Schedule,
@@ -139,6 +145,11 @@ impl RunArgs {
             train_limit: self.train_limit,
             eval_batch_size: self.eval_batch_size,
             reparam: self.reparam,
+            prompt_kind: if self.deep {
+                PromptKind::Prefix
+            } else {
+                PromptKind::Input
+            },
             ..base
         }
     }
@@ -236,8 +247,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "softprompt: training {} virtual tokens on task '{}' ({} init{}, {} lr {}, {} steps x batch {} x accum {}) -> {}",
+        "softprompt: training {} {}virtual tokens on task '{}' ({} init{}, {} lr {}, {} steps x batch {} x accum {}) -> {}",
         cfg.num_virtual_tokens,
+        if cfg.prompt_kind == PromptKind::Prefix {
+            "deep (per-layer key/value) "
+        } else {
+            ""
+        },
         spec.name,
         a.init,
         match cfg.reparam {

@@ -116,6 +116,46 @@ pub fn markdown(c: &Comparison) -> String {
             ),
         ));
     }
+    if let Some(t) = &c.residual {
+        cols.push((
+            format!("residual prompt tuning ({})", c.config.residual),
+            trained(
+                t,
+                "PEFT adapter, MLP folded in",
+                tm.prompt_tuning_ms,
+                same(&t.weights_digest_after),
+            ),
+        ));
+    }
+    if let Some(t) = &c.deep {
+        cols.push((
+            "deep prompt (prefix tuning)".into(),
+            trained(
+                t,
+                "PEFT prefix-tuning adapter",
+                tm.deep_ms,
+                same(&t.weights_digest_after),
+            ),
+        ));
+    }
+    if let Some(t) = &c.ensemble {
+        let k = [&c.prompt_tuning, &c.residual, &c.deep]
+            .iter()
+            .filter(|x| x.is_some())
+            .count();
+        let mut col = trained(
+            t,
+            &format!("{k} adapters"),
+            None,
+            same(&t.weights_digest_after),
+        );
+        col[2] = format!("{} (sum of the {k} members)", human_secs(t.train_seconds));
+        col[6] = format!(
+            "{k} forwards per example ({:.0} rows)",
+            t.tokens_per_example
+        );
+        cols.push((format!("ensemble of {k} prompts"), col));
+    }
     if let Some(t) = &c.lora {
         let l = &c.config.lora;
         cols.push((
@@ -247,6 +287,9 @@ pub fn report(c: &Comparison, out: &Path) -> Result<()> {
     }
     let trained = [
         ("prompt tuning", &c.prompt_tuning),
+        ("residual", &c.residual),
+        ("deep", &c.deep),
+        ("ensemble", &c.ensemble),
         ("LoRA", &c.lora),
         ("full FT", &c.full_finetuning),
     ];

@@ -124,6 +124,7 @@ pub(super) fn time_inference(
     cfg: &CompareConfig,
     hard: Option<&HardStage>,
     pt_dir: Option<&Path>,
+    deep_dir: Option<&Path>,
     val_file: &str,
 ) -> Result<TimingStage> {
     let pcfg = &cfg.prompt;
@@ -155,16 +156,14 @@ pub(super) fn time_inference(
         _ => None,
     };
     let main = tokens_for(0, "")?;
-    let sp = match pt_dir {
-        Some(d) => Some(SoftPrompt::load_for(model, d, true)?),
-        None => None,
-    };
+    let load = |d: Option<&Path>| d.map(|d| SoftPrompt::load_for(model, d, true)).transpose();
+    let (sp, deep) = (load(pt_dir)?, load(deep_dir)?);
     let time = |prompt: Option<PromptRef>, tok: &Tokenized| -> Result<f64> {
         let t = Instant::now();
         eval::evaluate(model, prompt, tok, pcfg.eval_batch_size, pcfg.length_norm)?;
         Ok(1000.0 * t.elapsed().as_secs_f64() / tok.len().max(1) as f64)
     };
-    let mut best_ms = [f64::INFINITY; 4];
+    let mut best_ms = [f64::INFINITY; 5];
     for _ in 0..TIMING_ROUNDS {
         if let Some(z) = &zero {
             best_ms[0] = best_ms[0].min(time(None, z)?);
@@ -176,6 +175,9 @@ pub(super) fn time_inference(
             best_ms[2] = best_ms[2].min(time(Some(sp.view()?), &main)?);
         }
         best_ms[3] = best_ms[3].min(time(None, &main)?);
+        if let Some(dp) = &deep {
+            best_ms[4] = best_ms[4].min(time(Some(dp.view()?), &main)?);
+        }
     }
     Ok(TimingStage {
         examples: main.len(),
@@ -184,6 +186,7 @@ pub(super) fn time_inference(
         few_shot_ms: few.as_ref().map(|_| best_ms[1]),
         prompt_tuning_ms: sp.as_ref().map(|_| best_ms[2]),
         full_finetuning_ms: best_ms[3],
+        deep_ms: deep.as_ref().map(|_| best_ms[4]),
     })
 }
 

@@ -68,12 +68,18 @@ pub struct CompareConfig {
     /// The rows to run (default: all of [`Method::ALL`]).
     #[serde(default = "all_methods")]
     pub methods: Vec<Method>,
+    /// The residual row's reparameterization (`residual[:BOTTLENECK]`).
+    #[serde(default = "default_residual")]
+    pub residual: crate::train::reparam::Reparam,
+    /// The deep-prompt row's learning rate (AdamW, as prompt tuning otherwise).
+    #[serde(default = "default_deep_lr")]
+    pub deep_lr: f32,
     /// LoRA's rank, alpha and learning rate (AdamW, `ft_optimizer`'s settings).
     #[serde(default)]
     pub lora: LoraSettings,
 }
 
-/// A row of the comparison (`--methods hard,prompt,full,lora`).
+/// A row of the comparison (`--methods hard,prompt,residual,deep,ensemble,lora,full`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
@@ -85,6 +91,13 @@ pub enum Method {
     Full,
     /// LoRA on the attention q/v projections (merged for inference).
     Lora,
+    /// Prompt tuning with the residual reparameterization (folded into a plain prompt).
+    Residual,
+    /// Deep prompts (prefix tuning): keys and values at every layer.
+    Deep,
+    /// The class probabilities of the prompt methods that ran (prompt, residual, deep: at
+    /// least two), averaged.
+    Ensemble,
 }
 
 impl Method {
@@ -95,6 +108,16 @@ fn all_methods() -> Vec<Method> {
     Method::ALL.to_vec()
 }
 
+pub fn default_residual() -> crate::train::reparam::Reparam {
+    crate::train::reparam::Reparam::Residual {
+        bottleneck: crate::train::reparam::DEFAULT_BOTTLENECK,
+    }
+}
+
+pub fn default_deep_lr() -> f32 {
+    0.01
+}
+
 impl std::str::FromStr for Method {
     type Err = Error;
     fn from_str(s: &str) -> Result<Method> {
@@ -103,9 +126,12 @@ impl std::str::FromStr for Method {
             "prompt" => Ok(Method::Prompt),
             "full" => Ok(Method::Full),
             "lora" => Ok(Method::Lora),
+            "residual" => Ok(Method::Residual),
+            "deep" => Ok(Method::Deep),
+            "ensemble" => Ok(Method::Ensemble),
             o => Err(Error::setting(
                 "methods",
-                format!("unknown method '{o}': choose from hard, prompt, full, lora"),
+                format!("unknown method '{o}': choose from hard, prompt, residual, deep, ensemble, lora, full"),
             )),
         }
     }
@@ -205,6 +231,9 @@ pub struct TimingStage {
     pub few_shot_ms: Option<f64>,
     pub prompt_tuning_ms: Option<f64>,
     pub full_finetuning_ms: f64,
+    /// The main template after a deep prompt (no prompt rows; P more keys per layer).
+    #[serde(default)]
+    pub deep_ms: Option<f64>,
 }
 
 /// Everything measured; what `compare.json` holds.
@@ -215,6 +244,12 @@ pub struct Comparison {
     /// None: the method was not among `config.methods`.
     pub hard: Option<HardStage>,
     pub prompt_tuning: Option<TrainedStage>,
+    #[serde(default)]
+    pub residual: Option<TrainedStage>,
+    #[serde(default)]
+    pub deep: Option<TrainedStage>,
+    #[serde(default)]
+    pub ensemble: Option<TrainedStage>,
     pub full_finetuning: Option<TrainedStage>,
     pub lora: Option<TrainedStage>,
     pub timing: TimingStage,
@@ -404,55 +439,25 @@ pub fn run(
         })
     };
 
-    // --- 3. prompt tuning ---
+    // --- 3. prompt methods: plain, residual, deep; then their ensemble ---
     let pt_dir = out.join("prompt_tuning");
-    let prompt_tuning: Option<TrainedStage> = match load_stage(out, "prompt")? {
-        _ if !runs(Method::Prompt) => None,
-        Some(p) if resume => {
-            obs.on_message("prompt tuning: done earlier (resumed)");
-            Some(p)
-        }
-        _ => {
-            reset_peak_rss();
-            obs.on_message(&format!(
-                "prompt tuning: {} virtual tokens, {} steps x batch {}",
-                pcfg.num_virtual_tokens, pcfg.steps, pcfg.batch_size
-            ));
-            // Trained without evaluation (the last prompt is the result), evaluated below.
-            let mut tcfg = pcfg.clone();
-            tcfg.validation_file = None;
-            let sum = trainer::train(model, &tcfg, &pt_dir, resume, stop, obs)?;
-            if sum.interrupted {
-                return Err(Error::setting(
-                    "resume",
-                    "interrupted during prompt tuning: resume the comparison to continue",
-                ));
+    let mut prompt_stage =
+        |m: Method, dir: &Path, tcfg: TrainConfig| -> Result<Option<TrainedStage>> {
+            if !runs(m) {
+                return Ok(None);
             }
-            let train_peak = peak_rss();
-            let sp = SoftPrompt::load_for(model, &pt_dir, false)?;
-            let artifact_bytes = ["adapter_model.safetensors", "adapter_config.json"]
-                .iter()
-                .map(|f| disk_bytes(&pt_dir.join(f)))
-                .sum::<Result<u64>>()?;
-            let p = measure_trained(
-                model,
-                cfg,
-                &val_file,
-                Some(&sp),
-                Trained {
-                    name: "prompt tuning",
-                    trainable_parameters: sp.embeddings.data.len(),
-                    artifact: pt_dir.clone(),
-                    artifact_bytes,
-                    seconds: sum.seconds,
-                    steps: sum.steps_done,
-                    log: pt_dir.join("train_log.jsonl"),
-                    peak: train_peak,
-                },
-                obs,
-            )?;
+            let (stage, name) = match m {
+                Method::Residual => ("residual", "residual prompt tuning"),
+                Method::Deep => ("deep", "deep prompt"),
+                _ => ("prompt", "prompt tuning"),
+            };
+            if let Some(p) = load_stage(out, stage)?.filter(|_| resume) {
+                obs.on_message(&format!("{name}: done earlier (resumed)"));
+                return Ok(Some(p));
+            }
+            let p = train_prompt(model, cfg, &tcfg, dir, name, &val_file, resume, stop, obs)?;
             obs.on_message(&format!(
-                "prompt tuning: base weights sha256 before {} after {} ({})",
+                "{name}: base weights sha256 before {} after {} ({})",
                 &base.weights_digest[..16],
                 &p.weights_digest_after[..16],
                 if p.weights_digest_after == base.weights_digest {
@@ -461,9 +466,47 @@ pub fn run(
                     "CHANGED"
                 }
             ));
-            save_stage(out, "prompt", &p)?;
-            Some(p)
+            save_stage(out, stage, &p)?;
+            Ok(Some(p))
+        };
+    let prompt_tuning = prompt_stage(Method::Prompt, &pt_dir, pcfg.clone())?;
+    let residual_dir = out.join("residual");
+    let residual = prompt_stage(
+        Method::Residual,
+        &residual_dir,
+        TrainConfig {
+            reparam: cfg.residual,
+            ..pcfg.clone()
+        },
+    )?;
+    let deep_dir = out.join("deep");
+    let deep = prompt_stage(
+        Method::Deep,
+        &deep_dir,
+        TrainConfig {
+            prompt_kind: crate::model::input::PromptKind::Prefix,
+            lr: cfg.deep_lr,
+            ..pcfg.clone()
+        },
+    )?;
+    let ensemble = if !runs(Method::Ensemble) {
+        None
+    } else {
+        let members: Vec<(&Path, &TrainedStage)> = [
+            (pt_dir.as_path(), &prompt_tuning),
+            (residual_dir.as_path(), &residual),
+            (deep_dir.as_path(), &deep),
+        ]
+        .into_iter()
+        .filter_map(|(d, s)| s.as_ref().map(|s| (d, s)))
+        .collect();
+        if members.len() < 2 {
+            return Err(Error::setting(
+                "methods",
+                "ensemble averages the prompt methods that ran: add at least two of prompt, residual, deep",
+            ));
         }
+        Some(ensemble_stage(model, cfg, &val_file, &members, obs)?)
     };
 
     // --- 4. LoRA (merged into the weights for training and evaluation, then removed) ---
@@ -582,7 +625,8 @@ pub fn run(
         Some(t) if resume => t,
         _ => {
             let pt = prompt_tuning.as_ref().map(|_| pt_dir.as_path());
-            let t = time_inference(model, cfg, hard.as_ref(), pt, &val_file)?;
+            let dp = deep.as_ref().map(|_| deep_dir.as_path());
+            let t = time_inference(model, cfg, hard.as_ref(), pt, dp, &val_file)?;
             let ms = |x: Option<f64>| x.map_or("n/a".into(), |x| format!("{x:.1} ms"));
             obs.on_message(&format!(
                 "inference per example: zero-shot {}, few-shot {}, prompt tuning {}, no prompt (full fine-tuning, merged LoRA) {:.1} ms",
@@ -600,6 +644,9 @@ pub fn run(
         base,
         hard,
         prompt_tuning,
+        residual,
+        deep,
+        ensemble,
         full_finetuning,
         lora,
         timing,
@@ -617,6 +664,119 @@ fn same_model(model: &FrozenModel, base: &BaseStage) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Train one prompt method (plain, residual or deep) into `dir` with the regular trainer
+/// (its checkpoints make it resumable mid-run), without evaluation (the last prompt is the
+/// result), then measure it.
+#[allow(clippy::too_many_arguments)]
+fn train_prompt(
+    model: &FrozenModel,
+    cfg: &CompareConfig,
+    tcfg: &TrainConfig,
+    dir: &Path,
+    name: &'static str,
+    val_file: &str,
+    resume: bool,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+) -> Result<TrainedStage> {
+    reset_peak_rss();
+    obs.on_message(&format!(
+        "{name}: {} virtual tokens, {} steps x batch {}, lr {}",
+        tcfg.num_virtual_tokens, tcfg.steps, tcfg.batch_size, tcfg.lr
+    ));
+    let mut tcfg = tcfg.clone();
+    tcfg.validation_file = None;
+    let sum = trainer::train(model, &tcfg, dir, resume, stop, obs)?;
+    if sum.interrupted {
+        return Err(Error::setting(
+            "resume",
+            format!("interrupted during {name}: resume the comparison to continue"),
+        ));
+    }
+    let train_peak = peak_rss();
+    let sp = SoftPrompt::load_for(model, dir, false)?;
+    let artifact_bytes = adapter_bytes(dir)?;
+    measure_trained(
+        model,
+        cfg,
+        val_file,
+        Some(&sp),
+        Trained {
+            name,
+            // The trained values; a residual run also trained its MLP, folded away on save.
+            trainable_parameters: sp.embeddings.data.len(),
+            artifact: dir.to_path_buf(),
+            artifact_bytes,
+            seconds: sum.seconds,
+            steps: sum.steps_done,
+            log: dir.join("train_log.jsonl"),
+            peak: train_peak,
+        },
+        obs,
+    )
+}
+
+/// Bytes of a PEFT prompt adapter's two files.
+fn adapter_bytes(dir: &Path) -> Result<u64> {
+    ["adapter_model.safetensors", "adapter_config.json"]
+        .iter()
+        .map(|f| disk_bytes(&dir.join(f)))
+        .sum()
+}
+
+/// The ensemble row: the trained prompts' class probabilities averaged (Lester et al. §7),
+/// on the validation set. Its cost is the members' together (the sum of their training
+/// times, parameters and files); memory is the largest member's.
+fn ensemble_stage(
+    model: &FrozenModel,
+    cfg: &CompareConfig,
+    val_file: &str,
+    members: &[(&Path, &TrainedStage)],
+    obs: &mut dyn Observer,
+) -> Result<TrainedStage> {
+    let pcfg = &cfg.prompt;
+    let prompts: Vec<SoftPrompt> = members
+        .iter()
+        .map(|(d, _)| SoftPrompt::load_for(model, d, false))
+        .collect::<Result<_>>()?;
+    let views = prompts
+        .iter()
+        .map(|p| p.view().map(Some))
+        .collect::<Result<Vec<_>>>()?;
+    let val = items(&pcfg.task, val_file, pcfg)?;
+    let mut tok = eval::tokenize(model, &val, pcfg.max_len)?;
+    if let Some(n) = pcfg.eval_limit {
+        tok.truncate(n);
+    }
+    let te = Instant::now();
+    let rep = eval::evaluate_ensemble(model, &views, &tok, pcfg.eval_batch_size, pcfg.length_norm)?;
+    obs.on_message(&format!(
+        "ensemble of {} prompts: validation accuracy {:.4} on {}",
+        members.len(),
+        rep.value,
+        rep.n
+    ));
+    let first = members[0].1;
+    let sum = |f: &dyn Fn(&TrainedStage) -> f64| members.iter().map(|(_, s)| f(s)).sum::<f64>();
+    Ok(TrainedStage {
+        trainable_parameters: sum(&|s| s.trainable_parameters as f64) as usize,
+        artifact: members[0].0.parent().unwrap_or(members[0].0).to_path_buf(),
+        artifact_bytes: sum(&|s| s.artifact_bytes as f64) as u64,
+        train_seconds: sum(&|s| s.train_seconds),
+        steps: first.steps,
+        first_loss: None,
+        last_loss: None,
+        peak_rss_bytes: members.iter().filter_map(|(_, s)| s.peak_rss_bytes).max(),
+        accuracy: rep.value,
+        n: rep.n,
+        eval_seconds: te.elapsed().as_secs_f64(),
+        tokens_per_example: sum(&|s| s.tokens_per_example),
+        general_ppl_after: first.general_ppl_after,
+        second_task_after: first.second_task_after.clone(),
+        weights_digest_after: model.weights_digest(),
+    })
 }
 
 /// What a trained method's stage knows before its measurements.
@@ -674,11 +834,11 @@ fn measure_trained(
         accuracy: rep.value,
         n: rep.n,
         eval_seconds,
+        // Rows in: an input prompt adds its virtual tokens, a deep prompt none.
         tokens_per_example: mean_tokens(&tok)
-            + if sp.is_some() {
-                pcfg.num_virtual_tokens as f64
-            } else {
-                0.0
+            + match sp.map(|s| s.kind()) {
+                Some(crate::model::input::PromptKind::Input) => pcfg.num_virtual_tokens as f64,
+                _ => 0.0,
             },
         general_ppl_after,
         second_task_after,

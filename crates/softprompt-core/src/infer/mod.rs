@@ -10,11 +10,11 @@ use rand::{Rng, SeedableRng};
 
 use crate::compute::kernels;
 use crate::model::input::{prompt_len, PromptRef, SeqInput};
-use crate::model::llama::{KvCache, Llama};
+use crate::model::llama::Llama;
 use crate::{Error, Result};
 
-/// `log p(ids[t] | prompt, ids[<t])` for every t that has a predictor: t = 0..n-1 with a
-/// prompt, t = 1..n-1 without. Log-softmax is accumulated in f64.
+/// `log p(ids[t] | prompt, ids[<t])` for every t that has a predictor: t = 0..n-1 with an
+/// input prompt, t = 1..n-1 without one or with a prefix prompt (no row precedes the text). Log-softmax is accumulated in f64.
 pub fn score(model: &Llama, prompt: Option<PromptRef>, ids: &[u32]) -> Result<Vec<f64>> {
     Ok(score_top(model, prompt, ids, 0)?
         .into_iter()
@@ -45,7 +45,7 @@ pub fn score_top(
         ));
     }
     let (mut x, lens) = model.embed_batch(&[SeqInput { prompt, ids }])?;
-    let mut caches = vec![KvCache::new(model.n_layers())];
+    let mut caches = vec![model.cache_for(prompt)?];
     model.forward(&mut x, &lens, &mut caches, false)?;
     let first = if p == 0 { 1 } else { 0 };
     let rows: Vec<usize> = (first..ids.len()).map(|t| p + t - 1).collect();
@@ -81,8 +81,13 @@ pub fn score_top(
 
 /// Raw logits `[V]` after the whole input (prompt + ids).
 pub fn last_logits(model: &Llama, prompt: Option<PromptRef>, ids: &[u32]) -> Result<Vec<f32>> {
+    if prompt_len(prompt) + ids.len() == 0 {
+        return Err(Error::Input(
+            "no input row to predict from: give a text (a prefix prompt adds no rows)".into(),
+        ));
+    }
     let (mut x, lens) = model.embed_batch(&[SeqInput { prompt, ids }])?;
-    let mut caches = vec![KvCache::new(model.n_layers())];
+    let mut caches = vec![model.cache_for(prompt)?];
     model.forward(&mut x, &lens, &mut caches, false)?;
     Ok(model.logits(&x, &[lens[0] - 1]))
 }
@@ -206,12 +211,12 @@ pub fn generate(
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     s.validate()?;
-    let p = prompt_len(prompt);
-    if p + ids.len() == 0 {
+    if prompt_len(prompt) + ids.len() == 0 {
         return Err(Error::Input(
-            "nothing to generate from: empty text and no prompt".into(),
+            "nothing to generate from: empty text and no input prompt (a prefix prompt needs a text after it)".into(),
         ));
     }
+    let p = prompt.map_or(0, |p| p.len()); // virtual positions
     if p + ids.len() + s.max_new_tokens > model.max_positions() {
         return Err(Error::Input(format!(
             "{} virtual + {} text + {} new tokens exceed the model's context of {}",
@@ -226,7 +231,7 @@ pub fn generate(
     let mut all: Vec<u32> = ids.to_vec();
     // Prefill: the prompt enters the cache once, here.
     let (mut x, lens) = model.embed_batch(&[SeqInput { prompt, ids }])?;
-    let mut caches = vec![KvCache::new(model.n_layers())];
+    let mut caches = vec![model.cache_for(prompt)?];
     model.forward(&mut x, &lens, &mut caches, false)?;
     let mut logits = model.logits(&x, &[lens[0] - 1]);
     while out.len() < s.max_new_tokens {

@@ -2,7 +2,7 @@
 //! rank classification over candidate texts, and language modelling on target tokens.
 //! Each returns the loss, per-example results and (optionally) d loss / d prompt.
 
-use crate::model::input::{prompt_len, PromptRef, SeqInput, Target};
+use crate::model::input::{prompt_len, PromptKind, PromptRef, SeqInput, Target};
 use crate::model::llama::grads::Grads;
 use crate::model::llama::{self, KvCache, Llama};
 use crate::{Error, Result};
@@ -69,7 +69,8 @@ fn run(
 ) -> Result<RunOut> {
     let d = model.dims.d;
     let p = prompt_len(prompt);
-    if matches!(want, Want::Prompt) && p == 0 {
+    let prefix = prompt.filter(|pr| pr.kind() == PromptKind::Prefix);
+    if matches!(want, Want::Prompt) && p == 0 && prefix.is_none() {
         return Err(Error::Input("a prompt gradient needs a soft prompt".into()));
     }
     let want_grad = !matches!(want, Want::Nothing);
@@ -81,10 +82,7 @@ fn run(
     let inputs: Vec<SeqInput> = seqs.iter().map(|ids| SeqInput { prompt, ids }).collect();
     let (mut x, lens) = model.embed_batch(&inputs)?;
     let n = x.len() / d;
-    let mut caches: Vec<KvCache> = lens
-        .iter()
-        .map(|_| KvCache::new(model.n_layers()))
-        .collect();
+    let mut caches: Vec<KvCache> = model.caches_for(&inputs)?;
     let tape = match want {
         Want::Weights(_) => Some(model.forward_full(&mut x, &lens, &mut caches)?),
         _ => model.forward(&mut x, &lens, &mut caches, want_grad)?,
@@ -116,10 +114,17 @@ fn run(
             g.scatter_embed(model, &dx, &inputs);
             Ok((nll, None, n))
         }
-        _ => {
-            let dx = model.backward(&tape, &caches, &dh);
-            Ok((nll, Some(llama::prompt_grad(&dx, &lens, p, d)), n))
-        }
+        _ => match prefix {
+            Some(pr) => {
+                let mut grad = vec![0.0f32; pr.data().len()]; // [P, L*2*kvd]
+                model.backward_prefix(&tape, &caches, &dh, &mut grad);
+                Ok((nll, Some(grad), n))
+            }
+            None => {
+                let dx = model.backward(&tape, &caches, &dh);
+                Ok((nll, Some(llama::prompt_grad(&dx, &lens, p, d)), n))
+            }
+        },
     }
 }
 

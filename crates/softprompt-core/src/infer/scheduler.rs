@@ -24,7 +24,7 @@ use rand::SeedableRng;
 
 use crate::infer::objective::{self, ClassExample};
 use crate::infer::{self, Sampling};
-use crate::model::input::{PromptRef, SeqInput};
+use crate::model::input::{PromptKind, PromptRef, SeqInput};
 use crate::model::llama::{KvCache, Llama};
 use crate::model::FrozenModel;
 use crate::prompt::SoftPrompt;
@@ -39,7 +39,8 @@ pub struct ServedPrompt {
     pub prompt: Option<SoftPrompt>,
     /// KV cache after the P virtual tokens.
     pub prefix: KvCache,
-    /// Final hidden state `[D]` at the last virtual token (predicts the first text token).
+    /// Final hidden state `[D]` at the last virtual token (predicts the first text token);
+    /// empty for a prefix prompt, which has no rows.
     pub last_hidden: Vec<f32>,
 }
 
@@ -53,7 +54,10 @@ impl ServedPrompt {
     ) -> Result<Self> {
         let mut prefix = KvCache::new(model.n_layers());
         let mut last_hidden = Vec::new();
-        if let Some(p) = &prompt {
+        if let Some(p) = prompt.as_ref().filter(|p| p.kind() == PromptKind::Prefix) {
+            // A prefix prompt is its KV cache: nothing to compute.
+            prefix = model.cache_for(Some(p.view()?))?;
+        } else if let Some(p) = &prompt {
             let (mut x, lens) = model.embed_batch(&[SeqInput {
                 prompt: Some(p.view()?),
                 ids: &[],
@@ -360,8 +364,10 @@ impl Worker {
         let p = prompt.num_virtual_tokens();
         let mut cache = prompt.prefix.clone();
         let logits = if req.ids.is_empty() {
-            if p == 0 {
-                (req.sink)(Event::Error("empty input and no soft prompt".into()));
+            if prompt.last_hidden.is_empty() {
+                (req.sink)(Event::Error(
+                    "empty input and no input prompt to predict from".into(),
+                ));
                 return;
             }
             llama.logits(&prompt.last_hidden, &[0])

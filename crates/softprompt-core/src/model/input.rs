@@ -1,17 +1,37 @@
 //! What goes into a model pass: a soft prompt as the model reads it ([`PromptRef`]), the
-//! sequences of a packed batch (optional soft prompt rows, then token ids), training
-//! examples, and loss targets.
+//! sequences of a packed batch (optional soft prompt, then token ids), training examples,
+//! and loss targets.
+//!
+//! A prompt is one of two kinds ([`PromptKind`]): *input* prompts (prompt tuning) are `P`
+//! rows prepended to the input embeddings; *prefix* (deep) prompts (prefix tuning, P-tuning
+//! v2) are the keys and values of `P` virtual positions at every layer: a ready KV cache that
+//! the sequence's text attends to, adding no rows to the packed input.
 
 use crate::{Error, Result, Tensor};
 
+/// What a prompt's values are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptKind {
+    /// Input embeddings `[P, D]` (prompt tuning).
+    #[default]
+    Input,
+    /// Per-layer keys and values `[P, L * 2 * Hkv*hd]` in PEFT's prefix-tuning layout: row `p`
+    /// holds, for each layer `l`, the key (`2l`) then the value (`2l + 1`) of virtual position
+    /// `p`, `Hkv*hd` values each, as the KV cache stores them (keys after RoPE and QK-norm).
+    Prefix,
+}
+
 /// A soft prompt as the model reads it: `len` virtual tokens of `dim` values each, row-major
-/// (`[P, D]`). The shape is checked once, when the view is made; everyone after reads
-/// [`PromptRef::len`] instead of recomputing it from the data's length.
+/// (`[P, D]` for an input prompt, `[P, L*2*Hkv*hd]` for a prefix). The shape is checked once,
+/// when the view is made; everyone after reads [`PromptRef::len`] instead of recomputing it
+/// from the data's length.
 #[derive(Clone, Copy, Debug)]
 pub struct PromptRef<'a> {
-    data: &'a [f32], // [P, D]
+    data: &'a [f32], // [P, dim]
     len: usize,      // P
-    dim: usize,      // D
+    dim: usize,      // D, or L*2*Hkv*hd for a prefix
+    kind: PromptKind,
 }
 
 impl<'a> PromptRef<'a> {
@@ -28,6 +48,16 @@ impl<'a> PromptRef<'a> {
             data,
             len: data.len() / dim,
             dim,
+            kind: PromptKind::Input,
+        })
+    }
+
+    /// `data` as a prompt of `kind` with rows of `dim` values (for a prefix, `dim` is
+    /// `L * 2 * Hkv*hd`; the model checks it against its own shape).
+    pub fn with_kind(data: &'a [f32], dim: usize, kind: PromptKind) -> Result<Self> {
+        Ok(PromptRef {
+            kind,
+            ..Self::new(data, dim)?
         })
     }
 
@@ -38,6 +68,7 @@ impl<'a> PromptRef<'a> {
                 data: &t.data,
                 len: p,
                 dim: d,
+                kind: PromptKind::Input,
             }),
             s => Err(Error::Input(format!(
                 "a soft prompt is a [P, D] matrix, got shape {s:?} with {} values",
@@ -60,15 +91,37 @@ impl<'a> PromptRef<'a> {
         self.len == 0
     }
 
-    /// Values per virtual token D.
+    /// Values per virtual token (D for an input prompt).
     pub fn dim(&self) -> usize {
         self.dim
     }
+
+    pub fn kind(&self) -> PromptKind {
+        self.kind
+    }
+
+    /// [`PromptRef::from_tensor`] as a prompt of `kind`.
+    pub fn from_tensor_kind(t: &'a Tensor, kind: PromptKind) -> Result<Self> {
+        Ok(PromptRef {
+            kind,
+            ..Self::from_tensor(t)?
+        })
+    }
+
+    /// Rows the prompt adds to a sequence in the packed input: P for an input prompt, 0 for
+    /// a prefix (its positions live in the KV cache).
+    pub fn rows(&self) -> usize {
+        match self.kind {
+            PromptKind::Input => self.len,
+            PromptKind::Prefix => 0,
+        }
+    }
 }
 
-/// Virtual tokens of an optional prompt (0 without one).
+/// Rows an optional prompt adds to its sequence in the packed input (0 without one, and 0
+/// for a prefix prompt): the offset of the text's first row.
 pub fn prompt_len(prompt: Option<PromptRef>) -> usize {
-    prompt.map_or(0, |p| p.len())
+    prompt.map_or(0, |p| p.rows())
 }
 
 /// One sequence of a packed batch: optional soft prompt rows, then token ids.

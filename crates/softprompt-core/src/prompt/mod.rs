@@ -1,5 +1,9 @@
 //! Soft prompts: the `[P, D]` matrix of virtual-token embeddings that prompt tuning learns
-//! (Lester et al. 2021), stored as a PEFT prompt-tuning adapter folder.
+//! (Lester et al. 2021), stored as a PEFT prompt-tuning adapter folder; and deep prompts
+//! (prefix tuning, Li & Liang 2021; P-tuning v2): `[P, L*2*Hkv*hd]` keys and values of `P`
+//! virtual positions at every layer, stored as a PEFT prefix-tuning adapter folder
+//! (`peft_type` PREFIX_TUNING, `prefix_projection` false, `token_dim` = `Hkv*hd`,
+//! `num_attention_heads` = `Hkv`, the layout PEFT gives grouped-query models).
 //!
 //! # On-disk layout
 //! A prompt folder is what PEFT's `PeftModel.save_pretrained` writes for
@@ -36,7 +40,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use self::peft::{default_init, first_non_finite, AdapterConfig};
-use crate::model::input::PromptRef;
+use crate::model::input::{PromptKind, PromptRef};
 use crate::model::FrozenModel;
 use crate::{Error, Result, Tensor};
 
@@ -52,6 +56,8 @@ pub const META_FILE: &str = "softprompt.json";
 pub const PROMPT_TENSOR: &str = "prompt_embeddings";
 /// The `peft_type` of prompt tuning.
 pub const PEFT_TYPE_PROMPT_TUNING: &str = "PROMPT_TUNING";
+/// The `peft_type` of prefix tuning (deep prompts).
+pub const PEFT_TYPE_PREFIX_TUNING: &str = "PREFIX_TUNING";
 /// The only supported `task_type`.
 pub const TASK_TYPE_CAUSAL_LM: &str = "CAUSAL_LM";
 /// The PEFT release whose adapter layout [`SoftPrompt::save`] mirrors; written as
@@ -146,6 +152,7 @@ impl SoftPrompt {
         let config = AdapterConfig {
             auto_mapping: None,
             base_model_name_or_path: Some(base_model_name.to_string()),
+            encoder_hidden_size: None,
             inference_mode: true,
             modules_to_save: None,
             num_attention_heads: Some(num_attention_heads),
@@ -154,6 +161,7 @@ impl SoftPrompt {
             num_virtual_tokens: p,
             peft_type: PEFT_TYPE_PROMPT_TUNING.into(),
             peft_version: Some(PEFT_VERSION.into()),
+            prefix_projection: None,
             prompt_tuning_init: default_init(),
             prompt_tuning_init_text: None,
             revision: None,
@@ -171,6 +179,30 @@ impl SoftPrompt {
         }
     }
 
+    /// A deep (prefix) prompt for `model` from its keys and values `[P, L*2*Hkv*hd]`, with the
+    /// PEFT prefix-tuning config PEFT derives for this model, and metadata as
+    /// [`SoftPrompt::for_model`].
+    pub fn for_model_prefix(model: &FrozenModel, prefix: Tensor) -> SoftPrompt {
+        let dims = &model.llama.dims;
+        let mut p = SoftPrompt::for_model(model, prefix);
+        let c = &mut p.config;
+        c.peft_type = PEFT_TYPE_PREFIX_TUNING.into();
+        c.token_dim = Some(dims.kvdim());
+        c.encoder_hidden_size = Some(dims.kvdim());
+        c.num_attention_heads = Some(dims.nkv);
+        c.prefix_projection = Some(false);
+        p
+    }
+
+    /// Input embeddings or a per-layer prefix.
+    pub fn kind(&self) -> PromptKind {
+        if self.config.is_prefix() {
+            PromptKind::Prefix
+        } else {
+            PromptKind::Input
+        }
+    }
+
     /// Attach meta (builder style).
     pub fn with_meta(mut self, meta: PromptMeta) -> Self {
         self.meta = Some(meta);
@@ -182,7 +214,8 @@ impl SoftPrompt {
         self.embeddings.shape.first().copied().unwrap_or(0)
     }
 
-    /// Token dimension D (must equal the model's hidden size).
+    /// Values per virtual token: the token dimension D of an input prompt (the model's hidden
+    /// size), `L*2*Hkv*hd` for a prefix.
     pub fn hidden_size(&self) -> usize {
         if self.embeddings.shape.len() == 2 {
             self.embeddings.shape[1]
@@ -194,7 +227,7 @@ impl SoftPrompt {
     /// The prompt as the model reads it: `[P, D]` rows (an error when the embeddings are not a
     /// 2-D matrix).
     pub fn view(&self) -> Result<PromptRef<'_>> {
-        PromptRef::from_tensor(&self.embeddings)
+        PromptRef::from_tensor_kind(&self.embeddings, self.kind())
     }
 
     /// Row `i` (virtual token `i`).
@@ -214,8 +247,18 @@ impl SoftPrompt {
     /// base-model fingerprint unless `force`).
     pub fn load_for(model: &FrozenModel, dir: &Path, force: bool) -> Result<SoftPrompt> {
         let p = SoftPrompt::load(dir)?;
-        p.check_compatible(model.llama.dims.d, &model.fingerprint, force)?;
+        p.check_for(model, force)?;
         Ok(p)
+    }
+
+    /// [`SoftPrompt::check_compatible`] against `model`'s width for this prompt's kind
+    /// (hidden size, or layers x key/value width for a prefix).
+    pub fn check_for(&self, model: &FrozenModel, force: bool) -> Result<()> {
+        let width = match self.kind() {
+            PromptKind::Input => model.llama.dims.d,
+            PromptKind::Prefix => model.llama.prefix_width(),
+        };
+        self.check_compatible(width, &model.fingerprint, force)
     }
 
     /// A prompt for `model` from embeddings `[P, D]`, with metadata that ties it to this
@@ -266,9 +309,9 @@ impl SoftPrompt {
             )));
         }
         let c = &self.config;
-        if c.peft_type != PEFT_TYPE_PROMPT_TUNING {
+        if c.peft_type != PEFT_TYPE_PROMPT_TUNING && !c.is_prefix() {
             return Err(Error::Input(format!(
-                "{what}: peft_type is {:?}, expected PROMPT_TUNING",
+                "{what}: peft_type is {:?}, expected PROMPT_TUNING or PREFIX_TUNING",
                 c.peft_type
             )));
         }
@@ -290,14 +333,19 @@ impl SoftPrompt {
                 c.num_virtual_tokens
             )));
         }
-        if let Some(td) = c.token_dim {
+        if let Some(td) = c.tensor_width() {
             if td != d {
                 return Err(Error::Input(format!(
-                    "{what}: config says token_dim {td} but the embeddings have {d} columns"
+                    "{what}: config says {} values per virtual token but the tensor has {d} columns",
+                    td
                 )));
             }
+        } else if c.is_prefix() {
+            return Err(Error::Input(format!(
+                "{what}: a prefix-tuning config needs num_layers and token_dim"
+            )));
         }
-        if let Some(m) = &self.meta {
+        if let Some(m) = self.meta.as_ref().filter(|_| !c.is_prefix()) {
             if m.hidden_size != d {
                 return Err(Error::Input(format!(
                     "{what}: meta says hidden_size {} but the embeddings have {d} columns",
@@ -331,11 +379,18 @@ impl SoftPrompt {
                 Some(m) => format!(" (trained for {})", m.base_model),
                 None => String::new(),
             };
-            return Err(Error::Mismatch(format!(
-                "{}{trained_for} has token dimension {d}, but the model's hidden size is {hidden_size}: \
-                 a soft prompt only works with a model of the same hidden size",
-                self.describe()
-            )));
+            return Err(Error::Mismatch(match self.kind() {
+                PromptKind::Input => format!(
+                    "{}{trained_for} has token dimension {d}, but the model's hidden size is {hidden_size}: \
+                     a soft prompt only works with a model of the same hidden size",
+                    self.describe()
+                ),
+                PromptKind::Prefix => format!(
+                    "{}{trained_for} is a prefix of {d} values per virtual token, but the model needs \
+                     {hidden_size} (layers x 2 x key/value width): a prefix only works with a model of the same shape",
+                    self.describe()
+                ),
+            }));
         }
         if let (Some(false), Some(m)) = (self.fingerprint_matches(model_fp), &self.meta) {
             if !force {

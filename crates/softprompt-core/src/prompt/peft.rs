@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     PromptMeta, SoftPrompt, ADAPTER_CONFIG_FILE, ADAPTER_PICKLE_FILE, ADAPTER_WEIGHTS_FILE,
-    MAX_TOKEN_DIM, MAX_VIRTUAL_TOKENS, META_FILE, META_FORMAT_VERSION, PEFT_TYPE_PROMPT_TUNING,
-    PROMPT_TENSOR, TASK_TYPE_CAUSAL_LM,
+    MAX_TOKEN_DIM, MAX_VIRTUAL_TOKENS, META_FILE, META_FORMAT_VERSION, PEFT_TYPE_PREFIX_TUNING,
+    PEFT_TYPE_PROMPT_TUNING, PROMPT_TENSOR, TASK_TYPE_CAUSAL_LM,
 };
 use crate::fsio::{sync_dir, write_temp};
 use crate::{Error, Result, Tensor};
@@ -46,6 +46,10 @@ pub struct AdapterConfig {
     pub auto_mapping: Option<serde_json::Value>,
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
+    /// Prefix tuning only: the prefix encoder's hidden size (= `token_dim` without a
+    /// projection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_hidden_size: Option<usize>,
     #[serde(default)]
     pub inference_mode: bool,
     #[serde(default)]
@@ -62,6 +66,10 @@ pub struct AdapterConfig {
     pub peft_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peft_version: Option<String>,
+    /// Prefix tuning only: whether an MLP produces the prefix (unsupported when true: the
+    /// file would hold the MLP, not the keys and values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_projection: Option<bool>,
     /// "RANDOM", "TEXT" or "SAMPLE_VOCAB" in PEFT; informational here.
     #[serde(default = "default_init")]
     pub prompt_tuning_init: String,
@@ -87,7 +95,48 @@ pub(super) fn default_init() -> String {
     "RANDOM".into()
 }
 
+/// Keys of PEFT's `PromptTuningConfig` that its `PrefixTuningConfig` does not have.
+const PROMPT_TUNING_ONLY: [&str; 4] = [
+    "prompt_tuning_init",
+    "prompt_tuning_init_text",
+    "tokenizer_kwargs",
+    "tokenizer_name_or_path",
+];
+
 impl AdapterConfig {
+    /// The JSON PEFT writes for this config's `peft_type`: keys sorted, 2-space indent, the
+    /// key set of that method's config class (a prefix-tuning config has no
+    /// `prompt_tuning_init*`/`tokenizer_*`, and has `init_weights`).
+    pub fn to_json(&self) -> std::result::Result<String, serde_json::Error> {
+        let mut v = serde_json::to_value(self)?;
+        if let (Some(obj), true) = (v.as_object_mut(), self.is_prefix()) {
+            for k in PROMPT_TUNING_ONLY {
+                obj.remove(k);
+            }
+            obj.entry("init_weights").or_insert(serde_json::Value::Null);
+        }
+        serde_json::to_string_pretty(&v)
+    }
+
+    /// A prefix-tuning (deep prompt) config.
+    pub fn is_prefix(&self) -> bool {
+        self.peft_type == PEFT_TYPE_PREFIX_TUNING
+    }
+
+    /// Columns of `prompt_embeddings`: `token_dim` for prompt tuning, `num_layers * 2 *
+    /// token_dim` for prefix tuning (`None` when the config leaves it to the model).
+    pub fn tensor_width(&self) -> Option<usize> {
+        if self.is_prefix() {
+            Some(
+                self.num_layers?
+                    .checked_mul(2)?
+                    .checked_mul(self.token_dim?)?,
+            )
+        } else {
+            self.token_dim
+        }
+    }
+
     /// Rows of `prompt_embeddings`: `num_virtual_tokens * num_transformer_submodules`.
     pub fn total_virtual_tokens(&self) -> usize {
         self.num_virtual_tokens
@@ -132,12 +181,12 @@ impl SoftPrompt {
                 not_found("missing: a soft prompt folder needs adapter_model.safetensors beside adapter_config.json"),
             ));
         }
-        let embeddings = read_prompt_tensor(&weights_path, rows, config.token_dim)?;
+        let embeddings = read_prompt_tensor(&weights_path, rows, config.tensor_width())?;
         let d = embeddings.shape[1];
 
         let meta_path = dir.join(META_FILE);
         let meta = if meta_path.exists() {
-            Some(read_meta(&meta_path, d)?)
+            Some(read_meta(&meta_path, (!config.is_prefix()).then_some(d))?)
         } else {
             None
         };
@@ -162,7 +211,7 @@ impl SoftPrompt {
         self.validate()?;
 
         // Serialize everything before touching the disk.
-        let config_json = serde_json::to_string_pretty(&self.config).map_err(|e| {
+        let config_json = self.config.to_json().map_err(|e| {
             Error::Input(format!(
                 "{}: cannot serialize adapter config: {e}",
                 self.describe()
@@ -269,9 +318,6 @@ fn other_peft_method(t: &str) -> &'static str {
         "P_TUNING" => {
             "P-tuning: virtual tokens produced by a prompt-encoder network, not a plain soft prompt"
         }
-        "PREFIX_TUNING" => {
-            "prefix tuning: learned key/value prefixes in every layer, not input embeddings"
-        }
         "MULTITASK_PROMPT_TUNING" => "multitask prompt tuning: per-task prompt decompositions",
         "ADAPTION_PROMPT" => {
             "LLaMA-Adapter (adaption prompt): gated prompts inside the attention layers"
@@ -324,11 +370,11 @@ pub fn parse_adapter_config(path: &Path, bytes: &[u8]) -> Result<AdapterConfig> 
             ))
         }
     };
-    if peft_type != PEFT_TYPE_PROMPT_TUNING {
+    if peft_type != PEFT_TYPE_PROMPT_TUNING && peft_type != PEFT_TYPE_PREFIX_TUNING {
         return Err(Error::unsupported(
             path.display().to_string(),
             format!(
-                "peft_type is {peft_type} ({}); softprompt loads only PROMPT_TUNING adapters",
+                "peft_type is {peft_type} ({}); softprompt loads PROMPT_TUNING and PREFIX_TUNING adapters",
                 other_peft_method(&peft_type)
             ),
         ));
@@ -336,6 +382,35 @@ pub fn parse_adapter_config(path: &Path, bytes: &[u8]) -> Result<AdapterConfig> 
 
     let config: AdapterConfig = serde_json::from_value(value)
         .map_err(|e| Error::format(path, format!("invalid prompt-tuning config: {e}")))?;
+    if config.is_prefix() {
+        if config.prefix_projection == Some(true) {
+            return Err(Error::unsupported(
+                path.display().to_string(),
+                "prefix_projection is true: the adapter holds a prefix-encoder MLP, not the keys and values; \
+                 softprompt loads prefix-tuning adapters saved without a projection",
+            ));
+        }
+        for (name, v) in [
+            ("num_layers", config.num_layers),
+            ("token_dim", config.token_dim),
+        ] {
+            if v.is_none_or(|v| v == 0) {
+                return Err(Error::format(
+                    path,
+                    format!("a PREFIX_TUNING config needs {name} (the model's layers / key-value width); it is {v:?}"),
+                ));
+            }
+        }
+        if config.tensor_width().is_none_or(|w| w > MAX_TOKEN_DIM) {
+            return Err(Error::unsupported(
+                path.display().to_string(),
+                format!(
+                    "num_layers x 2 x token_dim = {:?} values per virtual token; supported up to {MAX_TOKEN_DIM}",
+                    config.tensor_width()
+                ),
+            ));
+        }
+    }
 
     match config.task_type.as_deref() {
         Some(TASK_TYPE_CAUSAL_LM) => {}
@@ -588,7 +663,8 @@ fn read_prompt_tensor_from(
     })
 }
 
-fn read_meta(path: &Path, token_dim: usize) -> Result<PromptMeta> {
+/// `softprompt.json`; `token_dim`, when given (input prompts), must be its `hidden_size`.
+fn read_meta(path: &Path, token_dim: Option<usize>) -> Result<PromptMeta> {
     let bytes = read_capped(
         path,
         MAX_META_BYTES,
@@ -608,7 +684,7 @@ fn read_meta(path: &Path, token_dim: usize) -> Result<PromptMeta> {
     }
     let meta: PromptMeta = serde_json::from_value(value)
         .map_err(|e| Error::format(path, format!("invalid soft prompt metadata: {e}")))?;
-    if meta.hidden_size != token_dim {
+    if let Some(token_dim) = token_dim.filter(|&d| d != meta.hidden_size) {
         return Err(Error::format(
             path,
             format!(

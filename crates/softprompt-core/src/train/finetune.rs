@@ -65,6 +65,7 @@ pub fn finetune(
         lr_setting: "ft_lr",
         header: format!("full fine-tuning: {trainable_parameters} trainable parameters"),
         trainable_parameters,
+        grad_params: None,
     };
     let summary = weight_loop(model, cfg, out, stop, obs, run, &mut |model, grads, lr| {
         if cfg.grad_accum > 1 {
@@ -116,6 +117,8 @@ pub(super) struct WeightRun {
     /// The first message, before the data's size is appended.
     pub header: String,
     pub trainable_parameters: usize,
+    /// The parameters whose gradients `update` reads (canonical indices; None = all).
+    pub grad_params: Option<Vec<usize>>,
 }
 
 /// The training loop of the weight-training baselines (full fine-tuning, LoRA): the task's
@@ -143,7 +146,10 @@ pub(super) fn weight_loop(
         train_data.len()
     ));
 
-    let mut grads = Grads::new(&model.llama);
+    let mut grads = match &run.grad_params {
+        Some(keep) => Grads::only(&model.llama, keep),
+        None => Grads::new(&model.llama),
+    };
     let mut order = EpochBatches::new(train_data.lengths(), cfg.batch_size, cfg.seed, 0, 0);
     let t0 = Instant::now();
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::trainer::TrainConfig;
 use crate::data::TaskSpec;
+use crate::model::input::{PromptKind, PromptRef};
 use crate::model::FrozenModel;
 use crate::prompt::{self, SoftPrompt};
 use crate::{Error, Result, Tensor};
@@ -62,15 +63,47 @@ impl FromStr for Init {
     }
 }
 
-/// The initial prompt `[P, D]` of a run.
+/// The initial prompt of a run: `[P, D]`, or for a deep prompt `[P, L*2*kvd]`, the keys and
+/// values the `[P, D]` init rows leave at every layer (so a deep prompt starts exactly where
+/// the input prompt of the same init starts: from the hard prompt of `text:`/`labels`/`vocab`
+/// tokens, as Li & Liang's init from real words), or a prefix prompt folder as it is.
 pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
-    init_embeddings(
-        model,
-        &cfg.init,
-        cfg.num_virtual_tokens,
-        cfg.seed,
-        &cfg.task,
-    )
+    let p = cfg.num_virtual_tokens;
+    if let Init::File(dir) = &cfg.init {
+        let sp = SoftPrompt::load_for(model, dir, false)?;
+        if sp.kind() != cfg.prompt_kind && sp.kind() == PromptKind::Prefix {
+            return Err(Error::setting(
+                "init",
+                format!(
+                    "{}: is a deep (prefix) prompt; it can start only a deep prompt run (--deep)",
+                    dir.display()
+                ),
+            ));
+        }
+        if sp.kind() == PromptKind::Prefix {
+            check_len(dir, &sp, p)?;
+            return Ok(sp.embeddings);
+        }
+    }
+    let rows = init_embeddings(model, &cfg.init, p, cfg.seed, &cfg.task)?;
+    match cfg.prompt_kind {
+        PromptKind::Input => Ok(rows),
+        PromptKind::Prefix => {
+            let prefix = model.llama.prefix_of(PromptRef::from_tensor(&rows)?)?;
+            Ok(Tensor::new(vec![p, model.llama.prefix_width()], prefix))
+        }
+    }
+}
+
+fn check_len(dir: &std::path::Path, sp: &SoftPrompt, p: usize) -> Result<()> {
+    if sp.num_virtual_tokens() != p {
+        return Err(Error::Mismatch(format!(
+            "{}: has {} virtual tokens, the run asks for {p}",
+            dir.display(),
+            sp.num_virtual_tokens()
+        )));
+    }
+    Ok(())
 }
 
 /// `p` prompt rows `[p, D]` made by `init` (`task` gives the label words of `Init::Labels`).
@@ -138,13 +171,16 @@ pub fn init_embeddings(
         }
         Init::File(dir) => {
             let sp = SoftPrompt::load_for(model, dir, false)?;
-            if sp.num_virtual_tokens() != p {
-                return Err(Error::Mismatch(format!(
-                    "{}: has {} virtual tokens, the run asks for {p}",
-                    dir.display(),
-                    sp.num_virtual_tokens()
-                )));
+            if sp.kind() != PromptKind::Input {
+                return Err(Error::setting(
+                    "init",
+                    format!(
+                        "{}: is a deep (prefix) prompt, not input embeddings",
+                        dir.display()
+                    ),
+                ));
             }
+            check_len(dir, &sp, p)?;
             Ok(sp.embeddings)
         }
     }

@@ -255,6 +255,8 @@ pub fn train_lora(
             lora.targets.len()
         ),
         trainable_parameters,
+        // dA and dB come from the adapted matrices' dW alone.
+        grad_params: Some(lora.targets.iter().map(|t| t.param).collect()),
     };
     // One optimizer per A and per B, in target order.
     let mut opts: Vec<(Optimizer, Optimizer)> = lora

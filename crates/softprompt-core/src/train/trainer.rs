@@ -38,7 +38,7 @@ use super::parallel::{self, Reducer, Single};
 use super::reparam::{self, Reparam};
 use crate::data::{self, EpochBatches, TaskSpec};
 use crate::infer::objective;
-use crate::model::input::PromptRef;
+use crate::model::input::{PromptKind, PromptRef};
 use crate::model::FrozenModel;
 use crate::prompt::SoftPrompt;
 use crate::report::plot;
@@ -85,6 +85,10 @@ pub struct TrainConfig {
     /// `[P, D]` the objective saw); absent in older configs = none.
     #[serde(default)]
     pub reparam: Reparam,
+    /// Input embeddings (prompt tuning) or a deep prompt: keys and values at every layer
+    /// (prefix tuning); absent in older configs = input.
+    #[serde(default)]
+    pub prompt_kind: PromptKind,
 }
 
 /// The defaults of `softprompt train`: the built-in demo task, 20 virtual tokens from the
@@ -122,6 +126,7 @@ impl Default for TrainConfig {
             eval_batch_size: 32,
             data_root: None,
             reparam: Reparam::None,
+            prompt_kind: PromptKind::Input,
         }
     }
 }
@@ -254,7 +259,10 @@ fn make_prompt(
     emb: &Tensor,
     metrics: serde_json::Value,
 ) -> SoftPrompt {
-    let mut p = SoftPrompt::for_model(model, emb.clone());
+    let mut p = match cfg.prompt_kind {
+        PromptKind::Input => SoftPrompt::for_model(model, emb.clone()),
+        PromptKind::Prefix => SoftPrompt::for_model_prefix(model, emb.clone()),
+    };
     if let Some(meta) = p.meta.as_mut() {
         meta.task = serde_json::to_value(&cfg.task).ok();
         meta.training = obj.training_meta(cfg);
@@ -343,6 +351,12 @@ fn check_run(cfg: &TrainConfig) -> Result<()> {
         ));
     }
     cfg.optimizer.validate()?;
+    if cfg.prompt_kind == PromptKind::Prefix && cfg.reparam != Reparam::None {
+        return Err(Error::setting(
+            "reparam",
+            "the residual reparameterization applies to input prompts, not to deep (prefix) prompts",
+        ));
+    }
     cfg.reparam.validate(&cfg.optimizer)
 }
 
@@ -432,7 +446,12 @@ pub fn train_objective_with(
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
-    let (p, d) = (cfg.num_virtual_tokens, model.llama.dims.d);
+    // d: values per virtual token (the hidden size, or layers x 2 x key/value width).
+    let d = match cfg.prompt_kind {
+        PromptKind::Input => model.llama.dims.d,
+        PromptKind::Prefix => model.llama.prefix_width(),
+    };
+    let p = cfg.num_virtual_tokens;
     let mut emb;
     let mut opt;
     let mut st;
@@ -563,7 +582,11 @@ pub fn train_objective_with(
                 .ok_or_else(|| Error::Input("no training examples".into()))?;
             (st.epoch, st.batch_in_epoch) = order.position();
             if red.size() == 1 {
-                let r = obj.batch(model, PromptRef::from_tensor(&emb)?, &idx)?;
+                let r = obj.batch(
+                    model,
+                    PromptRef::from_tensor_kind(&emb, cfg.prompt_kind)?,
+                    &idx,
+                )?;
                 loss += r.loss / cfg.grad_accum as f64;
                 rows += r.rows;
                 if let Some(g) = r.grad {
@@ -578,7 +601,11 @@ pub fn train_objective_with(
             let mine = parallel::share(&idx, red.rank(), red.size());
             let mut buf = vec![0.0f64; p * d + 3];
             if !mine.is_empty() {
-                let r = obj.batch(model, PromptRef::from_tensor(&emb)?, mine)?;
+                let r = obj.batch(
+                    model,
+                    PromptRef::from_tensor_kind(&emb, cfg.prompt_kind)?,
+                    mine,
+                )?;
                 if let Some(g) = r.grad {
                     for (a, b) in buf.iter_mut().zip(&g) {
                         *a = r.weight * *b as f64;
@@ -645,7 +672,8 @@ pub fn train_objective_with(
         }
         if obj.val_len() > 0 {
             if (cfg.eval_every > 0 && st.step % cfg.eval_every == 0) || last {
-                let rep = obj.evaluate(model, PromptRef::from_tensor(&emb)?)?;
+                let rep =
+                    obj.evaluate(model, PromptRef::from_tensor_kind(&emb, cfg.prompt_kind)?)?;
                 let better = st.best_value.is_none_or(|b| rep.value > b);
                 if better {
                     st.best_value = Some(rep.value);

@@ -96,9 +96,68 @@ pub fn tiny_llama(seed: u64) -> Llama {
     Llama::new(cfg, w, "tiny").unwrap()
 }
 
+/// Gemma-3-shaped: QK-norm, sandwich norms, (1+w) norms, GELU-tanh, scaled embeddings, a
+/// local (window 4, RoPE base 10000) and a global layer (base 1e6), query_pre_attn_scalar
+/// differing from head_dim, and Hq*hd (64) != hidden (32).
+pub fn tiny_gemma3_config() -> softprompt_core::model::LlamaConfig {
+    serde_json::from_value(serde_json::json!({
+        "model_type": "gemma3_text",
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 61,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "sliding_window": 4,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "query_pre_attn_scalar": 12,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": true,
+    }))
+    .unwrap()
+}
+
+/// Qwen3-shaped: QK-norm (plain w), no bias, explicit head_dim with Hq*hd != hidden.
+pub fn tiny_qwen3_config() -> softprompt_core::model::LlamaConfig {
+    serde_json::from_value(serde_json::json!({
+        "model_type": "qwen3",
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 61,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": false,
+    }))
+    .unwrap()
+}
+
+/// A random model of `cfg`.
+pub fn tiny_from(cfg: softprompt_core::model::LlamaConfig, seed: u64) -> Llama {
+    let w = softprompt_core::model::llama::random_weights(&cfg, seed);
+    Llama::new(cfg, w, "tiny").unwrap()
+}
+
 /// A tiny random Llama with a word-level tokenizer over the built-in demo task's words:
 /// fast enough to train for real in a unit test.
 pub fn tiny_demo_model(seed: u64) -> softprompt_core::model::FrozenModel {
+    tiny_demo_model_with_layers(2, seed)
+}
+
+/// [`tiny_demo_model`] with `layers` decoder blocks.
+pub fn tiny_demo_model_with_layers(
+    layers: usize,
+    seed: u64,
+) -> softprompt_core::model::FrozenModel {
     use softprompt_core::data::{demo_records, DemoSplit};
     let mut words: Vec<String> = vec![
         "[UNK]".into(),
@@ -133,7 +192,7 @@ pub fn tiny_demo_model(seed: u64) -> softprompt_core::model::FrozenModel {
     });
     let tokenizer: tokenizers::Tokenizer = json.to_string().parse().expect("tiny tokenizer");
     let config: softprompt_core::model::LlamaConfig = serde_json::from_value(serde_json::json!({
-        "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": layers,
         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": words.len(),
         "rms_norm_eps": 1e-5, "max_position_embeddings": 256, "tie_word_embeddings": true
     }))
@@ -181,6 +240,7 @@ pub fn demo_config(steps: u64) -> softprompt_core::train::TrainConfig {
         eval_batch_size: 32,
         data_root: None,
         reparam: Default::default(),
+        prompt_kind: Default::default(),
     }
 }
 

@@ -170,8 +170,12 @@ impl Llama {
             });
     }
 
-    /// Attention backward for sequences with no past (training). One task per
-    /// (sequence, kv head) so the key/value gradients of a GQA group are summed in one place.
+    /// Attention backward (training). A sequence's cache holds `past` positions before its
+    /// `n` new rows (a prefix prompt's keys and values, or nothing); the gradient w.r.t. those
+    /// past keys/values is added into `dprefix[P, L*2*kvd]` (PEFT's prefix layout: layer `l`'s
+    /// key at column block `2l`, value at `2l + 1`), summed over the sequences, when given.
+    /// One task per (sequence, kv head) so the key/value gradients of a GQA group are summed
+    /// in one place.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_backward(
         &self,
@@ -183,45 +187,49 @@ impl Llama {
         dq: &mut [f32],
         dk: &mut [f32],
         dv: &mut [f32],
+        dprefix: Option<&mut [f32]>,
     ) {
         let Dims { hd, nq, nkv, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
         let group = nq / nkv;
         let scale = self.attn_scale;
-        // Per task: dQ for each head of the group [group][n, hd], dK [n, hd], dV [n, hd].
+        // Per task: dQ for each head of the group [group][n, hd], dK [past + n, hd],
+        // dV [past + n, hd].
         let results: Vec<(Vec<Vec<f32>>, Vec<f32>, Vec<f32>)> = (0..lens.len() * nkv)
             .into_par_iter()
             .map(|task| {
                 let (s, g) = (task / nkv, task % nkv);
                 let (r0, n) = lens[s];
+                let past = caches[s].len - n;
+                let tk = past + n; // keys visible to the last row
                 let kv_off = g * hd;
                 let kmat = View {
                     data: &caches[s].k[l][kv_off..],
                     rs: kvd,
                     cs: 1,
-                }; // [n, hd]
+                }; // [tk, hd]
                 let vmat = View {
                     data: &caches[s].v[l][kv_off..],
                     rs: kvd,
                     cs: 1,
-                }; // [n, hd]
-                let mut dkg = vec![0.0f32; n * hd];
-                let mut dvg = vec![0.0f32; n * hd];
+                }; // [tk, hd]
+                let mut dkg = vec![0.0f32; tk * hd];
+                let mut dvg = vec![0.0f32; tk * hd];
                 let mut dqs = Vec::with_capacity(group);
-                let mut dp = vec![0.0f32; n * n]; // [n, n]
+                let mut dp = vec![0.0f32; n * tk]; // [n, tk]
                 for hq in g * group..(g + 1) * group {
-                    let p = &self.attn_probs(l, &t.q, r0, n, 0, &caches[s], hq); // [n, n]
+                    let p = &self.attn_probs(l, &t.q, r0, n, past, &caches[s], hq); // [n, tk]
                     let dout = View {
                         data: &datt[r0 * qd + hq * hd..],
                         rs: qd,
                         cs: 1,
                     }; // [n, hd]
                        // dV += P^T dO
-                    gemm(n, hd, n, View::t(p, n), dout, &mut dvg, hd, true, false);
+                    gemm(tk, hd, n, View::t(p, tk), dout, &mut dvg, hd, true, false);
                     // dP = dO V^T
                     gemm(
                         n,
-                        n,
+                        tk,
                         hd,
                         dout,
                         View {
@@ -230,12 +238,12 @@ impl Llama {
                             cs: kvd,
                         },
                         &mut dp,
-                        n,
+                        tk,
                         false,
                         false,
                     );
                     // dS = P * (dP - rowsum(dP * P)) * scale
-                    for (prow, dprow) in p.chunks(n).zip(dp.chunks_mut(n)) {
+                    for (prow, dprow) in p.chunks(tk).zip(dp.chunks_mut(tk)) {
                         let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
                         for (x, &pv) in dprow.iter_mut().zip(prow) {
                             *x = pv * (*x - dot) * scale;
@@ -243,27 +251,52 @@ impl Llama {
                     }
                     // dQ_h = dS K ; dK += dS^T Q_h
                     let mut dqh = vec![0.0f32; n * hd];
-                    gemm(n, hd, n, View::rm(&dp, n), kmat, &mut dqh, hd, false, false);
+                    gemm(
+                        n,
+                        hd,
+                        tk,
+                        View::rm(&dp, tk),
+                        kmat,
+                        &mut dqh,
+                        hd,
+                        false,
+                        false,
+                    );
                     let qh = View {
                         data: &t.q[r0 * qd + hq * hd..],
                         rs: qd,
                         cs: 1,
                     };
-                    gemm(n, hd, n, View::t(&dp, n), qh, &mut dkg, hd, true, false);
+                    gemm(tk, hd, n, View::t(&dp, tk), qh, &mut dkg, hd, true, false);
                     dqs.push(dqh);
                 }
                 (dqs, dkg, dvg)
             })
             .collect();
+        let width = self.prefix_width();
+        let mut dprefix = dprefix;
         for (task, (dqs, dkg, dvg)) in results.into_iter().enumerate() {
             let (s, g) = (task / nkv, task % nkv);
             let (r0, n) = lens[s];
+            let past = caches[s].len - n;
+            if let Some(dpre) = dprefix.as_deref_mut() {
+                for i in 0..past {
+                    let row = &mut dpre[i * width..(i + 1) * width];
+                    let (ko, vo) = (2 * l * kvd + g * hd, (2 * l + 1) * kvd + g * hd);
+                    for (o, x) in row[ko..ko + hd].iter_mut().zip(&dkg[i * hd..(i + 1) * hd]) {
+                        *o += x;
+                    }
+                    for (o, x) in row[vo..vo + hd].iter_mut().zip(&dvg[i * hd..(i + 1) * hd]) {
+                        *o += x;
+                    }
+                }
+            }
             for j in 0..n {
-                let r = r0 + j;
+                let (r, c) = (r0 + j, past + j);
                 dk[r * kvd + g * hd..r * kvd + (g + 1) * hd]
-                    .copy_from_slice(&dkg[j * hd..(j + 1) * hd]);
+                    .copy_from_slice(&dkg[c * hd..(c + 1) * hd]);
                 dv[r * kvd + g * hd..r * kvd + (g + 1) * hd]
-                    .copy_from_slice(&dvg[j * hd..(j + 1) * hd]);
+                    .copy_from_slice(&dvg[c * hd..(c + 1) * hd]);
                 for (i, dqh) in dqs.iter().enumerate() {
                     let hq = g * group + i;
                     dq[r * qd + hq * hd..r * qd + (hq + 1) * hd]

@@ -11,7 +11,20 @@ impl Llama {
     /// Backward from `d_hidden[N, D]` (gradient w.r.t. the final hidden states) to the input
     /// embeddings: returns `dx[N, D]`. `caches` are those filled by the recording forward.
     pub fn backward(&self, tape: &Tape, caches: &[KvCache], d_hidden: &[f32]) -> Vec<f32> {
-        kernels::in_pool(|| self.backward_impl(tape, caches, d_hidden, None))
+        kernels::in_pool(|| self.backward_impl(tape, caches, d_hidden, None, None))
+    }
+
+    /// [`Llama::backward`] for sequences that started from a prefix prompt's cache: also
+    /// adds the gradient w.r.t. the prefix keys and values into `dprefix[P, L*2*kvd]`
+    /// (summed over the sequences, which must share the prefix).
+    pub fn backward_prefix(
+        &self,
+        tape: &Tape,
+        caches: &[KvCache],
+        d_hidden: &[f32],
+        dprefix: &mut [f32],
+    ) -> Vec<f32> {
+        kernels::in_pool(|| self.backward_impl(tape, caches, d_hidden, None, Some(dprefix)))
     }
 
     /// [`Llama::backward`] that also accumulates every weight gradient of the blocks and the
@@ -32,7 +45,7 @@ impl Llama {
             ));
         }
         Ok(kernels::in_pool(|| {
-            self.backward_impl(tape, caches, d_hidden, Some(grads))
+            self.backward_impl(tape, caches, d_hidden, Some(grads), None)
         }))
     }
 
@@ -42,6 +55,7 @@ impl Llama {
         caches: &[KvCache],
         d_hidden: &[f32],
         mut grads: Option<&mut Grads>,
+        mut dprefix: Option<&mut [f32]>,
     ) -> Vec<f32> {
         let Dims { d, nq, nkv, f, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
@@ -123,7 +137,17 @@ impl Llama {
                 dw_acc(d_out, &t.att, n, &mut g.wo); // dWo[D, Hq*hd] += d_out^T @ att
             }
             b.wo.linear_dx(d_out, n, &mut datt, false); // datt[N, Hq*hd] = d_out[N, D] @ Wo[D, Hq*hd]
-            self.attention_backward(l, t, &starts, caches, &datt, &mut dq, &mut dk, &mut dv);
+            self.attention_backward(
+                l,
+                t,
+                &starts,
+                caches,
+                &datt,
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                dprefix.as_deref_mut(),
+            );
             let rope = self.rope_of(b);
             rope.apply(&mut dq, nq, &tape.pos, true);
             rope.apply(&mut dk, nkv, &tape.pos, true);

@@ -17,6 +17,36 @@ impl KvCache {
             len: 0,
         }
     }
+
+    /// The cache a prefix prompt `[P, L*2*kvd]` stands for: `P` positions whose keys and
+    /// values at layer `l` are the row slices `2l` and `2l + 1` (PEFT's prefix layout).
+    /// The caller has checked the width.
+    pub fn from_prefix(prefix: &[f32], p: usize, n_layers: usize, kvd: usize) -> Self {
+        let width = n_layers * 2 * kvd;
+        let mut c = KvCache::new(n_layers);
+        for row in prefix.chunks(width).take(p) {
+            for l in 0..n_layers {
+                c.k[l].extend_from_slice(&row[2 * l * kvd..(2 * l + 1) * kvd]);
+                c.v[l].extend_from_slice(&row[(2 * l + 1) * kvd..(2 * l + 2) * kvd]);
+            }
+        }
+        c.len = p;
+        c
+    }
+
+    /// The first `p` positions as a prefix prompt `[p, L*2*kvd]` (the inverse of
+    /// [`KvCache::from_prefix`]).
+    pub fn to_prefix(&self, p: usize, kvd: usize) -> Vec<f32> {
+        let n_layers = self.k.len();
+        let mut out = Vec::with_capacity(p * n_layers * 2 * kvd);
+        for i in 0..p {
+            for l in 0..n_layers {
+                out.extend_from_slice(&self.k[l][i * kvd..(i + 1) * kvd]);
+                out.extend_from_slice(&self.v[l][i * kvd..(i + 1) * kvd]);
+            }
+        }
+        out
+    }
 }
 
 /// What the backward of one block needs (training only).

@@ -9,11 +9,69 @@ use super::grads::dw_acc;
 use super::{Act, Dims, Llama};
 use crate::compute::kernels::{self, rmsnorm};
 use crate::compute::weight::Weight;
-use crate::model::input::{prompt_len, SeqInput, Target};
+use crate::model::input::{prompt_len, PromptKind, PromptRef, SeqInput, Target};
 use crate::{Error, Result};
 
 impl Llama {
-    /// Input embeddings of a packed batch: `[N, D]` and the rows per sequence.
+    /// Values per virtual token of a prefix prompt: `L * 2 * Hkv*hd`.
+    pub fn prefix_width(&self) -> usize {
+        self.n_layers() * 2 * self.dims.kvdim()
+    }
+
+    /// Check that a prefix prompt has this model's layout.
+    pub fn check_prefix(&self, p: PromptRef) -> Result<()> {
+        if p.dim() != self.prefix_width() {
+            return Err(Error::Mismatch(format!(
+                "prefix prompt rows hold {} values; this model needs {} ({} layers x key and value x {} key/value heads x {} head dims)",
+                p.dim(),
+                self.prefix_width(),
+                self.n_layers(),
+                self.dims.nkv,
+                self.dims.hd
+            )));
+        }
+        Ok(())
+    }
+
+    /// The KV cache each sequence starts from: its prefix prompt's keys and values, or empty.
+    pub fn caches_for(&self, seqs: &[SeqInput]) -> Result<Vec<KvCache>> {
+        seqs.iter().map(|s| self.cache_for(s.prompt)).collect()
+    }
+
+    /// The KV cache a sequence with `prompt` starts from (empty unless a prefix prompt).
+    pub fn cache_for(&self, prompt: Option<PromptRef>) -> Result<KvCache> {
+        match prompt {
+            Some(p) if p.kind() == PromptKind::Prefix => {
+                self.check_prefix(p)?;
+                Ok(KvCache::from_prefix(
+                    p.data(),
+                    p.len(),
+                    self.n_layers(),
+                    self.dims.kvdim(),
+                ))
+            }
+            _ => Ok(KvCache::new(self.n_layers())),
+        }
+    }
+
+    /// The prefix prompt `[P, L*2*kvd]` equivalent to the input prompt `rows[P, D]`: the keys
+    /// and values its rows leave in the cache at every layer. A text after either gets the
+    /// same outputs (the hard or soft prompt it came from, made deep).
+    pub fn prefix_of(&self, rows: PromptRef) -> Result<Vec<f32>> {
+        if rows.kind() != PromptKind::Input {
+            return Err(Error::Input("prefix_of takes input-embedding rows".into()));
+        }
+        let (mut x, lens) = self.embed_batch(&[SeqInput {
+            prompt: Some(rows),
+            ids: &[],
+        }])?; // [P, D]
+        let mut cache = vec![KvCache::new(self.n_layers())];
+        self.forward(&mut x, &lens, &mut cache, false)?;
+        Ok(cache[0].to_prefix(rows.len(), self.dims.kvdim()))
+    }
+
+    /// Input embeddings of a packed batch: `[N, D]` and the rows per sequence. A prefix
+    /// prompt adds no rows (start the sequence from [`Llama::cache_for`]).
     pub fn embed_batch(&self, seqs: &[SeqInput]) -> Result<(Vec<f32>, Vec<usize>)> {
         let d = self.dims.d;
         let mut lens = Vec::with_capacity(seqs.len());
@@ -24,7 +82,7 @@ impl Llama {
         let mut x = Vec::with_capacity(total * d);
         for s in seqs {
             let mut n = 0;
-            if let Some(p) = s.prompt {
+            if let Some(p) = s.prompt.filter(|p| p.kind() == PromptKind::Input) {
                 if p.dim() != d {
                     return Err(Error::Mismatch(format!(
                         "soft prompt rows hold {} values, the model's hidden size is {d}",
@@ -96,9 +154,6 @@ impl Llama {
         // Position of every packed row.
         let mut pos = Vec::with_capacity(n);
         for (len, c) in lens.iter().zip(caches.iter()) {
-            if record && c.len != 0 {
-                return Err(Error::Input("training forward needs empty caches".into()));
-            }
             if c.len + len > self.max_positions() {
                 return Err(Error::Input(format!(
                     "sequence of {} positions exceeds the model's context of {}",
@@ -337,7 +392,7 @@ impl Llama {
                 .collect();
             nll.extend(parts);
             if want_grad {
-                if let Some(dw) = dw_head.as_deref_mut() {
+                if let Some(dw) = dw_head.as_deref_mut().filter(|dw| !dw.is_empty()) {
                     let mut hs = Vec::with_capacity(rows.len() * d); // [r, D]
                     for &r in &rows {
                         hs.extend_from_slice(&hidden[r * d..(r + 1) * d]);

@@ -25,8 +25,9 @@ use crate::model::input::{prompt_len, SeqInput, Target};
 use crate::{Error, Result, Tensor};
 
 /// `dw[out, in] += dy[m, out]^T @ x[m, in]` (a linear layer's weight gradient).
+/// An empty `dw` is a gradient not wanted ([`Grads::only`]): nothing is computed.
 pub(crate) fn dw_acc(dy: &[f32], x: &[f32], m: usize, dw: &mut [f32]) {
-    if m == 0 {
+    if m == 0 || dw.is_empty() {
         return;
     }
     let out = dy.len() / m;
@@ -49,6 +50,9 @@ pub(crate) fn dw_acc(dy: &[f32], x: &[f32], m: usize, dw: &mut [f32]) {
 /// `d = dw.len()` (`y = w ⊙ x · rstd`). Rows may be (position, head) pairs (QK-norm).
 pub(crate) fn rmsnorm_dw(x: &[f32], rstd: &[f32], dy: &[f32], dw: &mut [f32]) {
     let d = dw.len();
+    if d == 0 {
+        return; // not wanted
+    }
     let part = x
         .par_chunks(d * 64)
         .zip(dy.par_chunks(d * 64))
@@ -74,6 +78,9 @@ pub(crate) fn rmsnorm_dw(x: &[f32], rstd: &[f32], dy: &[f32], dw: &mut [f32]) {
 
 /// Bias gradient: `db[out] += Σ_r dy[r, :]`.
 pub(crate) fn bias_acc(dy: &[f32], db: &mut [f32]) {
+    if db.is_empty() {
+        return; // not wanted
+    }
     for row in dy.chunks(db.len()) {
         db.iter_mut().zip(row).for_each(|(b, g)| *b += g);
     }
@@ -150,9 +157,30 @@ impl Grads {
         }
     }
 
+    /// Gradients of the parameters at `keep` (indices in the canonical order) only: every
+    /// other buffer is empty, and the backward skips its weight-gradient product (LoRA needs
+    /// only the matrices it adapts; the output projection's `[V, D]` gradient alone costs
+    /// as much as the LM head's forward).
+    pub fn only(model: &Llama, keep: &[usize]) -> Grads {
+        let mut g = Grads::new(model);
+        for (i, b) in g.buffers_vec_mut().into_iter().enumerate() {
+            if !keep.contains(&i) {
+                *b = Vec::new();
+            }
+        }
+        g
+    }
+
     /// Every buffer, in the canonical parameter order (see the module doc).
     pub fn buffers_mut(&mut self) -> Vec<&mut [f32]> {
-        let mut out: Vec<&mut [f32]> = vec![&mut self.embed];
+        self.buffers_vec_mut()
+            .into_iter()
+            .map(|b| b.as_mut_slice())
+            .collect()
+    }
+
+    fn buffers_vec_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        let mut out: Vec<&mut Vec<f32>> = vec![&mut self.embed];
         if let Some(h) = self.lm_head.as_mut() {
             out.push(h);
         }
@@ -217,6 +245,9 @@ impl Grads {
     /// Scatter-add the input gradient `dx[N, D]` of a packed batch into the embedding rows
     /// of its tokens (times the model's input scale); soft-prompt rows are skipped.
     pub fn scatter_embed(&mut self, model: &Llama, dx: &[f32], seqs: &[SeqInput]) {
+        if self.embed.is_empty() {
+            return; // not wanted
+        }
         let d = model.dims.d;
         let scale = model.embed_scale;
         let mut r = 0;
@@ -234,7 +265,7 @@ impl Grads {
 
     pub(crate) fn check_fits(&self, model: &Llama) -> Result<()> {
         if self.blocks.len() != model.blocks.len()
-            || self.embed.len() != model.embed.numel()
+            || (self.embed.len() != model.embed.numel() && !self.embed.is_empty())
             || self.lm_head.is_some() != model.lm_head.is_some()
         {
             return Err(Error::Mismatch(
@@ -490,7 +521,7 @@ impl Llama {
         let (mut x, lens) = self.embed_batch(seqs)?;
         let n = x.len() / self.dims.d;
         check_targets(targets, n, self.dims.vocab)?;
-        let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(self.n_layers())).collect();
+        let mut caches: Vec<KvCache> = self.caches_for(seqs)?;
         let tape = self.forward_full(&mut x, &lens, &mut caches)?;
         let (nll, dh) = self.loss_head_grads(&tape.hidden, targets, grads.head_mut());
         let loss = weighted(&nll, targets);

@@ -2,7 +2,7 @@
 
 use super::cache::KvCache;
 use super::Llama;
-use crate::model::input::{Example, PromptRef, SeqInput, Target};
+use crate::model::input::{Example, PromptKind, PromptRef, SeqInput, Target};
 use crate::{Error, Result};
 
 impl Llama {
@@ -13,20 +13,34 @@ impl Llama {
         seqs: &[SeqInput],
         targets: &[Target],
     ) -> Result<(f64, Vec<f32>, Vec<usize>)> {
+        self.loss_and_input_grads(seqs, targets, None)
+    }
+
+    /// [`Llama::loss_and_input_grad`], also adding d loss / d prefix into `dprefix` when the
+    /// sequences start from one shared prefix prompt.
+    fn loss_and_input_grads(
+        &self,
+        seqs: &[SeqInput],
+        targets: &[Target],
+        dprefix: Option<&mut [f32]>,
+    ) -> Result<(f64, Vec<f32>, Vec<usize>)> {
         let (mut x, lens) = self.embed_batch(seqs)?;
         let n = x.len() / self.dims.d;
         check_targets(targets, n, self.dims.vocab)?;
-        let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(self.n_layers())).collect();
+        let mut caches: Vec<KvCache> = self.caches_for(seqs)?;
         let tape = self
             .forward(&mut x, &lens, &mut caches, true)?
             .ok_or_else(|| Error::Input("no tape".into()))?;
         let (nll, dh) = self.loss_head(&tape.hidden, targets, true);
         let loss = weighted(&nll, targets);
-        let dx = self.backward(&tape, &caches, &dh);
+        let dx = match dprefix {
+            Some(dp) => self.backward_prefix(&tape, &caches, &dh, dp),
+            None => self.backward(&tape, &caches, &dh),
+        };
         Ok((loss, dx, lens))
     }
 
-    /// Packed targets for examples that share one soft prompt of `p` rows.
+    /// Packed targets for examples that share one soft prompt adding `p` rows to each.
     pub(super) fn prompt_targets(batch: &[Example], p: usize) -> Result<Vec<Target>> {
         let mut targets = Vec::new();
         let mut r0 = 0;
@@ -49,14 +63,16 @@ impl Llama {
         Ok(targets)
     }
 
-    /// Loss and d loss / d prompt for a batch sharing the soft prompt `prompt[P, D]`:
-    /// the gradient is the input-embedding gradient at positions 0..P-1, summed over the batch.
+    /// Loss and d loss / d prompt for a batch sharing the soft prompt `prompt`, a gradient
+    /// of the prompt's shape: for an input prompt `[P, D]`, the input-embedding gradient at
+    /// positions 0..P-1; for a prefix `[P, L*2*kvd]`, the gradient w.r.t. its keys and
+    /// values at every layer; summed over the batch.
     pub fn prompt_loss_and_grad(
         &self,
         prompt: PromptRef,
         batch: &[Example],
     ) -> Result<(f64, Vec<f32>)> {
-        let (p, d) = (prompt.len(), self.dims.d);
+        let (p, d) = (prompt.rows(), self.dims.d);
         let targets = Self::prompt_targets(batch, p)?;
         let seqs: Vec<SeqInput> = batch
             .iter()
@@ -65,13 +81,22 @@ impl Llama {
                 ids: &e.ids,
             })
             .collect();
-        let (loss, dx, lens) = self.loss_and_input_grad(&seqs, &targets)?;
-        Ok((loss, prompt_grad(&dx, &lens, p, d)))
+        match prompt.kind() {
+            PromptKind::Input => {
+                let (loss, dx, lens) = self.loss_and_input_grad(&seqs, &targets)?;
+                Ok((loss, prompt_grad(&dx, &lens, p, d)))
+            }
+            PromptKind::Prefix => {
+                let mut grad = vec![0.0f32; prompt.data().len()]; // [P, L*2*kvd]
+                let (loss, _, _) = self.loss_and_input_grads(&seqs, &targets, Some(&mut grad))?;
+                Ok((loss, grad))
+            }
+        }
     }
 
     /// Loss of a batch sharing the soft prompt (no backward).
     pub fn prompt_loss(&self, prompt: PromptRef, batch: &[Example]) -> Result<f64> {
-        let targets = Self::prompt_targets(batch, prompt.len())?;
+        let targets = Self::prompt_targets(batch, prompt.rows())?;
         let seqs: Vec<SeqInput> = batch
             .iter()
             .map(|e| SeqInput {
@@ -86,7 +111,7 @@ impl Llama {
     pub fn loss(&self, seqs: &[SeqInput], targets: &[Target]) -> Result<f64> {
         let (mut x, lens) = self.embed_batch(seqs)?;
         check_targets(targets, x.len() / self.dims.d, self.dims.vocab)?;
-        let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(self.n_layers())).collect();
+        let mut caches: Vec<KvCache> = self.caches_for(seqs)?;
         self.forward(&mut x, &lens, &mut caches, false)?;
         Ok(weighted(&self.loss_head(&x, targets, false).0, targets))
     }

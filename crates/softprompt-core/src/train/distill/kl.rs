@@ -150,7 +150,7 @@ pub fn kl_batch(
     let inputs: Vec<SeqInput> = seqs.iter().map(|ids| SeqInput { prompt, ids }).collect();
     let (mut x, lens) = m.embed_batch(&inputs)?; // [N, D]
     let n = x.len() / d;
-    let mut caches: Vec<KvCache> = lens.iter().map(|_| KvCache::new(m.n_layers())).collect();
+    let mut caches: Vec<KvCache> = m.caches_for(&inputs)?;
     let tape = m.forward(&mut x, &lens, &mut caches, want_grad)?;
     let hidden = tape.as_ref().map_or(&x, |t| &t.hidden);
     let w = want_grad.then_some(1.0 / count as f32);
@@ -159,8 +159,17 @@ pub fn kl_batch(
     let agree = k.agree.iter().filter(|a| **a).count() as f64 / count as f64;
     let grad = match tape {
         Some(tape) if want_grad => {
-            let dx = m.backward(&tape, &caches, &k.d_hidden);
-            Some(llama::prompt_grad(&dx, &lens, p, d))
+            match prompt.filter(|pr| pr.kind() == crate::model::input::PromptKind::Prefix) {
+                Some(pr) => {
+                    let mut grad = vec![0.0f32; pr.data().len()]; // [P, L*2*kvd]
+                    m.backward_prefix(&tape, &caches, &k.d_hidden, &mut grad);
+                    Some(grad)
+                }
+                None => {
+                    let dx = m.backward(&tape, &caches, &k.d_hidden);
+                    Some(llama::prompt_grad(&dx, &lens, p, d))
+                }
+            }
         }
         _ => None,
     };
