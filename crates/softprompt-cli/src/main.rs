@@ -52,6 +52,10 @@ enum Cmd {
     /// parameters, artifact size, training time, peak memory, accuracy, inference cost and
     /// forgetting (compare.md, compare.png, compare.json).
     Compare(Box<cmd::compare::CompareArgs>),
+    /// Prompt transfer (SPoT): rank trained prompts by their similarity to a briefly trained
+    /// prompt of the target task, then train the target from the top-ranked one and check it
+    /// against the usual init.
+    Transfer(Box<cmd::transfer::TransferArgs>),
     /// Write a soft prompt without training (vocabulary rows, a text, random, label words).
     Init(Box<cmd::init::InitArgs>),
     /// Speed and memory benchmarks (median of several runs): W1 training step, decode, classification.
@@ -75,6 +79,7 @@ fn run(c: Cmd) -> anyhow::Result<()> {
         Cmd::Serve(a) => cmd::serve::run(*a),
         Cmd::Loadtest(a) => cmd::loadtest::run(a),
         Cmd::Compare(a) => cmd::compare::run(*a),
+        Cmd::Transfer(a) => cmd::transfer::run(*a),
         Cmd::Init(a) => cmd::init::run(*a),
         Cmd::Bench(a) => cmd::bench::run(a),
         Cmd::Export(a) => cmd::export::run(a),

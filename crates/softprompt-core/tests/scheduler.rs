@@ -33,6 +33,22 @@ fn served(m: &FrozenModel, seed: u64) -> Arc<ServedPrompt> {
     Arc::new(ServedPrompt::new(&m.llama, &format!("p{seed}"), "sha", Some(sp)).unwrap())
 }
 
+/// A deep prompt: the keys and values of 6 vocabulary rows, perturbed (so it is no hard
+/// prompt's), served as its own KV cache.
+fn served_deep(m: &FrozenModel, seed: u64) -> Arc<ServedPrompt> {
+    let ids = prompt::init::sample_vocab_ids(m.llama.dims.vocab, 5000, 6, seed);
+    let emb = prompt::init::from_tokens(m, &ids).unwrap();
+    let rows = softprompt_core::model::input::PromptRef::from_tensor(&emb).unwrap();
+    let mut pre = m.llama.prefix_of(rows).unwrap();
+    for (i, v) in pre.iter_mut().enumerate() {
+        *v += ((i * 7 % 11) as f32 - 5.0) * 0.02;
+    }
+    let width = m.llama.prefix_width();
+    let sp = SoftPrompt::for_model_prefix(m, softprompt_core::Tensor::new(vec![6, width], pre));
+    assert_eq!(sp.kind(), softprompt_core::model::input::PromptKind::Prefix);
+    Arc::new(ServedPrompt::new(&m.llama, &format!("deep{seed}"), "sha", Some(sp)).unwrap())
+}
+
 /// Submit `reqs` (prompt, text, sampling) all at once; return each one's tokens and finish.
 fn run_all(
     sched: &Scheduler,
@@ -72,7 +88,9 @@ fn run_all(
 #[test]
 fn mixed_prompts_in_one_batch_match_each_request_alone() {
     let m = model();
-    let prompts: Vec<_> = (0..3).map(|s| served(&m, s)).collect();
+    // Two input prompts and a deep one (a prefix of keys and values) in the same batches.
+    let mut prompts: Vec<_> = (0..2).map(|s| served(&m, s)).collect();
+    prompts.push(served_deep(&m, 9));
     let base = Arc::new(ServedPrompt::new(&m.llama, "base", "", None).unwrap());
     let greedy = Sampling {
         max_new_tokens: 12,

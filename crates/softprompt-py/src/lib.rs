@@ -107,8 +107,7 @@ fn prompt_arg(
             prompt::SoftPrompt::load(&dir).map_err(err)?
         }
     };
-    sp.check_compatible(m.llama.dims.d, &m.fingerprint, force)
-        .map_err(err)?;
+    sp.check_for(m, force).map_err(err)?;
     Ok(Some(sp))
 }
 
@@ -548,7 +547,8 @@ impl trainer::Observer for PyObserver<'_> {
 /// runs/TASK (runs/TASK-2, -3, ... when taken; runs/TASK itself with resume). `init`:
 /// random[:RANGE], vocab[:TOP], text:TEXT, labels or file:DIR. `lr` defaults to 0.03 for
 /// adamw, 0.3 for adafactor. `reparam`: none or residual[:BOTTLENECK] (residual prompt
-/// tuning; the saved prompt is the folded plain prompt).
+/// tuning; the saved prompt is the folded plain prompt). `deep`: train a deep prompt (prefix
+/// tuning: keys and values at every layer, saved as a PEFT PREFIX_TUNING adapter).
 ///
 /// The GIL is released while computing; `callback(event)` gets a dict per event (`type`:
 /// start, step, eval or message; step and eval carry the train_log.jsonl fields). Ctrl-C
@@ -557,7 +557,7 @@ impl trainer::Observer for PyObserver<'_> {
 /// last checkpoint. Returns a summary dict (steps_done, best, final_eval, ...) whose
 /// `prompt` is the saved best prompt.
 #[pyfunction]
-#[pyo3(signature = (model, *, train = None, validation = None, task = None, template = None, labels = None, label_field = "label", data_root = None, out = None, virtual_tokens = 20, init = "vocab", optimizer = "adamw", lr = None, weight_decay = 1e-5, schedule = "linear", warmup = 10, steps = 150, batch_size = 8, grad_accum = 1, max_grad_norm = 1.0, seed = 0, eval_every = 50, eval_limit = None, patience = None, checkpoint_every = 50, keep_checkpoints = 2, max_len = 256, length_norm = false, train_limit = None, skip_bad_rows = false, eval_batch_size = 32, reparam = "none", resume = false, callback = None))]
+#[pyo3(signature = (model, *, train = None, validation = None, task = None, template = None, labels = None, label_field = "label", data_root = None, out = None, virtual_tokens = 20, init = "vocab", optimizer = "adamw", lr = None, weight_decay = 1e-5, schedule = "linear", warmup = 10, steps = 150, batch_size = 8, grad_accum = 1, max_grad_norm = 1.0, seed = 0, eval_every = 50, eval_limit = None, patience = None, checkpoint_every = 50, keep_checkpoints = 2, max_len = 256, length_norm = false, train_limit = None, skip_bad_rows = false, eval_batch_size = 32, reparam = "none", deep = false, resume = false, callback = None))]
 #[allow(clippy::too_many_arguments)]
 fn train<'py>(
     py: Python<'py>,
@@ -593,6 +593,7 @@ fn train<'py>(
     skip_bad_rows: bool,
     eval_batch_size: usize,
     reparam: &str,
+    deep: bool,
     resume: bool,
     callback: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
@@ -647,6 +648,11 @@ fn train<'py>(
         eval_batch_size,
         data_root,
         reparam: reparam.parse().map_err(err)?,
+        prompt_kind: if deep {
+            softprompt_core::model::input::PromptKind::Prefix
+        } else {
+            softprompt_core::model::input::PromptKind::Input
+        },
     };
     // The CLI's default output: runs/TASK, or the first free runs/TASK-N.
     let out = out.unwrap_or_else(|| {

@@ -61,6 +61,8 @@ pub fn prompt_json(name: &str, e: &Entry) -> Value {
         "softprompt": {
             "sha256": sp.sha256,
             "virtual_tokens": sp.num_virtual_tokens(),
+            // "input" (prompt tuning) or "prefix" (a deep prompt: keys and values per layer)
+            "kind": sp.prompt.as_ref().map(|p| p.kind()),
             "task": task,
             "requests": e.requests.load(Ordering::Relaxed),
         }

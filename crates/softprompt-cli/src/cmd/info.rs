@@ -70,18 +70,18 @@ pub fn run(a: InfoArgs) -> Result<()> {
             "peft_type": p.config.peft_type,
             "task_type": p.config.task_type,
             "num_virtual_tokens": p.num_virtual_tokens(),
-            "token_dim": p.hidden_size(),
+            "token_dim": p.config.token_dim,
+            "values_per_virtual_token": p.hidden_size(),
             "parameters": p.embeddings.numel(),
             "base_model_name_or_path": p.config.base_model_name_or_path,
             "mean_vector_norm": norms.iter().sum::<f32>() / norms.len().max(1) as f32,
             "softprompt_meta": p.meta,
         });
         if let Some(m) = &loaded {
-            pj["compatible_with_model"] =
-                match p.check_compatible(m.llama.dims.d, &m.fingerprint, false) {
-                    Ok(()) => json!(true),
-                    Err(e) => json!(e.to_string()),
-                };
+            pj["compatible_with_model"] = match p.check_for(m, false) {
+                Ok(()) => json!(true),
+                Err(e) => json!(e.to_string()),
+            };
         }
         report.insert("prompt".into(), pj);
     }

@@ -17,3 +17,4 @@ pub mod ranks;
 pub mod score;
 pub mod serve;
 pub mod train;
+pub mod transfer;

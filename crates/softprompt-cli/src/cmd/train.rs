@@ -158,7 +158,7 @@ impl RunArgs {
 #[derive(Args)]
 pub struct TrainArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    pub model: ModelArgs,
     #[command(flatten)]
     task: TaskArgs,
     /// Training data (default: the task's train split).
@@ -170,11 +170,11 @@ pub struct TrainArgs {
     /// Output folder (PEFT adapter + softprompt.json, checkpoints, log, curve); default
     /// runs/TASK, or runs/TASK-2, -3... if taken (with --resume: runs/TASK).
     #[arg(long, short)]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     #[arg(long, default_value = "vocab", value_parser = parse_init, help = INIT_HELP)]
     init: String,
     #[command(flatten)]
-    run: RunArgs,
+    pub run: RunArgs,
     /// Stop after N evaluations without improvement.
     #[arg(long)]
     patience: Option<usize>,
@@ -186,6 +186,29 @@ pub struct TrainArgs {
     skip_bad_rows: bool,
 }
 
+impl TrainArgs {
+    /// The run's settings: the task (default `demo`) and its splits, and every flag.
+    pub fn config(&self) -> Result<TrainConfig> {
+        let spec = self.task.resolve(None, Some("demo"))?;
+        let train_file = self
+            .train
+            .clone()
+            .or_else(|| spec.train.clone())
+            .with_context(|| format!("task {} has no train split: give --train FILE", spec.name))?;
+        Ok(self.run.apply(TrainConfig {
+            task: spec.clone(),
+            train_file,
+            validation_file: self.validation.clone().or_else(|| spec.validation.clone()),
+            init: self.init.parse()?,
+            patience: self.patience,
+            length_norm: self.length_norm,
+            skip_bad_rows: self.skip_bad_rows,
+            data_root: self.task.data_root.clone(),
+            ..TrainConfig::default()
+        }))
+    }
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     // Under `mpirun -np N` (feature `mpi`): data parallel, rank 0 writes and reports.
     let red = super::ranks::reducer()?;
@@ -195,23 +218,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "with several MPI ranks give --out DIR (every rank must write to, and resume from, the same folder)"
     );
     let m = load_model(&a.model)?;
-    let spec = a.task.resolve(None, Some("demo"))?;
-    let train_file = a
-        .train
-        .clone()
-        .or_else(|| spec.train.clone())
-        .with_context(|| format!("task {} has no train split: give --train FILE", spec.name))?;
-    let cfg = a.run.apply(TrainConfig {
-        task: spec.clone(),
-        train_file,
-        validation_file: a.validation.clone().or_else(|| spec.validation.clone()),
-        init: a.init.parse()?,
-        patience: a.patience,
-        length_norm: a.length_norm,
-        skip_bad_rows: a.skip_bad_rows,
-        data_root: a.task.data_root.clone(),
-        ..TrainConfig::default()
-    });
+    let cfg = a.config()?;
+    let spec = &cfg.task;
     // Default output: runs/TASK, or runs/TASK-2, -3... so a second run never meets the first
     // one's checkpoints (with --resume: runs/TASK itself).
     let out = a.out.clone().unwrap_or_else(|| {

@@ -231,6 +231,14 @@ pub fn recorded_init(
 /// this model; what cannot be done is explained in `notes`. No evaluation (see
 /// [`eval::evaluate_projection`]).
 pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<InspectReport> {
+    if prompt.kind() == crate::model::input::PromptKind::Prefix {
+        return Err(Error::unsupported(
+            prompt.describe(),
+            "is a deep (prefix) prompt: its vectors are keys and values inside every layer, not \
+             input embeddings, so nearest tokens and a hard projection do not apply; \
+             `softprompt info --prompt DIR` shows its size and norms",
+        ));
+    }
     if k == 0 {
         return Err(Error::setting(
             "k",

@@ -11,6 +11,7 @@ pub mod optim;
 pub mod parallel;
 pub mod reparam;
 pub mod trainer;
+pub mod transfer;
 
 pub use eval::{evaluate, evaluate_ensemble, tokenize, EvalReport, Tokenized};
 pub use init::Init;

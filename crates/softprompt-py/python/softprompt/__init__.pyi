@@ -129,6 +129,7 @@ def train(
     skip_bad_rows: bool = False,
     eval_batch_size: int = 32,
     reparam: str = "none",
+    deep: bool = False,
     resume: bool = False,
     callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
 ) -> Dict[str, Any]:
