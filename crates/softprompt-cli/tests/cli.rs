@@ -380,3 +380,140 @@ fn prompt_ensembles_average_class_probabilities() {
         .unwrap();
     assert_clean_error(&out, &["other", "share one task"]);
 }
+
+/// A deep prompt (prefix tuning) through the binary: trained on the demo task, saved as a
+/// PEFT PREFIX_TUNING folder, then used by info, eval, classify (alone and in an ensemble
+/// with an input prompt), score and generate; inspect and the residual reparameterization
+/// refuse it with a reason.
+#[test]
+fn deep_prompt_trains_and_is_used_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = bin().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let deep = tmp.path().join("deep");
+    let d = deep.to_str().unwrap();
+    run(&[
+        "train",
+        "--deep",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "0",
+        "--eval-limit",
+        "8",
+        "--virtual-tokens",
+        "5",
+        "--init",
+        "labels",
+        "--lr",
+        "0.01",
+        "--quiet",
+        "--out",
+        d,
+    ]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deep.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "PREFIX_TUNING");
+    assert_eq!(
+        (cfg["token_dim"].as_u64(), cfg["num_layers"].as_u64()),
+        (Some(192), Some(30))
+    );
+    let info: serde_json::Value = serde_json::from_str(&run(&[
+        "info",
+        "--json",
+        "--model",
+        "smollm2-135m",
+        "--prompt",
+        d,
+    ]))
+    .unwrap();
+    assert_eq!(info["prompt"]["compatible_with_model"], true);
+    assert_eq!(info["prompt"]["values_per_virtual_token"], 30 * 2 * 192);
+
+    let ev: serde_json::Value =
+        serde_json::from_str(&run(&["eval", "--json", "--limit", "8", "--prompt", d])).unwrap();
+    assert_eq!(ev["n"], 8);
+    let text = "a gorgeous, witty, seductive movie";
+    let probs = |prompts: &[&str]| -> Vec<f64> {
+        let mut args = vec!["classify", "--json", "--text", text];
+        for p in prompts {
+            args.extend(["--prompt", p]);
+        }
+        let v: serde_json::Value = serde_json::from_str(&run(&args)).unwrap();
+        v["probabilities"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_f64().unwrap())
+            .collect()
+    };
+    let input = tmp.path().join("input");
+    let i = input.to_str().unwrap();
+    run(&[
+        "init",
+        "--task",
+        "demo",
+        "--virtual-tokens",
+        "4",
+        "--out",
+        i,
+    ]);
+    let (pd, pi, pe) = (probs(&[d]), probs(&[i]), probs(&[d, i]));
+    for ((x, y), e) in pd.iter().zip(&pi).zip(&pe) {
+        assert!((e - (x + y) / 2.0).abs() < 1e-9, "{pe:?} vs {pd:?} {pi:?}");
+    }
+    // Score: a prefix adds no row, so the first token has no log-prob.
+    let s: serde_json::Value =
+        serde_json::from_str(&run(&["score", "--json", "--text", text, "--prompt", d])).unwrap();
+    assert_eq!(
+        s["logprobs"].as_array().unwrap().len() + 1,
+        s["ids"].as_array().unwrap().len()
+    );
+    let g1 = run(&[
+        "generate",
+        "--text",
+        text,
+        "--max-new-tokens",
+        "6",
+        "--prompt",
+        d,
+    ]);
+    let g2 = run(&[
+        "generate",
+        "--text",
+        text,
+        "--max-new-tokens",
+        "6",
+        "--prompt",
+        d,
+        "--no-cache",
+    ]);
+    assert_eq!(g1, g2);
+
+    let out = bin()
+        .args(["inspect", "--prompt", d, "--no-eval"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, &["deep (prefix) prompt", "nearest tokens"]);
+    let out = bin()
+        .args([
+            "train",
+            "--deep",
+            "--reparam",
+            "residual",
+            "--steps",
+            "1",
+            "--out",
+        ])
+        .arg(tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    assert_clean_error(&out, &["reparam", "deep"]);
+}

@@ -188,6 +188,26 @@ fn next_data(r: &mut BufReader<std::net::TcpStream>) -> Option<String> {
 fn mixed_prompt_batches_answer_exactly_as_lone_requests() {
     let dir = tempfile::tempdir().unwrap();
     make_prompts(&dir.path().join("prompts"), 4, &[]);
+    // A deep prompt (PEFT prefix tuning) served beside them: its own KV cache, no prefill.
+    let deep = dir.path().join("prompts/q-deep");
+    let out = bin()
+        .args([
+            "init",
+            "--deep",
+            "--virtual-tokens",
+            "6",
+            "--seed",
+            "5",
+            "--out",
+        ])
+        .arg(&deep)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = start(&["--prompts", dir.path().join("prompts").to_str().unwrap()]);
     let texts = [
         "The capital of France is",
@@ -195,7 +215,7 @@ fn mixed_prompt_batches_answer_exactly_as_lone_requests() {
         "I loved this movie",
     ];
     let mut cases = Vec::new();
-    for p in ["p000", "p001", "p002", "p003", "base"] {
+    for p in ["p000", "p001", "p002", "p003", "q-deep", "base"] {
         for (i, t) in texts.iter().enumerate() {
             let extra = if i == 1 {
                 json!({ "temperature": 0.9, "top_p": 0.9, "seed": 7 })
@@ -263,10 +283,33 @@ fn mixed_prompt_batches_answer_exactly_as_lone_requests() {
     // Each prompt's sha256 is echoed and listed.
     let (_, models) = get(&format!("{}/v1/models", s.url), None);
     let models: Value = serde_json::from_str(&models).unwrap();
-    assert_eq!(models["data"].as_array().unwrap().len(), 5);
+    assert_eq!(models["data"].as_array().unwrap().len(), 6);
     assert_eq!(
         models["data"][1]["softprompt"]["sha256"],
         alone[0]["softprompt"]["sha256"]
+    );
+    assert_eq!(models["data"][1]["softprompt"]["kind"], "input");
+    assert_eq!(models["data"][5]["id"], "q-deep");
+    assert_eq!(models["data"][5]["softprompt"]["kind"], "prefix");
+    // The deep prompt's greedy answer is the CLI's.
+    let cli = bin()
+        .args([
+            "generate",
+            "--max-new-tokens",
+            "10",
+            "--text",
+            texts[0],
+            "--prompt",
+        ])
+        .arg(&deep)
+        .output()
+        .unwrap();
+    assert_eq!(
+        json!(String::from_utf8(cli.stdout)
+            .unwrap()
+            .strip_suffix('\n')
+            .unwrap()),
+        alone[12]["choices"][0]["text"]
     );
 }
 

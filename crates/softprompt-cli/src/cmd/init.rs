@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use softprompt_core::model::input::PromptRef;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::init::{init_embeddings, Init};
+use softprompt_core::Tensor;
 
 use super::common::{load_model, parse_init, ModelArgs, TaskArgs, INIT_HELP};
 
@@ -30,6 +32,11 @@ pub struct InitArgs {
     /// Name prefix with --count.
     #[arg(long, default_value = "p")]
     name: String,
+    /// Write a deep prompt (PEFT prefix tuning): the keys and values the init's rows leave at
+    /// every layer. With `--init text:...` it is that hard prompt, precomputed: the same
+    /// outputs with no prefill.
+    #[arg(long)]
+    deep: bool,
     #[command(flatten)]
     task: TaskArgs,
 }
@@ -44,7 +51,13 @@ pub fn run(a: InitArgs) -> Result<()> {
     for i in 0..a.count {
         let seed = a.seed + i as u64;
         let emb = init_embeddings(&model, &init, a.virtual_tokens, seed, &spec)?;
-        let mut p = SoftPrompt::for_model(&model, emb);
+        let mut p = if a.deep {
+            let prefix = model.llama.prefix_of(PromptRef::from_tensor(&emb)?)?;
+            let width = model.llama.prefix_width();
+            SoftPrompt::for_model_prefix(&model, Tensor::new(vec![a.virtual_tokens, width], prefix))
+        } else {
+            SoftPrompt::for_model(&model, emb)
+        };
         if let Some(m) = p.meta.as_mut() {
             m.training =
                 Some(serde_json::json!({ "init": a.init, "seed": seed, "trained_steps": 0 }));
