@@ -497,11 +497,36 @@ fn deep_prompt_trains_and_is_used_everywhere() {
     ]);
     assert_eq!(g1, g2);
 
-    let out = bin()
-        .args(["inspect", "--prompt", d, "--no-eval"])
-        .output()
-        .unwrap();
-    assert_clean_error(&out, &["deep (prefix) prompt", "nearest tokens"]);
+    // Inspect reads a deep prompt through its layer-0 values: one made from a hard prompt's
+    // tokens projects back to exactly those tokens.
+    let hard = tmp.path().join("hard");
+    let h = hard.to_str().unwrap();
+    run(&[
+        "init",
+        "--deep",
+        "--init",
+        "text: Review sentiment",
+        "--virtual-tokens",
+        "2",
+        "--out",
+        h,
+    ]);
+    let rep: serde_json::Value =
+        serde_json::from_str(&run(&["inspect", "--json", "--no-eval", "--prompt", h])).unwrap();
+    assert_eq!(rep["space"], "layer-0 values (deep prompt)");
+    assert_eq!(rep["hard_prompt"]["text"], " Review sentiment");
+    for c in rep["hard_prompt"]["cosines"].as_array().unwrap() {
+        assert!(c.as_f64().unwrap() > 0.9999, "{c}");
+    }
+    let rep: serde_json::Value =
+        serde_json::from_str(&run(&["inspect", "--json", "--no-eval", "--prompt", d])).unwrap();
+    assert_eq!(rep["num_virtual_tokens"], 5);
+    // Trained from the label words: the drift from the recomputed init is reported.
+    assert!(
+        rep["init"]["mean_drift_cosine"].as_f64().unwrap() > 0.5,
+        "{}",
+        rep["init"]
+    );
     let out = bin()
         .args([
             "train",

@@ -98,13 +98,13 @@ pub fn to_markdown(r: &InspectReport) -> String {
     let _ = writeln!(s, "- Model: `{}`", r.model);
     let _ = writeln!(
         s,
-        "- {} virtual tokens × {} dimensions, against a vocabulary of {} token embeddings; k = {}",
-        r.num_virtual_tokens, r.hidden_size, r.vocab_size, r.k
+        "- {} virtual tokens × {} dimensions ({}), against a vocabulary of {} tokens in the same space; k = {}",
+        r.num_virtual_tokens, r.hidden_size, r.space, r.vocab_size, r.k
     );
     let n = &r.embedding_norms;
     let _ = writeln!(
         s,
-        "- Token-embedding norms: min {:.3}, 5% {:.3}, median {:.3}, mean {:.3}, 95% {:.3}, max {:.3}",
+        "- Token norms (this space): min {:.3}, 5% {:.3}, median {:.3}, mean {:.3}, 95% {:.3}, max {:.3}",
         n.min, n.p05, n.median, n.mean, n.p95, n.max
     );
     let mean_norm = r.vectors.iter().map(|v| v.norm).sum::<f32>() / r.vectors.len().max(1) as f32;

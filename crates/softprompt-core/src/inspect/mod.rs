@@ -23,6 +23,7 @@ pub mod nearest;
 use serde::Serialize;
 
 use self::nearest::{dims, exact, row_norms, similarity_matrix, TokenIndex};
+use crate::model::input::PromptKind;
 use crate::model::FrozenModel;
 use crate::prompt::SoftPrompt;
 use crate::train::eval::EvalReport;
@@ -162,7 +163,12 @@ pub struct InspectReport {
     /// The model the prompt was inspected on (its source).
     pub model: String,
     pub num_virtual_tokens: usize,
+    /// Width of the compared vectors: the hidden size, or `Hkv*hd` for a deep prompt.
     pub hidden_size: usize,
+    /// What is compared with the vocabulary: "input embeddings" (a prompt-tuning prompt), or
+    /// "layer-0 values (deep prompt)": each virtual position's value vector at the first
+    /// layer against the value every token gets there.
+    pub space: String,
     pub vocab_size: usize,
     pub k: usize,
     pub embedding_norms: NormStats,
@@ -176,6 +182,23 @@ pub struct InspectReport {
     pub evaluation: Option<ProjectionEval>,
     /// What could not be done, and why.
     pub notes: Vec<String>,
+}
+
+/// The layer-0 value columns `[P, Hkv*hd]` of a deep prompt `[P, L*2*Hkv*hd]`.
+fn layer0_columns(model: &FrozenModel, t: &Tensor) -> Result<Tensor> {
+    let (p, w) = dims(t, "the deep prompt")?;
+    let kvd = model.llama.dims.kvdim();
+    if w != model.llama.prefix_width() {
+        return Err(Error::Mismatch(format!(
+            "the deep prompt has {w} values per virtual token, the model's prefix {}",
+            model.llama.prefix_width()
+        )));
+    }
+    let mut out = Vec::with_capacity(p * kvd);
+    for i in 0..p {
+        out.extend_from_slice(&t.data[i * w + kvd..i * w + 2 * kvd]); // layer 0: key, then value
+    }
+    Ok(Tensor::new(vec![p, kvd], out))
 }
 
 /// `init` as the `--init` flag spells it.
@@ -231,29 +254,37 @@ pub fn recorded_init(
 /// this model; what cannot be done is explained in `notes`. No evaluation (see
 /// [`eval::evaluate_projection`]).
 pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<InspectReport> {
-    if prompt.kind() == crate::model::input::PromptKind::Prefix {
-        return Err(Error::unsupported(
-            prompt.describe(),
-            "is a deep (prefix) prompt: its vectors are keys and values inside every layer, not \
-             input embeddings, so nearest tokens and a hard projection do not apply; \
-             `softprompt info --prompt DIR` shows its size and norms",
-        ));
-    }
     if k == 0 {
         return Err(Error::setting(
             "k",
             "k (nearest tokens per vector) must be at least 1",
         ));
     }
-    // Compare in input space: Gemma scales token rows by sqrt(hidden) at the input (prompt
-    // rows enter as stored), so its table is scaled the same way here.
-    let scale = model.llama.embed_scale();
-    let mut table = model.llama.embed.to_f32(); // [V, D]
-    if scale != 1.0 {
-        table.to_mut().data.iter_mut().for_each(|x| *x *= scale);
-    }
+    let deep = prompt.kind() == PromptKind::Prefix;
+    let table = if deep {
+        // A deep prompt is read through its layer-0 values: the space where every token has
+        // one vector whatever its position.
+        std::borrow::Cow::Owned(model.llama.layer0_values()?)
+    } else {
+        // Compare in input space: Gemma scales token rows by sqrt(hidden) at the input
+        // (prompt rows enter as stored), so its table is scaled the same way here.
+        let scale = model.llama.embed_scale();
+        let mut table = model.llama.embed.to_f32(); // [V, D]
+        if scale != 1.0 {
+            table.to_mut().data.iter_mut().for_each(|x| *x *= scale);
+        }
+        table
+    };
     let index = TokenIndex::new(&table)?;
-    let (p, d) = dims(&prompt.embeddings, "the soft prompt")?;
+    let vectors_of = |t: &Tensor| -> Result<Tensor> {
+        if deep {
+            layer0_columns(model, t)
+        } else {
+            Ok(t.clone())
+        }
+    };
+    let compared = vectors_of(&prompt.embeddings)?; // [P, D] or [P, Hkv*hd]
+    let (p, d) = dims(&compared, "the soft prompt")?;
     if d != index.d {
         return Err(Error::Mismatch(format!(
             "the prompt's token dimension is {d}, the model's hidden size {}",
@@ -265,7 +296,7 @@ pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<Ins
     }
     let k = k.min(index.vocab);
     let mut notes = Vec::new();
-    let emb = &prompt.embeddings.data;
+    let emb = &compared.data;
     let nearest = index.nearest(emb, k)?;
     let norms = row_norms(emb, d);
 
@@ -280,10 +311,11 @@ pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<Ins
         match recorded_init(model, prompt) {
             Ok(None) => {}
             Ok(Some((cfg, init))) => {
+                let init = vectors_of(&init)?;
                 let init_norms = row_norms(&init.data, d);
                 let init_nearest = index.nearest(&init.data, 1)?;
                 for (i, slot) in drifts.iter_mut().enumerate() {
-                    let (cos, l2) = exact(prompt.row(i), init.row(i));
+                    let (cos, l2) = exact(compared.row(i), init.row(i));
                     let relative = (init_norms[i] > 0.0).then(|| l2 / init_norms[i]);
                     let init_nearest_id = init_nearest[i].by_cosine[0].id;
                     *slot = Some(Drift {
@@ -362,6 +394,11 @@ pub fn inspect(model: &FrozenModel, prompt: &SoftPrompt, k: usize) -> Result<Ins
         model: model.source.clone(),
         num_virtual_tokens: p,
         hidden_size: d,
+        space: if deep {
+            "layer-0 values (deep prompt)".into()
+        } else {
+            "input embeddings".into()
+        },
         vocab_size: index.vocab,
         k,
         embedding_norms: index.norm_stats(),

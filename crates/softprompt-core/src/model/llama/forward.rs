@@ -70,6 +70,33 @@ impl Llama {
         Ok(cache[0].to_prefix(rows.len(), self.dims.kvdim()))
     }
 
+    /// The value vector each vocabulary token gets at layer 0, at any position (values carry
+    /// no RoPE, and layer 0 sees nothing but the token): `[V, Hkv*hd]`. A deep prompt's
+    /// layer-0 values live in this space, so its virtual tokens can be read as tokens.
+    pub fn layer0_values(&self) -> Result<crate::Tensor> {
+        const CHUNK: usize = 2048;
+        let (d, kvd, vocab) = (self.dims.d, self.dims.kvdim(), self.dims.vocab);
+        let b = self
+            .blocks
+            .first()
+            .ok_or_else(|| Error::Input("the model has no layers".into()))?;
+        let mut out = Vec::with_capacity(vocab * kvd);
+        for start in (0..vocab).step_by(CHUNK) {
+            let n = CHUNK.min(vocab - start);
+            let mut x = Vec::with_capacity(n * d); // [n, D] scaled token rows
+            for id in start..start + n {
+                x.extend(self.embed.row(id).iter().map(|v| v * self.embed_scale));
+            }
+            let (mut h, mut rstd) = (vec![0.0; n * d], vec![0.0; n]); // [n, D], [n]
+            rmsnorm(&x, &b.attn_norm, self.eps, &mut h, &mut rstd);
+            let mut v = vec![0.0; n * kvd]; // [n, Hkv*hd]
+            kernels::in_pool(|| self.linear(&h, &b.wv, n, &mut v, false));
+            add_bias(&mut v, b.bv.as_deref());
+            out.extend(v);
+        }
+        Ok(crate::Tensor::new(vec![vocab, kvd], out))
+    }
+
     /// Input embeddings of a packed batch: `[N, D]` and the rows per sequence. A prefix
     /// prompt adds no rows (start the sequence from [`Llama::cache_for`]).
     pub fn embed_batch(&self, seqs: &[SeqInput]) -> Result<(Vec<f32>, Vec<usize>)> {
