@@ -297,18 +297,36 @@ fn bad_training_settings_name_their_flag() {
     }
 }
 
+/// Run the binary; its stdout, or a failure with its stderr.
+fn run(args: &[&str]) -> String {
+    let out = bin().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {err}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `classify --json`'s class probabilities for `text` under `prompts` (an ensemble when
+/// several).
+fn probs(text: &str, prompts: &[&str]) -> Vec<f64> {
+    let mut args = vec!["classify", "--json", "--text", text];
+    for p in prompts {
+        args.extend(["--prompt", p]);
+    }
+    let v: serde_json::Value = serde_json::from_str(&run(&args)).unwrap();
+    v["probabilities"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_f64().unwrap())
+        .collect()
+}
+
 /// `--prompt A --prompt B` is an ensemble: classify's class probabilities are the mean of each
 /// prompt's own, eval of a prompt twice equals eval of it once, and prompts of different tasks
 /// are refused by name.
 #[test]
 fn prompt_ensembles_average_class_probabilities() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = bin().args(args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{args:?}: {err}");
-        String::from_utf8(out.stdout).unwrap()
-    };
     let ens = tmp.path().join("ens");
     let e = ens.to_str().unwrap();
     run(&[
@@ -324,16 +342,11 @@ fn prompt_ensembles_average_class_probabilities() {
     ]);
     let (a, b) = (format!("{e}/p000"), format!("{e}/p001"));
     let text = "a gorgeous, witty, seductive movie";
-    let probs = |prompts: &[&str]| -> Vec<f64> {
-        let mut args = vec!["classify", "--json", "--text", text];
-        for p in prompts {
-            args.extend(["--prompt", p]);
-        }
-        let v: serde_json::Value = serde_json::from_str(&run(&args)).unwrap();
-        let m = v["probabilities"].as_object().unwrap();
-        m.values().map(|p| p.as_f64().unwrap()).collect()
-    };
-    let (pa, pb, pe) = (probs(&[&a]), probs(&[&b]), probs(&[&a, &b]));
+    let (pa, pb, pe) = (
+        probs(text, &[&a]),
+        probs(text, &[&b]),
+        probs(text, &[&a, &b]),
+    );
     assert!(
         pa.iter().zip(&pb).any(|(x, y)| (x - y).abs() > 1e-4),
         "two seeds gave the same probabilities {pa:?}: the test cannot tell them apart"
@@ -388,12 +401,6 @@ fn prompt_ensembles_average_class_probabilities() {
 #[test]
 fn deep_prompt_trains_and_is_used_everywhere() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = bin().args(args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{args:?}: {err}");
-        String::from_utf8(out.stdout).unwrap()
-    };
     let deep = tmp.path().join("deep");
     let d = deep.to_str().unwrap();
     run(&[
@@ -441,19 +448,6 @@ fn deep_prompt_trains_and_is_used_everywhere() {
         serde_json::from_str(&run(&["eval", "--json", "--limit", "8", "--prompt", d])).unwrap();
     assert_eq!(ev["n"], 8);
     let text = "a gorgeous, witty, seductive movie";
-    let probs = |prompts: &[&str]| -> Vec<f64> {
-        let mut args = vec!["classify", "--json", "--text", text];
-        for p in prompts {
-            args.extend(["--prompt", p]);
-        }
-        let v: serde_json::Value = serde_json::from_str(&run(&args)).unwrap();
-        v["probabilities"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|p| p.as_f64().unwrap())
-            .collect()
-    };
     let input = tmp.path().join("input");
     let i = input.to_str().unwrap();
     run(&[
@@ -465,7 +459,7 @@ fn deep_prompt_trains_and_is_used_everywhere() {
         "--out",
         i,
     ]);
-    let (pd, pi, pe) = (probs(&[d]), probs(&[i]), probs(&[d, i]));
+    let (pd, pi, pe) = (probs(text, &[d]), probs(text, &[i]), probs(text, &[d, i]));
     for ((x, y), e) in pd.iter().zip(&pi).zip(&pe) {
         assert!((e - (x + y) / 2.0).abs() < 1e-9, "{pe:?} vs {pd:?} {pi:?}");
     }

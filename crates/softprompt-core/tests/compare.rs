@@ -98,27 +98,33 @@ fn finetuning_refuses_zero_steps() {
     );
 }
 
+/// A comparison on the tiny demo model: 2-shot hard prompts, no second task, defaults.
+fn tiny_compare(
+    prompt: softprompt_core::train::TrainConfig,
+    methods: Vec<Method>,
+) -> CompareConfig {
+    CompareConfig {
+        model: "tiny-demo".into(),
+        prompt,
+        ft_lr: 1e-3,
+        ft_optimizer: OptimizerKind::adamw_default(),
+        shots: 2,
+        second_task: None,
+        methods,
+        residual: compare::default_residual(),
+        deep_lr: compare::default_deep_lr(),
+        lora: LoraSettings::default(),
+    }
+}
+
 #[test]
 fn comparison_writes_its_files_and_measures_forgetting() {
     let mut m = tiny_demo_model(2);
     let mut pcfg = demo_config(6);
     pcfg.eval_limit = Some(24);
     pcfg.train_limit = Some(64);
-    let cfg = CompareConfig {
-        model: "tiny-demo".into(),
-        prompt: pcfg,
-        ft_lr: 1e-3,
-        ft_optimizer: OptimizerKind::adamw_default(),
-        shots: 2,
-        second_task: None,
-        methods: Method::ALL.to_vec(),
-        residual: compare::default_residual(),
-        deep_lr: compare::default_deep_lr(),
-        lora: LoraSettings {
-            lr: 3e-3,
-            ..LoraSettings::default()
-        },
-    };
+    let mut cfg = tiny_compare(pcfg, Method::ALL.to_vec());
+    cfg.lora.lr = 3e-3;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cmp");
     let stop = AtomicBool::new(false);
@@ -179,18 +185,7 @@ fn comparison_runs_only_the_chosen_methods() {
     pcfg.eval_limit = Some(16);
     pcfg.train_limit = Some(32);
     let methods: Vec<Method> = "lora".split(',').map(|s| s.parse().unwrap()).collect();
-    let cfg = CompareConfig {
-        model: "tiny-demo".into(),
-        prompt: pcfg,
-        ft_lr: 1e-3,
-        ft_optimizer: OptimizerKind::adamw_default(),
-        shots: 2,
-        second_task: None,
-        methods,
-        residual: compare::default_residual(),
-        deep_lr: compare::default_deep_lr(),
-        lora: LoraSettings::default(),
-    };
+    let cfg = tiny_compare(pcfg, methods);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cmp");
     let c = compare::run(
@@ -230,21 +225,14 @@ fn comparison_of_prompt_methods_and_their_ensemble() {
     let mut pcfg = demo_config(4);
     pcfg.eval_limit = Some(24);
     pcfg.train_limit = Some(32);
-    let cfg = CompareConfig {
-        model: "tiny-demo".into(),
-        prompt: pcfg,
-        ft_lr: 1e-3,
-        ft_optimizer: OptimizerKind::adamw_default(),
-        shots: 0,
-        second_task: None,
-        methods: "prompt,residual,deep,ensemble"
-            .split(',')
-            .map(|s| s.parse().unwrap())
-            .collect(),
-        residual: "residual:8".parse().unwrap(),
-        deep_lr: 0.02,
-        lora: LoraSettings::default(),
-    };
+    let methods = "prompt,residual,deep,ensemble";
+    let mut cfg = tiny_compare(
+        pcfg,
+        methods.split(',').map(|s| s.parse().unwrap()).collect(),
+    );
+    cfg.shots = 0;
+    cfg.residual = "residual:8".parse().unwrap();
+    cfg.deep_lr = 0.02;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cmp");
     let c = compare::run(

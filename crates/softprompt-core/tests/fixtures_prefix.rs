@@ -57,13 +57,7 @@ fn check(model: &str, m: &Llama) {
     );
     let g_ref = &t["grad_prefix"].1;
     assert_eq!(t["grad_prefix"].0, vec![8, m.prefix_width()]);
-    let num: f64 = grad
-        .iter()
-        .zip(g_ref)
-        .map(|(a, b)| (*a as f64 - b).powi(2))
-        .sum();
-    let den: f64 = g_ref.iter().map(|b| b * b).sum();
-    let rel = (num / den).sqrt();
+    let rel = common::rel_l2(&grad, g_ref);
     eprintln!("{model}: loss {loss} vs {want}; prefix grad rel L2 {rel:.2e}");
     assert!(rel < 1e-3, "{model}: grad_prefix relative L2 error {rel}");
 

@@ -110,13 +110,7 @@ fn batch_loss_and_prompt_gradient_match() {
     assert!(((loss - want) / want).abs() < 1e-4, "loss {loss} vs {want}");
     let g_ref = &f.t["grad_prompt"].1;
     assert_eq!(f.t["grad_prompt"].0, vec![20, 576]);
-    let num: f64 = grad
-        .iter()
-        .zip(g_ref)
-        .map(|(a, b)| (*a as f64 - b).powi(2))
-        .sum();
-    let den: f64 = g_ref.iter().map(|b| b * b).sum();
-    let rel = (num / den).sqrt();
+    let rel = common::rel_l2(&grad, g_ref);
     eprintln!("loss {loss} vs {want}; grad rel L2 {rel:.2e}");
     assert!(rel < 1e-3, "grad_prompt relative L2 error {rel}");
 }

@@ -6,7 +6,11 @@ use softprompt_core::model::llama::{random_weights, KvCache, Llama};
 use softprompt_core::model::LlamaConfig;
 
 mod common;
-use common::{tiny_from, tiny_gemma3_config, tiny_qwen3_config};
+use common::{test_rows as prompt, tiny_from, tiny_gemma3_config, tiny_qwen3_config, two_texts};
+
+fn batch() -> Vec<Example> {
+    two_texts(0)
+}
 
 fn tiny_config(model_type: &str, tie: bool) -> LlamaConfig {
     serde_json::from_value(serde_json::json!({
@@ -29,28 +33,6 @@ fn tiny(model_type: &str, tie: bool) -> Llama {
     let cfg = tiny_config(model_type, tie);
     let w = random_weights(&cfg, 7);
     Llama::new(cfg, w, "tiny").unwrap()
-}
-
-fn batch() -> Vec<Example> {
-    let a: Vec<u32> = vec![3, 17, 42, 5, 60, 9, 11];
-    let b: Vec<u32> = vec![8, 1, 30];
-    let w = 1.0 / (a.len() + b.len()) as f32;
-    vec![
-        Example {
-            targets: (0..a.len()).map(|t| (t, w)).collect(),
-            ids: a,
-        },
-        Example {
-            targets: (0..b.len()).map(|t| (t, w)).collect(),
-            ids: b,
-        },
-    ]
-}
-
-fn prompt(p: usize, d: usize) -> Vec<f32> {
-    (0..p * d)
-        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.8)
-        .collect()
 }
 
 fn check_fd(model: &Llama) {

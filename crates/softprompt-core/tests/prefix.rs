@@ -13,37 +13,18 @@ use softprompt_core::train::{self, Init};
 use softprompt_core::Tensor;
 
 mod common;
-use common::{tiny_from, tiny_gemma3_config, tiny_llama, tiny_qwen3_config, StopAt};
+use common::{test_rows, tiny_from, tiny_gemma3_config, tiny_llama, tiny_qwen3_config, StopAt};
 
 /// Two sequences; every token but the first is a target (a prefix adds no row before it).
 fn batch() -> Vec<Example> {
-    let a: Vec<u32> = vec![3, 17, 42, 5, 60, 9, 11];
-    let b: Vec<u32> = vec![8, 1, 30];
-    let w = 1.0 / (a.len() + b.len() - 2) as f32;
-    vec![
-        Example {
-            targets: (1..a.len()).map(|t| (t, w)).collect(),
-            ids: a,
-        },
-        Example {
-            targets: (1..b.len()).map(|t| (t, w)).collect(),
-            ids: b,
-        },
-    ]
-}
-
-/// A deterministic input prompt `[p, D]`.
-fn rows(p: usize, d: usize) -> Vec<f32> {
-    (0..p * d)
-        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.8)
-        .collect()
+    common::two_texts(1)
 }
 
 fn check_prefix_fd(m: &Llama) {
     let width = m.prefix_width();
     // A prefix with the keys/values of real rows (a realistic scale), then perturbed.
     let mut pre = m
-        .prefix_of(PromptRef::new(&rows(3, m.dims.d), m.dims.d).unwrap())
+        .prefix_of(PromptRef::new(&test_rows(3, m.dims.d), m.dims.d).unwrap())
         .unwrap();
     for (i, v) in pre.iter_mut().enumerate() {
         *v += ((i * 13 % 7) as f32 - 3.0) * 0.05;
@@ -153,7 +134,12 @@ fn prefix_of_an_input_prompt_is_that_prompt_tiny() {
         tiny_from(tiny_gemma3_config(), 2),
         tiny_from(tiny_qwen3_config(), 2),
     ] {
-        check_prefix_of(&m, &rows(3, m.dims.d), &[3, 17, 42, 5, 60, 9, 11], 1e-4);
+        check_prefix_of(
+            &m,
+            &test_rows(3, m.dims.d),
+            &[3, 17, 42, 5, 60, 9, 11],
+            1e-4,
+        );
     }
 }
 

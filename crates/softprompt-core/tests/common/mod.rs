@@ -50,6 +50,18 @@ pub fn split(lw: LoadedWeights) -> (Llama, tokenizers::Tokenizer) {
     )
 }
 
+/// `||got - want|| / ||want||` (L2, in f64).
+pub fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "rel_l2: lengths differ");
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - b).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den).sqrt()
+}
+
 /// A fixture tensor file: name -> (shape, values as f64).
 pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -139,6 +151,28 @@ pub fn tiny_qwen3_config() -> softprompt_core::model::LlamaConfig {
         "tie_word_embeddings": false,
     }))
     .unwrap()
+}
+
+/// Two token sequences (7 and 3 ids, below 61) with every token from `first` on a loss
+/// target, weights summing to 1.
+pub fn two_texts(first: usize) -> Vec<softprompt_core::model::input::Example> {
+    let a: Vec<u32> = vec![3, 17, 42, 5, 60, 9, 11];
+    let b: Vec<u32> = vec![8, 1, 30];
+    let w = 1.0 / (a.len() + b.len() - 2 * first) as f32;
+    [a, b]
+        .into_iter()
+        .map(|ids| softprompt_core::model::input::Example {
+            targets: (first..ids.len()).map(|t| (t, w)).collect(),
+            ids,
+        })
+        .collect()
+}
+
+/// Deterministic prompt rows `[p, d]` in [-0.4, 0.4).
+pub fn test_rows(p: usize, d: usize) -> Vec<f32> {
+    (0..p * d)
+        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.8)
+        .collect()
 }
 
 /// A random model of `cfg`.
