@@ -396,8 +396,8 @@ fn prompt_ensembles_average_class_probabilities() {
 
 /// A deep prompt (prefix tuning) through the binary: trained on the demo task, saved as a
 /// PEFT PREFIX_TUNING folder, then used by info, eval, classify (alone and in an ensemble
-/// with an input prompt), score and generate; inspect and the residual reparameterization
-/// refuse it with a reason.
+/// with an input prompt), score, generate and inspect (through its layer-0 values); the
+/// residual reparameterization refuses it with a reason.
 #[test]
 fn deep_prompt_trains_and_is_used_everywhere() {
     let tmp = tempfile::tempdir().unwrap();
