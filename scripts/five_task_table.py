@@ -57,10 +57,19 @@ def main(dirs):
     print()
     print("| method | trainable parameters | artifact | training time per task (" + ", ".join(names) + ") |")
     print("|---|---:|---:|---|")
+    c = runs[0][1]
+    params = {key: c[key]["trainable_parameters"] for _, key in ROWS[1:]}
+    if params["residual"] == params["prompt_tuning"]:
+        # Older compare builds counted the saved prompt only: add the MLP trained beside it
+        # (2 D M + M + 3 D), folded away on save; the ensemble's count is its members'.
+        d = params["prompt_tuning"] // c["config"]["prompt"]["num_virtual_tokens"]
+        m = c["config"]["residual"]["bottleneck"]
+        params["residual"] += 2 * d * m + m + 3 * d
+        params["ensemble"] = params["prompt_tuning"] + params["residual"] + params["deep"]
     for label, key in ROWS[1:]:
-        c0 = runs[0][1][key]
+        c0 = c[key]
         times = ", ".join(f"{c[key]['train_seconds'] / 60:.1f}" for _, c in runs)
-        print(f"| {label} | {c0['trainable_parameters']:,} | {human(c0['artifact_bytes'])}B | {times} min |")
+        print(f"| {label} | {params[key]:,} | {human(c0['artifact_bytes'])}B | {times} min |")
     print()
     gaps, closed = [], []
     for n, c in runs:

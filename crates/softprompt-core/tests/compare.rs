@@ -253,7 +253,7 @@ fn comparison_of_prompt_methods_and_their_ensemble() {
     );
     let (d, w) = (m.llama.dims.d, m.llama.prefix_width());
     assert_eq!(pt.trainable_parameters, 4 * d);
-    assert_eq!(res.trainable_parameters, 4 * d);
+    assert_eq!(res.trainable_parameters, 4 * d + (2 * d * 8 + 8 + 3 * d));
     assert_eq!(deep.trainable_parameters, 4 * w);
     assert_eq!(
         ens.trainable_parameters,

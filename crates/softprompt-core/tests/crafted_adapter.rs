@@ -111,17 +111,53 @@ fn peft_type_lora() {
         &[
             "peft_type is LORA",
             "changes the model's weights",
-            "only PROMPT_TUNING",
+            "loads PROMPT_TUNING and PREFIX_TUNING",
         ],
     );
     assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
 }
 
+/// A prefix-tuning config needs its layers and key/value width (the tensor's width is
+/// `num_layers * 2 * token_dim`), and no projection MLP; the tensor must have that width.
 #[test]
 fn peft_type_prefix_tuning() {
+    let prefix = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = good_config();
+        c["peft_type"] = json!("PREFIX_TUNING");
+        c["num_layers"] = json!(1);
+        c["token_dim"] = json!(2);
+        edit(&mut c);
+        c.to_string().into_bytes()
+    };
+    // 1 layer x key and value x 2 = 4 values per virtual token: the valid weights fit.
+    let (dir, _) = folder(&prefix(&|_| {}));
+    let p = SoftPrompt::load(dir.path()).unwrap();
+    assert_eq!(p.kind(), softprompt_core::model::input::PromptKind::Prefix);
+    assert_eq!(p.embeddings.shape, vec![2, 4]);
     refused(
-        &with("peft_type", json!("PREFIX_TUNING")),
-        &["peft_type is PREFIX_TUNING", "prefix tuning"],
+        &prefix(&|c| c["prefix_projection"] = json!(true)),
+        &["prefix_projection is true", "prefix-encoder MLP"],
+    );
+    refused(
+        &prefix(&|c| {
+            c.as_object_mut()
+                .unwrap()
+                .remove("num_layers")
+                .map(drop)
+                .unwrap_or(())
+        }),
+        &["PREFIX_TUNING config needs num_layers"],
+    );
+    refused(
+        &prefix(&|c| c["num_layers"] = json!(40_000)),
+        &["values per virtual token", "65536"],
+    );
+    let (dir, c) = folder(&prefix(&|c| c["token_dim"] = json!(3)));
+    let e = SoftPrompt::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("adapter_model.safetensors"),
+        "{e} ({})",
+        c.display()
     );
 }
 

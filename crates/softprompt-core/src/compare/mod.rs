@@ -705,8 +705,9 @@ fn train_prompt(
         Some(&sp),
         Trained {
             name,
-            // The trained values; a residual run also trained its MLP, folded away on save.
-            trainable_parameters: sp.embeddings.data.len(),
+            // The prompt's values, and a residual run's MLP (folded away on save).
+            trainable_parameters: sp.embeddings.data.len()
+                + tcfg.reparam.extra_parameters(model.llama.dims.d),
             artifact: dir.to_path_buf(),
             artifact_bytes,
             seconds: sum.seconds,

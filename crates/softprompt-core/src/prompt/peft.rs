@@ -405,8 +405,8 @@ pub fn parse_adapter_config(path: &Path, bytes: &[u8]) -> Result<AdapterConfig> 
             return Err(Error::unsupported(
                 path.display().to_string(),
                 format!(
-                    "num_layers x 2 x token_dim = {:?} values per virtual token; supported up to {MAX_TOKEN_DIM}",
-                    config.tensor_width()
+                    "num_layers x 2 x token_dim = {} values per virtual token; supported up to {MAX_TOKEN_DIM}",
+                    config.tensor_width().map_or("too many".into(), |w| w.to_string())
                 ),
             ));
         }

@@ -67,6 +67,15 @@ pub enum Reparam {
 }
 
 impl Reparam {
+    /// Parameters trained beside a `[P, D]` prompt (the residual MLP's `2·D·M + M + 3·D`;
+    /// folded away on save).
+    pub fn extra_parameters(&self, d: usize) -> usize {
+        match self {
+            Reparam::None => 0,
+            Reparam::Residual { bottleneck: m } => 2 * d * m + m + 3 * d,
+        }
+    }
+
     /// `none` or `residual` (without the bottleneck).
     pub fn name(&self) -> &'static str {
         match self {
@@ -478,5 +487,10 @@ mod tests {
         let mut r = Residual::new(&prompt, 4, OptimizerKind::adamw_default(), 7).unwrap();
         assert_eq!(r.forward().data, prompt.data);
         assert_eq!(r.n_params(), 2 * 8 * 4 + 4 + 3 * 8);
+        assert_eq!(
+            Reparam::Residual { bottleneck: 4 }.extra_parameters(8),
+            r.n_params()
+        );
+        assert_eq!(Reparam::None.extra_parameters(8), 0);
     }
 }
