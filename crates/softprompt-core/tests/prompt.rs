@@ -458,12 +458,22 @@ fn err_peft_type_lora() {
 fn err_peft_type_p_tuning_and_prefix() {
     let t = tmp();
     copy_fixture(t.path());
-    for (ty, word) in [("P_TUNING", "prompt-encoder"), ("PREFIX_TUNING", "prefix")] {
-        write_config(t.path(), |o| {
-            o.insert("peft_type".into(), ty.into());
-        });
-        assert_mentions(&load_err(t.path()).1, &["adapter_config.json", ty, word]);
-    }
+    write_config(t.path(), |o| {
+        o.insert("peft_type".into(), "P_TUNING".into());
+    });
+    assert_mentions(
+        &load_err(t.path()).1,
+        &["adapter_config.json", "P_TUNING", "prompt-encoder"],
+    );
+    // A prompt-tuning tensor under a prefix-tuning config: the config calls for
+    // num_layers x 2 x token_dim = 30 x 2 x 576 columns.
+    write_config(t.path(), |o| {
+        o.insert("peft_type".into(), "PREFIX_TUNING".into());
+    });
+    assert_mentions(
+        &load_err(t.path()).1,
+        &["adapter_model.safetensors", "34560"],
+    );
 }
 
 #[test]
