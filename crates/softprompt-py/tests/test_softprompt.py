@@ -311,13 +311,13 @@ def test_gil_released_while_computing(model):
     assert during > 10000
 
 
-def test_deep_prompt_trains_like_the_cli(exact_model, tmp_path):
+def test_deep_prompt_trains_like_the_cli(model, exact_model, tmp_path):
     """train(deep=True) is `softprompt train --deep`: same losses, a PEFT PREFIX_TUNING folder,
     and scores equal to the CLI's with it."""
     flags = ["--task", "demo", "--steps", "3", "--batch-size", "4", "--virtual-tokens", "3",
              "--seed", "1", "--lr", "0.01", "--eval-every", "0", "--eval-limit", "8"]
     cli("train", *flags, "--deep", "--out", tmp_path / "cli", "--quiet")
-    sp.train(exact_model, task="demo", steps=3, batch_size=4, virtual_tokens=3, seed=1, lr=0.01,
+    sp.train(model, task="demo", steps=3, batch_size=4, virtual_tokens=3, seed=1, lr=0.01,
              eval_every=0, eval_limit=8, deep=True, out=tmp_path / "py")
     assert [s["loss"] for s in log(tmp_path / "py")[0]] == [s["loss"] for s in log(tmp_path / "cli")[0]]
     cfg = json.loads((tmp_path / "py" / "adapter_config.json").read_text())
