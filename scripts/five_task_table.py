@@ -71,6 +71,14 @@ def main(dirs):
         times = ", ".join(f"{c[key]['train_seconds'] / 60:.1f}" for _, c in runs)
         print(f"| {label} | {params[key]:,} | {human(c0['artifact_bytes'])}B | {times} min |")
     print()
+    ms = lambda x: "n/a" if x is None else f"{x:.0f}"
+    print("| inference per example, ms (rank classification, 2 timed rounds, best) | "
+          + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(runs))
+    for label, key in (("zero-shot hard prompt", "zero_shot_ms"), ("input prompt (plain, residual)", "prompt_tuning_ms"),
+                       ("deep prompt", "deep_ms"), ("no prompt (full fine-tuning, merged LoRA)", "full_finetuning_ms")):
+        print(f"| {label} | " + " | ".join(ms(c["timing"].get(key)) for _, c in runs) + " |")
+    print()
     gaps, closed = [], []
     for n, c in runs:
         plain, full = acc(c, "prompt_tuning"), acc(c, "full_finetuning")
