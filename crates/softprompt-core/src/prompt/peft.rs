@@ -1,4 +1,4 @@
-//! The PEFT prompt-tuning adapter on disk: [`AdapterConfig`] (`adapter_config.json`),
+//! The PEFT prompt-tuning (and prefix-tuning: a deep prompt) adapter on disk: [`AdapterConfig`] (`adapter_config.json`),
 //! the `prompt_embeddings` safetensors file, and our `softprompt.json`; reading a folder
 //! with every check ([`SoftPrompt::load`], and the bytes-in entry points the fuzz targets
 //! use) and writing one atomically ([`SoftPrompt::save`]).
@@ -397,7 +397,7 @@ pub fn parse_adapter_config(path: &Path, bytes: &[u8]) -> Result<AdapterConfig> 
             if v.is_none_or(|v| v == 0) {
                 return Err(Error::format(
                     path,
-                    format!("a PREFIX_TUNING config needs {name} (the model's layers / key-value width); it is {v:?}"),
+                    format!("a PREFIX_TUNING config needs {name} (the model's layers / key-value width); it is missing or 0"),
                 ));
             }
         }
