@@ -124,6 +124,49 @@ fn kl_gradient_matches_finite_differences_full_distribution() {
     check_fd(&tiny("llama", true, serde_json::json!({})), 61);
 }
 
+/// A deep (prefix) student: its KL equals that of the input prompt it was made from (the
+/// prefix adds no rows, so the KL is read at the same predictions), and its gradient
+/// w.r.t. the prefix's keys and values matches central finite differences.
+#[test]
+fn kl_of_a_prefix_student_matches_its_input_prompt_and_finite_differences() {
+    use softprompt_core::model::input::PromptKind;
+    let m = tiny("llama", false, serde_json::json!({}));
+    let (d, w) = (m.dims.d, m.prefix_width());
+    let data = teacher_batch(m.dims.vocab, 4);
+    let batch: Vec<&TeacherExample> = data.iter().collect();
+    let rows = prompt(3, d);
+    let pre = m.prefix_of(PromptRef::new(&rows, d).unwrap()).unwrap();
+    fn at(p: &[f32], w: usize) -> PromptRef<'_> {
+        PromptRef::with_kind(p, w, PromptKind::Prefix).unwrap()
+    }
+    let (input, _) = kl_batch(&m, Some(PromptRef::new(&rows, d).unwrap()), &batch, false).unwrap();
+    let (deep, _) = kl_batch(&m, Some(at(&pre, w)), &batch, true).unwrap();
+    assert!(
+        (input.loss - deep.loss).abs() < 1e-5,
+        "{} vs {}",
+        input.loss,
+        deep.loss
+    );
+    let grad = deep.grad.unwrap();
+    assert_eq!(grad.len(), pre.len());
+    let loss_at = |p: &[f32]| kl_batch(&m, Some(at(p, w)), &batch, false).unwrap().0.loss;
+    let eps = 1e-2f32;
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for i in (0..pre.len()).step_by(3) {
+        let (mut p1, mut p2) = (pre.clone(), pre.clone());
+        p1[i] += eps;
+        p2[i] -= eps;
+        let fd = (loss_at(&p1) - loss_at(&p2)) / (2.0 * eps as f64);
+        num += (fd - grad[i] as f64).powi(2);
+        den += fd.powi(2);
+    }
+    let rel = (num / den).sqrt();
+    assert!(
+        rel < 1e-2,
+        "prefix KL gradient vs finite differences: {rel}"
+    );
+}
+
 #[test]
 fn kl_is_zero_when_the_student_is_the_teacher() {
     let m = tiny("llama", false, serde_json::json!({}));

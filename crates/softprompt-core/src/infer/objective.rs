@@ -2,9 +2,9 @@
 //! rank classification over candidate texts, and language modelling on target tokens.
 //! Each returns the loss, per-example results and (optionally) d loss / d prompt.
 
-use crate::model::input::{prompt_len, PromptKind, PromptRef, SeqInput, Target};
+use crate::model::input::{prompt_len, PromptRef, SeqInput, Target};
 use crate::model::llama::grads::Grads;
-use crate::model::llama::{self, KvCache, Llama};
+use crate::model::llama::{KvCache, Llama};
 use crate::{Error, Result};
 
 /// A tokenized classification example: the rendered text, one candidate continuation per
@@ -69,8 +69,7 @@ fn run(
 ) -> Result<RunOut> {
     let d = model.dims.d;
     let p = prompt_len(prompt);
-    let prefix = prompt.filter(|pr| pr.kind() == PromptKind::Prefix);
-    if matches!(want, Want::Prompt) && p == 0 && prefix.is_none() {
+    if matches!(want, Want::Prompt) && prompt.is_none_or(|pr| pr.is_empty()) {
         return Err(Error::Input("a prompt gradient needs a soft prompt".into()));
     }
     let want_grad = !matches!(want, Want::Nothing);
@@ -114,17 +113,14 @@ fn run(
             g.scatter_embed(model, &dx, &inputs);
             Ok((nll, None, n))
         }
-        _ => match prefix {
-            Some(pr) => {
-                let mut grad = vec![0.0f32; pr.data().len()]; // [P, L*2*kvd]
-                model.backward_prefix(&tape, &caches, &dh, &mut grad);
-                Ok((nll, Some(grad), n))
-            }
-            None => {
-                let dx = model.backward(&tape, &caches, &dh);
-                Ok((nll, Some(llama::prompt_grad(&dx, &lens, p, d)), n))
-            }
-        },
+        _ => {
+            let prompt = prompt.ok_or_else(|| Error::Input("no prompt to differentiate".into()))?;
+            Ok((
+                nll,
+                Some(model.prompt_backward(prompt, &tape, &caches, &dh)),
+                n,
+            ))
+        }
     }
 }
 

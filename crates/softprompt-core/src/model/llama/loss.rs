@@ -1,6 +1,6 @@
 //! Losses over packed batches and the gradient with respect to a shared soft prompt.
 
-use super::cache::KvCache;
+use super::cache::{KvCache, Tape};
 use super::Llama;
 use crate::model::input::{Example, PromptKind, PromptRef, SeqInput, Target};
 use crate::{Error, Result};
@@ -13,17 +13,17 @@ impl Llama {
         seqs: &[SeqInput],
         targets: &[Target],
     ) -> Result<(f64, Vec<f32>, Vec<usize>)> {
-        self.loss_and_input_grads(seqs, targets, None)
+        let (loss, tape, caches, dh) = self.loss_and_tape(seqs, targets)?;
+        Ok((loss, self.backward(&tape, &caches, &dh), tape.lens.clone()))
     }
 
-    /// [`Llama::loss_and_input_grad`], also adding d loss / d prefix into `dprefix` when the
-    /// sequences start from one shared prefix prompt.
-    fn loss_and_input_grads(
+    /// The recording forward and the loss head of a packed batch: `(loss, tape, caches,
+    /// d loss / d hidden)`, what a backward needs.
+    fn loss_and_tape(
         &self,
         seqs: &[SeqInput],
         targets: &[Target],
-        dprefix: Option<&mut [f32]>,
-    ) -> Result<(f64, Vec<f32>, Vec<usize>)> {
+    ) -> Result<(f64, Tape, Vec<KvCache>, Vec<f32>)> {
         let (mut x, lens) = self.embed_batch(seqs)?;
         let n = x.len() / self.dims.d;
         check_targets(targets, n, self.dims.vocab)?;
@@ -32,12 +32,31 @@ impl Llama {
             .forward(&mut x, &lens, &mut caches, true)?
             .ok_or_else(|| Error::Input("no tape".into()))?;
         let (nll, dh) = self.loss_head(&tape.hidden, targets, true);
-        let loss = weighted(&nll, targets);
-        let dx = match dprefix {
-            Some(dp) => self.backward_prefix(&tape, &caches, &dh, dp),
-            None => self.backward(&tape, &caches, &dh),
-        };
-        Ok((loss, dx, lens))
+        Ok((weighted(&nll, targets), tape, caches, dh))
+    }
+
+    /// The backward of a packed batch whose sequences all start with `prompt`, to d loss /
+    /// d prompt in the prompt's shape, summed over the sequences: for an input prompt `[P, D]`,
+    /// the input gradient at its rows; for a prefix `[P, L*2*kvd]`, the gradient w.r.t. its
+    /// keys and values at every layer.
+    pub fn prompt_backward(
+        &self,
+        prompt: PromptRef,
+        tape: &Tape,
+        caches: &[KvCache],
+        d_hidden: &[f32],
+    ) -> Vec<f32> {
+        match prompt.kind() {
+            PromptKind::Input => {
+                let dx = self.backward(tape, caches, d_hidden);
+                prompt_grad(&dx, &tape.lens, prompt.len(), self.dims.d)
+            }
+            PromptKind::Prefix => {
+                let mut grad = vec![0.0f32; prompt.data().len()]; // [P, L*2*kvd]
+                self.backward_prefix(tape, caches, d_hidden, &mut grad);
+                grad
+            }
+        }
     }
 
     /// Packed targets for examples that share one soft prompt adding `p` rows to each.
@@ -72,8 +91,7 @@ impl Llama {
         prompt: PromptRef,
         batch: &[Example],
     ) -> Result<(f64, Vec<f32>)> {
-        let (p, d) = (prompt.rows(), self.dims.d);
-        let targets = Self::prompt_targets(batch, p)?;
+        let targets = Self::prompt_targets(batch, prompt.rows())?;
         let seqs: Vec<SeqInput> = batch
             .iter()
             .map(|e| SeqInput {
@@ -81,17 +99,8 @@ impl Llama {
                 ids: &e.ids,
             })
             .collect();
-        match prompt.kind() {
-            PromptKind::Input => {
-                let (loss, dx, lens) = self.loss_and_input_grad(&seqs, &targets)?;
-                Ok((loss, prompt_grad(&dx, &lens, p, d)))
-            }
-            PromptKind::Prefix => {
-                let mut grad = vec![0.0f32; prompt.data().len()]; // [P, L*2*kvd]
-                let (loss, _, _) = self.loss_and_input_grads(&seqs, &targets, Some(&mut grad))?;
-                Ok((loss, grad))
-            }
-        }
+        let (loss, tape, caches, dh) = self.loss_and_tape(&seqs, &targets)?;
+        Ok((loss, self.prompt_backward(prompt, &tape, &caches, &dh)))
     }
 
     /// Loss of a batch sharing the soft prompt (no backward).

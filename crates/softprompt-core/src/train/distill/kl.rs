@@ -119,8 +119,8 @@ pub fn kl_batch(
     want_grad: bool,
 ) -> Result<(BatchResult, f64)> {
     let d = m.dims.d;
-    let p = prompt.map_or(0, |x| x.len());
-    if want_grad && p == 0 {
+    let p = crate::model::input::prompt_len(prompt); // rows the prompt adds (0 for a prefix)
+    if want_grad && prompt.is_none_or(|pr| pr.is_empty()) {
         return Err(Error::Input("a prompt gradient needs a soft prompt".into()));
     }
     let count: usize = batch.iter().map(|e| e.dists.len()).sum();
@@ -159,17 +159,7 @@ pub fn kl_batch(
     let agree = k.agree.iter().filter(|a| **a).count() as f64 / count as f64;
     let grad = match tape {
         Some(tape) if want_grad => {
-            match prompt.filter(|pr| pr.kind() == crate::model::input::PromptKind::Prefix) {
-                Some(pr) => {
-                    let mut grad = vec![0.0f32; pr.data().len()]; // [P, L*2*kvd]
-                    m.backward_prefix(&tape, &caches, &k.d_hidden, &mut grad);
-                    Some(grad)
-                }
-                None => {
-                    let dx = m.backward(&tape, &caches, &k.d_hidden);
-                    Some(llama::prompt_grad(&dx, &lens, p, d))
-                }
-            }
+            prompt.map(|pr| m.prompt_backward(pr, &tape, &caches, &k.d_hidden))
         }
         _ => None,
     };

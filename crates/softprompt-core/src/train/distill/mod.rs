@@ -68,7 +68,7 @@ use crate::fsio::atomic_write;
 use crate::infer::objective::{BatchResult, ClassExample};
 use crate::infer::{self, Sampling};
 use crate::model::input::{PromptRef, SeqInput};
-use crate::model::llama::{self, KvCache, Llama};
+use crate::model::llama::{KvCache, Llama};
 use crate::model::FrozenModel;
 use crate::prompt::{self, SoftPrompt};
 use crate::{Error, Result};
