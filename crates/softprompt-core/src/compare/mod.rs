@@ -746,11 +746,7 @@ fn ensemble_stage(
         .iter()
         .map(|p| p.view().map(Some))
         .collect::<Result<Vec<_>>>()?;
-    let val = items(&pcfg.task, val_file, pcfg)?;
-    let mut tok = eval::tokenize(model, &val, pcfg.max_len)?;
-    if let Some(n) = pcfg.eval_limit {
-        tok.truncate(n);
-    }
+    let tok = validation_tokens(model, pcfg, val_file)?;
     let te = Instant::now();
     let rep = eval::evaluate_ensemble(model, &views, &tok, pcfg.eval_batch_size, pcfg.length_norm)?;
     obs.on_message(&format!(
@@ -760,12 +756,12 @@ fn ensemble_stage(
         rep.n
     ));
     let first = members[0].1;
-    let sum = |f: &dyn Fn(&TrainedStage) -> f64| members.iter().map(|(_, s)| f(s)).sum::<f64>();
+    let stages = || members.iter().map(|(_, s)| *s);
     Ok(TrainedStage {
-        trainable_parameters: sum(&|s| s.trainable_parameters as f64) as usize,
+        trainable_parameters: stages().map(|s| s.trainable_parameters).sum(),
         artifact: members[0].0.parent().unwrap_or(members[0].0).to_path_buf(),
-        artifact_bytes: sum(&|s| s.artifact_bytes as f64) as u64,
-        train_seconds: sum(&|s| s.train_seconds),
+        artifact_bytes: stages().map(|s| s.artifact_bytes).sum(),
+        train_seconds: stages().map(|s| s.train_seconds).sum(),
         steps: first.steps,
         first_loss: None,
         last_loss: None,
@@ -773,11 +769,27 @@ fn ensemble_stage(
         accuracy: rep.value,
         n: rep.n,
         eval_seconds: te.elapsed().as_secs_f64(),
-        tokens_per_example: sum(&|s| s.tokens_per_example),
+        tokens_per_example: stages().map(|s| s.tokens_per_example).sum(),
+        // Averaging touches no weight: the members' measurements of the base stand.
         general_ppl_after: first.general_ppl_after,
         second_task_after: first.second_task_after.clone(),
-        weights_digest_after: model.weights_digest(),
+        weights_digest_after: first.weights_digest_after.clone(),
     })
+}
+
+/// The validation set as the trained rows are evaluated: the task's items, tokenized and
+/// cut to `eval_limit`.
+fn validation_tokens(
+    model: &FrozenModel,
+    pcfg: &TrainConfig,
+    val_file: &str,
+) -> Result<eval::Tokenized> {
+    let val = items(&pcfg.task, val_file, pcfg)?;
+    let mut tok = eval::tokenize(model, &val, pcfg.max_len)?;
+    if let Some(n) = pcfg.eval_limit {
+        tok.truncate(n);
+    }
+    Ok(tok)
 }
 
 /// What a trained method's stage knows before its measurements.
@@ -804,11 +816,7 @@ fn measure_trained(
     obs: &mut dyn Observer,
 ) -> Result<TrainedStage> {
     let pcfg = &cfg.prompt;
-    let val = items(&pcfg.task, val_file, pcfg)?;
-    let mut tok = eval::tokenize(model, &val, pcfg.max_len)?;
-    if let Some(n) = pcfg.eval_limit {
-        tok.truncate(n);
-    }
+    let tok = validation_tokens(model, pcfg, val_file)?;
     let te = Instant::now();
     let view = sp.map(|s| s.view()).transpose()?;
     let rep = eval::evaluate(model, view, &tok, pcfg.eval_batch_size, pcfg.length_norm)?;
