@@ -4,10 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use softprompt_core::model::input::PromptRef;
 use softprompt_core::prompt::SoftPrompt;
-use softprompt_core::train::init::{init_embeddings, Init};
-use softprompt_core::Tensor;
+use softprompt_core::train::init::{init_embeddings, prefix_of_rows, Init};
 
 use super::common::{load_model, parse_init, ModelArgs, TaskArgs, INIT_HELP};
 
@@ -52,9 +50,7 @@ pub fn run(a: InitArgs) -> Result<()> {
         let seed = a.seed + i as u64;
         let emb = init_embeddings(&model, &init, a.virtual_tokens, seed, &spec)?;
         let mut p = if a.deep {
-            let prefix = model.llama.prefix_of(PromptRef::from_tensor(&emb)?)?;
-            let width = model.llama.prefix_width();
-            SoftPrompt::for_model_prefix(&model, Tensor::new(vec![a.virtual_tokens, width], prefix))
+            SoftPrompt::for_model_prefix(&model, prefix_of_rows(&model, &emb)?)
         } else {
             SoftPrompt::for_model(&model, emb)
         };

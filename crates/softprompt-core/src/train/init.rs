@@ -69,9 +69,11 @@ impl FromStr for Init {
 /// tokens, as Li & Liang's init from real words), or a prefix prompt folder as it is.
 pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
     let p = cfg.num_virtual_tokens;
+    let to_prefix = |rows: &Tensor| prefix_of_rows(model, rows);
+    // A prompt folder is read once: used as it is, or an input prompt made deep.
     if let Init::File(dir) = &cfg.init {
         let sp = SoftPrompt::load_for(model, dir, false)?;
-        if sp.kind() != cfg.prompt_kind && sp.kind() == PromptKind::Prefix {
+        if (sp.kind(), cfg.prompt_kind) == (PromptKind::Prefix, PromptKind::Input) {
             return Err(Error::setting(
                 "init",
                 format!(
@@ -80,19 +82,30 @@ pub fn init_prompt(model: &FrozenModel, cfg: &TrainConfig) -> Result<Tensor> {
                 ),
             ));
         }
-        if sp.kind() == PromptKind::Prefix {
-            check_len(dir, &sp, p)?;
-            return Ok(sp.embeddings);
-        }
+        check_len(dir, &sp, p)?;
+        return match (sp.kind(), cfg.prompt_kind) {
+            (PromptKind::Input, PromptKind::Prefix) => to_prefix(&sp.embeddings),
+            _ => Ok(sp.embeddings),
+        };
     }
     let rows = init_embeddings(model, &cfg.init, p, cfg.seed, &cfg.task)?;
     match cfg.prompt_kind {
         PromptKind::Input => Ok(rows),
-        PromptKind::Prefix => {
-            let prefix = model.llama.prefix_of(PromptRef::from_tensor(&rows)?)?;
-            Ok(Tensor::new(vec![p, model.llama.prefix_width()], prefix))
-        }
+        PromptKind::Prefix => to_prefix(&rows),
     }
+}
+
+/// The deep prompt `[P, L*2*kvd]` equivalent to the input rows `[P, D]`: the keys and values
+/// they leave at every layer ([`crate::model::llama::Llama::prefix_of`]) as a tensor.
+pub fn prefix_of_rows(model: &FrozenModel, rows: &Tensor) -> Result<Tensor> {
+    let prefix = model.llama.prefix_of(PromptRef::from_tensor(rows)?)?;
+    Ok(Tensor::new(
+        vec![
+            prefix.len() / model.llama.prefix_width(),
+            model.llama.prefix_width(),
+        ],
+        prefix,
+    ))
 }
 
 fn check_len(dir: &std::path::Path, sp: &SoftPrompt, p: usize) -> Result<()> {
