@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::trainer::{self, Observer, TrainConfig};
 use super::Init;
 use crate::fsio::atomic_write;
+use crate::inspect::nearest::cosine;
 use crate::model::input::PromptKind;
 use crate::model::FrozenModel;
 use crate::prompt::SoftPrompt;
@@ -63,22 +64,6 @@ pub struct TransferReport {
     pub top_minus_baseline: Option<f64>,
 }
 
-/// Cosine of two vectors (0 when either is 0), in f64.
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (*x as f64, *y as f64);
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    if aa == 0.0 || bb == 0.0 {
-        0.0
-    } else {
-        ab / (aa.sqrt() * bb.sqrt())
-    }
-}
-
 /// The mean of the rows of a `[P, D]` prompt.
 fn mean_row(p: &SoftPrompt) -> Vec<f32> {
     let (n, d) = (p.num_virtual_tokens(), p.hidden_size());
@@ -93,12 +78,12 @@ fn mean_row(p: &SoftPrompt) -> Vec<f32> {
 
 /// SPoT's two similarities of `source` to `probe` (both `[*, D]` input prompts).
 pub fn similarity(probe: &SoftPrompt, source: &SoftPrompt) -> (f64, f64) {
-    let avg = cosine(&mean_row(probe), &mean_row(source));
+    let avg = cosine(&mean_row(probe), &mean_row(source)) as f64;
     let n = probe.num_virtual_tokens().max(1);
     let tok = (0..probe.num_virtual_tokens())
         .map(|i| {
             (0..source.num_virtual_tokens())
-                .map(|j| cosine(probe.row(i), source.row(j)))
+                .map(|j| cosine(probe.row(i), source.row(j)) as f64)
                 .fold(f64::NEG_INFINITY, f64::max)
         })
         .sum::<f64>()
