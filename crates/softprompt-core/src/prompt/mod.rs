@@ -254,11 +254,11 @@ impl SoftPrompt {
     /// [`SoftPrompt::check_compatible`] against `model`'s width for this prompt's kind
     /// (hidden size, or layers x key/value width for a prefix).
     pub fn check_for(&self, model: &FrozenModel, force: bool) -> Result<()> {
-        let width = match self.kind() {
-            PromptKind::Input => model.llama.dims.d,
-            PromptKind::Prefix => model.llama.prefix_width(),
-        };
-        self.check_compatible(width, &model.fingerprint, force)
+        self.check_compatible(
+            model.llama.prompt_width(self.kind()),
+            &model.fingerprint,
+            force,
+        )
     }
 
     /// A prompt for `model` from embeddings `[P, D]`, with metadata that ties it to this

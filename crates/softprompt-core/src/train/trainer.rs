@@ -447,10 +447,7 @@ pub fn train_objective_with(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
     // d: values per virtual token (the hidden size, or layers x 2 x key/value width).
-    let d = match cfg.prompt_kind {
-        PromptKind::Input => model.llama.dims.d,
-        PromptKind::Prefix => model.llama.prefix_width(),
-    };
+    let d = model.llama.prompt_width(cfg.prompt_kind);
     let p = cfg.num_virtual_tokens;
     let mut emb;
     let mut opt;

@@ -18,6 +18,15 @@ impl Llama {
         self.n_layers() * 2 * self.dims.kvdim()
     }
 
+    /// Values per virtual token of a prompt of `kind`: the hidden size, or
+    /// [`Llama::prefix_width`].
+    pub fn prompt_width(&self, kind: PromptKind) -> usize {
+        match kind {
+            PromptKind::Input => self.dims.d,
+            PromptKind::Prefix => self.prefix_width(),
+        }
+    }
+
     /// Check that a prefix prompt has this model's layout.
     pub fn check_prefix(&self, p: PromptRef) -> Result<()> {
         if p.dim() != self.prefix_width() {
