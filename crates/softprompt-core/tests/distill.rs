@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::{demo_config, step_losses, tiny_demo_model, StopAt};
 use softprompt_core::infer;
 use softprompt_core::model::input::PromptRef;
-use softprompt_core::model::llama::{random_weights, Llama};
+use softprompt_core::model::llama::Llama;
 use softprompt_core::model::LlamaConfig;
 use softprompt_core::prompt::SoftPrompt;
 use softprompt_core::train::distill::kl::kl_batch;
@@ -19,28 +19,14 @@ use softprompt_core::train::distill::teacher::{top_k_dist, TeacherExample};
 use softprompt_core::train::distill::{self, DistillConfig};
 use softprompt_core::train::{Init, Quiet};
 
-fn tiny(model_type: &str, tie: bool, extra: serde_json::Value) -> Llama {
-    let mut cfg = serde_json::json!({
-        "model_type": model_type, "hidden_size": 32, "intermediate_size": 48,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "vocab_size": 61, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "max_position_embeddings": 64, "tie_word_embeddings": tie,
-    });
-    if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
-        c.extend(e.clone());
-    }
-    let cfg: LlamaConfig = serde_json::from_value(cfg).unwrap();
-    let w = random_weights(&cfg, 11);
-    Llama::new(cfg, w, "tiny").unwrap()
+/// A tiny random model of `cfg` (seed 11).
+fn tiny(cfg: LlamaConfig) -> Llama {
+    common::tiny_from(cfg, 11)
 }
 
-fn gemma3_extra() -> serde_json::Value {
-    serde_json::json!({
-        "head_dim": 16, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-        "rope_local_base_freq": 10000.0, "sliding_window": 4,
-        "layer_types": ["sliding_attention", "full_attention"], "query_pre_attn_scalar": 12,
-        "hidden_activation": "gelu_pytorch_tanh",
-    })
+/// The tiny Llama with tied or untied embeddings.
+fn llama(tie: bool) -> LlamaConfig {
+    common::tiny_config(serde_json::json!({ "tie_word_embeddings": tie }))
 }
 
 fn prompt(p: usize, d: usize) -> Vec<f32> {
@@ -110,18 +96,18 @@ fn check_fd(m: &Llama, k: usize) {
 
 #[test]
 fn kl_gradient_matches_finite_differences_llama_untied() {
-    check_fd(&tiny("llama", false, serde_json::json!({})), 5);
+    check_fd(&tiny(llama(false)), 5);
 }
 
 #[test]
 fn kl_gradient_matches_finite_differences_gemma3_tied() {
-    check_fd(&tiny("gemma3_text", true, gemma3_extra()), 5);
+    check_fd(&tiny(common::tiny_gemma3_config()), 5);
 }
 
 #[test]
 fn kl_gradient_matches_finite_differences_full_distribution() {
     // k = V: no rest bucket (p_rest = 0, an empty sum on the student's side).
-    check_fd(&tiny("llama", true, serde_json::json!({})), 61);
+    check_fd(&tiny(llama(true)), 61);
 }
 
 /// A deep (prefix) student: its KL equals that of the input prompt it was made from (the
@@ -130,7 +116,7 @@ fn kl_gradient_matches_finite_differences_full_distribution() {
 #[test]
 fn kl_of_a_prefix_student_matches_its_input_prompt_and_finite_differences() {
     use softprompt_core::model::input::PromptKind;
-    let m = tiny("llama", false, serde_json::json!({}));
+    let m = tiny(llama(false));
     let (d, w) = (m.dims.d, m.prefix_width());
     let data = teacher_batch(m.dims.vocab, 4);
     let batch: Vec<&TeacherExample> = data.iter().collect();
@@ -169,7 +155,7 @@ fn kl_of_a_prefix_student_matches_its_input_prompt_and_finite_differences() {
 
 #[test]
 fn kl_is_zero_when_the_student_is_the_teacher() {
-    let m = tiny("llama", false, serde_json::json!({}));
+    let m = tiny(llama(false));
     let pr = prompt(2, m.dims.d);
     let pv = PromptRef::new(&pr, m.dims.d).unwrap();
     let mut data = teacher_batch(m.dims.vocab, 4);

@@ -13,20 +13,7 @@ fn batch() -> Vec<Example> {
 }
 
 fn tiny_config(model_type: &str, tie: bool) -> LlamaConfig {
-    serde_json::from_value(serde_json::json!({
-        "model_type": model_type,
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": 61,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": tie,
-    }))
-    .unwrap()
+    common::tiny_config(serde_json::json!({"model_type": model_type, "tie_word_embeddings": tie}))
 }
 
 fn tiny(model_type: &str, tie: bool) -> Llama {

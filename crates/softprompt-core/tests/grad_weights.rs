@@ -10,39 +10,8 @@ use softprompt_core::model::llama::grads::Grads;
 use softprompt_core::model::llama::{prompt_grad, random_weights, Llama};
 use softprompt_core::model::LlamaConfig;
 
-fn config(extra: serde_json::Value) -> LlamaConfig {
-    let mut v = serde_json::json!({
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": 61,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": true,
-    });
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
-    }
-    serde_json::from_value(v).unwrap()
-}
-
-fn gemma3() -> LlamaConfig {
-    config(serde_json::json!({
-        "model_type": "gemma3_text",
-        "head_dim": 16,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "rope_local_base_freq": 10000.0,
-        "sliding_window": 4,
-        "layer_types": ["sliding_attention", "full_attention"],
-        "query_pre_attn_scalar": 12,
-        "hidden_activation": "gelu_pytorch_tanh",
-    }))
-}
+mod common;
+use common::{tiny_config as config, tiny_gemma3_config as gemma3};
 
 fn model(cfg: LlamaConfig, seed: u64) -> Llama {
     let w = random_weights(&cfg, seed);

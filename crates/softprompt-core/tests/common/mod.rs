@@ -87,10 +87,11 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, (Vec<usize>, 
     out
 }
 
-/// A tiny random Llama (D = 32, 2 layers, 4 heads over 2 KV heads, 61 tokens, tied
-/// embeddings) for finite-difference checks.
-pub fn tiny_llama(seed: u64) -> Llama {
-    let cfg: softprompt_core::model::LlamaConfig = serde_json::from_value(serde_json::json!({
+/// The tiny config of the finite-difference tests: a Llama (D = 32, F = 48, 2 layers, 4 heads
+/// over 2 KV heads, 61 tokens, RoPE base 1e4, 64 positions, tied embeddings), with `extra`'s
+/// keys set over it.
+pub fn tiny_config(extra: serde_json::Value) -> softprompt_core::model::LlamaConfig {
+    let mut v = serde_json::json!({
         "model_type": "llama",
         "hidden_size": 32,
         "intermediate_size": 48,
@@ -102,25 +103,25 @@ pub fn tiny_llama(seed: u64) -> Llama {
         "rope_theta": 10000.0,
         "max_position_embeddings": 64,
         "tie_word_embeddings": true,
-    }))
-    .unwrap();
-    let w = softprompt_core::model::llama::random_weights(&cfg, seed);
-    Llama::new(cfg, w, "tiny").unwrap()
+    });
+    for (k, x) in extra.as_object().expect("extra is a JSON object") {
+        v[k] = x.clone();
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+/// A tiny random Llama ([`tiny_config`]) for finite-difference checks.
+pub fn tiny_llama(seed: u64) -> Llama {
+    tiny_from(tiny_config(serde_json::json!({})), seed)
 }
 
 /// Gemma-3-shaped: QK-norm, sandwich norms, (1+w) norms, GELU-tanh, scaled embeddings, a
 /// local (window 4, RoPE base 10000) and a global layer (base 1e6), query_pre_attn_scalar
 /// differing from head_dim, and Hq*hd (64) != hidden (32).
 pub fn tiny_gemma3_config() -> softprompt_core::model::LlamaConfig {
-    serde_json::from_value(serde_json::json!({
+    tiny_config(serde_json::json!({
         "model_type": "gemma3_text",
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
         "head_dim": 16,
-        "vocab_size": 61,
         "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0,
         "rope_local_base_freq": 10000.0,
@@ -128,29 +129,18 @@ pub fn tiny_gemma3_config() -> softprompt_core::model::LlamaConfig {
         "layer_types": ["sliding_attention", "full_attention"],
         "query_pre_attn_scalar": 12,
         "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": true,
     }))
-    .unwrap()
 }
 
 /// Qwen3-shaped: QK-norm (plain w), no bias, explicit head_dim with Hq*hd != hidden.
 pub fn tiny_qwen3_config() -> softprompt_core::model::LlamaConfig {
-    serde_json::from_value(serde_json::json!({
+    tiny_config(serde_json::json!({
         "model_type": "qwen3",
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
         "head_dim": 16,
-        "vocab_size": 61,
         "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0,
-        "max_position_embeddings": 64,
         "tie_word_embeddings": false,
     }))
-    .unwrap()
 }
 
 /// Two token sequences (7 and 3 ids, below 61) with every token from `first` on a loss
