@@ -77,17 +77,7 @@ fn check_fd(m: &Llama, k: usize) {
         grad.iter().any(|g| g.abs() > 1e-4),
         "prompt gradient is zero"
     );
-    let eps = 1e-2f32;
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for i in (0..pr.len()).step_by(5) {
-        let (mut p1, mut p2) = (pr.clone(), pr.clone());
-        p1[i] += eps;
-        p2[i] -= eps;
-        let fd = (loss_at(&p1) - loss_at(&p2)) / (2.0 * eps as f64);
-        num += (fd - grad[i] as f64).powi(2);
-        den += fd.powi(2);
-    }
-    let rel = (num / den).sqrt();
+    let rel = common::fd_rel_error(&pr, &grad, 5, loss_at);
     assert!(
         rel < 1e-2,
         "KL gradient vs finite differences: relative L2 error {rel}"
@@ -136,17 +126,7 @@ fn kl_of_a_prefix_student_matches_its_input_prompt_and_finite_differences() {
     let grad = deep.grad.unwrap();
     assert_eq!(grad.len(), pre.len());
     let loss_at = |p: &[f32]| kl_batch(&m, Some(at(p, w)), &batch, false).unwrap().0.loss;
-    let eps = 1e-2f32;
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for i in (0..pre.len()).step_by(3) {
-        let (mut p1, mut p2) = (pre.clone(), pre.clone());
-        p1[i] += eps;
-        p2[i] -= eps;
-        let fd = (loss_at(&p1) - loss_at(&p2)) / (2.0 * eps as f64);
-        num += (fd - grad[i] as f64).powi(2);
-        den += fd.powi(2);
-    }
-    let rel = (num / den).sqrt();
+    let rel = common::fd_rel_error(&pre, &grad, 3, loss_at);
     assert!(
         rel < 1e-2,
         "prefix KL gradient vs finite differences: {rel}"

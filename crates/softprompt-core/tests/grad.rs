@@ -40,24 +40,11 @@ fn check_fd(model: &Llama) {
         grad.iter().any(|g| g.abs() > 1e-4),
         "prompt gradient is zero"
     );
-    let eps = 1e-2f32;
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for i in (0..pr.len()).step_by(5) {
-        let mut p1 = pr.clone();
-        p1[i] += eps;
-        let mut p2 = pr.clone();
-        p2[i] -= eps;
-        let fd = (model
-            .prompt_loss(PromptRef::new(&p1, model.dims.d).unwrap(), &ex)
+    let rel = common::fd_rel_error(&pr, &grad, 5, |p| {
+        model
+            .prompt_loss(PromptRef::new(p, model.dims.d).unwrap(), &ex)
             .unwrap()
-            - model
-                .prompt_loss(PromptRef::new(&p2, model.dims.d).unwrap(), &ex)
-                .unwrap())
-            / (2.0 * eps as f64);
-        num += (fd - grad[i] as f64).powi(2);
-        den += fd.powi(2);
-    }
-    let rel = (num / den).sqrt();
+    });
     assert!(
         rel < 1e-2,
         "relative L2 error of the prompt gradient vs finite differences: {rel}"
@@ -228,19 +215,8 @@ fn fd_rel_error(m: &Llama, pr: &[f32], f: &dyn Fn(&[f32], bool) -> (f64, Option<
     let (_, grad) = f(pr, true);
     let grad = grad.unwrap();
     assert!(grad.iter().any(|g| g.abs() > 1e-5), "zero gradient");
-    let eps = 1e-2f32;
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for i in (0..pr.len()).step_by(4) {
-        let mut p1 = pr.to_vec();
-        p1[i] += eps;
-        let mut p2 = pr.to_vec();
-        p2[i] -= eps;
-        let fd = (f(&p1, false).0 - f(&p2, false).0) / (2.0 * eps as f64);
-        num += (fd - grad[i] as f64).powi(2);
-        den += fd.powi(2);
-    }
     let _ = m;
-    (num / den).sqrt()
+    common::fd_rel_error(pr, &grad, 4, |p| f(p, false).0)
 }
 
 #[test]

@@ -37,20 +37,10 @@ fn check_prefix_fd(m: &Llama) {
     assert_eq!(grad.len(), pre.len());
     let loss2 = m.prompt_loss(view(&pre, width), &ex).unwrap();
     assert!((loss - loss2).abs() < 1e-6, "{loss} vs {loss2}");
-    let eps = 1e-2f32;
-    let (mut num, mut den) = (0.0f64, 0.0f64);
     // Every 3rd coordinate: keys and values of every layer, every virtual token.
-    for i in (0..pre.len()).step_by(3) {
-        let (mut p1, mut p2) = (pre.clone(), pre.clone());
-        p1[i] += eps;
-        p2[i] -= eps;
-        let fd = (m.prompt_loss(view(&p1, width), &ex).unwrap()
-            - m.prompt_loss(view(&p2, width), &ex).unwrap())
-            / (2.0 * eps as f64);
-        num += (fd - grad[i] as f64).powi(2);
-        den += fd.powi(2);
-    }
-    let rel = (num / den).sqrt();
+    let rel = common::fd_rel_error(&pre, &grad, 3, |p| {
+        m.prompt_loss(view(p, width), &ex).unwrap()
+    });
     assert!(
         rel < 1e-2,
         "prefix gradient vs finite differences: relative L2 error {rel}"

@@ -50,6 +50,22 @@ pub fn split(lw: LoadedWeights) -> (Llama, tokenizers::Tokenizer) {
     )
 }
 
+/// Relative L2 error of `grad` against central differences (eps 1e-2) of `loss_at` at `x`, on
+/// every `step`-th coordinate.
+pub fn fd_rel_error(x: &[f32], grad: &[f32], step: usize, loss_at: impl Fn(&[f32]) -> f64) -> f64 {
+    let eps = 1e-2f32;
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for i in (0..x.len()).step_by(step) {
+        let (mut p1, mut p2) = (x.to_vec(), x.to_vec());
+        p1[i] += eps;
+        p2[i] -= eps;
+        let fd = (loss_at(&p1) - loss_at(&p2)) / (2.0 * eps as f64);
+        num += (fd - grad[i] as f64).powi(2);
+        den += fd.powi(2);
+    }
+    (num / den).sqrt()
+}
+
 /// `||got - want|| / ||want||` (L2, in f64).
 pub fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "rel_l2: lengths differ");
