@@ -63,7 +63,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
     let lw = softprompt_core::model::LoadedWeights {
         config,
         weights,
-        quantized: Default::default(),
+        matrices: Default::default(),
         tokenizer,
         source: "tiny".into(),
         stored_dtype: "f32".into(),

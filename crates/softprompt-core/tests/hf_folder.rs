@@ -113,7 +113,7 @@ fn tiny_model() -> LoadedWeights {
     LoadedWeights {
         config: cfg,
         weights,
-        quantized: Default::default(),
+        matrices: Default::default(),
         tokenizer: tokenizer(),
         source: "test".into(),
         stored_dtype: "f32".into(),
@@ -593,5 +593,30 @@ fn hub_loads_sharded_symlinked_cache() {
         }
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("loaded with a shard missing"),
+    }
+}
+
+/// `--weights bf16` packs each matrix as it is read (never a whole f32 model in memory): the
+/// same weights, bit for bit, and the same fingerprint as loading f32 and packing after, from
+/// one file and from shards.
+#[test]
+fn bf16_packed_while_loading_equals_packed_after() {
+    use softprompt_core::compute::weight::WeightFormat;
+    use softprompt_core::model::FrozenModel;
+    let tmp = tempfile::tempdir().unwrap();
+    for shard in [None, Some(40_000)] {
+        let dir = tmp.path().join(format!("{shard:?}"));
+        save_hf_folder(&dir, &tiny_model(), shard).unwrap();
+        let spec = dir.to_str().unwrap();
+        let mut after = FrozenModel::load_with(spec, WeightFormat::F32).unwrap();
+        let fingerprint = after.fingerprint.clone();
+        after.llama.pack_bf16();
+        let during = FrozenModel::load_with(spec, WeightFormat::Bf16).unwrap();
+        assert_eq!(during.fingerprint, fingerprint);
+        assert_eq!(during.weights_digest(), after.weights_digest());
+        let mut types = Vec::new();
+        during.llama.for_each_matrix(|_, w| types.push(w.dtype()));
+        assert!(types.iter().all(|t| *t == "bf16"), "{types:?}");
+        assert_eq!(during.llama.weight_bytes(), after.llama.weight_bytes());
     }
 }

@@ -170,11 +170,20 @@ impl Model {
     /// weights: `f32` (dequantized at load, the reference path), `quantized` (a GGUF model's
     ///     blocks, dequantized inside each product) or `bf16` (AMX / AVX512-BF16 products).
     /// exact: compute every row in a fixed order, whatever its batch, as `softprompt serve` and
-    ///     `softprompt score` do: `score` then gives their bits exactly (bf16 has no exact mode).
-    ///     Slower; leave it off for training, whose numbers then equal `softprompt train`'s.
+    ///     `softprompt score` do: `score` then gives their bits exactly (bf16 only on CPUs with
+    ///     AMX or AVX512-BF16). Slower; leave it off for training, whose numbers then equal
+    ///     `softprompt train`'s.
+    /// recompute: training keeps only each block's input and recomputes the block in the
+    ///     backward (`--recompute`): much less memory, one more forward, the same gradients.
     #[staticmethod]
-    #[pyo3(signature = (model = "smollm2-135m", weights = "f32", exact = false))]
-    fn load(py: Python<'_>, model: &str, weights: &str, exact: bool) -> PyResult<Model> {
+    #[pyo3(signature = (model = "smollm2-135m", weights = "f32", exact = false, recompute = false))]
+    fn load(
+        py: Python<'_>,
+        model: &str,
+        weights: &str,
+        exact: bool,
+        recompute: bool,
+    ) -> PyResult<Model> {
         let w = WeightFormat::parse(weights).ok_or_else(|| {
             PyValueError::new_err(format!(
                 "weights='{weights}': expected f32, quantized or bf16"
@@ -184,6 +193,7 @@ impl Model {
             .detach(|| FrozenModel::load_with(model, w))
             .map_err(|e| py_err(Some(&format!("loading model '{model}'")), e))?;
         m.llama.exact = exact;
+        m.llama.recompute = recompute;
         Ok(Model {
             inner: Arc::new(m),
             spec: model.to_string(),

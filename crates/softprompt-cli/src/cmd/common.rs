@@ -24,6 +24,11 @@ pub struct ModelArgs {
     /// How the frozen matrices are kept in memory.
     #[arg(long, default_value = "f32", value_parser = weights_parser())]
     pub weights: WeightFormat,
+    /// Training: keep only each block's input on the tape and recompute the block in the
+    /// backward (activation checkpointing): a fraction of the activation memory for one more
+    /// forward of the blocks; the gradients are bit-identical.
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 fn weights_parser() -> Choices<WeightFormat> {
@@ -254,8 +259,9 @@ pub fn parse_init(s: &str) -> std::result::Result<String, String> {
 
 pub fn load_model(m: &ModelArgs) -> Result<FrozenModel> {
     let t = std::time::Instant::now();
-    let model = FrozenModel::load_with(&m.model, m.weights)
+    let mut model = FrozenModel::load_with(&m.model, m.weights)
         .with_context(|| format!("loading model '{}'", m.model))?;
+    model.llama.recompute = m.recompute;
     eprintln!(
         "softprompt: loaded {} ({}, {:.0} MB of weights) in {:.1}s",
         model.source,

@@ -34,6 +34,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         let m = load_model(&ModelArgs {
             model: spec.clone(),
             weights: WeightFormat::F32,
+            recompute: false,
         })?;
         let c = &m.llama.cfg;
         report.insert(

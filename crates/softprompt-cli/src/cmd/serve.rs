@@ -86,10 +86,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         "--max-concurrent and --max-batch must be > 0"
     );
     // The server promises answers independent of batch mates: f32 and quantized weights have
-    // a row-exact product, the bf16 tiles do not.
+    // a row-exact product, and so have the bf16 kernels on AMX and AVX512-BF16 (not the
+    // portable bf16 path).
     anyhow::ensure!(
-        a.model.weights != WeightFormat::Bf16,
-        "serve: --weights bf16 is not batch-invariant; use f32 or quantized"
+        a.model.weights != WeightFormat::Bf16 || softprompt_core::compute::bf16::batch_invariant(),
+        "serve: --weights bf16 is batch-invariant only on CPUs with AMX or AVX512-BF16, and \
+         this one has neither; use f32 or quantized"
     );
     let model = load_model(&a.model)?;
     let cfg = ServeConfig {

@@ -2,9 +2,9 @@
 //! the CPU has ([`kernel`]): Intel AMX tiles (`tdpbf16ps`), AVX512-BF16 (`vdpbf16ps` on zmm
 //! registers: AMD Zen 4 and later, Intel Cooper Lake and later), or a portable fallback.
 //!
-//! A weight `w[n, k]` (HF `[out, in]` layout) is rounded to bf16 once and packed twice by
-//! [`PackedBf16::pack`]: once as the right operand of `y = x W^T` and once as the right operand
-//! of `dx = dy W`. Both products are then the same operation, `C[M, N] (+)= A[M, K] B[K, N]`,
+//! A weight `w[n, k]` (HF `[out, in]` layout) is rounded to bf16 once and packed by
+//! [`PackedBf16::pack`] as the right operand of `y = x W^T`, and on the first backward a second
+//! time as the right operand of `dx = dy W`. Both products are then the same operation, `C[M, N] (+)= A[M, K] B[K, N]`,
 //! with A the f32 activations (converted to bf16 per call) and B a packed weight.
 //!
 //! # Tile layout
@@ -27,7 +27,7 @@
 //!
 //! AVX512-BF16 reads the same tiles: a B tile row (16 columns x a bf16 pair) is one zmm
 //! register, an A row's pair is broadcast, and a 32 x 32 block is computed as four passes of
-//! 8 rows x 32 columns (16 accumulators). Products of at most 4 rows (decoding) instead stream
+//! 8 rows x 32 columns (16 accumulators). Products of at most 16 rows (decoding) instead stream
 //! each 16-column strip of B once for all rows.
 //!
 //! Without either (or off x86-64 Linux) the same packed weights are dequantized in chunks and
@@ -82,6 +82,14 @@ pub fn kernel() -> Kernel {
         }
         Kernel::Portable
     })
+}
+
+/// True when a bf16 product row's result does not depend on the other rows of the product
+/// (the server's promise): on AMX and AVX512-BF16 every output element is one sum over K in a
+/// fixed order, whatever the number of rows. The portable path goes through the blocked f32
+/// GEMM, which makes no such promise.
+pub fn batch_invariant() -> bool {
+    kernel() != Kernel::Portable
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -210,15 +218,17 @@ impl BTiles {
 }
 
 /// A frozen weight `w[n, k]` (HF `[out, in]` layout) stored as bf16, packed for both products:
-/// `fwd` is `B = W^T [k, n]` for `y = x W^T`, `bwd` is `B = W [n, k]` for `dx = dy W`.
+/// `fwd` is `B = W^T [k, n]` for `y = x W^T`, `bwd` is `B = W [n, k]` for `dx = dy W`. The
+/// backward packing is made from the forward one on the first `linear_dx`, so a model that
+/// only runs forward (decoding, scoring, serving) holds 2 bytes per weight, not 4.
 #[derive(Clone)]
 pub struct PackedBf16 {
     n: usize,
     k: usize,
     /// B[k, n] = W^T
     fwd: BTiles,
-    /// B[n, k] = W
-    bwd: BTiles,
+    /// B[n, k] = W, once a backward asked for it.
+    bwd: OnceLock<BTiles>,
 }
 
 impl std::fmt::Debug for PackedBf16 {
@@ -236,8 +246,19 @@ impl PackedBf16 {
             w.len()
         );
         let fwd = BTiles::pack(n, k, |nn, kk| w[nn * k + kk]); // N = n, K = k
-        let bwd = BTiles::pack(k, n, |kk, nn| w[nn * k + kk]); // N = k, K = n
-        PackedBf16 { n, k, fwd, bwd }
+        PackedBf16 {
+            n,
+            k,
+            fwd,
+            bwd: OnceLock::new(),
+        }
+    }
+
+    /// The backward packing, made on first use from the forward one (already bf16: exact).
+    fn bwd(&self) -> &BTiles {
+        self.bwd
+            .get_or_init(|| BTiles::pack(self.k, self.n, |kk, nn| self.fwd.get(kk, nn)))
+        // N = k, K = n
     }
 
     /// n (output features).
@@ -259,8 +280,13 @@ impl PackedBf16 {
 
     /// Memory held by the packed weights.
     pub fn bytes(&self) -> usize {
-        (self.fwd.data.len() + self.bwd.data.len()) * std::mem::size_of::<Tile>()
-            + std::mem::size_of::<Self>()
+        let bwd = self.bwd.get().map_or(0, |b| b.data.len());
+        (self.fwd.data.len() + bwd) * std::mem::size_of::<Tile>() + std::mem::size_of::<Self>()
+    }
+
+    /// Bytes of the forward packing (what `linear` streams).
+    pub fn forward_bytes(&self) -> usize {
+        self.fwd.data.len() * std::mem::size_of::<Tile>()
     }
 
     /// `y[m, n] (+)= x[m, k] @ W^T`; x is f32, converted to bf16 on the fly; f32 accumulation.
@@ -284,7 +310,7 @@ impl PackedBf16 {
     fn linear_dx_with(&self, dy: &[f32], m: usize, dx: &mut [f32], accumulate: bool, fast: bool) {
         assert!(dy.len() >= m * self.n, "linear_dx: dy too short");
         assert!(dx.len() >= m * self.k, "linear_dx: dx too short");
-        product(&self.bwd, dy, m, dx, accumulate, fast);
+        product(self.bwd(), dy, m, dx, accumulate, fast);
     }
 }
 
@@ -618,13 +644,16 @@ mod dpbf16 {
     use crate::compute::kernels;
     use std::arch::x86_64::*;
 
-    /// Products of at most this many rows (decoding) stream the weight once
+    /// Products of at most this many rows (decoding, batched decoding) stream the weight once
     /// ([`small_product`]) instead of padding the rows to a 32-row block.
-    pub const SMALL_M: usize = 4;
+    pub const SMALL_M: usize = 16;
+    /// Rows dotted with one load of a B tile row (one accumulator register each).
+    const GROUP: usize = 8;
 
     /// `c[m, b.n] (+)= a[m, b.k] @ B` for `m <= SMALL_M` rows: the rows are rounded to bf16
-    /// once, then every B tile row (16 columns) is read once and dotted with all of them.
-    /// Memory-bound on the weight bytes; parallel over 64-column blocks.
+    /// once, then every B tile row (16 columns) is read once per group of up to 8 rows and
+    /// dotted with all of them. Memory-bound on the weight bytes at small `m`; parallel over
+    /// 64-column blocks.
     pub fn small_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool) {
         assert!(m <= SMALL_M, "small_product: {m} rows");
         let kp = b.kt * TK; // K padded to whole tiles
@@ -638,23 +667,31 @@ mod dpbf16 {
         kernels::column_blocks(m, b.n, 4 * TR, c, accumulate, |c0, c1, out| {
             let width = c1 - c0;
             for strip in c0 / TR..c1.div_ceil(TR) {
-                let mut acc = [[0.0f32; TR]; SMALL_M]; // [row][16 columns]
                 let st = &tiles[strip * b.kt * TILE..(strip + 1) * b.kt * TILE];
-                // SAFETY: kernel() == Dpbf16 (AVX512-F + BF16 present); `st` holds kt tiles
-                // and every row of `xb` kt * 32 values.
-                unsafe {
-                    match m {
-                        1 => strip_dot::<1>(st, &xb, kp, &mut acc),
-                        2 => strip_dot::<2>(st, &xb, kp, &mut acc),
-                        3 => strip_dot::<3>(st, &xb, kp, &mut acc),
-                        _ => strip_dot::<4>(st, &xb, kp, &mut acc),
+                for i0 in (0..m).step_by(GROUP) {
+                    let g = GROUP.min(m - i0);
+                    let xg = &xb[i0 * kp..(i0 + g) * kp];
+                    let mut acc = [[0.0f32; TR]; GROUP]; // [row][16 columns]
+                                                         // SAFETY: kernel() == Dpbf16 (AVX512-F + BF16 present); `st` holds kt
+                                                         // tiles and every row of `xg` kt * 32 values.
+                    unsafe {
+                        match g {
+                            1 => strip_dot::<1>(st, xg, kp, &mut acc),
+                            2 => strip_dot::<2>(st, xg, kp, &mut acc),
+                            3 => strip_dot::<3>(st, xg, kp, &mut acc),
+                            4 => strip_dot::<4>(st, xg, kp, &mut acc),
+                            5 => strip_dot::<5>(st, xg, kp, &mut acc),
+                            6 => strip_dot::<6>(st, xg, kp, &mut acc),
+                            7 => strip_dot::<7>(st, xg, kp, &mut acc),
+                            _ => strip_dot::<8>(st, xg, kp, &mut acc),
+                        }
                     }
-                }
-                for (i, row) in acc.iter().enumerate().take(m) {
-                    for (j, &v) in row.iter().enumerate() {
-                        let col = strip * TR + j;
-                        if col < c1 {
-                            out[i * width + col - c0] = v;
+                    for (i, row) in acc.iter().enumerate().take(g) {
+                        for (j, &v) in row.iter().enumerate() {
+                            let col = strip * TR + j;
+                            if col < c1 {
+                                out[(i0 + i) * width + col - c0] = v;
+                            }
                         }
                     }
                 }
@@ -666,16 +703,17 @@ mod dpbf16 {
     ///
     /// # Safety
     /// AVX512-F and AVX512-BF16 present; `st` holds `kp / 32` whole B tiles and starts
-    /// 64-byte aligned; `xb` holds `M` rows of `kp` bf16 values; `M <= SMALL_M`.
+    /// 64-byte aligned; `xb` holds `M` rows of `kp` bf16 values; `M <= GROUP`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn strip_dot<const M: usize>(
         st: &[u16],
         xb: &[u16],
         kp: usize,
-        acc: &mut [[f32; TR]; SMALL_M],
+        acc: &mut [[f32; TR]; GROUP],
     ) {
-        // Two accumulators per row (even / odd tile rows) to hide the dot's latency.
-        let mut v = [[_mm512_setzero_ps(); 2]; M];
+        // One accumulator per row, walking K in order: the same sums in the same order as
+        // `rows8`, so a row's result does not depend on how many rows share the product.
+        let mut v = [_mm512_setzero_ps(); M];
         let (pb, px) = (st.as_ptr(), xb.as_ptr());
         for s in 0..kp / TK {
             for r in 0..TK / 2 {
@@ -684,12 +722,12 @@ mod dpbf16 {
                 for (i, vi) in v.iter_mut().enumerate() {
                     let pair = (px.add(i * kp + s * TK + 2 * r) as *const i32).read_unaligned();
                     let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
-                    vi[r & 1] = _mm512_dpbf16_ps(vi[r & 1], x, w);
+                    *vi = _mm512_dpbf16_ps(*vi, x, w);
                 }
             }
         }
         for (a, vi) in acc.iter_mut().zip(v) {
-            _mm512_storeu_ps(a.as_mut_ptr(), _mm512_add_ps(vi[0], vi[1]));
+            _mm512_storeu_ps(a.as_mut_ptr(), vi);
         }
     }
 
@@ -1046,6 +1084,44 @@ mod tests {
     #[test]
     fn amx_fallback_real_shapes() {
         real(false);
+    }
+
+    /// A row of a product is the same bits whether it is computed alone, with 3 others (the
+    /// few-row strip kernel, 1 or 2 groups of rows) or among 40 (the block kernel), forward
+    /// and backward.
+    #[test]
+    fn fast_kernel_is_batch_invariant() {
+        if !fast_kernel("fast_kernel_is_batch_invariant") {
+            return;
+        }
+        for &(n, k) in &[(576usize, 576usize), (100, 1000), (40, 5000)] {
+            let p = PackedBf16::pack(&fill(n * k, 3), n, k);
+            let m = 40;
+            let x = fill(m * k, 4);
+            let dy = fill(m * n, 5);
+            let mut all = vec![0.0; m * n];
+            p.linear(&x, m, &mut all, false);
+            let mut all_dx = vec![0.0; m * k];
+            p.linear_dx(&dy, m, &mut all_dx, false);
+            for rows in [1usize, 2, 4, 5, 8, 9, 16, 17, 33] {
+                for i0 in [0, m - rows] {
+                    let mut y = vec![0.0; rows * n];
+                    p.linear(&x[i0 * k..(i0 + rows) * k], rows, &mut y, false);
+                    assert_eq!(
+                        y,
+                        all[i0 * n..(i0 + rows) * n],
+                        "linear n={n} k={k} rows={rows}"
+                    );
+                    let mut dx = vec![0.0; rows * k];
+                    p.linear_dx(&dy[i0 * n..(i0 + rows) * n], rows, &mut dx, false);
+                    assert_eq!(
+                        dx,
+                        all_dx[i0 * k..(i0 + rows) * k],
+                        "dx n={n} k={k} rows={rows}"
+                    );
+                }
+            }
+        }
     }
 
     /// Long reduction (per-task K chunks) and many rows (row groups), AMX against the exact

@@ -5,6 +5,36 @@
 
 use rayon::prelude::*;
 
+/// Threads of the pool the products run on (`RAYON_NUM_THREADS`, else one per core).
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// The machine's read bandwidth in GB/s: the best of 5 parallel sums over 512 MiB (far beyond
+/// any L3), on the products' thread pool. For `softprompt bench`'s decode ceiling.
+pub fn read_bandwidth_gbs() -> f64 {
+    let buf = vec![1.0f32; 128 << 20];
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let s: f32 = buf
+            .par_chunks(1 << 16)
+            .map(|c| {
+                // 64 independent lanes (4 vector accumulators): bound by memory, not by the
+                // latency of one add chain.
+                let mut acc = [0.0f32; 64];
+                for v in c.chunks_exact(64) {
+                    acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        std::hint::black_box(s);
+        best = best.max((buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
 /// Runs `f` on a thread of the rayon pool (directly when already on one). A model pass makes
 /// hundreds of parallel calls; from outside the pool each one is a hand-off to a sleeping
 /// worker and a wait on a latch (tens of microseconds each, most of a batch-1 decoding step's

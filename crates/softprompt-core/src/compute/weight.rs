@@ -295,6 +295,14 @@ impl Weight {
             Weight::Bf16(b) => b.bytes(),
         }
     }
+    /// Bytes one forward product (`y = x W^T`) streams: [`Self::bytes`], except that a bf16
+    /// weight reads only its forward packing.
+    pub fn forward_bytes(&self) -> usize {
+        match self {
+            Weight::Bf16(b) => b.forward_bytes(),
+            w => w.bytes(),
+        }
+    }
     /// How it is stored: "f32" or the GGML type name.
     pub fn dtype(&self) -> &'static str {
         match self {

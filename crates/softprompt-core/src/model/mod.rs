@@ -55,13 +55,13 @@ impl FrozenModel {
         let LoadedWeights {
             config,
             weights,
-            quantized,
+            matrices,
             tokenizer,
             source,
             stored_dtype,
             chat_template,
         } = lw;
-        let llama = llama::Llama::with_quantized(config, weights, quantized, &source)?;
+        let llama = llama::Llama::with_matrices(config, weights, matrices, &source)?;
         let fingerprint = fingerprint::model_fingerprint_weight(&llama.cfg, &llama.embed);
         let tokenizer_fingerprint = fingerprint::tokenizer_fingerprint(&tokenizer);
         Ok(FrozenModel {

@@ -245,7 +245,7 @@ pub fn save_model(model: &FrozenModel, dir: &Path) -> Result<()> {
     let lw = LoadedWeights {
         config: model.llama.cfg.clone(),
         weights: model.llama.hf_weights()?,
-        quantized: Default::default(),
+        matrices: Default::default(),
         tokenizer: model.tokenizer.clone(),
         source: model.source.clone(),
         stored_dtype: "f32".into(),

@@ -39,13 +39,13 @@ pub fn split(lw: LoadedWeights) -> (Llama, tokenizers::Tokenizer) {
     let LoadedWeights {
         config,
         weights,
-        quantized,
+        matrices,
         tokenizer,
         source,
         ..
     } = lw;
     (
-        Llama::with_quantized(config, weights, quantized, &source).expect("bind weights"),
+        Llama::with_matrices(config, weights, matrices, &source).expect("bind weights"),
         tokenizer,
     )
 }
@@ -241,7 +241,7 @@ pub fn tiny_demo_model_with_layers(
     softprompt_core::model::FrozenModel::from_loaded(LoadedWeights {
         config,
         weights,
-        quantized: Default::default(),
+        matrices: Default::default(),
         tokenizer,
         source: "tiny-demo".into(),
         stored_dtype: "f32".into(),

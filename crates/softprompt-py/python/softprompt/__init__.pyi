@@ -21,9 +21,11 @@ class Model:
     """A frozen base model with its tokenizer; computation releases the GIL."""
 
     @staticmethod
-    def load(model: str = "smollm2-135m", weights: str = "f32", exact: bool = False) -> "Model":
+    def load(model: str = "smollm2-135m", weights: str = "f32", exact: bool = False,
+             recompute: bool = False) -> "Model":
         """Load a model (alias, .gguf file, HF folder or hub id); weights f32, quantized or bf16.
-        exact=True: rows in a fixed order, as `softprompt serve`/`score` (their bits exactly)."""
+        exact=True: rows in a fixed order, as `softprompt serve`/`score` (their bits exactly).
+        recompute=True: training recomputes each block in the backward (less memory)."""
     @property
     def source(self) -> str: ...
     @property

@@ -65,7 +65,8 @@ impl Llama {
     }
 
     /// Causal attention of the new rows of every sequence over its cache (which already holds
-    /// this step's keys/values). Writes `att[N, Hq*hd]`.
+    /// this step's keys/values at layer `l`; `counted`: its `len` counts them too, as after
+    /// the forward, when the backward recomputes a block). Writes `att[N, Hq*hd]`.
     pub(super) fn attention(
         &self,
         l: usize,
@@ -73,6 +74,7 @@ impl Llama {
         lens: &[usize],
         caches: &[KvCache],
         att: &mut [f32],
+        counted: bool,
     ) {
         let Dims { hd, nq, nkv, .. } = self.dims;
         let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
@@ -90,8 +92,8 @@ impl Llama {
                 let (s, hq) = (task / nq, task % nq);
                 let (n, r0) = (lens[s], starts[s]);
                 let cache = &caches[s];
-                let t = cache.len + n; // keys visible to the last new row
-                let past = cache.len;
+                let past = if counted { cache.len - n } else { cache.len };
+                let t = past + n; // keys visible to the last new row
                 let kv_off = (hq / group) * hd;
                 let p = self.attn_probs(l, q, r0, n, past, cache, hq); // [n, t]
                 let mut o = vec![0.0f32; n * hd]; // [n, hd] = P V

@@ -2,6 +2,7 @@
 //! optional weight gradients (full fine-tuning): the forward read in reverse.
 
 use super::cache::{KvCache, Tape};
+use super::forward::{Caches, Scratch};
 use super::grads::{self, dw_acc, rmsnorm_dw, BlockGrads, Grads};
 use super::{Act, Dims, Llama};
 use crate::compute::kernels::{self, rmsnorm_backward};
@@ -89,7 +90,17 @@ impl Llama {
             })
             .collect();
         let mut dpost = Vec::new(); // [N, D] gradient w.r.t. a sub-layer output before its post-norm
-        for (l, (b, t)) in self.blocks.iter().zip(&tape.blocks).enumerate().rev() {
+                                    // A checkpointed tape: each block's tape is rebuilt from its input, in these buffers.
+        let mut scratch = tape.recompute.then(|| Scratch::new(self, n));
+        for (l, (b, kept)) in self.blocks.iter().zip(&tape.blocks).enumerate().rev() {
+            let rebuilt = scratch.as_mut().and_then(|s| {
+                let mut x = kept.x_in.clone(); // [N, D]
+                let filled = Caches::Filled(caches);
+                self.block_forward(
+                    l, &mut x, s, &tape.pos, &tape.lens, filled, false, true, false,
+                )
+            });
+            let t = rebuilt.as_ref().unwrap_or(kept);
             // Weight gradients of this block, when asked for.
             let mut gb: Option<&mut BlockGrads> = grads.as_deref_mut().map(|g| &mut g.blocks[l]);
             // --- MLP: x_out = x_mid + [post_norm]((act(g) * u) @ Wd^T) ---

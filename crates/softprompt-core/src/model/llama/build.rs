@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::{Act, Block, Dims, Llama};
 use crate::compute::kernels::Rope;
-use crate::compute::weight::{QMatrix, Weight};
+use crate::compute::weight::Weight;
 use crate::model::config::LayerKind;
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
@@ -16,14 +16,15 @@ const MAX_ROPE_TABLE: usize = 32768;
 impl Llama {
     /// Bind HF weight names to blocks, checking every shape.
     pub fn new(cfg: LlamaConfig, weights: HashMap<String, Tensor>, source: &str) -> Result<Self> {
-        Self::with_quantized(cfg, weights, HashMap::new(), source)
+        Self::with_matrices(cfg, weights, HashMap::new(), source)
     }
 
-    /// Like [`Llama::new`], with some matrices kept in GGUF blocks (`quant`, HF names).
-    pub fn with_quantized(
+    /// Like [`Llama::new`], with some matrices already in their final form (`quant`, HF
+    /// names: GGUF blocks or packed bf16).
+    pub fn with_matrices(
         cfg: LlamaConfig,
         mut weights: HashMap<String, Tensor>,
-        mut quant: HashMap<String, QMatrix>,
+        mut quant: HashMap<String, Weight>,
         source: &str,
     ) -> Result<Self> {
         cfg.check().map_err(|m| Error::unsupported(source, m))?;
@@ -91,8 +92,7 @@ impl Llama {
                           name: &str,
                           shape: [usize; 2]|
          -> Result<Weight> {
-            if let Some(q) = quant.remove(name) {
-                let w = Weight::Quant(q);
+            if let Some(w) = quant.remove(name) {
                 if [w.rows(), w.cols()] != shape {
                     return Err(Error::format(
                         source,
@@ -238,6 +238,7 @@ impl Llama {
             blocks,
             rope,
             exact: false,
+            recompute: false,
         })
     }
 }

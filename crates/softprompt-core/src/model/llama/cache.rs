@@ -49,7 +49,9 @@ impl KvCache {
     }
 }
 
-/// What the backward of one block needs (training only).
+/// What the backward of one block needs (training only). A recomputing forward keeps only
+/// `x_in`; the backward rebuilds the rest.
+#[derive(Default)]
 pub(super) struct BlockTape {
     pub(super) x_in: Vec<f32>,  // [N, D] block input (residual stream)
     pub(super) rstd1: Vec<f32>, // [N]
@@ -78,6 +80,8 @@ pub(super) struct BlockTape {
 /// Activations recorded by a training forward.
 pub struct Tape {
     pub(super) blocks: Vec<BlockTape>,
+    /// The blocks keep only their input ([`super::Llama::recompute`]).
+    pub(super) recompute: bool,
     pub(super) x_final: Vec<f32>, // [N, D] residual stream after the last block
     pub(super) rstd_final: Vec<f32>, // [N]
     /// Final hidden states after the last norm: `[N, D]` (what the LM head reads).

@@ -12,6 +12,50 @@ use crate::compute::weight::Weight;
 use crate::model::input::{prompt_len, PromptKind, PromptRef, SeqInput, Target};
 use crate::{Error, Result};
 
+/// The caches a block reads: appended to by this forward, or already holding its rows.
+pub(super) enum Caches<'a> {
+    Append(&'a mut [KvCache]),
+    Filled(&'a [KvCache]),
+}
+
+/// Working buffers of a forward over `N` packed rows, reused by every block.
+pub(super) struct Scratch {
+    h: Vec<f32>,    // [N, D] normed input of a sub-layer
+    rstd: Vec<f32>, // [N]
+    q: Vec<f32>,    // [N, Hq*hd]
+    k: Vec<f32>,    // [N, Hkv*hd]
+    v: Vec<f32>,    // [N, Hkv*hd]
+    att: Vec<f32>,  // [N, Hq*hd]
+    g: Vec<f32>,    // [N, F]
+    u: Vec<f32>,    // [N, F]
+    a: Vec<f32>,    // [N, F]
+    o: Vec<f32>,    // [N, D] a sub-layer's output before its post-norm (Gemma 3 only)
+}
+
+impl Scratch {
+    pub(super) fn new(m: &Llama, n: usize) -> Self {
+        let Dims { d, f, .. } = m.dims;
+        let (qd, kvd) = (m.dims.qdim(), m.dims.kvdim());
+        let sandwich = m.blocks.iter().any(|b| b.post_attn_norm.is_some());
+        Scratch {
+            h: vec![0.0; n * d],
+            rstd: vec![0.0; n],
+            q: vec![0.0; n * qd],
+            k: vec![0.0; n * kvd],
+            v: vec![0.0; n * kvd],
+            att: vec![0.0; n * qd],
+            g: vec![0.0; n * f],
+            u: vec![0.0; n * f],
+            a: vec![0.0; n * f],
+            o: if sandwich {
+                vec![0.0; n * d]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
 impl Llama {
     /// Values per virtual token of a prefix prompt: `L * 2 * Hkv*hd`.
     pub fn prefix_width(&self) -> usize {
@@ -181,9 +225,7 @@ impl Llama {
         record: bool,
         full: bool,
     ) -> Result<Option<Tape>> {
-        let keep = |v: &[f32]| if full { v.to_vec() } else { Vec::new() };
-        let Dims { d, nq, nkv, f, .. } = self.dims;
-        let (qd, kvd) = (self.dims.qdim(), self.dims.kvdim());
+        let d = self.dims.d;
         let n: usize = lens.iter().sum();
         assert_eq!(x.len(), n * d, "forward: x is not [N, D]");
         assert_eq!(lens.len(), caches.len(), "forward: one cache per sequence");
@@ -199,105 +241,151 @@ impl Llama {
             }
             pos.extend(c.len..c.len + len);
         }
+        // With `recompute`, a training forward keeps only each block's input; the backward
+        // runs the block again from it (one more forward of the blocks, a fraction of the
+        // memory).
+        let checkpoint = record && self.recompute && !full;
+        // Exact (per-row) attention only for inference: a tape is always blocked attention,
+        // and the backward recomputes it that way.
+        let rows = self.exact && !record;
         let mut tapes = Vec::new();
-        let mut h = vec![0.0; n * d]; // [N, D] normed input of a sub-layer
-        let mut rstd = vec![0.0; n]; // [N]
-        let mut q = vec![0.0; n * qd]; // [N, Hq*hd]
-        let mut k = vec![0.0; n * kvd]; // [N, Hkv*hd]
-        let mut v = vec![0.0; n * kvd]; // [N, Hkv*hd]
-        let mut att = vec![0.0; n * qd]; // [N, Hq*hd]
-        let mut g = vec![0.0; n * f]; // [N, F]
-        let mut u = vec![0.0; n * f]; // [N, F]
-        let mut a = vec![0.0; n * f]; // [N, F]
-        let sandwich = self.blocks.iter().any(|b| b.post_attn_norm.is_some());
-        // [N, D] a sub-layer's output before its post-norm (Gemma 3 only)
-        let mut o = if sandwich {
-            vec![0.0; n * d]
-        } else {
-            Vec::new()
-        };
-        for (l, b) in self.blocks.iter().enumerate() {
-            let x_in = if record { Some(x.to_vec()) } else { None };
-            // --- attention ---
-            rmsnorm(x, &b.attn_norm, self.eps, &mut h, &mut rstd);
-            let rstd1 = if record { Some(rstd.clone()) } else { None };
-            self.linear(&h, &b.wq, n, &mut q, false);
-            self.linear(&h, &b.wk, n, &mut k, false);
-            self.linear(&h, &b.wv, n, &mut v, false);
-            add_bias(&mut q, b.bq.as_deref());
-            add_bias(&mut k, b.bk.as_deref());
-            add_bias(&mut v, b.bv.as_deref());
-            let (q_pre, rstd_q) = self.head_norm(&mut q, b.q_norm.as_deref(), record);
-            let (k_pre, rstd_k) = self.head_norm(&mut k, b.k_norm.as_deref(), record);
-            let rope = self.rope_of(b);
-            rope.apply(&mut q, nq, &pos, false);
-            rope.apply(&mut k, nkv, &pos, false);
-            let mut r0 = 0;
-            for (len, c) in lens.iter().zip(caches.iter_mut()) {
-                c.k[l].extend_from_slice(&k[r0 * kvd..(r0 + len) * kvd]);
-                c.v[l].extend_from_slice(&v[r0 * kvd..(r0 + len) * kvd]);
-                r0 += len;
-            }
-            if self.exact && !record {
-                self.attention_rows(l, &q, lens, caches, &mut att);
-            } else {
-                self.attention(l, &q, lens, caches, &mut att);
-            }
-            let (h1, att_in) = (keep(&h), keep(&att));
-            // x += post_norm(att @ Wo^T), or x += att @ Wo^T without a sandwich norm
-            let (attn_out, rstd_pa) =
-                self.residual_out(x, &att, &b.wo, b.post_attn_norm.as_deref(), &mut o, record);
-            let x_mid = if record { Some(x.to_vec()) } else { None };
-            // --- MLP ---
-            rmsnorm(x, &b.mlp_norm, self.eps, &mut h, &mut rstd);
-            self.linear(&h, &b.wg, n, &mut g, false);
-            self.linear(&h, &b.wu, n, &mut u, false);
-            match self.act {
-                Act::Silu => kernels::swiglu(&g, &u, &mut a),
-                Act::GeluTanh => kernels::geglu_tanh(&g, &u, &mut a),
-            }
-            let (h2, a_in) = (keep(&h), keep(&a));
-            // x += post_norm(a @ Wd^T), or x += a @ Wd^T
-            let (mlp_out, rstd_pm) =
-                self.residual_out(x, &a, &b.wd, b.post_mlp_norm.as_deref(), &mut o, record);
-            if record {
+        let mut s = Scratch::new(self, n);
+        for l in 0..self.blocks.len() {
+            let caches = Caches::Append(caches);
+            if checkpoint {
                 tapes.push(BlockTape {
-                    x_in: x_in.unwrap_or_default(),
-                    rstd1: rstd1.unwrap_or_default(),
-                    q: q.clone(),
-                    x_mid: x_mid.unwrap_or_default(),
-                    rstd2: rstd.clone(),
-                    g: g.clone(),
-                    u: u.clone(),
-                    q_pre,
-                    rstd_q,
-                    k_pre,
-                    rstd_k,
-                    attn_out,
-                    rstd_pa,
-                    mlp_out,
-                    rstd_pm,
-                    h1,
-                    att: att_in,
-                    h2,
-                    a: a_in,
+                    x_in: x.to_vec(),
+                    ..Default::default()
                 });
+                self.block_forward(l, x, &mut s, &pos, lens, caches, rows, false, false);
+            } else {
+                let t = self.block_forward(l, x, &mut s, &pos, lens, caches, rows, record, full);
+                tapes.extend(t);
             }
         }
         for c in caches.iter_mut().zip(lens) {
             c.0.len += c.1;
         }
         let x_final = if record { Some(x.to_vec()) } else { None };
+        let (mut h, mut rstd) = (s.h, s.rstd);
         rmsnorm(x, &self.norm, self.eps, &mut h, &mut rstd);
         x.copy_from_slice(&h);
         Ok(x_final.map(|x_final| Tape {
             blocks: tapes,
+            recompute: checkpoint,
             x_final,
             rstd_final: rstd,
             hidden: h,
             lens: lens.to_vec(),
             pos,
         }))
+    }
+
+    /// Block `l` over the packed rows `x[N, D]` (in place). With [`Caches::Append`] this
+    /// step's keys and values are appended to the caches' layer `l`; with [`Caches::Filled`]
+    /// they are there already (the backward recomputing a block). `rows`: attention in the
+    /// exact per-row form. With `record`, returns what the block's backward needs (`full`:
+    /// also every linear layer's input).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn block_forward(
+        &self,
+        l: usize,
+        x: &mut [f32],
+        s: &mut Scratch,
+        pos: &[usize],
+        lens: &[usize],
+        caches: Caches,
+        rows: bool,
+        record: bool,
+        full: bool,
+    ) -> Option<BlockTape> {
+        let keep = |v: &[f32]| if full { v.to_vec() } else { Vec::new() };
+        let Dims { nq, nkv, .. } = self.dims;
+        let kvd = self.dims.kvdim();
+        let n = lens.iter().sum();
+        let b = &self.blocks[l];
+        let Scratch {
+            h,
+            rstd,
+            q,
+            k,
+            v,
+            att,
+            g,
+            u,
+            a,
+            o,
+        } = s;
+        let x_in = if record { Some(x.to_vec()) } else { None };
+        // --- attention ---
+        rmsnorm(x, &b.attn_norm, self.eps, h, rstd);
+        let rstd1 = if record { Some(rstd.clone()) } else { None };
+        self.linear(h, &b.wq, n, q, false);
+        self.linear(h, &b.wk, n, k, false);
+        self.linear(h, &b.wv, n, v, false);
+        add_bias(q, b.bq.as_deref());
+        add_bias(k, b.bk.as_deref());
+        add_bias(v, b.bv.as_deref());
+        let (q_pre, rstd_q) = self.head_norm(q, b.q_norm.as_deref(), record);
+        let (k_pre, rstd_k) = self.head_norm(k, b.k_norm.as_deref(), record);
+        let rope = self.rope_of(b);
+        rope.apply(q, nq, pos, false);
+        rope.apply(k, nkv, pos, false);
+        let (caches, filled): (&[KvCache], bool) = match caches {
+            Caches::Append(cs) => {
+                let mut r0 = 0;
+                for (len, c) in lens.iter().zip(cs.iter_mut()) {
+                    c.k[l].extend_from_slice(&k[r0 * kvd..(r0 + len) * kvd]);
+                    c.v[l].extend_from_slice(&v[r0 * kvd..(r0 + len) * kvd]);
+                    r0 += len;
+                }
+                (cs, false)
+            }
+            Caches::Filled(cs) => (cs, true),
+        };
+        if rows {
+            self.attention_rows(l, q, lens, caches, att);
+        } else {
+            self.attention(l, q, lens, caches, att, filled);
+        }
+        let (h1, att_in) = (keep(h), keep(att));
+        // x += post_norm(att @ Wo^T), or x += att @ Wo^T without a sandwich norm
+        let (attn_out, rstd_pa) =
+            self.residual_out(x, att, &b.wo, b.post_attn_norm.as_deref(), o, record);
+        let x_mid = if record { Some(x.to_vec()) } else { None };
+        // --- MLP ---
+        rmsnorm(x, &b.mlp_norm, self.eps, h, rstd);
+        self.linear(h, &b.wg, n, g, false);
+        self.linear(h, &b.wu, n, u, false);
+        match self.act {
+            Act::Silu => kernels::swiglu(g, u, a),
+            Act::GeluTanh => kernels::geglu_tanh(g, u, a),
+        }
+        let (h2, a_in) = (keep(h), keep(a));
+        // x += post_norm(a @ Wd^T), or x += a @ Wd^T
+        let (mlp_out, rstd_pm) =
+            self.residual_out(x, a, &b.wd, b.post_mlp_norm.as_deref(), o, record);
+        record.then(|| BlockTape {
+            x_in: x_in.unwrap_or_default(),
+            rstd1: rstd1.unwrap_or_default(),
+            q: q.clone(),
+            x_mid: x_mid.unwrap_or_default(),
+            rstd2: rstd.clone(),
+            g: g.clone(),
+            u: u.clone(),
+            q_pre,
+            rstd_q,
+            k_pre,
+            rstd_k,
+            attn_out,
+            rstd_pa,
+            mlp_out,
+            rstd_pm,
+            h1,
+            att: att_in,
+            h2,
+            a: a_in,
+        })
     }
 
     /// Per-head RMSNorm in place over `x[N, heads*hd]` (QK-norm); with `record`, returns the

@@ -142,6 +142,10 @@ pub struct Llama {
     /// its batch and whether its prefix came from a cache (the server sets this). Slower
     /// than the blocked GEMM for long prefills; training ignores it.
     pub exact: bool,
+    /// Training keeps only each block's input and recomputes the block in the backward:
+    /// the tape shrinks from about `2D + Hq*hd + 2F` values per row and block to `D`, for one
+    /// more forward of the blocks. Gradients are bit-identical either way.
+    pub recompute: bool,
 }
 
 impl Llama {

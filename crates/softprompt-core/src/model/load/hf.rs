@@ -15,7 +15,8 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView, View};
 use safetensors::SafeTensors;
 
-use super::LoadedWeights;
+use super::{Loaded, LoadedWeights};
+use crate::compute::weight::WeightFormat;
 use crate::model::{config, LlamaConfig};
 use crate::{Error, Result, Tensor};
 
@@ -86,6 +87,12 @@ fn read_capped(path: &Path, file: File, cap: u64) -> Result<Vec<u8>> {
 
 /// Load a Hugging Face model folder (Llama, Mistral or Qwen2 architecture).
 pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
+    load_hf_folder_with(dir, WeightFormat::F32)
+}
+
+/// [`load_hf_folder`]; with [`WeightFormat::Bf16`] each matrix is packed as it is read
+/// ([`super::finish`]). (Quantized needs GGUF blocks: refused by the caller.)
+pub fn load_hf_folder_with(dir: &Path, format: WeightFormat) -> Result<LoadedWeights> {
     if !dir.is_dir() {
         return Err(Error::io(
             dir,
@@ -97,18 +104,25 @@ pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
 
     let single = dir.join(WEIGHTS_FILE);
     let index = dir.join(WEIGHTS_INDEX_FILE);
+    let mut matrices = HashMap::new();
     let (weights, dtypes) = if single.is_file() {
-        read_safetensors(&single)?
+        let (w, d) = read_safetensors(&single, format)?;
+        (super::sort(w, &mut matrices), d)
     } else if index.is_file() {
         let (shards, weight_map) = read_index(&index)?;
         let mut weights = HashMap::new();
         let mut dtypes = BTreeSet::new();
         for shard in &shards {
             let path = dir.join(shard);
-            let (w, d) = read_safetensors(&path)?;
+            let (w, d) = read_safetensors(&path, format)?;
             dtypes.extend(d);
             for (name, t) in w {
-                if weights.insert(name.clone(), t).is_some() {
+                let known = weights.contains_key(&name) || matrices.contains_key(&name);
+                match t {
+                    Loaded::Tensor(t) => weights.insert(name.clone(), t).map(|_| ()),
+                    Loaded::Matrix(w) => matrices.insert(name.clone(), w).map(|_| ()),
+                };
+                if known {
                     return Err(Error::format(
                         &path,
                         format!("tensor {name} also appears in another shard"),
@@ -117,7 +131,7 @@ pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
             }
         }
         for (name, shard) in &weight_map {
-            if !weights.contains_key(name) {
+            if !weights.contains_key(name) && !matrices.contains_key(name) {
                 return Err(Error::format(
                     &index,
                     format!("weight_map lists tensor {name} in {shard}, but that shard does not contain it"),
@@ -139,7 +153,7 @@ pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
             ),
         ));
     };
-    if weights.is_empty() {
+    if weights.is_empty() && matrices.is_empty() {
         return Err(Error::format(dir, "the safetensors files hold no tensors"));
     }
 
@@ -152,7 +166,7 @@ pub fn load_hf_folder(dir: &Path) -> Result<LoadedWeights> {
     Ok(LoadedWeights {
         config,
         weights,
-        quantized: Default::default(),
+        matrices,
         tokenizer,
         source: dir.display().to_string(),
         stored_dtype,
@@ -289,7 +303,12 @@ fn is_plain_relative(p: &str) -> bool {
 }
 
 /// Memory-map one safetensors file and convert every tensor to f32.
-fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, BTreeSet<String>)> {
+/// A tensor and its name.
+type Named = (String, Loaded);
+
+/// Every tensor of one safetensors file, as [`super::finish`] leaves it for `format`, and the
+/// dtypes it stores.
+fn read_safetensors(path: &Path, format: WeightFormat) -> Result<(Vec<Named>, BTreeSet<String>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the map is read-only and lives only inside this function; like every mmap-based
     // model loader we assume the file is not truncated by another process while we read it.
@@ -317,8 +336,8 @@ fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, BTreeSet<St
     }
     let weights = views
         .par_iter()
-        .map(|(name, view)| (name.clone(), to_f32(view)))
-        .collect::<HashMap<_, _>>();
+        .map(|(name, view)| (name.clone(), super::finish(format, name, to_f32(view))))
+        .collect();
     Ok((weights, dtypes))
 }
 

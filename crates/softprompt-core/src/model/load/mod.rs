@@ -9,7 +9,8 @@ pub mod hub;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::compute::weight::{QMatrix, WeightFormat};
+use crate::compute::bf16::PackedBf16;
+use crate::compute::weight::{Weight, WeightFormat};
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
@@ -18,9 +19,10 @@ pub struct LoadedWeights {
     pub config: LlamaConfig,
     /// HF tensor names (`model.layers.0.self_attn.q_proj.weight`, ...), f32.
     pub weights: HashMap<String, Tensor>,
-    /// Matrices kept in their GGUF block type ([`WeightFormat::Quantized`]), HF names; else
-    /// empty.
-    pub quantized: HashMap<String, QMatrix>,
+    /// Matrices already in the form the model keeps them, HF names: GGUF blocks
+    /// ([`WeightFormat::Quantized`]) or packed bf16 ([`WeightFormat::Bf16`], converted one
+    /// tensor at a time so that no full f32 copy of the model is ever held); else empty.
+    pub matrices: HashMap<String, Weight>,
     pub tokenizer: tokenizers::Tokenizer,
     /// Human-readable origin, e.g. the file path.
     pub source: String,
@@ -29,6 +31,42 @@ pub struct LoadedWeights {
     /// Jinja chat template (GGUF `tokenizer.chat_template`, HF `tokenizer_config.json`
     /// `chat_template` or `chat_template.jinja`), when the model has one.
     pub chat_template: Option<String>,
+}
+
+/// A tensor as a loader hands it on: f32, or a matrix already in its final form.
+pub(crate) enum Loaded {
+    Tensor(Tensor),
+    Matrix(Weight),
+}
+
+/// With [`WeightFormat::Bf16`], a matrix is packed right after it is read, so that no full
+/// f32 copy of the model is ever held; the token table stays f32 here (the model fingerprint
+/// reads it as stored, and [`crate::model::FrozenModel::load_with`] packs it after).
+pub(crate) fn finish(format: WeightFormat, name: &str, t: Tensor) -> Loaded {
+    if format == WeightFormat::Bf16 && t.shape.len() == 2 && name != "model.embed_tokens.weight" {
+        let w = PackedBf16::pack(&t.data, t.shape[0], t.shape[1]);
+        return Loaded::Matrix(Weight::Bf16(w));
+    }
+    Loaded::Tensor(t)
+}
+
+/// The f32 tensors of `loaded`; its finished matrices go into `matrices`.
+pub(crate) fn sort(
+    loaded: Vec<(String, Loaded)>,
+    matrices: &mut HashMap<String, Weight>,
+) -> HashMap<String, Tensor> {
+    let mut tensors = HashMap::new();
+    for (name, t) in loaded {
+        match t {
+            Loaded::Tensor(t) => {
+                tensors.insert(name, t);
+            }
+            Loaded::Matrix(w) => {
+                matrices.insert(name, w);
+            }
+        }
+    }
+    tensors
 }
 
 /// The alias of the default model.
@@ -126,7 +164,7 @@ pub fn load_with(spec: &str, format: WeightFormat) -> Result<LoadedWeights> {
     match source {
         ModelSource::Alias(a) => gguf::load_gguf_with(&fetch::fetch_alias(&a)?, format),
         ModelSource::Gguf(p) => gguf::load_gguf_with(&p, format),
-        ModelSource::HfFolder(p) => hf::load_hf_folder(&p),
+        ModelSource::HfFolder(p) => hf::load_hf_folder_with(&p, format),
         ModelSource::Hub { repo, revision } => hub::load_hub(&repo, revision.as_deref()),
     }
 }

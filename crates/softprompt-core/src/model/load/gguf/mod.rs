@@ -27,7 +27,7 @@ pub use value::{GgufArray, GgufValue};
 
 use super::LoadedWeights;
 use crate::compute::quant::GgmlType;
-use crate::compute::weight::{QMatrix, WeightFormat};
+use crate::compute::weight::{QMatrix, Weight, WeightFormat};
 use crate::model::LlamaConfig;
 use crate::{Error, Result, Tensor};
 
@@ -45,9 +45,9 @@ pub fn load_gguf_with(path: &Path, format: WeightFormat) -> Result<LoadedWeights
     let keep = format == WeightFormat::Quantized;
     let (tokenizer, weights) = rayon::join(
         || tokenizer_from_gguf(&gguf),
-        || load_weights(&gguf, &config, keep),
+        || load_weights(&gguf, &config, format),
     );
-    let (tokenizer, (weights, quantized)) = (tokenizer?, weights?);
+    let (tokenizer, (weights, matrices)) = (tokenizer?, weights?);
     let tok_vocab = tokenizer.get_vocab_size(true);
     if tok_vocab > config.vocab_size {
         return Err(Error::format(
@@ -61,7 +61,7 @@ pub fn load_gguf_with(path: &Path, format: WeightFormat) -> Result<LoadedWeights
     Ok(LoadedWeights {
         config,
         weights,
-        quantized,
+        matrices,
         tokenizer,
         source: path.display().to_string(),
         stored_dtype: if keep {
@@ -249,8 +249,9 @@ fn qk_gguf_row(r: usize, hd: usize) -> usize {
 fn load_weights(
     g: &GgufFile,
     c: &LlamaConfig,
-    keep_quant: bool,
-) -> Result<(HashMap<String, Tensor>, HashMap<String, QMatrix>)> {
+    format: WeightFormat,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, Weight>)> {
+    let keep_quant = format == WeightFormat::Quantized;
     let path = g.path();
     let mut plan = Vec::with_capacity(g.tensors().len());
     for info in g.tensors() {
@@ -284,7 +285,7 @@ fn load_weights(
     let (quant_plan, plan): (Vec<_>, Vec<_>) = plan.into_iter().partition(|(info, _)| {
         keep_quant && info.shape().len() == 2 && info.ggml_type != GgmlType::F32
     });
-    let quantized = quant_plan
+    let mut matrices = quant_plan
         .into_par_iter()
         .map(|(info, m)| {
             let shape = info.shape();
@@ -299,7 +300,7 @@ fn load_weights(
                 Some(n_head) => q.permute_rows(|r| qk_gguf_row(r, shape[0] / n_head)),
                 None => q,
             };
-            Ok((m.hf, q))
+            Ok((m.hf, Weight::Quant(q)))
         })
         .collect::<Result<HashMap<_, _>>>()?;
     let weights = plan
@@ -315,10 +316,11 @@ fn load_weights(
             if c.is_gemma3() && m.hf.ends_with("norm.weight") {
                 t.data.iter_mut().for_each(|x| *x -= 1.0);
             }
+            let t = super::finish(format, &m.hf, t);
             (m.hf, t)
         })
-        .collect();
-    Ok((weights, quantized))
+        .collect::<Vec<_>>();
+    Ok((super::sort(weights, &mut matrices), matrices))
 }
 
 #[cfg(test)]
