@@ -5,10 +5,10 @@ No real weights are needed: `make` writes a model with the exact config of a rea
 and random bf16 weights, as an HF folder and as two GGUFs (Q8_0, Q4_K) holding the same model.
 Needs torch, transformers, peft, gguf, numpy (e.g. /work/venv-ref/bin/python).
 
-    PY=/work/venv-ref/bin/python; SP=target/release/softprompt
+    PY=/work/venv-ref/bin/python; SP=target/debug/softprompt  # the dev profile is optimized
     $PY bench/scale.py make --shape qwen2.5-0.5b --out /data/scale/qwen2.5-0.5b [--seed 0]
     $PY bench/scale.py run --softprompt $SP --shapes qwen2.5-0.5b,llama-3.2-1b \\
-        --formats f32,bf16,q8_0,q4_k --root /data/scale --runs 3 [--threads T] \\
+        --formats f32,bf16,q8_0,q4_k,bf16-rc --root /data/scale --runs 3 [--threads T] \\
         [--json-out scale.json] [--workloads train,decode,decode8,classify] [--no-torch]
     $PY bench/scale.py threads --softprompt $SP --model DIR/q8_0.gguf --weights quantized --max 16
     $PY bench/scale.py long --softprompt $SP --model DIR/hf --weights bf16
@@ -23,7 +23,8 @@ their q4_k file really is Q4_K (tiny's rows of 64/128 fall back to Q5_0, as llam
 Workloads (ids, shapes and steps as bench/pytorch_peft.py and `softprompt bench`): W1 train
 step (8 x 128 real tokens + 20 virtual, AdamW), decode batch 1 and batch 8 (64 greedy tokens
 after 16; tokens after the first per second, batch 8 aggregate), classify (64 x 64 in batches
-of 16), model load time. Every softprompt workload and every PyTorch (dtype, workload) runs
+of 16), model load time. A format FMT-rc (e.g. bf16-rc) is W1 only, trained with
+`--recompute` (activation checkpointing). Every softprompt workload and every PyTorch (dtype, workload) runs
 in its own process, so each peak RSS is that workload's own.
 """
 import argparse
@@ -685,7 +686,7 @@ def cmd_run(a):
                                                   for x, r in sp[fmt].items()), file=sys.stderr)
         th, mm = {}, {}
         if not a.no_torch:
-            for dt in ["fp32", "bf16"]:
+            for dt in a.torch_dtypes.split(","):
                 th[dt] = {x: torch_run(d + "/hf", dt, x, a.runs, a.threads) for x in works}
                 r = torch_run(d + "/hf", dt, "matmul", a.runs, a.threads)
                 mm[dt] = r and r["gflops"]
@@ -745,7 +746,7 @@ def cmd_long(a):
                      () if n == 128 else ("--seq", str(n)))
         rows[f"softprompt {a.weights}"][n] = r and (r["_peak_rss_mib"], r["median"] / (8 * n))
         if not a.no_torch:
-            for dt in ["fp32", "bf16"]:
+            for dt in a.torch_dtypes.split(","):
                 t = torch_run(hf, dt, "train", a.runs, a.threads, n)
                 rows[f"PyTorch {dt}"][n] = t and (t["peak_rss_mib"], t["median"] / (8 * n))
     lo, hi = seqs[0], seqs[-1]
@@ -894,6 +895,8 @@ def main():
     p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--no-torch", action="store_true", help="softprompt only")
+    p.add_argument("--torch-dtypes", default="fp32,bf16",
+                   help="PyTorch model dtypes to run (fp32 of a 3B model needs ~20 GB)")
     p.add_argument("--json-out")
 
     p = sub.add_parser("threads", help="thread scaling of W1, decode, classify")

@@ -14,6 +14,11 @@ use crate::compute::kernels::{self, gemm, View};
 use crate::compute::quant::{dequantize_blocks, GgmlType};
 use crate::Tensor;
 
+/// Largest product a quantized weight computes row by row ([`QMatrix::linear_rows`]) outside
+/// exact mode. SmolLM2-135M Q4_1, a decode step of 32 sequences: 224 tokens/s row by row, 126
+/// through dequantized tiles and the GEMM (2-core AMD EPYC).
+const QUANT_ROWS_MAX: usize = 32;
+
 /// How the frozen base keeps its matrices in memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightFormat {
@@ -393,7 +398,9 @@ impl Weight {
             Weight::F32(t) if exact => kernels::linear_rows(x, &t.data, m, n, k, y, accumulate),
             Weight::F32(t) => kernels::linear(x, &t.data, m, n, k, y, accumulate),
             Weight::Bf16(b) => b.linear(x, m, y, accumulate),
-            Weight::Quant(q) if exact || m <= 4 => q.linear_rows(x, m, y, accumulate),
+            // Decoding batches: each row dequantized in registers and dotted with every input
+            // row beats dequantizing tiles for the f32 GEMM up to a few dozen rows.
+            Weight::Quant(q) if exact || m <= QUANT_ROWS_MAX => q.linear_rows(x, m, y, accumulate),
             Weight::Quant(q) => {
                 assert!(x.len() >= m * k && y.len() >= m * n, "linear: bad sizes");
                 let t = tile_rows(q.rows, q.cols);
