@@ -605,6 +605,8 @@ def shape_report(shape, sp, th, mm, peaks):
     works = [w for w in WORKLOADS if any(w in rows for rows in sp.values())]
     for work in works + ["load"]:
         for fmt, rows in sp.items():
+            if fmt.endswith("-rc") and work != "train":
+                continue  # the -rc formats differ from their base only in training
             if work == "load":
                 loads = [r.get("_load_s") for r in rows.values() if r and r.get("_load_s")]
                 row, val = None, min(loads) if loads else None

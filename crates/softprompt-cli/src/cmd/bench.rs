@@ -9,7 +9,7 @@
 //!   product kernel on the model's MLP shapes (W1's row count) and the memory read bandwidth.
 //!
 //! Each compute workload also reports its achieved GFLOP/s (counted from the model's shapes:
-//! matrices, LM head and causal attention; backward = twice the forward, input gradients only)
+//! matrices, LM head and causal attention; the backward computes input gradients only)
 //! and each decode workload the weight bytes it streams per step; with `peak` measured in the
 //! same process the table gives them as fractions of the ceilings.
 
@@ -220,19 +220,20 @@ fn workloads(m: &mut FrozenModel, runs: usize, only: Option<&str>, seq: usize) -
         }
         times.remove(0); // warm-up
         let s = median(times);
-        // Forward, then input gradients only (twice the forward): matrices over every row,
-        // the LM head over the target rows, causal attention over prompt + text.
+        // Forward, then input gradients only: each matrix product once more (dx, no dW),
+        // attention twice more (dQ from dS, dK, dV and dP). Matrices over every row, the LM
+        // head over the target rows, causal attention over prompt + text. (`--recompute`
+        // runs the blocks' forward again: not counted, it is not useful work.)
         let len = seq + p;
-        let fwd = 2.0 * work.mat * (8 * len) as f64
-            + 2.0 * work.head * (8 * (seq - 1)) as f64
-            + 8.0 * work.attention(0, len);
+        let products = 2.0 * work.mat * (8 * len) as f64 + 2.0 * work.head * (8 * (seq - 1)) as f64;
+        let attention = 8.0 * work.attention(0, len);
         rows.push(Row {
             workload: format!("W1 train step (8 x {seq} + 20 virtual)"),
             median: s,
             unit: "s/step",
             throughput: (8 * len) as f64 / s,
             throughput_unit: "tokens/s",
-            gflop: Some(3.0 * fwd / 1e9),
+            gflop: Some((2.0 * products + 3.0 * attention) / 1e9),
             step_bytes: None,
         });
     }

@@ -329,7 +329,7 @@ fn block_q3_k(b: &[u8], y: &mut [f32]) {
 /// Scale and min of sub-block `j` (0..8) from the 12 packed bytes of Q4_K / Q5_K: six bits
 /// each. For j < 4 they are the low 6 bits of bytes j and j+4; for j ≥ 4 the low nibbles
 /// come from byte j+4 and the top 2 bits from the top bits of bytes j−4 and j.
-fn k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
+pub(crate) fn k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {

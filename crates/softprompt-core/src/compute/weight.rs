@@ -161,8 +161,10 @@ impl QMatrix {
     fn row_kernel(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
-                && std::arch::is_x86_feature_detected!("avx512f")
+            matches!(
+                self.ty,
+                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K
+            ) && std::arch::is_x86_feature_detected!("avx512f")
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -188,13 +190,14 @@ impl QMatrix {
     }
 }
 
-/// One quantized row (Q4_0, Q4_1 or Q8_0: 32 values per block) dotted with up to four
-/// f32 rows: each block is expanded to two vectors of 16 f32 in registers, then one FMA per
-/// input row and half-block into that row's own two accumulators.
+/// One quantized row (Q4_0, Q4_1, Q5_0, Q8_0: 32 values per block; Q4_K: 256, taken 32 at a
+/// time) dotted with up to four f32 rows: each 32 values are expanded to two vectors of 16
+/// f32 in registers (the same arithmetic as [`dequantize_blocks`]), then one FMA per input row
+/// and half into that row's own two accumulators (the order of [`kernels::dot`]).
 ///
 /// # Safety
-/// The CPU has AVX512-F; `ty` is Q4_0, Q4_1 or Q8_0; `wr` holds one row of `cols` values in
-/// those blocks and every row of `xs` (at most 4) holds at least `cols` values.
+/// The CPU has AVX512-F; `ty` is one of those types; `wr` holds one row of `cols` values in
+/// its blocks and every row of `xs` (at most 4) holds at least `cols` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn qdot_avx512(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> [f32; 4] {
@@ -210,33 +213,71 @@ unsafe fn qdot_avx512(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> [f
     let mut acc0 = [_mm512_setzero_ps(); 4];
     let mut acc1 = [_mm512_setzero_ps(); 4];
     for blk in 0..cols / 32 {
-        let b = &wr[blk * ts..(blk + 1) * ts];
-        let (w0, w1) = match ty {
-            GgmlType::Q8_0 => {
-                let d = f16(b, 0);
-                let q0 = _mm_loadu_si128(b.as_ptr().add(2) as *const __m128i);
-                let q1 = _mm_loadu_si128(b.as_ptr().add(18) as *const __m128i);
-                (
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d),
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d),
-                )
-            }
-            _ => {
-                // Q4_0: (q - 8)·d; Q4_1: q·d + m. Low nibbles are values 0..16, high 16..32.
-                let (vd, vm, off) = if ty == GgmlType::Q4_1 {
-                    (f16(b, 0), f16(b, 2), 4)
-                } else {
+        let (w0, w1) = if ty == GgmlType::Q4_K {
+            // Super-block of 256 (d, dmin, scales[12], qs[128]); sub-block j of 32 values is
+            // the low (j even) or high (j odd) nibbles of qs[32 (j / 2)..][..32].
+            let (sb, j) = (blk / 8, blk % 8);
+            let b = &wr[sb * ts..(sb + 1) * ts];
+            let (sc, m) = crate::compute::quant::k_scale_min(j, &b[4..16]);
+            let vd = _mm512_mul_ps(f16(b, 0), _mm512_set1_ps(sc as f32)); // d·sc
+            let vmin = _mm512_mul_ps(f16(b, 2), _mm512_set1_ps(m as f32)); // dmin·m
+            let qs = b.as_ptr().add(16 + 32 * (j / 2));
+            let mask = _mm_set1_epi8(0x0F);
+            let nib = |q: __m128i| {
+                let q = if j % 2 == 0 { q } else { _mm_srli_epi16(q, 4) };
+                let v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask)));
+                _mm512_sub_ps(_mm512_mul_ps(vd, v), vmin)
+            };
+            (
+                nib(_mm_loadu_si128(qs as *const __m128i)),
+                nib(_mm_loadu_si128(qs.add(16) as *const __m128i)),
+            )
+        } else {
+            let b = &wr[blk * ts..(blk + 1) * ts];
+            match ty {
+                GgmlType::Q5_0 => {
+                    // (q - 16)·d; q = low nibble | bit j of qh << 4 (values 0..16), high nibble |
+                    // bit j + 16 of qh << 4 (values 16..32).
                     let d = f16(b, 0);
-                    (d, _mm512_mul_ps(d, _mm512_set1_ps(-8.0)), 2)
-                };
-                let qs = _mm_loadu_si128(b.as_ptr().add(off) as *const __m128i);
-                let mask = _mm_set1_epi8(0x0F);
-                let lo = _mm_and_si128(qs, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-                (
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), vd, vm),
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), vd, vm),
-                )
+                    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                    let qs = _mm_loadu_si128(b.as_ptr().add(6) as *const __m128i);
+                    let mask = _mm_set1_epi8(0x0F);
+                    let five = |nib: __m128i, bits: u32| {
+                        let q = _mm512_cvtepu8_epi32(_mm_and_si128(nib, mask));
+                        let q = _mm512_add_epi32(q, _mm512_maskz_set1_epi32(bits as u16, 16));
+                        _mm512_mul_ps(
+                            _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(16))),
+                            d,
+                        )
+                    };
+                    (five(qs, qh), five(_mm_srli_epi16(qs, 4), qh >> 16))
+                }
+                GgmlType::Q8_0 => {
+                    let d = f16(b, 0);
+                    let q0 = _mm_loadu_si128(b.as_ptr().add(2) as *const __m128i);
+                    let q1 = _mm_loadu_si128(b.as_ptr().add(18) as *const __m128i);
+                    (
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d),
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d),
+                    )
+                }
+                _ => {
+                    // Q4_0: (q - 8)·d; Q4_1: q·d + m. Low nibbles are values 0..16, high 16..32.
+                    let (vd, vm, off) = if ty == GgmlType::Q4_1 {
+                        (f16(b, 0), f16(b, 2), 4)
+                    } else {
+                        let d = f16(b, 0);
+                        (d, _mm512_mul_ps(d, _mm512_set1_ps(-8.0)), 2)
+                    };
+                    let qs = _mm_loadu_si128(b.as_ptr().add(off) as *const __m128i);
+                    let mask = _mm_set1_epi8(0x0F);
+                    let lo = _mm_and_si128(qs, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+                    (
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), vd, vm),
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), vd, vm),
+                    )
+                }
             }
         };
         for t in 0..g {
@@ -512,6 +553,7 @@ mod tests {
             (GgmlType::Q4_1, 300, 96),
             (GgmlType::Q4_0, 70, 64),
             (GgmlType::Q4_K, 40, 512),
+            (GgmlType::Q5_0, 50, 96),
         ] {
             let q = Weight::Quant(random_q(ty, rows, cols, 7));
             let f = Weight::F32(q.to_f32().into_owned());
