@@ -915,6 +915,7 @@ def main():
     p.add_argument("--weights", default="f32")
     p.add_argument("--hf-dir", help="HF folder for PyTorch (default: found or exported)")
     p.add_argument("--seqs", default="128,1024")
+    p.add_argument("--torch-dtypes", default="fp32,bf16")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--no-torch", action="store_true")

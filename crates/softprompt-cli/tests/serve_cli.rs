@@ -184,6 +184,94 @@ fn next_data(r: &mut BufReader<std::net::TcpStream>) -> Option<String> {
     }
 }
 
+/// Every case sent alone, then all at once: the batched answers equal the lone ones token for
+/// token, and the requests did share decode steps. Returns the lone answers.
+fn alone_equals_together(s: &Server, cases: &[(&str, &str, Value)]) -> Vec<Value> {
+    let alone: Vec<Value> = cases
+        .iter()
+        .map(|(p, t, e)| completion(s, p, t, e.clone()))
+        .collect();
+    let steps0 = metric(&s.url, "softprompt_decode_steps_total");
+    let rows0 = metric(&s.url, "softprompt_decode_rows_total");
+    let url = s.url.clone();
+    let together: Vec<Value> = std::thread::scope(|sc| {
+        let hs: Vec<_> = cases
+            .iter()
+            .map(|(p, t, e)| sc.spawn(|| completion_at(&url, p, t, e.clone())))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mean_batch = (metric(&s.url, "softprompt_decode_rows_total") - rows0)
+        / (metric(&s.url, "softprompt_decode_steps_total") - steps0);
+    assert!(
+        mean_batch > 3.0,
+        "requests did not share batches: mean batch {mean_batch}"
+    );
+    for ((c, a), t) in cases.iter().zip(&alone).zip(&together) {
+        assert_eq!(
+            a["softprompt"]["token_ids"], t["softprompt"]["token_ids"],
+            "{c:?}: batched answer differs from the lone one"
+        );
+        assert_eq!(a["choices"][0]["text"], t["choices"][0]["text"]);
+        assert_eq!(t["model"], c.0);
+        assert_eq!(t["usage"]["completion_tokens"], 10);
+    }
+    alone
+}
+
+/// `--weights bf16` is served in exact mode too where the CPU has AMX or AVX512-BF16 (and
+/// refused with that reason elsewhere): batched answers equal lone ones token for token.
+#[test]
+fn bf16_batches_answer_exactly_as_lone_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = bin()
+        .args([
+            "serve",
+            "--weights",
+            "bf16",
+            "--bind",
+            "127.0.0.1:0",
+            "--prompts",
+        ])
+        .arg(dir.path().join("missing"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&probe.stderr);
+    assert!(!probe.status.success());
+    if err.contains("batch-invariant only on CPUs with AMX or AVX512-BF16") {
+        eprintln!("skipping bf16_batches_answer_exactly_as_lone_requests: {err}");
+        return;
+    }
+    make_prompts(&dir.path().join("prompts"), 3, &[]);
+    let s = start(&[
+        "--weights",
+        "bf16",
+        "--prompts",
+        dir.path().join("prompts").to_str().unwrap(),
+    ]);
+    let mut cases = Vec::new();
+    for p in ["p000", "p001", "p002", "base"] {
+        for t in ["The capital of France is", "I loved this movie"] {
+            cases.push((p, t, json!({})));
+        }
+    }
+    let alone = alone_equals_together(&s, &cases);
+    // The answers are the bf16 model's: the CLI's greedy generation on bf16 weights.
+    let cli = bin()
+        .args(["generate", "--weights", "bf16", "--max-new-tokens", "10"])
+        .args(["--text", "I loved this movie", "--prompt"])
+        .arg(dir.path().join("prompts/p001"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        json!(String::from_utf8(cli.stdout)
+            .unwrap()
+            .strip_suffix('\n')
+            .unwrap()),
+        alone[3]["choices"][0]["text"]
+    );
+}
+
 #[test]
 fn mixed_prompt_batches_answer_exactly_as_lone_requests() {
     let dir = tempfile::tempdir().unwrap();
@@ -225,37 +313,7 @@ fn mixed_prompt_batches_answer_exactly_as_lone_requests() {
             cases.push((p, *t, extra));
         }
     }
-    // Alone, one at a time.
-    let alone: Vec<Value> = cases
-        .iter()
-        .map(|(p, t, e)| completion(&s, p, t, e.clone()))
-        .collect();
-    let steps0 = metric(&s.url, "softprompt_decode_steps_total");
-    let rows0 = metric(&s.url, "softprompt_decode_rows_total");
-    // All at once.
-    let url = s.url.clone();
-    let together: Vec<Value> = std::thread::scope(|sc| {
-        let hs: Vec<_> = cases
-            .iter()
-            .map(|(p, t, e)| sc.spawn(|| completion_at(&url, p, t, e.clone())))
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let mean_batch = (metric(&s.url, "softprompt_decode_rows_total") - rows0)
-        / (metric(&s.url, "softprompt_decode_steps_total") - steps0);
-    assert!(
-        mean_batch > 3.0,
-        "requests did not share batches: mean batch {mean_batch}"
-    );
-    for ((c, a), t) in cases.iter().zip(&alone).zip(&together) {
-        assert_eq!(
-            a["softprompt"]["token_ids"], t["softprompt"]["token_ids"],
-            "{c:?}: batched answer differs from the lone one"
-        );
-        assert_eq!(a["choices"][0]["text"], t["choices"][0]["text"]);
-        assert_eq!(t["model"], c.0);
-        assert_eq!(t["usage"]["completion_tokens"], 10);
-    }
+    let alone = alone_equals_together(&s, &cases);
     // Different prompts do steer the model differently (the prompt is really applied).
     let outs: std::collections::HashSet<String> = alone[..12]
         .iter()

@@ -90,7 +90,8 @@ impl Llama {
             })
             .collect();
         let mut dpost = Vec::new(); // [N, D] gradient w.r.t. a sub-layer output before its post-norm
-                                    // A checkpointed tape: each block's tape is rebuilt from its input, in these buffers.
+
+        // A checkpointed tape: each block's tape is rebuilt from its input, in these buffers.
         let mut scratch = tape.recompute.then(|| Scratch::new(self, n));
         for (l, (b, kept)) in self.blocks.iter().zip(&tape.blocks).enumerate().rev() {
             let rebuilt = scratch.as_mut().and_then(|s| {

@@ -117,16 +117,19 @@ pub fn load_hf_folder_with(dir: &Path, format: WeightFormat) -> Result<LoadedWei
             let (w, d) = read_safetensors(&path, format)?;
             dtypes.extend(d);
             for (name, t) in w {
-                let known = weights.contains_key(&name) || matrices.contains_key(&name);
-                match t {
-                    Loaded::Tensor(t) => weights.insert(name.clone(), t).map(|_| ()),
-                    Loaded::Matrix(w) => matrices.insert(name.clone(), w).map(|_| ()),
-                };
-                if known {
+                if weights.contains_key(&name) || matrices.contains_key(&name) {
                     return Err(Error::format(
                         &path,
                         format!("tensor {name} also appears in another shard"),
                     ));
+                }
+                match t {
+                    Loaded::Tensor(t) => {
+                        weights.insert(name, t);
+                    }
+                    Loaded::Matrix(w) => {
+                        matrices.insert(name, w);
+                    }
                 }
             }
         }
@@ -302,12 +305,11 @@ fn is_plain_relative(p: &str) -> bool {
     normal
 }
 
-/// Memory-map one safetensors file and convert every tensor to f32.
 /// A tensor and its name.
 type Named = (String, Loaded);
 
-/// Every tensor of one safetensors file, as [`super::finish`] leaves it for `format`, and the
-/// dtypes it stores.
+/// Memory-map one safetensors file and convert every tensor to f32, then as
+/// [`super::finish`] leaves it for `format`; also the dtypes it stores.
 fn read_safetensors(path: &Path, format: WeightFormat) -> Result<(Vec<Named>, BTreeSet<String>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the map is read-only and lives only inside this function; like every mmap-based
