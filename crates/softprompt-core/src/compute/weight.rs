@@ -305,52 +305,23 @@ unsafe fn qdot_avx512_k(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> 
                 nib(_mm_loadu_si128(qs.add(16) as *const __m128i)),
             )
         } else {
+            // Q5_0
             let b = &wr[blk * ts..(blk + 1) * ts];
-            match ty {
-                GgmlType::Q5_0 => {
-                    // (q - 16)·d; q = low nibble | bit j of qh << 4 (values 0..16), high nibble |
-                    // bit j + 16 of qh << 4 (values 16..32).
-                    let d = f16(b, 0);
-                    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                    let qs = _mm_loadu_si128(b.as_ptr().add(6) as *const __m128i);
-                    let mask = _mm_set1_epi8(0x0F);
-                    let five = |nib: __m128i, bits: u32| {
-                        let q = _mm512_cvtepu8_epi32(_mm_and_si128(nib, mask));
-                        let q = _mm512_add_epi32(q, _mm512_maskz_set1_epi32(bits as u16, 16));
-                        _mm512_mul_ps(
-                            _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(16))),
-                            d,
-                        )
-                    };
-                    (five(qs, qh), five(_mm_srli_epi16(qs, 4), qh >> 16))
-                }
-                GgmlType::Q8_0 => {
-                    let d = f16(b, 0);
-                    let q0 = _mm_loadu_si128(b.as_ptr().add(2) as *const __m128i);
-                    let q1 = _mm_loadu_si128(b.as_ptr().add(18) as *const __m128i);
-                    (
-                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d),
-                        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d),
-                    )
-                }
-                _ => {
-                    // Q4_0: (q - 8)·d; Q4_1: q·d + m. Low nibbles are values 0..16, high 16..32.
-                    let (vd, vm, off) = if ty == GgmlType::Q4_1 {
-                        (f16(b, 0), f16(b, 2), 4)
-                    } else {
-                        let d = f16(b, 0);
-                        (d, _mm512_mul_ps(d, _mm512_set1_ps(-8.0)), 2)
-                    };
-                    let qs = _mm_loadu_si128(b.as_ptr().add(off) as *const __m128i);
-                    let mask = _mm_set1_epi8(0x0F);
-                    let lo = _mm_and_si128(qs, mask);
-                    let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-                    (
-                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), vd, vm),
-                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), vd, vm),
-                    )
-                }
-            }
+            // (q - 16)·d; q = low nibble | bit j of qh << 4 (values 0..16), high nibble |
+            // bit j + 16 of qh << 4 (values 16..32).
+            let d = f16(b, 0);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = _mm_loadu_si128(b.as_ptr().add(6) as *const __m128i);
+            let mask = _mm_set1_epi8(0x0F);
+            let five = |nib: __m128i, bits: u32| {
+                let q = _mm512_cvtepu8_epi32(_mm_and_si128(nib, mask));
+                let q = _mm512_add_epi32(q, _mm512_maskz_set1_epi32(bits as u16, 16));
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(16))),
+                    d,
+                )
+            };
+            (five(qs, qh), five(_mm_srli_epi16(qs, 4), qh >> 16))
         };
         for t in 0..g {
             let px = xs[t].as_ptr().add(blk * 32);
