@@ -184,6 +184,22 @@ fn next_data(r: &mut BufReader<std::net::TcpStream>) -> Option<String> {
     }
 }
 
+/// `softprompt generate` of 10 greedy tokens after `text` under `prompt` (plus `extra`
+/// flags), as the JSON string a completion's text is.
+fn cli_greedy(extra: &[&str], text: &str, prompt: &Path) -> Value {
+    let out = bin()
+        .args(["generate", "--max-new-tokens", "10"])
+        .args(extra)
+        .args(["--text", text, "--prompt"])
+        .arg(prompt)
+        .output()
+        .unwrap();
+    json!(String::from_utf8(out.stdout)
+        .unwrap()
+        .strip_suffix('\n')
+        .unwrap())
+}
+
 /// Every case sent alone, then all at once: the batched answers equal the lone ones token for
 /// token, and the requests did share decode steps. Returns the lone answers.
 fn alone_equals_together(s: &Server, cases: &[(&str, &str, Value)]) -> Vec<Value> {
@@ -257,17 +273,9 @@ fn bf16_batches_answer_exactly_as_lone_requests() {
     }
     let alone = alone_equals_together(&s, &cases);
     // The answers are the bf16 model's: the CLI's greedy generation on bf16 weights.
-    let cli = bin()
-        .args(["generate", "--weights", "bf16", "--max-new-tokens", "10"])
-        .args(["--text", "I loved this movie", "--prompt"])
-        .arg(dir.path().join("prompts/p001"))
-        .output()
-        .unwrap();
+    let p001 = dir.path().join("prompts/p001");
     assert_eq!(
-        json!(String::from_utf8(cli.stdout)
-            .unwrap()
-            .strip_suffix('\n')
-            .unwrap()),
+        cli_greedy(&["--weights", "bf16"], "I loved this movie", &p001),
         alone[3]["choices"][0]["text"]
     );
 }
@@ -350,23 +358,8 @@ fn mixed_prompt_batches_answer_exactly_as_lone_requests() {
     assert_eq!(models["data"][5]["id"], "q-deep");
     assert_eq!(models["data"][5]["softprompt"]["kind"], "prefix");
     // The deep prompt's greedy answer is the CLI's.
-    let cli = bin()
-        .args([
-            "generate",
-            "--max-new-tokens",
-            "10",
-            "--text",
-            texts[0],
-            "--prompt",
-        ])
-        .arg(&deep)
-        .output()
-        .unwrap();
     assert_eq!(
-        json!(String::from_utf8(cli.stdout)
-            .unwrap()
-            .strip_suffix('\n')
-            .unwrap()),
+        cli_greedy(&[], texts[0], &deep),
         alone[12]["choices"][0]["text"]
     );
 }
