@@ -207,7 +207,7 @@ mod tests {
         }
         assert_eq!(
             values("bench", "only"),
-            ["train", "decode", "classify", "serve"]
+            ["train", "decode", "classify", "serve", "decode8", "peak"]
         );
         let help = cli
             .clone()
