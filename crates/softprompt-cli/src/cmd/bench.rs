@@ -140,10 +140,10 @@ impl Work {
             let nk = (w.rows() * w.cols()) as f64;
             if std::ptr::eq(w, lm) {
                 head = nk;
-                stream_bytes += w.forward_bytes() as f64;
+                stream_bytes += w.bytes() as f64;
             } else if name != "embed" && name != "lm_head" {
                 mat += nk;
-                stream_bytes += w.forward_bytes() as f64;
+                stream_bytes += w.bytes() as f64;
             }
         });
         Work {

@@ -3,9 +3,11 @@
 //! registers: AMD Zen 4 and later, Intel Cooper Lake and later), or a portable fallback.
 //!
 //! A weight `w[n, k]` (HF `[out, in]` layout) is rounded to bf16 once and packed by
-//! [`PackedBf16::pack`] as the right operand of `y = x W^T`, and on the first backward a second
-//! time as the right operand of `dx = dy W`. Both products are then the same operation, `C[M, N] (+)= A[M, K] B[K, N]`,
-//! with A the f32 activations (converted to bf16 per call) and B a packed weight.
+//! [`PackedBf16::pack`] as the right operand of `y = x W^T`. The right operand of `dx = dy W`
+//! is transposed from it during each backward, [`DX_CHUNK`] rows of W at a time
+//! ([`BTiles::transposed`]), so a model holds 2 bytes per weight in training too. Both products
+//! are then the same operation, `C[M, N] (+)= A[M, K] B[K, N]`, with A the f32 activations
+//! (converted to bf16 per call) and B a packed weight.
 //!
 //! # Tile layout
 //! An AMX tile register holds 16 rows of 64 bytes. `tdpbf16ps C, A, B` computes
@@ -48,9 +50,13 @@ const TILE: usize = TR * TK;
 /// Output block edge computed by one kernel call (2 x 2 tiles of 16 x 16).
 const BLK: usize = 32;
 /// Largest K for which the activations are packed once per call for all rows; for larger K
-/// (the LM head backward, K = 49152) each task packs its rows [`KC`] columns at a time.
+/// (the down projection of a model with F > 4096) each task packs its rows [`KC`] columns at a time.
 const KC_MAX: usize = 4096;
 const KC: usize = 1024;
+/// Rows of W (the reduction of `dx = dy W`) transposed into the backward operand at a time:
+/// the transient operand is at most `k x 4096` bf16 (16 MiB at k = 2048), and each chunk is
+/// short enough for the activations to be packed once for all rows.
+const DX_CHUNK: usize = KC_MAX;
 
 /// True when AMX-BF16 can be used in this process (CPU + OS permission granted). Cached.
 pub fn available() -> bool {
@@ -215,20 +221,121 @@ impl BTiles {
         let (kti, kr) = (kk / TK, kk % TK);
         bf16_to_f32(self.data[ntile * self.kt + kti].0[(kr / 2) * TK + 2 * j + (kr & 1)])
     }
+
+    /// The operand `B'[nn, kk] = B[kk, nn]` for `nn` in `c0 .. c0 + len` (`c0` a multiple of
+    /// 32), built in `data` (resized; every tile is overwritten): of a forward packing
+    /// (`B = W^T`), the rows `c0 ..` of W as the right operand of `dx = dy W`.
+    ///
+    /// Tile `(s, t)` of B' (columns `16s ..`, reduction `c0 + 32t ..`) is half of the forward
+    /// tiles `(2T, s/2)` and `(2T + 1, s/2)`, `T = c0/32 + t`, transposed in 4-value groups: a
+    /// u64 of a forward tile row holds `W[j, 2q], W[j, 2q+1], W[j+1, 2q], W[j+1, 2q+1]`; the
+    /// same u64 of B' holds them as `W[j, 2q], W[j+1, 2q], W[j, 2q+1], W[j+1, 2q+1]`.
+    fn transposed(&self, c0: usize, len: usize, mut data: Vec<Tile>) -> BTiles {
+        debug_assert!(c0.is_multiple_of(TK) && c0 + len <= self.n);
+        let (nt, kt) = (2 * self.kt, len.div_ceil(TK));
+        let t0 = c0 / TK;
+        let wide = avx512_ok();
+        data.resize(nt * kt, ZERO_TILE);
+        data.par_chunks_mut(kt.max(1))
+            .enumerate()
+            .for_each(|(s, strip)| {
+                let (h, kti) = (s % 2, s / 2);
+                for (t, out) in strip.iter_mut().enumerate() {
+                    let f0 = 2 * (t0 + t) * self.kt + kti;
+                    let src = [&self.data[f0], &self.data[f0 + self.kt]];
+                    transpose_tile(src, h, out, wide);
+                }
+            });
+        BTiles {
+            n: self.k,
+            k: len,
+            nt,
+            kt,
+            data,
+        }
+    }
 }
 
-/// A frozen weight `w[n, k]` (HF `[out, in]` layout) stored as bf16, packed for both products:
-/// `fwd` is `B = W^T [k, n]` for `y = x W^T`, `bwd` is `B = W [n, k]` for `dx = dy W`. The
-/// backward packing is made from the forward one on the first `linear_dx`, so a model that
-/// only runs forward (decoding, scoring, serving) holds 2 bytes per weight, not 4.
+/// One tile of [`BTiles::transposed`]: `src` the forward tiles of its two 16-row strips of W,
+/// `h` which half of their 32 columns. Output row `8f + r` is column `r` of the 8 x 8 u64
+/// matrix formed by rows `8h .. 8h + 8` of `src[f]`, each u64's middle u16 swapped.
+#[inline(always)]
+fn transpose_tile(src: [&Tile; 2], h: usize, out: &mut Tile, wide: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        // SAFETY: avx512f/bw were detected (`wide`); tiles are 1 KiB, 64-byte aligned.
+        return unsafe { transpose_tile_avx512(src, h, out) };
+    }
+    let _ = wide;
+    /// Swaps the middle two u16 of a u64.
+    #[inline(always)]
+    fn swap_mid(x: u64) -> u64 {
+        (x & 0xffff_0000_0000_ffff) | ((x >> 16) & 0xffff_0000) | ((x << 16) & 0xffff_0000_0000)
+    }
+    // SAFETY: a Tile is 1 KiB, 64-byte aligned: 128 u64 ([16 rows][8]).
+    let q = |t: &Tile| unsafe { &*(t as *const Tile as *const [u64; TILE / 4]) };
+    let o = unsafe { &mut *(out as *mut Tile as *mut [u64; TILE / 4]) };
+    for (r, row) in o.chunks_exact_mut(8).enumerate() {
+        let s = q(src[r / 8]);
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = swap_mid(s[(h * 8 + c) * 8 + r % 8]);
+        }
+    }
+}
+
+/// [`transpose_tile`] on zmm registers: per source tile, 8 row loads, an 8 x 8 u64 transpose
+/// (unpack, then two rounds of two-source permutes), a byte shuffle for the u16 swap, 8 stores.
+///
+/// # Safety
+/// The CPU has AVX512-F and AVX512-BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn transpose_tile_avx512(src: [&Tile; 2], h: usize, out: &mut Tile) {
+    use std::arch::x86_64::*;
+    // Bytes of each u64: u16 lanes 0, 2, 1, 3.
+    let swap = _mm512_set4_epi32(0x0f0e_0b0a, 0x0d0c_0908, 0x0706_0302, 0x0504_0100);
+    let lo128 = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+    let hi128 = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+    let lo256 = _mm512_set_epi64(11, 10, 9, 8, 3, 2, 1, 0);
+    let hi256 = _mm512_set_epi64(15, 14, 13, 12, 7, 6, 5, 4);
+    let po = out.0.as_mut_ptr();
+    for (f, t) in src.iter().enumerate() {
+        let p = t.0.as_ptr().add(h * 8 * TK);
+        let r: [__m512i; 8] = std::array::from_fn(|i| {
+            _mm512_shuffle_epi8(_mm512_load_si512(p.add(i * TK).cast()), swap)
+        });
+        // a[2i]: elements 0, 2, 4, 6 of rows 2i, 2i+1 interleaved; a[2i+1]: elements 1, 3, 5, 7.
+        let a: [__m512i; 8] = std::array::from_fn(|i| {
+            let (x, y) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_epi64(x, y)
+            } else {
+                _mm512_unpackhi_epi64(x, y)
+            }
+        });
+        // b[4g + c]: column c (c < 2: also c + 4 in the upper half; c = 2, 3: columns 2, 3 / 6, 7)
+        // of rows 4g .. 4g + 4.
+        let b: [__m512i; 8] = std::array::from_fn(|i| {
+            let (g, c) = (i / 4, i % 4);
+            let (x, y) = (a[4 * g + (c & 1)], a[4 * g + 2 + (c & 1)]);
+            _mm512_permutex2var_epi64(x, if c < 2 { lo128 } else { hi128 }, y)
+        });
+        for c in 0..8 {
+            let (x, y) = (b[c % 4], b[4 + c % 4]);
+            let col = _mm512_permutex2var_epi64(x, if c < 4 { lo256 } else { hi256 }, y);
+            _mm512_store_si512(po.add((f * 8 + c) * TK).cast(), col);
+        }
+    }
+}
+
+/// A frozen weight `w[n, k]` (HF `[out, in]` layout) stored as bf16 (2 bytes per weight),
+/// packed as `B = W^T [k, n]` for `y = x W^T`; `dx = dy W` transposes it chunk by chunk.
 #[derive(Clone)]
 pub struct PackedBf16 {
     n: usize,
     k: usize,
     /// B[k, n] = W^T
     fwd: BTiles,
-    /// B[n, k] = W, once a backward asked for it.
-    bwd: OnceLock<BTiles>,
 }
 
 impl std::fmt::Debug for PackedBf16 {
@@ -238,7 +345,7 @@ impl std::fmt::Debug for PackedBf16 {
 }
 
 impl PackedBf16 {
-    /// Rounds `w[n, k]` to bf16 (nearest even) and packs it for both products.
+    /// Rounds `w[n, k]` to bf16 (nearest even) and packs it.
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
         assert!(
             w.len() >= n * k,
@@ -246,19 +353,7 @@ impl PackedBf16 {
             w.len()
         );
         let fwd = BTiles::pack(n, k, |nn, kk| w[nn * k + kk]); // N = n, K = k
-        PackedBf16 {
-            n,
-            k,
-            fwd,
-            bwd: OnceLock::new(),
-        }
-    }
-
-    /// The backward packing, made on first use from the forward one (already bf16: exact).
-    fn bwd(&self) -> &BTiles {
-        self.bwd
-            .get_or_init(|| BTiles::pack(self.k, self.n, |kk, nn| self.fwd.get(kk, nn)))
-        // N = k, K = n
+        PackedBf16 { n, k, fwd }
     }
 
     /// n (output features).
@@ -278,14 +373,8 @@ impl PackedBf16 {
         }
     }
 
-    /// Memory held by the packed weights.
+    /// Memory held by the packed weight (what a product streams).
     pub fn bytes(&self) -> usize {
-        let bwd = self.bwd.get().map_or(0, |b| b.data.len());
-        (self.fwd.data.len() + bwd) * std::mem::size_of::<Tile>() + std::mem::size_of::<Self>()
-    }
-
-    /// Bytes of the forward packing (what `linear` streams).
-    pub fn forward_bytes(&self) -> usize {
         self.fwd.data.len() * std::mem::size_of::<Tile>()
     }
 
@@ -303,19 +392,40 @@ impl PackedBf16 {
     fn linear_with(&self, x: &[f32], m: usize, y: &mut [f32], accumulate: bool, fast: bool) {
         assert!(x.len() >= m * self.k, "linear: x too short");
         assert!(y.len() >= m * self.n, "linear: y too short");
-        product(&self.fwd, x, m, y, accumulate, fast);
+        product(&self.fwd, x, self.k, m, y, accumulate, fast);
     }
 
     /// [`Self::linear_dx`] on the fastest kernel or on the portable fallback.
     fn linear_dx_with(&self, dy: &[f32], m: usize, dx: &mut [f32], accumulate: bool, fast: bool) {
         assert!(dy.len() >= m * self.n, "linear_dx: dy too short");
         assert!(dx.len() >= m * self.k, "linear_dx: dx too short");
-        product(self.bwd(), dy, m, dx, accumulate, fast);
+        if self.n == 0 || m == 0 {
+            if !accumulate {
+                dx[..m * self.k].fill(0.0);
+            }
+            return;
+        }
+        let mut buf = DXBUF.with(|c| c.take());
+        for c0 in (0..self.n).step_by(DX_CHUNK) {
+            let b = self.fwd.transposed(c0, DX_CHUNK.min(self.n - c0), buf);
+            product(&b, &dy[c0..], self.n, m, dx, accumulate || c0 > 0, fast);
+            buf = b.data;
+        }
+        DXBUF.with(|c| c.set(buf));
     }
 }
 
-/// `c[m, b.n] (+)= a[m, b.k] @ B`, bf16 inputs (a rounded here), f32 accumulation.
-fn product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool, fast: bool) {
+/// `c[m, b.n] (+)= a[m, b.k] @ B`, bf16 inputs (a rounded here), f32 accumulation; row `i` of
+/// `a` starts at `a[i * lda]`.
+fn product(
+    b: &BTiles,
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    c: &mut [f32],
+    accumulate: bool,
+    fast: bool,
+) {
     if m == 0 || b.n == 0 {
         return;
     }
@@ -327,15 +437,17 @@ fn product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool, fas
     }
     match if fast { kernel() } else { Kernel::Portable } {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        Kernel::Dpbf16 if m <= dpbf16::SMALL_M => dpbf16::small_product(b, a, m, c, accumulate),
+        Kernel::Dpbf16 if m <= dpbf16::SMALL_M => {
+            dpbf16::small_product(b, a, lda, m, c, accumulate)
+        }
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        k @ (Kernel::Amx | Kernel::Dpbf16) => tiled_product(b, a, m, c, accumulate, k),
-        _ => fallback_product(b, a, m, c, accumulate),
+        k @ (Kernel::Amx | Kernel::Dpbf16) => tiled_product(b, a, lda, m, c, accumulate, k),
+        _ => fallback_product(b, a, lda, m, c, accumulate),
     }
 }
 
 /// Portable path: dequantize B in chunks of K rows and multiply with the f32 gemm.
-fn fallback_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool) {
+fn fallback_product(b: &BTiles, a: &[f32], lda: usize, m: usize, c: &mut [f32], accumulate: bool) {
     const CH: usize = 256;
     let (n, k) = (b.n, b.k);
     let mut bbuf = vec![0.0f32; CH.min(k) * n]; // [ch, n] rows kk0..kk1 of B
@@ -354,7 +466,7 @@ fn fallback_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: 
         for i in 0..m {
             for (d, s) in abuf[i * ch..(i + 1) * ch]
                 .iter_mut()
-                .zip(&a[i * k + kk0..i * k + kk1])
+                .zip(&a[i * lda + kk0..i * lda + kk1])
             {
                 *d = bf16_to_f32(bf16(*s));
             }
@@ -378,6 +490,8 @@ thread_local! {
     /// thread just allocates its own): packed activations, and a task's f32 output blocks.
     static ABUF: Cell<Vec<Tile>> = const { Cell::new(Vec::new()) };
     static CBUF: Cell<Vec<Tile>> = const { Cell::new(Vec::new()) };
+    /// The transposed weight chunk of a backward product ([`PackedBf16::linear_dx`]).
+    static DXBUF: Cell<Vec<Tile>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `f` with this thread's buffer `key` grown to at least `len` tiles.
@@ -399,10 +513,12 @@ fn with_buf<R>(
 const CBLK: usize = BLK * BLK;
 
 /// Packs rows `r0 .. r0 + 32*blocks` (zero past `m`) and columns `k0 .. k0 + 32*ktc` (zero
-/// past `k`) of `a[m, k]` into `dst`: `[blocks*2][ktc]` tiles of 16 rows x 32 bf16.
+/// past `k`) of `a[m, k]` (row `i` at `a[i * lda]`) into `dst`: `[blocks*2][ktc]` tiles of
+/// 16 rows x 32 bf16.
 #[allow(clippy::too_many_arguments)]
 fn pack_a(
     a: &[f32],
+    lda: usize,
     m: usize,
     k: usize,
     r0: usize,
@@ -422,7 +538,7 @@ fn pack_a(
                     d.fill(0);
                 } else {
                     let len = TK.min(k - kk);
-                    cvt_row(&a[row * k + kk..row * k + kk + len], d, wide);
+                    cvt_row(&a[row * lda + kk..row * lda + kk + len], d, wide);
                 }
             }
         }
@@ -439,9 +555,17 @@ fn pack_a(
 /// together in L1 (2 x 18 KiB): B stays there while the A blocks of the group stream from L2.
 ///
 /// A (bf16 tiles) is packed once per call for all rows when K <= [`KC_MAX`]; for longer K (the
-/// LM head backward, K = 49152) each task packs its own rows [`KC`] columns at a time.
+/// down projection of a model with F > 4096) each task packs its own rows [`KC`] columns at a time.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn tiled_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool, kern: Kernel) {
+fn tiled_product(
+    b: &BTiles,
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    c: &mut [f32],
+    accumulate: bool,
+    kern: Kernel,
+) {
     let amx = kern == Kernel::Amx;
     let (n, k) = (b.n, b.k);
     let mb = m.div_ceil(BLK); // 32-row blocks
@@ -546,7 +670,7 @@ fn tiled_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: boo
                             for kt0 in (0..b.kt).step_by(kc_tiles) {
                                 let ktc = kc_tiles.min(b.kt - kt0);
                                 let dst = &mut local[..rows * 2 * ktc * TILE];
-                                pack_a(a, m, k, bi0 * BLK, kt0 * TK, ktc, dst, wide);
+                                pack_a(a, lda, m, k, bi0 * BLK, kt0 * TK, ktc, dst, wide);
                                 step(kt0, ktc, dst.as_ptr(), ktc);
                             }
                         });
@@ -587,7 +711,7 @@ fn tiled_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: boo
             apack
                 .par_chunks_mut(2 * b.kt * TILE)
                 .enumerate()
-                .for_each(|(blk, dst)| pack_a(a, m, k, blk * BLK, 0, b.kt, dst, wide));
+                .for_each(|(blk, dst)| pack_a(a, lda, m, k, blk * BLK, 0, b.kt, dst, wide));
             run(apack);
         });
     } else {
@@ -654,12 +778,19 @@ mod dpbf16 {
     /// once, then every B tile row (16 columns) is read once per group of up to 8 rows and
     /// dotted with all of them. Memory-bound on the weight bytes at small `m`; parallel over
     /// 64-column blocks.
-    pub fn small_product(b: &BTiles, a: &[f32], m: usize, c: &mut [f32], accumulate: bool) {
+    pub fn small_product(
+        b: &BTiles,
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        c: &mut [f32],
+        accumulate: bool,
+    ) {
         assert!(m <= SMALL_M, "small_product: {m} rows");
         let kp = b.kt * TK; // K padded to whole tiles
         let mut xb = vec![0u16; m * kp]; // [m, kp] bf16 rows, zero past k
         for (i, row) in xb.chunks_mut(kp).enumerate() {
-            for (d, &v) in row.iter_mut().zip(&a[i * b.k..(i + 1) * b.k]) {
+            for (d, &v) in row.iter_mut().zip(&a[i * lda..i * lda + b.k]) {
                 *d = bf16(v);
             }
         }
@@ -1178,6 +1309,42 @@ mod tests {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
                 assert!(diff < 1e-3, "y {m}x{n}x{k}: fast kernel vs fallback {diff}");
+            }
+        }
+    }
+
+    /// The backward operand of rows `c0 ..` of W is their transpose, and the scalar and the
+    /// AVX-512 tile transposes write the same bits.
+    #[test]
+    fn transposed_operand_is_the_weight_rows() {
+        let (n, k) = (100usize, 70usize);
+        let p = PackedBf16::pack(&fill(n * k, 3), n, k);
+        // Whole chunks (a multiple of 32 rows) or the last one (ending at n: zeros past it).
+        for (c0, len) in [(0, 100), (32, 68), (96, 4), (32, 32)] {
+            let t = p.fwd.transposed(c0, len, Vec::new());
+            assert_eq!((t.n, t.k), (k, len));
+            for r in 0..t.kt * TK {
+                for c in 0..t.nt * TR {
+                    let want = if r < len && c < k {
+                        p.fwd.get(c, c0 + r)
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(t.get(r, c), want, "c0={c0} row {r} col {c}");
+                }
+            }
+        }
+        if !avx512_ok() {
+            eprintln!("transposed_operand_is_the_weight_rows: no AVX-512, scalar path only");
+            return;
+        }
+        let d = &p.fwd.data;
+        for (i, j) in [(0, 1), (3, 5), (7, 2)] {
+            for h in 0..2 {
+                let (mut a, mut b) = (ZERO_TILE, ZERO_TILE);
+                transpose_tile([&d[i], &d[j]], h, &mut a, false);
+                transpose_tile([&d[i], &d[j]], h, &mut b, true);
+                assert_eq!(a.0, b.0, "tiles {i}, {j} half {h}");
             }
         }
     }

@@ -164,7 +164,7 @@ pub fn linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, y: &mut [f32],
 }
 
 /// Inputs with at most this many rows use [`linear_rows`].
-const SMALL_M: usize = 4;
+const SMALL_M: usize = 16;
 
 /// `y[m, n] (+)= x[m, k] @ w[n, k]^T`, every element one [`dot`] in a fixed order: a row's
 /// result never depends on `m` or on the other rows (what batch-invariant serving needs).

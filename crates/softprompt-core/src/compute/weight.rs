@@ -19,6 +19,10 @@ use crate::Tensor;
 /// through dequantized tiles and the GEMM (2-core AMD EPYC).
 const QUANT_ROWS_MAX: usize = 32;
 
+/// Input rows dotted with one in-register expansion of a quantized block
+/// ([`QMatrix::row_dot`]): two accumulators each, 16 of the 32 vector registers.
+const ROW_GROUP: usize = 8;
+
 /// How the frozen base keeps its matrices in memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightFormat {
@@ -29,7 +33,8 @@ pub enum WeightFormat {
     /// tile by tile inside each product. GGUF models only.
     Quantized,
     /// Matrices rounded to bf16 and packed for AMX tiles (f32 accumulation; activations
-    /// rounded to bf16 per product). The token table stays f32 for input rows.
+    /// rounded to bf16 per product), the token table included (input rows are read back
+    /// from it).
     Bf16,
 }
 
@@ -121,10 +126,10 @@ impl QMatrix {
     }
 
     /// `y[m, rows] (+)= x[m, cols] @ W^T` with every element one dot product computed the
-    /// same way whatever `m` is (batch-invariant), reading each weight row once for up to
-    /// four input rows. Q4_0, Q4_1 and Q8_0 blocks are dequantized in registers inside the
-    /// dot product (AVX-512); other types dequantize the row to a buffer first. This is the
-    /// decoding path: memory-bound on the quantized bytes.
+    /// same way whatever `m` is (batch-invariant): the dequantized row dotted in the order of
+    /// [`kernels::dot`]. Q4_0/Q4_1/Q5_0/Q8_0/Q4_K blocks are expanded in registers inside the
+    /// dot product (AVX-512), once for every [`ROW_GROUP`] input rows; other types dequantize
+    /// each weight row once to a buffer. The decoding path.
     pub fn linear_rows(&self, x: &[f32], m: usize, y: &mut [f32], accumulate: bool) {
         const BLOCK: usize = 32; // weight rows per task
         let (n, k) = (self.rows, self.cols);
@@ -132,26 +137,30 @@ impl QMatrix {
             x.len() >= m * k && y.len() >= m * n,
             "linear_rows: bad sizes"
         );
+        let in_registers = self.row_kernel();
+        let rows: Vec<&[f32]> = (0..m).map(|i| &x[i * k..(i + 1) * k]).collect();
         kernels::column_blocks(m, n, BLOCK, y, accumulate, |r0, r1, out| {
             let width = r1 - r0;
             // One dequantized row (types without a register kernel only).
-            let mut buf = if self.row_kernel() {
-                Vec::new()
-            } else {
-                vec![0.0f32; k]
-            };
+            let mut buf = vec![0.0f32; if in_registers { 0 } else { k }];
+            let mut d = [0.0f32; ROW_GROUP];
             for (j, r) in (r0..r1).enumerate() {
                 let wr = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
-                let mut i = 0;
-                while i < m {
-                    let g = (m - i).min(4);
-                    let xs: [&[f32]; 4] =
-                        std::array::from_fn(|t| &x[(i + t.min(g - 1)) * k..][..k]);
-                    let d = self.row_dot(wr, &xs[..g], &mut buf);
-                    for (t, v) in d[..g].iter().enumerate() {
-                        out[(i + t) * width + j] = *v;
+                if !in_registers {
+                    dequantize_blocks(self.ty, wr, &mut buf);
+                }
+                for (gi, xs) in rows.chunks(ROW_GROUP).enumerate() {
+                    let d = &mut d[..xs.len()];
+                    if in_registers {
+                        self.row_dot(wr, xs, d);
+                    } else {
+                        for (o, xi) in d.iter_mut().zip(xs) {
+                            *o = kernels::dot(xi, &buf);
+                        }
                     }
-                    i += g;
+                    for (t, v) in d.iter().enumerate() {
+                        out[(gi * ROW_GROUP + t) * width + j] = *v;
+                    }
                 }
             }
         });
@@ -170,43 +179,57 @@ impl QMatrix {
         false
     }
 
-    /// Dot products of one quantized row `wr` with up to 4 input rows. Each result depends
-    /// only on its own input row (the same operations whether 1 or 4 rows are given).
-    fn row_dot(&self, wr: &[u8], xs: &[&[f32]], buf: &mut [f32]) -> [f32; 4] {
+    /// `out[t] = dot(xs[t], row)` for one quantized row `wr` and up to [`ROW_GROUP`] input
+    /// rows, expanded in registers (only where [`Self::row_kernel`]). Each result depends only
+    /// on its own input row (the same operations whatever the number of rows).
+    fn row_dot(&self, wr: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+        debug_assert!(self.row_kernel() && xs.len() == out.len());
         #[cfg(target_arch = "x86_64")]
         {
-            if self.row_kernel() {
-                // SAFETY: the feature was detected; `wr` is one row of whole blocks and every
-                // input row has `cols` values (checked by the caller's size assert).
-                return unsafe {
-                    match self.ty {
-                        GgmlType::Q4_K | GgmlType::Q5_0 => {
-                            qdot_avx512_k(self.ty, wr, xs, self.cols)
-                        }
-                        _ => qdot_avx512(self.ty, wr, xs, self.cols),
+            macro_rules! groups {
+                ($($g:literal)*) => {
+                    match xs.len() {
+                        $($g => {
+                            let xs: &[&[f32]; $g] = xs.try_into().expect("matched length");
+                            // SAFETY: row_kernel(): the feature was detected; `wr` is one row
+                            // of whole blocks and every input row has `cols` values (checked
+                            // by the caller's size assert).
+                            let d = unsafe {
+                                match self.ty {
+                                    GgmlType::Q4_K | GgmlType::Q5_0 => {
+                                        qdot_avx512_k(self.ty, wr, xs, self.cols)
+                                    }
+                                    _ => qdot_avx512(self.ty, wr, xs, self.cols),
+                                }
+                            };
+                            out.copy_from_slice(&d);
+                        })*
+                        g => unreachable!("row_dot: {g} rows"),
                     }
                 };
             }
+            groups!(1 2 3 4 5 6 7 8);
         }
-        dequantize_blocks(self.ty, wr, buf);
-        let mut out = [0.0; 4];
-        for (o, x) in out.iter_mut().zip(xs) {
-            *o = kernels::dot(x, buf);
-        }
-        out
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("no register kernel off x86-64: {wr:?} {xs:?} {out:?}")
     }
 }
 
-/// One quantized row (Q4_0, Q4_1 or Q8_0: 32 values per block) dotted with up to four
-/// f32 rows: each block is expanded to two vectors of 16 f32 in registers, then one FMA per
-/// input row and half-block into that row's own two accumulators.
+/// One quantized row (Q4_0, Q4_1 or Q8_0: 32 values per block) dotted with `G` f32 rows
+/// (at most [`ROW_GROUP`]): each block is expanded to two vectors of 16 f32 in registers, then
+/// one FMA per input row and half-block into that row's own two accumulators.
 ///
 /// # Safety
 /// The CPU has AVX512-F; `ty` is Q4_0, Q4_1 or Q8_0; `wr` holds one row of `cols` values in
-/// those blocks and every row of `xs` (at most 4) holds at least `cols` values.
+/// those blocks and every row of `xs` holds at least `cols` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn qdot_avx512(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> [f32; 4] {
+unsafe fn qdot_avx512<const G: usize>(
+    ty: GgmlType,
+    wr: &[u8],
+    xs: &[&[f32]; G],
+    cols: usize,
+) -> [f32; G] {
     use std::arch::x86_64::*;
     // An f16 at b[i..i+2] broadcast to 16 f32 lanes (vcvtph2ps).
     let f16 = |b: &[u8], i: usize| {
@@ -215,9 +238,8 @@ unsafe fn qdot_avx512(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> [f
         ))
     };
     let ts = ty.type_size();
-    let g = xs.len().min(4);
-    let mut acc0 = [_mm512_setzero_ps(); 4];
-    let mut acc1 = [_mm512_setzero_ps(); 4];
+    let mut acc0 = [_mm512_setzero_ps(); G];
+    let mut acc1 = [_mm512_setzero_ps(); G];
     for blk in 0..cols / 32 {
         let b = &wr[blk * ts..(blk + 1) * ts];
         let (w0, w1) = match ty {
@@ -248,31 +270,37 @@ unsafe fn qdot_avx512(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> [f
                 )
             }
         };
-        for t in 0..g {
+        for t in 0..G {
             let px = xs[t].as_ptr().add(blk * 32);
             acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), acc0[t]);
             acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(16)), acc1[t]);
         }
     }
-    let mut out = [0.0f32; 4];
-    for t in 0..g {
+    let mut out = [0.0f32; G];
+    for t in 0..G {
         out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
     }
     out
 }
 
-/// [`qdot_avx512`] for Q5_0 (32 values per block) and Q4_K (256, taken 32 at a time), kept
-/// apart so that the Q4_0/Q4_1/Q8_0 loop stays as the compiler optimised it (one kernel for
-/// all five ran Q4_1 decoding 35% slower). One quantized row dotted with up to four f32 rows: each 32 values are expanded to two vectors of 16
-/// f32 in registers (the same arithmetic as [`dequantize_blocks`]), then one FMA per input row
-/// and half into that row's own two accumulators (the order of [`kernels::dot`]).
+/// [`qdot_avx512`] for Q5_0 (32 values per block) and Q4_K (256 per super-block), kept apart
+/// so that the Q4_0/Q4_1/Q8_0 loop stays as the compiler optimised it (one kernel for all five
+/// ran Q4_1 decoding 35% slower). One quantized row dotted with up to four f32 rows: each 32
+/// values are expanded to two vectors of 16 f32 in registers (the same arithmetic as
+/// [`dequantize_blocks`]), then one FMA per input row and half into that row's own two
+/// accumulators (the order of [`kernels::dot`]).
 ///
 /// # Safety
 /// The CPU has AVX512-F; `ty` is one of those types; `wr` holds one row of `cols` values in
-/// its blocks and every row of `xs` (at most 4) holds at least `cols` values.
+/// its blocks and every row of `xs` holds at least `cols` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn qdot_avx512_k(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> [f32; 4] {
+unsafe fn qdot_avx512_k<const G: usize>(
+    ty: GgmlType,
+    wr: &[u8],
+    xs: &[&[f32]; G],
+    cols: usize,
+) -> [f32; G] {
     use std::arch::x86_64::*;
     // An f16 at b[i..i+2] broadcast to 16 f32 lanes (vcvtph2ps).
     let f16 = |b: &[u8], i: usize| {
@@ -281,38 +309,52 @@ unsafe fn qdot_avx512_k(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> 
         ))
     };
     let ts = ty.type_size();
-    let g = xs.len().min(4);
-    let mut acc0 = [_mm512_setzero_ps(); 4];
-    let mut acc1 = [_mm512_setzero_ps(); 4];
-    for blk in 0..cols / 32 {
-        let (w0, w1) = if ty == GgmlType::Q4_K {
-            // Super-block of 256 (d, dmin, scales[12], qs[128]); sub-block j of 32 values is
-            // the low (j even) or high (j odd) nibbles of qs[32 (j / 2)..][..32].
-            let (sb, j) = (blk / 8, blk % 8);
+    let mut acc0 = [_mm512_setzero_ps(); G];
+    let mut acc1 = [_mm512_setzero_ps(); G];
+    // Values blk*32 .. +32 of the row, as two vectors of 16: one FMA per input row and half.
+    let mut fma = |blk: usize, w0: __m512, w1: __m512| {
+        for t in 0..G {
+            let px = xs[t].as_ptr().add(blk * 32);
+            acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), acc0[t]);
+            acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(16)), acc1[t]);
+        }
+    };
+    let mask = _mm_set1_epi8(0x0F);
+    if ty == GgmlType::Q4_K {
+        // Super-blocks of 256 (d, dmin, scales[12], qs[128]): d and dmin are converted once,
+        // each 32 bytes of qs loaded once for its two sub-blocks: sub-block 2c is the low
+        // nibbles of qs[32c..][..32], 2c + 1 the high ones.
+        for sb in 0..cols / 256 {
             let b = &wr[sb * ts..(sb + 1) * ts];
-            let (sc, m) = crate::compute::quant::k_scale_min(j, &b[4..16]);
-            let vd = _mm512_mul_ps(f16(b, 0), _mm512_set1_ps(sc as f32)); // d·sc
-            let vmin = _mm512_mul_ps(f16(b, 2), _mm512_set1_ps(m as f32)); // dmin·m
-            let qs = b.as_ptr().add(16 + 32 * (j / 2));
-            let mask = _mm_set1_epi8(0x0F);
-            let nib = |q: __m128i| {
-                let q = if j % 2 == 0 { q } else { _mm_srli_epi16(q, 4) };
-                let v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask)));
-                _mm512_sub_ps(_mm512_mul_ps(vd, v), vmin)
-            };
-            (
-                nib(_mm_loadu_si128(qs as *const __m128i)),
-                nib(_mm_loadu_si128(qs.add(16) as *const __m128i)),
-            )
-        } else {
-            // Q5_0
+            let (d, dmin) = (f16(b, 0), f16(b, 2));
+            for c in 0..4 {
+                let qs = b.as_ptr().add(16 + 32 * c);
+                let q = [
+                    _mm_loadu_si128(qs as *const __m128i),
+                    _mm_loadu_si128(qs.add(16) as *const __m128i),
+                ];
+                for h in 0..2 {
+                    let j = 2 * c + h;
+                    let (sc, m) = crate::compute::quant::k_scale_min(j, &b[4..16]);
+                    let vd = _mm512_mul_ps(d, _mm512_set1_ps(sc as f32)); // d·sc
+                    let vmin = _mm512_mul_ps(dmin, _mm512_set1_ps(m as f32)); // dmin·m
+                    let w = q.map(|q| {
+                        let q = if h == 0 { q } else { _mm_srli_epi16(q, 4) };
+                        let v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask)));
+                        _mm512_sub_ps(_mm512_mul_ps(vd, v), vmin)
+                    });
+                    fma(sb * 8 + j, w[0], w[1]);
+                }
+            }
+        }
+    } else {
+        // Q5_0: (q - 16)·d; q = low nibble | bit j of qh << 4 (values 0..16), high nibble |
+        // bit j + 16 of qh << 4 (values 16..32).
+        for blk in 0..cols / 32 {
             let b = &wr[blk * ts..(blk + 1) * ts];
-            // (q - 16)·d; q = low nibble | bit j of qh << 4 (values 0..16), high nibble |
-            // bit j + 16 of qh << 4 (values 16..32).
             let d = f16(b, 0);
             let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
             let qs = _mm_loadu_si128(b.as_ptr().add(6) as *const __m128i);
-            let mask = _mm_set1_epi8(0x0F);
             let five = |nib: __m128i, bits: u32| {
                 let q = _mm512_cvtepu8_epi32(_mm_and_si128(nib, mask));
                 let q = _mm512_add_epi32(q, _mm512_maskz_set1_epi32(bits as u16, 16));
@@ -321,16 +363,11 @@ unsafe fn qdot_avx512_k(ty: GgmlType, wr: &[u8], xs: &[&[f32]], cols: usize) -> 
                     d,
                 )
             };
-            (five(qs, qh), five(_mm_srli_epi16(qs, 4), qh >> 16))
-        };
-        for t in 0..g {
-            let px = xs[t].as_ptr().add(blk * 32);
-            acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), acc0[t]);
-            acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(16)), acc1[t]);
+            fma(blk, five(qs, qh), five(_mm_srli_epi16(qs, 4), qh >> 16));
         }
     }
-    let mut out = [0.0f32; 4];
-    for t in 0..g {
+    let mut out = [0.0f32; G];
+    for t in 0..G {
         out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
     }
     out
@@ -382,14 +419,6 @@ impl Weight {
             Weight::F32(t) => t.data.len() * 4,
             Weight::Quant(q) => q.data.len(),
             Weight::Bf16(b) => b.bytes(),
-        }
-    }
-    /// Bytes one forward product (`y = x W^T`) streams: [`Self::bytes`], except that a bf16
-    /// weight reads only its forward packing.
-    pub fn forward_bytes(&self) -> usize {
-        match self {
-            Weight::Bf16(b) => b.forward_bytes(),
-            w => w.bytes(),
         }
     }
     /// How it is stored: "f32" or the GGML type name.
