@@ -17,6 +17,7 @@
 # where (a) reads <bos> hard input; SmolLM2 has no <bos> and (a) = (b) token for token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 USAGE="usage: bench/distill_serve.sh DISTILL_OUT_DIR HARD_PROMPT_FILE INPUTS.txt"
 DIR=${1:?$USAGE}
 HARD=${2:?$USAGE}
@@ -42,12 +43,7 @@ HARD_SHA=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["hard
 $BIN serve --model "$MODEL" --weights "$WEIGHTS" --prompts "$WORK/prompts" --bind 127.0.0.1:0 \
   --max-concurrent 4 --max-batch 4 2> "$WORK/serve.log" &
 SERVER=$!
-for _ in $(seq 900); do
-  grep -q "listening on" "$WORK/serve.log" && break
-  kill -0 $SERVER 2>/dev/null || { cat "$WORK/serve.log"; exit 1; }
-  sleep 0.2
-done
-URL=$(grep -o 'http://[0-9.:]*' "$WORK/serve.log" | head -1)
+URL=$(server_url "$WORK/serve.log" $SERVER 900)
 
 python3 - "$URL" "$DIR" "$HARD" "$INPUTS" "$N" "$TOKENS" "$TEMPLATE" "$OUT_JSON" "$HARD_SHA" <<'PY'
 import hashlib, json, sys, time, urllib.request

@@ -8,6 +8,7 @@
 #   N=40 bench/playground_latency.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 N=${N:-20}
 MAX_TOKENS=${MAX_TOKENS:-16}
 MODEL=${MODEL:-smollm2-135m}
@@ -21,11 +22,7 @@ mkdir -p "$WORK/prompts"
 SOFTPROMPT_ADMIN_KEY=$KEY $BIN serve --model "$MODEL" --prompts "$WORK/prompts" --bind 127.0.0.1:0 \
   2> "$WORK/serve.log" &
 SERVER=$!
-for _ in $(seq 600); do
-  grep -q "listening on" "$WORK/serve.log" && break
-  sleep 0.2
-done
-URL=$(grep -o 'http://[0-9.:]*' "$WORK/serve.log" | head -1)
+URL=$(server_url "$WORK/serve.log" $SERVER)
 echo "server $URL; machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # N requests, one after the other; their latencies (ms) into $1.

@@ -10,6 +10,7 @@
 #   FORMATS=bf16 CLIENTS=32 DURATION=30 bench/serve_batch.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 PROMPTS=${PROMPTS:-20}
 CLIENTS=${CLIENTS:-32}
 DURATION=${DURATION:-60}
@@ -29,11 +30,7 @@ for W in $FORMATS; do
   $BIN serve --model "$MODEL" --weights "$W" --prompts "$WORK/prompts" --bind 127.0.0.1:0 \
     --max-concurrent "$CLIENTS" --max-batch "$CLIENTS" 2> "$WORK/serve.log" &
   SERVER=$!
-  for _ in $(seq 600); do
-    grep -q "listening on" "$WORK/serve.log" && break
-    sleep 0.2
-  done
-  URL=$(grep -o 'http://[0-9.:]*' "$WORK/serve.log" | head -1)
+  URL=$(server_url "$WORK/serve.log" $SERVER)
   for C in 1 "$CLIENTS"; do
     $BIN loadtest --url "$URL" --clients "$C" --duration-s "$DURATION" --max-tokens "$MAX_TOKENS" \
       --greedy-only --json > "$WORK/$W-$C.json" 2>/dev/null

@@ -9,6 +9,7 @@
 #   PROMPTS=10 CLIENTS=8 DURATION=20 bench/serve_load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 PROMPTS=${PROMPTS:-100}
 CLIENTS=${CLIENTS:-32}
 DURATION=${DURATION:-120}
@@ -28,11 +29,7 @@ printf 'The movie was a delight from start to finish\nThe capital of France is\n
 $BIN serve --model "$MODEL" --prompts "$WORK/prompts" --bind 127.0.0.1:0 \
   --max-concurrent "$CLIENTS" --max-batch "$CLIENTS" 2> "$WORK/serve.log" &
 SERVER=$!
-for _ in $(seq 600); do
-  grep -q "listening on" "$WORK/serve.log" && break
-  sleep 0.2
-done
-URL=$(grep -o 'http://[0-9.:]*' "$WORK/serve.log" | head -1)
+URL=$(server_url "$WORK/serve.log" $SERVER)
 echo "server: $URL, $(grep -o '[0-9]* prompts loaded' "$WORK/serve.log"), peak RSS before load: $(grep VmHWM /proc/$SERVER/status | awk '{print $2/1024 " MiB"}')"
 
 # Mixed and single runs alternate in ROUNDS slices, so that whatever else the machine does

@@ -7,6 +7,7 @@
 #   bench/serve_soak.sh                 # 600 s, 24 clients over 20 prompts (max-concurrent 16)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DURATION=${DURATION:-600}
 INTERVAL=${INTERVAL:-30}
 CLIENTS=${CLIENTS:-24}
@@ -21,8 +22,7 @@ mkdir -p "$OUT"
 $BIN init --model "$MODEL" --count 20 --out "$WORK/prompts" 2>/dev/null
 $BIN serve --model "$MODEL" --prompts "$WORK/prompts" --bind 127.0.0.1:0 --max-concurrent 16 2> "$WORK/serve.log" &
 SERVER=$!
-for _ in $(seq 600); do grep -q "listening on" "$WORK/serve.log" && break; sleep 0.2; done
-URL=$(grep -o 'http://[0-9.:]*' "$WORK/serve.log" | head -1)
+URL=$(server_url "$WORK/serve.log" $SERVER)
 # More clients than admitted: a steady stream of 429s alongside the real work.
 $BIN loadtest --url "$URL" --clients "$CLIENTS" --duration-s "$DURATION" --max-tokens 24 \
   --no-check --json > "$OUT/serve_soak_load.json" 2>/dev/null &
