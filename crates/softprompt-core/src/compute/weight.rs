@@ -232,20 +232,13 @@ unsafe fn qdot_avx512<const G: usize>(
     cols: usize,
 ) -> [f32; G] {
     use std::arch::x86_64::*;
-    // An f16 at b[i..i+2] broadcast to 16 f32 lanes (vcvtph2ps).
-    let f16 = |b: &[u8], i: usize| {
-        _mm512_cvtph_ps(_mm256_set1_epi16(
-            u16::from_le_bytes([b[i], b[i + 1]]) as i16
-        ))
-    };
     let ts = ty.type_size();
-    let mut acc0 = [_mm512_setzero_ps(); G];
-    let mut acc1 = [_mm512_setzero_ps(); G];
+    let mut acc = RowAcc::<G>::new();
     for blk in 0..cols / 32 {
         let b = &wr[blk * ts..(blk + 1) * ts];
         let (w0, w1) = match ty {
             GgmlType::Q8_0 => {
-                let d = f16(b, 0);
+                let d = f16x16(b, 0);
                 let q0 = _mm_loadu_si128(b.as_ptr().add(2) as *const __m128i);
                 let q1 = _mm_loadu_si128(b.as_ptr().add(18) as *const __m128i);
                 (
@@ -256,9 +249,9 @@ unsafe fn qdot_avx512<const G: usize>(
             _ => {
                 // Q4_0: (q - 8)·d; Q4_1: q·d + m. Low nibbles are values 0..16, high 16..32.
                 let (vd, vm, off) = if ty == GgmlType::Q4_1 {
-                    (f16(b, 0), f16(b, 2), 4)
+                    (f16x16(b, 0), f16x16(b, 2), 4)
                 } else {
-                    let d = f16(b, 0);
+                    let d = f16x16(b, 0);
                     (d, _mm512_mul_ps(d, _mm512_set1_ps(-8.0)), 2)
                 };
                 let qs = _mm_loadu_si128(b.as_ptr().add(off) as *const __m128i);
@@ -271,25 +264,17 @@ unsafe fn qdot_avx512<const G: usize>(
                 )
             }
         };
-        for t in 0..G {
-            let px = xs[t].as_ptr().add(blk * 32);
-            acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), acc0[t]);
-            acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(16)), acc1[t]);
-        }
+        acc.add(xs, blk, w0, w1);
     }
-    let mut out = [0.0f32; G];
-    for t in 0..G {
-        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
-    }
-    out
+    acc.sums()
 }
 
 /// [`qdot_avx512`] for Q5_0 (32 values per block) and Q4_K (256 per super-block), kept apart
 /// so that the Q4_0/Q4_1/Q8_0 loop stays as the compiler optimised it (one kernel for all five
 /// ran Q4_1 decoding 35% slower). One quantized row dotted with `G` f32 rows (at most
-/// [`ROW_GROUP`]): each 32 values are expanded to two vectors of 16 f32 in registers (the same arithmetic as
-/// [`dequantize_blocks`]), then one FMA per input row and half into that row's own two
-/// accumulators (the order of [`kernels::dot`]).
+/// [`ROW_GROUP`]): each 32 values are expanded to two vectors of 16 f32 in registers (the
+/// same arithmetic as [`dequantize_blocks`]), then one FMA per input row and half into that
+/// row's own two accumulators ([`RowAcc`]).
 ///
 /// # Safety
 /// The CPU has AVX512-F; `ty` is one of those types; `wr` holds one row of `cols` values in
@@ -303,23 +288,9 @@ unsafe fn qdot_avx512_k<const G: usize>(
     cols: usize,
 ) -> [f32; G] {
     use std::arch::x86_64::*;
-    // An f16 at b[i..i+2] broadcast to 16 f32 lanes (vcvtph2ps).
-    let f16 = |b: &[u8], i: usize| {
-        _mm512_cvtph_ps(_mm256_set1_epi16(
-            u16::from_le_bytes([b[i], b[i + 1]]) as i16
-        ))
-    };
     let ts = ty.type_size();
-    let mut acc0 = [_mm512_setzero_ps(); G];
-    let mut acc1 = [_mm512_setzero_ps(); G];
-    // Values blk*32 .. +32 of the row, as two vectors of 16: one FMA per input row and half.
-    let mut fma = |blk: usize, w0: __m512, w1: __m512| {
-        for t in 0..G {
-            let px = xs[t].as_ptr().add(blk * 32);
-            acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), acc0[t]);
-            acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(16)), acc1[t]);
-        }
-    };
+    let mut acc = RowAcc::<G>::new();
+    let mut fma = |blk: usize, w0: __m512, w1: __m512| acc.add(xs, blk, w0, w1);
     let mask = _mm_set1_epi8(0x0F);
     if ty == GgmlType::Q4_K {
         // Super-blocks of 256 (d, dmin, scales[12], qs[128]): d and dmin are converted once,
@@ -327,7 +298,7 @@ unsafe fn qdot_avx512_k<const G: usize>(
         // nibbles of qs[32c..][..32], 2c + 1 the high ones.
         for sb in 0..cols / 256 {
             let b = &wr[sb * ts..(sb + 1) * ts];
-            let (d, dmin) = (f16(b, 0), f16(b, 2));
+            let (d, dmin) = (f16x16(b, 0), f16x16(b, 2));
             for c in 0..4 {
                 let qs = b.as_ptr().add(16 + 32 * c);
                 let q = [
@@ -353,7 +324,7 @@ unsafe fn qdot_avx512_k<const G: usize>(
         // bit j + 16 of qh << 4 (values 16..32).
         for blk in 0..cols / 32 {
             let b = &wr[blk * ts..(blk + 1) * ts];
-            let d = f16(b, 0);
+            let d = f16x16(b, 0);
             let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
             let qs = _mm_loadu_si128(b.as_ptr().add(6) as *const __m128i);
             let five = |nib: __m128i, bits: u32| {
@@ -367,11 +338,77 @@ unsafe fn qdot_avx512_k<const G: usize>(
             fma(blk, five(qs, qh), five(_mm_srli_epi16(qs, 4), qh >> 16));
         }
     }
-    let mut out = [0.0f32; G];
-    for t in 0..G {
-        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+    acc.sums()
+}
+
+/// An f16 at `b[i..i + 2]` broadcast to 16 f32 lanes (vcvtph2ps).
+///
+/// # Safety
+/// The CPU has AVX512-F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn f16x16(b: &[u8], i: usize) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    _mm512_cvtph_ps(_mm256_set1_epi16(
+        u16::from_le_bytes([b[i], b[i + 1]]) as i16
+    ))
+}
+
+/// The accumulators of the quantized register kernels: per input row, one vector for the first
+/// and one for the second 16 of every 32 values, summed at the end as [`kernels::dot`] does.
+#[cfg(target_arch = "x86_64")]
+struct RowAcc<const G: usize> {
+    lo: [std::arch::x86_64::__m512; G],
+    hi: [std::arch::x86_64::__m512; G],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const G: usize> RowAcc<G> {
+    /// # Safety
+    /// The CPU has AVX512-F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn new() -> Self {
+        use std::arch::x86_64::*;
+        RowAcc {
+            lo: [_mm512_setzero_ps(); G],
+            hi: [_mm512_setzero_ps(); G],
+        }
     }
-    out
+
+    /// Adds values `blk*32 .. +32` of the weight row, expanded to `w0` / `w1`, times the same
+    /// values of every input row: one FMA per row and half.
+    ///
+    /// # Safety
+    /// The CPU has AVX512-F; every row of `xs` holds at least `blk*32 + 32` values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn add(
+        &mut self,
+        xs: &[&[f32]; G],
+        blk: usize,
+        w0: std::arch::x86_64::__m512,
+        w1: std::arch::x86_64::__m512,
+    ) {
+        use std::arch::x86_64::*;
+        for t in 0..G {
+            let px = xs[t].as_ptr().add(blk * 32);
+            self.lo[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), self.lo[t]);
+            self.hi[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(16)), self.hi[t]);
+        }
+    }
+
+    /// The dot product of each input row.
+    ///
+    /// # Safety
+    /// The CPU has AVX512-F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn sums(self) -> [f32; G] {
+        use std::arch::x86_64::*;
+        std::array::from_fn(|t| _mm512_reduce_add_ps(_mm512_add_ps(self.lo[t], self.hi[t])))
+    }
 }
 
 /// f32 values per dequantized tile (1 MiB: stays in L2 while the product reads it).
