@@ -392,10 +392,10 @@ impl<const G: usize> RowAcc<G> {
         w1: std::arch::x86_64::__m512,
     ) {
         use std::arch::x86_64::*;
-        for t in 0..G {
-            let px = xs[t].as_ptr().add(blk * 32);
-            self.lo[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), self.lo[t]);
-            self.hi[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(16)), self.hi[t]);
+        for ((x, lo), hi) in xs.iter().zip(&mut self.lo).zip(&mut self.hi) {
+            let px = x.as_ptr().add(blk * 32);
+            *lo = _mm512_fmadd_ps(w0, _mm512_loadu_ps(px), *lo);
+            *hi = _mm512_fmadd_ps(w1, _mm512_loadu_ps(px.add(16)), *hi);
         }
     }
 
