@@ -290,7 +290,6 @@ unsafe fn qdot_avx512_k<const G: usize>(
     use std::arch::x86_64::*;
     let ts = ty.type_size();
     let mut acc = RowAcc::<G>::new();
-    let mut fma = |blk: usize, w0: __m512, w1: __m512| acc.add(xs, blk, w0, w1);
     let mask = _mm_set1_epi8(0x0F);
     if ty == GgmlType::Q4_K {
         // Super-blocks of 256 (d, dmin, scales[12], qs[128]): d and dmin are converted once,
@@ -315,7 +314,7 @@ unsafe fn qdot_avx512_k<const G: usize>(
                         let v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask)));
                         _mm512_sub_ps(_mm512_mul_ps(vd, v), vmin)
                     });
-                    fma(sb * 8 + j, w[0], w[1]);
+                    acc.add(xs, sb * 8 + j, w[0], w[1]);
                 }
             }
         }
@@ -335,7 +334,7 @@ unsafe fn qdot_avx512_k<const G: usize>(
                     d,
                 )
             };
-            fma(blk, five(qs, qh), five(_mm_srli_epi16(qs, 4), qh >> 16));
+            acc.add(xs, blk, five(qs, qh), five(_mm_srli_epi16(qs, 4), qh >> 16));
         }
     }
     acc.sums()
