@@ -22,11 +22,10 @@ step() { # NAME CMD...: run CMD with stdout in OUT/NAME.md, stderr in OUT/NAME.e
   echo "$(date -u +%H:%M:%S) $name" >&2
   "$@" > "$OUT/$name.md" 2> "$OUT/$name.err" || echo "$name failed: see $OUT/$name.err" >&2
 }
-step shape-0.5b $PY bench/scale.py run --softprompt $SP --shapes qwen2.5-0.5b --formats $ALL \
-  --torch-dtypes fp32,bf16 --root "$ROOT" --runs 1 --json-out "$OUT/shape-0.5b.json"
-for s in llama-3.2-1b smollm2-1.7b qwen2.5-3b; do
+for s in qwen2.5-0.5b llama-3.2-1b smollm2-1.7b qwen2.5-3b; do
+  dtypes=bf16; [ $s = qwen2.5-0.5b ] && dtypes=fp32,bf16
   step "shape-$s" $PY bench/scale.py run --softprompt $SP --shapes $s --formats $ALL \
-    --torch-dtypes bf16 --root "$ROOT" --runs 1 --json-out "$OUT/shape-$s.json"
+    --torch-dtypes $dtypes --root "$ROOT" --runs 1 --json-out "$OUT/shape-$s.json"
 done
 step threads-1b $PY bench/scale.py threads --softprompt $SP --model "$ROOT/llama-3.2-1b/hf" \
   --weights bf16 --max "$(nproc)" --runs 1 --json-out "$OUT/threads-1b.json"
